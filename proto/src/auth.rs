@@ -1,0 +1,140 @@
+//! The cluster token. Every RPC carries `authorization: Bearer <token>`;
+//! the head compares it in constant time and refuses anything else with
+//! `Unauthenticated`. Secure by default: a head only runs without a token
+//! when started with `--insecure-no-token`.
+
+use subtle::ConstantTimeEq;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+/// Metadata key carrying the token.
+pub const HEADER: &str = "authorization";
+
+/// Generates a fresh random token (32 bytes of OS randomness, hex).
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("reading /dev/urandom");
+}
+
+/// Client side: attaches the token (if any) to every request.
+#[derive(Clone)]
+pub struct AttachToken {
+    value: Option<MetadataValue<Ascii>>,
+}
+
+/// Errors building a client token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token has characters that cannot go in an HTTP header.
+    #[error("the cluster token contains characters not allowed in a header")]
+    InvalidCharacters,
+}
+
+impl AttachToken {
+    /// Attaches `token` (or nothing when `None`, for `--insecure-no-token` heads).
+    pub fn new(token: Option<&str>) -> Result<Self, TokenError> {
+        let value = match token {
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| TokenError::InvalidCharacters)?,
+            ),
+            None => None,
+        };
+        Ok(Self { value })
+    }
+}
+
+impl Interceptor for AttachToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.value {
+            req.metadata_mut().insert(HEADER, v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Server side: checks the token on every request.
+#[derive(Clone)]
+pub struct CheckToken {
+    expected: Option<std::sync::Arc<Vec<u8>>>,
+}
+
+impl CheckToken {
+    /// Expects `token`; `None` accepts every request (insecure mode).
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            expected: token.map(|t| std::sync::Arc::new(format!("Bearer {}", t.trim()).into_bytes())),
+        }
+    }
+}
+
+impl Interceptor for CheckToken {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(req);
+        };
+        match req.metadata().get(HEADER) {
+            None => Err(Status::unauthenticated(
+                "missing cluster token: pass --token/--token-file or set SHOAL_TOKEN",
+            )),
+            Some(v) => {
+                let given = v.as_bytes();
+                // Constant-time on equal lengths; the length itself is not secret.
+                if given.len() == expected.len() && bool::from(given.ct_eq(expected.as_slice())) {
+                    Ok(req)
+                } else {
+                    Err(Status::unauthenticated("wrong cluster token"))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(v: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(v) = v {
+            r.metadata_mut().insert(HEADER, v.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn accepts_only_the_right_token() {
+        let mut check = CheckToken::new(Some("abc"));
+        assert!(check.call(with_header(Some("Bearer abc"))).is_ok());
+        let e = check.call(with_header(Some("Bearer abd"))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let e = check.call(with_header(None)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains("missing"));
+        assert!(check.call(with_header(Some("Bearer abcd"))).is_err());
+    }
+
+    #[test]
+    fn attach_then_check_round_trips() {
+        let token = generate_token();
+        assert_eq!(token.len(), 64);
+        let mut attach = AttachToken::new(Some(&token)).unwrap();
+        let req = attach.call(Request::new(())).unwrap();
+        assert!(CheckToken::new(Some(&token)).call(req).is_ok());
+    }
+
+    #[test]
+    fn insecure_mode_accepts_anything() {
+        assert!(CheckToken::new(None).call(with_header(None)).is_ok());
+    }
+}

@@ -1,0 +1,41 @@
+//! Shoal's wire code: the generated protobuf messages and gRPC services,
+//! the protocol version, token authentication, and the length-prefixed
+//! framing used between a worker and its executor processes.
+//!
+//! # Layout
+//! - [`pb`]: generated types (`shoal.v1`).
+//! - [`auth`]: the cluster token: a client interceptor that attaches it and
+//!   a server interceptor that checks it in constant time.
+//! - [`frame`]: `u32`-length-prefixed protobuf frames, async and blocking.
+//! - [`ids`]: how object ids pack a job id and a sequence number.
+
+/// Generated protobuf messages and tonic services for `shoal.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("shoal.v1");
+}
+
+pub mod auth;
+pub mod frame;
+pub mod ids;
+pub mod resources;
+
+/// Version of the protocol spoken on every stream. A worker, driver or
+/// executor with another version is refused with a clear error at
+/// registration instead of failing later in confusing ways.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest gRPC message a Shoal process accepts. Bigger payloads are an
+/// error on the wire (and the sender should have chunked them).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Chunk size used to stream program binaries.
+pub const BINARY_CHUNK_BYTES: usize = 1 << 20;
+
+/// Environment variable that turns a process started from a user's program
+/// binary into an executor: it holds the worker's Unix socket path.
+pub const ENV_EXECUTOR_SOCKET: &str = "SHOAL_EXECUTOR_SOCKET";
+/// Environment variable with the executor's id, echoed in its hello.
+pub const ENV_EXECUTOR_ID: &str = "SHOAL_EXECUTOR_ID";
+/// Environment variable with the node id the executor runs on.
+pub const ENV_NODE_ID: &str = "SHOAL_NODE_ID";

@@ -1,0 +1,126 @@
+//! Conversions between generated protobuf types and core types, so the
+//! core never sees `pb::*`.
+
+use crate::core::{ClusterSnapshot, Dispatch, Failure, FailureKind, FunctionDef, NewArg, NewTask, TaskId};
+use bytes::Bytes;
+use shoal_proto::pb;
+use shoal_proto::resources::ResourceSet;
+
+pub(crate) fn kind_from_pb(k: i32) -> FailureKind {
+    use pb::FailureKind as P;
+    match P::try_from(k).unwrap_or(P::Panicked) {
+        P::Panicked => FailureKind::Panicked,
+        P::FunctionNotFound => FailureKind::FunctionNotFound,
+        P::ArgDecode => FailureKind::ArgDecode,
+        P::WorkerDied => FailureKind::WorkerDied,
+        P::Cancelled => FailureKind::Cancelled,
+        P::ObjectLost => FailureKind::ObjectLost,
+        P::Timeout => FailureKind::Timeout,
+        P::Unauthenticated => FailureKind::Unauthenticated,
+        P::BinaryIncompatible => FailureKind::BinaryIncompatible,
+        P::Unschedulable => FailureKind::Unschedulable,
+        P::ResultEncode => FailureKind::ResultEncode,
+    }
+}
+
+pub(crate) fn kind_to_pb(k: FailureKind) -> pb::FailureKind {
+    use pb::FailureKind as P;
+    match k {
+        FailureKind::Panicked => P::Panicked,
+        FailureKind::FunctionNotFound => P::FunctionNotFound,
+        FailureKind::ArgDecode => P::ArgDecode,
+        FailureKind::WorkerDied => P::WorkerDied,
+        FailureKind::Cancelled => P::Cancelled,
+        FailureKind::ObjectLost => P::ObjectLost,
+        FailureKind::Timeout => P::Timeout,
+        FailureKind::Unauthenticated => P::Unauthenticated,
+        FailureKind::BinaryIncompatible => P::BinaryIncompatible,
+        FailureKind::Unschedulable => P::Unschedulable,
+        FailureKind::ResultEncode => P::ResultEncode,
+    }
+}
+
+pub(crate) fn failure_from_pb(f: pb::TaskFailure) -> Failure {
+    Failure { kind: kind_from_pb(f.kind), message: f.message, location: f.location, node: f.node, function: f.function, attempts: f.attempts }
+}
+
+pub(crate) fn failure_to_pb(f: Failure) -> pb::TaskFailure {
+    pb::TaskFailure {
+        kind: kind_to_pb(f.kind) as i32,
+        message: f.message,
+        location: f.location,
+        node: f.node,
+        function: f.function,
+        attempts: f.attempts,
+    }
+}
+
+pub(crate) fn result_from_pb(r: pb::TaskResult) -> (TaskId, Result<Bytes, Failure>) {
+    let outcome = match r.outcome {
+        Some(pb::task_result::Outcome::Value(v)) => Ok(v),
+        Some(pb::task_result::Outcome::Failure(f)) => Err(failure_from_pb(f)),
+        None => Err(Failure::new(FailureKind::WorkerDied, "worker sent a result without an outcome")),
+    };
+    (r.task, outcome)
+}
+
+pub(crate) fn result_to_pb(task: TaskId, outcome: Result<Bytes, Failure>) -> pb::TaskResult {
+    pb::TaskResult {
+        task,
+        outcome: Some(match outcome {
+            Ok(v) => pb::task_result::Outcome::Value(v),
+            Err(f) => pb::task_result::Outcome::Failure(failure_to_pb(f)),
+        }),
+    }
+}
+
+pub(crate) fn function_from_pb(f: pb::FunctionDef) -> FunctionDef {
+    let resources = f.resources.as_ref().map(ResourceSet::from).unwrap_or_else(|| ResourceSet::cpus(1.0));
+    FunctionDef { name: f.name, resources, max_retries: f.max_retries }
+}
+
+pub(crate) fn function_to_pb(f: &FunctionDef) -> pb::FunctionDef {
+    pb::FunctionDef { name: f.name.clone(), resources: Some((&f.resources).into()), max_retries: f.max_retries }
+}
+
+pub(crate) fn task_from_pb(t: pb::TaskSubmit) -> NewTask {
+    let args = t
+        .args
+        .into_iter()
+        .map(|a| match a.kind {
+            Some(pb::arg::Kind::Object(o)) => NewArg::Object(o),
+            Some(pb::arg::Kind::Value(v)) => NewArg::Value(v),
+            None => NewArg::Value(Bytes::new()),
+        })
+        .collect();
+    NewTask { id: t.id, func: t.func, args }
+}
+
+pub(crate) fn dispatch_to_pb(d: Dispatch) -> pb::TaskDispatch {
+    pb::TaskDispatch { task: d.task, job: d.job, func: d.func, args: d.args, attempt: d.attempt }
+}
+
+pub(crate) fn snapshot_to_pb(s: ClusterSnapshot) -> pb::ClusterStatus {
+    pb::ClusterStatus {
+        nodes: s
+            .nodes
+            .into_iter()
+            .map(|n| pb::NodeStatus {
+                id: n.id.0.to_string(),
+                address: n.address,
+                alive: n.alive,
+                total: Some((&n.total).into()),
+                available: Some((&n.available).into()),
+                last_heartbeat_age_s: n.last_heartbeat_age_s,
+                hostname: n.hostname,
+                pid: n.pid,
+                tasks_running: n.tasks_running,
+                memory_bytes: n.memory_bytes,
+                object_store_bytes: n.object_store_bytes,
+            })
+            .collect(),
+        tasks: Some(pb::TaskCounts { queued: s.tasks.queued, running: s.tasks.running, finished: s.tasks.finished, failed: s.tasks.failed }),
+        jobs: s.jobs,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}

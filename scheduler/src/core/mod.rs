@@ -1,0 +1,670 @@
+//! The head's scheduling core: cluster membership, the task graph, the
+//! object table and the FIFO ready queue, as a plain state machine.
+//!
+//! Nothing here does I/O or reads a clock: every input is a method call
+//! (`submit`, `tasks_finished`, `node_disconnected`, `tick`, ...) with the
+//! time passed in, and every output goes through an [`Outbox`]. The server
+//! (`crate::server`) owns one `Core` in one task, feeds it from the gRPC
+//! streams and flushes the outbox in batches; unit tests drive it directly
+//! and record the outbox.
+//!
+//! Handlers only change state; [`Core::schedule`] does the placement, once
+//! per batch of events.
+
+mod types;
+#[cfg(test)]
+mod tests;
+
+pub use types::*;
+
+use bytes::Bytes;
+use shoal_proto::ids;
+use shoal_proto::resources::ResourceSet;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Everything the core sends out. Production batches these per stream;
+/// tests record them.
+pub trait Outbox {
+    /// Tell `node` how to run `job`: its binary and functions `first..`.
+    fn job_info(&mut self, node: NodeId, job: JobId, binary: &str, first: u32, functions: &[FunctionDef]);
+    /// Run a task on `node`.
+    fn dispatch(&mut self, node: NodeId, task: Dispatch);
+    /// Stop a task running (or queued) on `node`.
+    fn cancel(&mut self, node: NodeId, task: TaskId);
+    /// `job` is gone: `node` may drop its executors.
+    fn job_finished(&mut self, node: NodeId, job: JobId);
+    /// A task of `job` finished: deliver its result to the driver.
+    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Bytes, Failure>);
+}
+
+/// Tunables of the core.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// A node silent for longer than this is declared dead.
+    pub heartbeat_timeout: Duration,
+    /// When no alive node could ever fit a task: wait for one (`true`) or
+    /// fail the task with `Unschedulable` (`false`, the default).
+    pub wait_for_feasible_nodes: bool,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig { heartbeat_timeout: Duration::from_secs(5), wait_for_feasible_nodes: false }
+    }
+}
+
+/// Refusals of a registration or a driver hello.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CoreError {
+    /// Too many jobs were started on this head.
+    #[error("the head has run out of job ids")]
+    JobIdsExhausted,
+}
+
+struct Node {
+    /// Bumped at every (re-)registration; messages from older sessions are
+    /// ignored, so a healed partition cannot deliver stale results twice.
+    epoch: u64,
+    alive: bool,
+    info: NodeRegistration,
+    /// Sum of resources of tasks dispatched here and not finished.
+    in_use: ResourceSet,
+    /// How many more tasks the worker asked for.
+    credits: u32,
+    /// Tasks dispatched here and not finished: requeued if the node dies.
+    assigned: HashSet<TaskId>,
+    last_heartbeat: Instant,
+    /// Per job, how many of its functions this node has been told about.
+    functions_sent: HashMap<JobId, u32>,
+}
+
+struct Job {
+    binary: String,
+    name: String,
+    functions: Vec<FunctionDef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum TaskState {
+    /// Waiting for `missing` inputs.
+    Waiting,
+    /// In the ready queue.
+    Ready,
+    /// Sent to a node.
+    Dispatched(NodeId),
+}
+
+struct Task {
+    job: JobId,
+    func: u32,
+    args: Vec<ArgSlot>,
+    missing: u32,
+    state: TaskState,
+    attempts: u32,
+    cancel_requested: bool,
+}
+
+enum ArgSlot {
+    Value(Bytes),
+    Object(ObjectId),
+}
+
+#[derive(Clone)]
+enum ObjectState {
+    Pending,
+    Ready(Bytes),
+    Failed(Failure),
+}
+
+/// An entry of the object table.
+struct Object {
+    state: ObjectState,
+    /// The owning driver still holds an `ObjectRef` to it.
+    driver_ref: bool,
+    /// Unfinished tasks that take it as an argument.
+    task_refs: u32,
+    /// Tasks waiting for it to be ready.
+    dependents: Vec<TaskId>,
+}
+
+/// The scheduler state. See the module docs.
+pub struct Core {
+    config: CoreConfig,
+    nodes: BTreeMap<NodeId, Node>,
+    /// Round-robin start for placing tasks without data to be near.
+    rr: usize,
+    jobs: HashMap<JobId, Job>,
+    next_job: JobId,
+    tasks: HashMap<TaskId, Task>,
+    objects: HashMap<ObjectId, Object>,
+    ready: VecDeque<TaskId>,
+    counts: TaskCounts,
+    total_credits: u64,
+}
+
+impl Core {
+    /// An empty cluster.
+    pub fn new(config: CoreConfig) -> Self {
+        Core {
+            config,
+            nodes: BTreeMap::new(),
+            rr: 0,
+            jobs: HashMap::new(),
+            next_job: 1,
+            tasks: HashMap::new(),
+            objects: HashMap::new(),
+            ready: VecDeque::new(),
+            counts: TaskCounts::default(),
+            total_credits: 0,
+        }
+    }
+
+    // ------------------------------------------------------------ membership
+
+    /// A worker (re-)registers. Returns its id and the session epoch that
+    /// must accompany its later messages. A node re-registering while the
+    /// head still thinks its old session is alive is treated as that old
+    /// session dying first (its tasks are requeued).
+    pub fn node_registered(&mut self, reg: NodeRegistration, now: Instant, out: &mut impl Outbox) -> (NodeId, u64) {
+        let id = reg.node_id.unwrap_or_else(NodeId::random);
+        let epoch = match self.nodes.get(&id) {
+            Some(old) => {
+                let epoch = old.epoch;
+                if old.alive {
+                    self.node_dead(id, "re-registered on a new connection", out);
+                }
+                epoch + 1
+            }
+            None => 1,
+        };
+        tracing::info!(node = %id, address = %reg.address, resources = %reg.resources, epoch, "node registered");
+        self.nodes.insert(
+            id,
+            Node {
+                epoch,
+                alive: true,
+                info: NodeRegistration { node_id: Some(id), ..reg },
+                in_use: ResourceSet::default(),
+                credits: 0,
+                assigned: HashSet::new(),
+                last_heartbeat: now,
+                functions_sent: HashMap::new(),
+            },
+        );
+        (id, epoch)
+    }
+
+    fn live_node(&mut self, id: NodeId, epoch: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&id).filter(|n| n.alive && n.epoch == epoch)
+    }
+
+    /// A heartbeat from a node's current session.
+    pub fn node_heartbeat(&mut self, id: NodeId, epoch: u64, now: Instant) {
+        if let Some(n) = self.live_node(id, epoch) {
+            n.last_heartbeat = now;
+        }
+    }
+
+    /// A node asks for `n` more tasks.
+    pub fn node_credits(&mut self, id: NodeId, epoch: u64, n: u32, now: Instant) {
+        if let Some(node) = self.live_node(id, epoch) {
+            node.credits = node.credits.saturating_add(n);
+            node.last_heartbeat = now;
+            self.total_credits += n as u64;
+        }
+    }
+
+    /// A node's session ended (stream closed or broken).
+    pub fn node_disconnected(&mut self, id: NodeId, epoch: u64, out: &mut impl Outbox) {
+        if self.live_node(id, epoch).is_some() {
+            self.node_dead(id, "connection closed", out);
+        }
+    }
+
+    /// Periodic check: nodes silent past the heartbeat timeout are dead.
+    pub fn tick(&mut self, now: Instant, out: &mut impl Outbox) {
+        let timeout = self.config.heartbeat_timeout;
+        let late: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.alive && now.saturating_duration_since(n.last_heartbeat) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.node_dead(id, &format!("missed heartbeats for {:.1}s", timeout.as_secs_f64()), out);
+        }
+    }
+
+    fn node_dead(&mut self, id: NodeId, reason: &str, out: &mut impl Outbox) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        node.alive = false;
+        self.total_credits -= node.credits as u64;
+        node.credits = 0;
+        node.in_use = ResourceSet::default();
+        node.functions_sent.clear();
+        let lost: Vec<TaskId> = node.assigned.drain().collect();
+        tracing::warn!(node = %id, reason, tasks = lost.len(), "node marked dead");
+        let mut requeue = Vec::new();
+        for t in lost {
+            let Some(task) = self.tasks.get_mut(&t) else { continue };
+            let max_retries = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize)).map_or(0, |f| f.max_retries);
+            if task.cancel_requested {
+                self.fail_task(t, Failure::new(FailureKind::Cancelled, "cancelled"), out);
+            } else if task.attempts <= max_retries {
+                task.state = TaskState::Ready;
+                self.counts.running -= 1;
+                self.counts.queued += 1;
+                requeue.push(t);
+            } else {
+                let mut f = Failure::new(FailureKind::WorkerDied, format!("node {id} died ({reason}) while running the task"));
+                f.node = id.0.to_string();
+                f.attempts = task.attempts;
+                self.fail_task(t, f, out);
+            }
+        }
+        // Retried tasks go to the front: they were submitted before
+        // anything still queued.
+        requeue.sort_unstable();
+        for t in requeue.into_iter().rev() {
+            self.ready.push_front(t);
+        }
+    }
+
+    // ------------------------------------------------------------ jobs
+
+    /// A driver connected. Returns its job id.
+    pub fn job_connected(&mut self, binary: String, name: String) -> Result<JobId, CoreError> {
+        if self.next_job > ids::MAX_JOB {
+            return Err(CoreError::JobIdsExhausted);
+        }
+        let job = self.next_job;
+        self.next_job += 1;
+        tracing::info!(job, name = %name, binary = %&binary[..binary.len().min(12)], "job started");
+        self.jobs.insert(job, Job { binary, name, functions: Vec::new() });
+        Ok(job)
+    }
+
+    /// A driver declares functions `first..` (indices are per job).
+    pub fn define_functions(&mut self, job: JobId, first: u32, defs: Vec<FunctionDef>) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        for (i, def) in defs.into_iter().enumerate() {
+            let idx = first as usize + i;
+            if idx == j.functions.len() {
+                j.functions.push(def);
+            } else if idx > j.functions.len() {
+                tracing::warn!(job, idx, "function index out of order; ignored");
+            }
+        }
+    }
+
+    /// A driver disconnected: its queued tasks are dropped, running ones
+    /// cancelled, its objects freed, and its executors released.
+    pub fn job_disconnected(&mut self, job: JobId, out: &mut impl Outbox) {
+        let Some(j) = self.jobs.remove(&job) else { return };
+        let mine: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.job == job).map(|(id, _)| *id).collect();
+        for id in &mine {
+            let task = self.tasks.remove(id).expect("listed above");
+            match task.state {
+                TaskState::Waiting | TaskState::Ready => self.counts.queued -= 1,
+                TaskState::Dispatched(n) => {
+                    self.counts.running -= 1;
+                    if let Some(node) = self.nodes.get_mut(&n) {
+                        node.assigned.remove(id);
+                        node.in_use.sub(&j.functions[task.func as usize].resources);
+                        out.cancel(n, *id);
+                    }
+                }
+            }
+        }
+        self.objects.retain(|id, _| ids::job_of(*id) != job);
+        for (id, node) in self.nodes.iter_mut() {
+            if node.functions_sent.remove(&job).is_some() && node.alive {
+                out.job_finished(*id, job);
+            }
+        }
+        tracing::info!(job, name = %j.name, dropped_tasks = mine.len(), "job finished");
+    }
+
+    // ------------------------------------------------------------ objects and tasks
+
+    /// A driver stores a value (a `put`) under `id`.
+    pub fn put(&mut self, job: JobId, id: ObjectId, value: Bytes) {
+        if ids::job_of(id) != job || self.objects.contains_key(&id) || !self.jobs.contains_key(&job) {
+            tracing::warn!(job, object = %ids::display(id), "put refused: foreign or duplicate id");
+            return;
+        }
+        self.objects.insert(id, Object { state: ObjectState::Ready(value), driver_ref: true, task_refs: 0, dependents: Vec::new() });
+    }
+
+    /// A driver submits tasks. Ids must be the job's own and fresh.
+    pub fn submit(&mut self, job: JobId, tasks: Vec<NewTask>, out: &mut impl Outbox) {
+        let Some(j) = self.jobs.get(&job) else { return };
+        let nfuncs = j.functions.len();
+        for t in tasks {
+            if ids::job_of(t.id) != job || self.objects.contains_key(&t.id) || self.tasks.contains_key(&t.id) {
+                tracing::warn!(job, task = %ids::display(t.id), "submission refused: foreign or duplicate id");
+                continue;
+            }
+            self.objects.insert(t.id, Object { state: ObjectState::Pending, driver_ref: true, task_refs: 0, dependents: Vec::new() });
+            let mut slots = Vec::with_capacity(t.args.len());
+            let mut missing = 0;
+            let mut early: Option<Failure> = None;
+            for a in t.args {
+                match a {
+                    NewArg::Value(b) => slots.push(ArgSlot::Value(b)),
+                    NewArg::Object(oid) => match self.objects.get_mut(&oid) {
+                        Some(o) if ids::job_of(oid) == job => {
+                            o.task_refs += 1;
+                            match &o.state {
+                                ObjectState::Pending => {
+                                    missing += 1;
+                                    o.dependents.push(t.id);
+                                }
+                                ObjectState::Failed(f) => {
+                                    early.get_or_insert_with(|| f.clone());
+                                }
+                                ObjectState::Ready(_) => {}
+                            }
+                            slots.push(ArgSlot::Object(oid));
+                        }
+                        _ => {
+                            early.get_or_insert_with(|| {
+                                Failure::new(FailureKind::ObjectLost, format!("argument object {} does not exist (released or never created)", ids::display(oid)))
+                            });
+                        }
+                    },
+                }
+            }
+            if t.func as usize >= nfuncs {
+                early = Some(Failure::new(FailureKind::FunctionNotFound, format!("function index {} was never defined by job {job}", t.func)));
+            }
+            let state = if missing == 0 { TaskState::Ready } else { TaskState::Waiting };
+            self.tasks.insert(t.id, Task { job, func: t.func, args: slots, missing, state, attempts: 0, cancel_requested: false });
+            self.counts.queued += 1;
+            if let Some(f) = early {
+                self.fail_task(t.id, f, out);
+            } else if missing == 0 {
+                self.ready.push_back(t.id);
+            }
+        }
+    }
+
+    /// The driver dropped its last reference to these objects.
+    pub fn release(&mut self, job: JobId, ids_: &[ObjectId]) {
+        for id in ids_ {
+            if ids::job_of(*id) != job {
+                continue;
+            }
+            if let Some(o) = self.objects.get_mut(id) {
+                o.driver_ref = false;
+                self.maybe_free(*id);
+            }
+        }
+    }
+
+    /// Cancel tasks: queued ones fail with `Cancelled` and never run;
+    /// dispatched ones are stopped by their worker, which reports back.
+    pub fn cancel(&mut self, job: JobId, ids_: &[TaskId], out: &mut impl Outbox) {
+        for id in ids_ {
+            let Some(task) = self.tasks.get_mut(id) else { continue };
+            if task.job != job {
+                continue;
+            }
+            match task.state {
+                TaskState::Waiting | TaskState::Ready => self.fail_task(*id, Failure::new(FailureKind::Cancelled, "cancelled before it started"), out),
+                TaskState::Dispatched(node) => {
+                    task.cancel_requested = true;
+                    out.cancel(node, *id);
+                }
+            }
+        }
+    }
+
+    /// A node reports finished tasks.
+    pub fn tasks_finished(&mut self, node_id: NodeId, epoch: u64, results: Vec<(TaskId, Result<Bytes, Failure>)>, now: Instant, out: &mut impl Outbox) {
+        let Some(node) = self.live_node(node_id, epoch) else {
+            tracing::debug!(node = %node_id, epoch, n = results.len(), "results from a stale session ignored");
+            return;
+        };
+        node.last_heartbeat = now;
+        for (tid, outcome) in results {
+            let Some(task) = self.tasks.get_mut(&tid) else { continue };
+            if task.state != TaskState::Dispatched(node_id) {
+                continue;
+            }
+            let job = self.jobs.get(&task.job).expect("tasks of gone jobs are removed");
+            let def = &job.functions[task.func as usize];
+            let node = self.nodes.get_mut(&node_id).expect("checked live");
+            node.assigned.remove(&tid);
+            node.in_use.sub(&def.resources);
+            match outcome {
+                Ok(value) => {
+                    let task = self.tasks.remove(&tid).expect("present");
+                    self.counts.running -= 1;
+                    self.counts.finished += 1;
+                    self.release_args(&task);
+                    self.settle(tid, ObjectState::Ready(value), out);
+                }
+                Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= def.max_retries && !task.cancel_requested => {
+                    tracing::info!(task = %ids::display(tid), attempt = task.attempts, "executor died; retrying task");
+                    task.state = TaskState::Ready;
+                    self.counts.running -= 1;
+                    self.counts.queued += 1;
+                    self.ready.push_front(tid);
+                }
+                Err(mut f) => {
+                    f.attempts = task.attempts;
+                    if f.function.is_empty() {
+                        f.function = def.name.clone();
+                    }
+                    self.fail_task(tid, f, out);
+                }
+            }
+        }
+    }
+
+    fn release_args(&mut self, task: &Task) {
+        for a in &task.args {
+            if let ArgSlot::Object(oid) = a {
+                if let Some(o) = self.objects.get_mut(oid) {
+                    o.task_refs = o.task_refs.saturating_sub(1);
+                    self.maybe_free(*oid);
+                }
+            }
+        }
+    }
+
+    fn maybe_free(&mut self, id: ObjectId) {
+        if let Some(o) = self.objects.get(&id) {
+            if !o.driver_ref && o.task_refs == 0 && !matches!(o.state, ObjectState::Pending) {
+                self.objects.remove(&id);
+            }
+        }
+    }
+
+    /// Fails a task and, transitively, everything waiting on its result.
+    /// The original failure travels unchanged so the caller sees the cause.
+    fn fail_task(&mut self, id: TaskId, failure: Failure, out: &mut impl Outbox) {
+        let mut work = vec![(id, failure)];
+        while let Some((tid, f)) = work.pop() {
+            let Some(task) = self.tasks.remove(&tid) else { continue };
+            match task.state {
+                TaskState::Waiting | TaskState::Ready => self.counts.queued -= 1,
+                TaskState::Dispatched(n) => {
+                    self.counts.running -= 1;
+                    if let Some(node) = self.nodes.get_mut(&n) {
+                        node.assigned.remove(&tid);
+                    }
+                }
+            }
+            self.counts.failed += 1;
+            self.release_args(&task);
+            for dep in self.settle(tid, ObjectState::Failed(f.clone()), out) {
+                work.push((dep, f.clone()));
+            }
+        }
+    }
+
+    /// Records an object's final state, tells its driver, and wakes or
+    /// dooms its dependents. Returns the dependents that must now fail.
+    fn settle(&mut self, id: ObjectId, state: ObjectState, out: &mut impl Outbox) -> Vec<TaskId> {
+        let Some(o) = self.objects.get_mut(&id) else { return Vec::new() };
+        let deps = std::mem::take(&mut o.dependents);
+        if o.driver_ref {
+            let outcome = match &state {
+                ObjectState::Ready(b) => Ok(b.clone()),
+                ObjectState::Failed(f) => Err(f.clone()),
+                ObjectState::Pending => unreachable!("settled objects are final"),
+            };
+            out.result(ids::job_of(id), id, outcome);
+        }
+        o.state = state.clone();
+        let mut doomed = Vec::new();
+        for d in deps {
+            let Some(t) = self.tasks.get_mut(&d) else { continue };
+            match &state {
+                ObjectState::Ready(_) => {
+                    t.missing -= 1;
+                    if t.missing == 0 && t.state == TaskState::Waiting {
+                        t.state = TaskState::Ready;
+                        self.ready.push_back(d);
+                    }
+                }
+                _ => doomed.push(d),
+            }
+        }
+        self.maybe_free(id);
+        doomed
+    }
+
+    // ------------------------------------------------------------ placement
+
+    /// Places ready tasks, in FIFO order, on nodes that asked for work and
+    /// whose resources fit. Among fitting nodes: the one holding the most
+    /// bytes of the task's inputs, then one with the resources free now,
+    /// then round-robin.
+    pub fn schedule(&mut self, out: &mut impl Outbox) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let alive: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.alive).map(|(id, _)| *id).collect();
+        let mut deferred = Vec::new();
+        let mut budget = self.ready.len();
+        while budget > 0 && self.total_credits > 0 {
+            budget -= 1;
+            let Some(tid) = self.ready.pop_front() else { break };
+            let Some(task) = self.tasks.get(&tid) else { continue };
+            if task.state != TaskState::Ready {
+                continue;
+            }
+            let job = &self.jobs[&task.job];
+            let req = &job.functions[task.func as usize].resources;
+            let mut feasible = false;
+            let mut best: Option<(bool, NodeId)> = None;
+            let n = alive.len();
+            for k in 0..n {
+                let id = alive[(self.rr + k) % n];
+                let node = &self.nodes[&id];
+                if !req.fits_in(&node.info.resources) {
+                    continue;
+                }
+                feasible = true;
+                if node.credits == 0 {
+                    continue;
+                }
+                let mut used = node.in_use.clone();
+                used.add(req);
+                let fits_now = used.fits_in(&node.info.resources);
+                if fits_now {
+                    best = Some((true, id));
+                    break;
+                }
+                if best.is_none() {
+                    best = Some((false, id));
+                }
+            }
+            match best {
+                Some((_, node)) => {
+                    self.rr = self.rr.wrapping_add(1);
+                    self.dispatch(tid, node, out);
+                }
+                None if !feasible && !alive.is_empty() && !self.config.wait_for_feasible_nodes => {
+                    let f = Failure::new(
+                        FailureKind::Unschedulable,
+                        format!("no node of the cluster offers {req} (needed by {})", job.functions[task.func as usize].name),
+                    );
+                    self.fail_task(tid, f, out);
+                }
+                None => deferred.push(tid),
+            }
+        }
+        for t in deferred.into_iter().rev() {
+            self.ready.push_front(t);
+        }
+    }
+
+    fn dispatch(&mut self, tid: TaskId, node_id: NodeId, out: &mut impl Outbox) {
+        let task = self.tasks.get_mut(&tid).expect("ready task exists");
+        let job = &self.jobs[&task.job];
+        let node = self.nodes.get_mut(&node_id).expect("alive node exists");
+        let sent = node.functions_sent.entry(task.job).or_insert(0);
+        if task.func >= *sent {
+            out.job_info(node_id, task.job, &job.binary, *sent, &job.functions[*sent as usize..]);
+            *sent = job.functions.len() as u32;
+        }
+        let mut args = Vec::with_capacity(task.args.len());
+        for a in &task.args {
+            match a {
+                ArgSlot::Value(b) => args.push(b.clone()),
+                ArgSlot::Object(oid) => match self.objects.get(oid).map(|o| &o.state) {
+                    Some(ObjectState::Ready(b)) => args.push(b.clone()),
+                    _ => unreachable!("a ready task's inputs are ready and referenced"),
+                },
+            }
+        }
+        node.credits -= 1;
+        self.total_credits -= 1;
+        node.assigned.insert(tid);
+        node.in_use.add(&job.functions[task.func as usize].resources);
+        task.attempts += 1;
+        task.state = TaskState::Dispatched(node_id);
+        self.counts.queued -= 1;
+        self.counts.running += 1;
+        out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts });
+    }
+
+    // ------------------------------------------------------------ queries
+
+    /// Nodes, resources and task counts.
+    pub fn snapshot(&self, now: Instant) -> ClusterSnapshot {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(id, n)| NodeSnapshot {
+                id: *id,
+                address: n.info.address.clone(),
+                alive: n.alive,
+                total: n.info.resources.clone(),
+                available: n.info.resources.available_after(&n.in_use),
+                last_heartbeat_age_s: now.saturating_duration_since(n.last_heartbeat).as_secs_f64(),
+                hostname: n.info.hostname.clone(),
+                pid: n.info.pid,
+                tasks_running: n.assigned.len() as u64,
+                memory_bytes: n.info.memory_bytes,
+                object_store_bytes: n.info.object_store_bytes,
+            })
+            .collect();
+        ClusterSnapshot { nodes, tasks: self.counts, jobs: self.jobs.len() as u32 }
+    }
+
+    /// Number of entries in the object table (for tests and metrics).
+    pub fn object_count(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// Number of unfinished tasks (for tests and metrics).
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+}

@@ -1,0 +1,332 @@
+//! Unit tests of the scheduling core: no sockets, no clock, a recording
+//! outbox. Each test ends by checking nothing unexpected was sent.
+
+use super::*;
+
+#[derive(Default)]
+struct Rec {
+    dispatched: Vec<(NodeId, Dispatch)>,
+    results: Vec<(JobId, TaskId, Result<Bytes, Failure>)>,
+    cancels: Vec<(NodeId, TaskId)>,
+    job_infos: Vec<(NodeId, JobId, u32, usize)>,
+    finished_jobs: Vec<(NodeId, JobId)>,
+}
+
+impl Outbox for Rec {
+    fn job_info(&mut self, node: NodeId, job: JobId, _binary: &str, first: u32, functions: &[FunctionDef]) {
+        self.job_infos.push((node, job, first, functions.len()));
+    }
+    fn dispatch(&mut self, node: NodeId, task: Dispatch) {
+        self.dispatched.push((node, task));
+    }
+    fn cancel(&mut self, node: NodeId, task: TaskId) {
+        self.cancels.push((node, task));
+    }
+    fn job_finished(&mut self, node: NodeId, job: JobId) {
+        self.finished_jobs.push((node, job));
+    }
+    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Bytes, Failure>) {
+        self.results.push((job, task, outcome));
+    }
+}
+
+impl Rec {
+    fn take_dispatched(&mut self) -> Vec<(NodeId, Dispatch)> {
+        std::mem::take(&mut self.dispatched)
+    }
+    fn assert_quiet(&self) {
+        assert!(self.dispatched.is_empty(), "unexpected dispatches: {:?}", self.dispatched);
+        assert!(self.results.is_empty(), "unexpected results: {:?}", self.results);
+        assert!(self.cancels.is_empty(), "unexpected cancels: {:?}", self.cancels);
+    }
+}
+
+fn t0() -> Instant {
+    Instant::now()
+}
+
+fn node(core: &mut Core, res: ResourceSet, now: Instant, out: &mut Rec) -> (NodeId, u64) {
+    core.node_registered(NodeRegistration { resources: res, address: "10.0.0.1".into(), ..Default::default() }, now, out)
+}
+
+fn job_with(core: &mut Core, funcs: &[(&str, ResourceSet, u32)]) -> JobId {
+    let job = core.job_connected("ab".repeat(32), "test".into()).unwrap();
+    let defs = funcs.iter().map(|(n, r, m)| FunctionDef { name: n.to_string(), resources: r.clone(), max_retries: *m }).collect();
+    core.define_functions(job, 0, defs);
+    job
+}
+
+fn task(job: JobId, seq: u64, func: u32, args: Vec<NewArg>) -> NewTask {
+    NewTask { id: ids::object_id(job, seq), func, args }
+}
+
+fn val(x: &'static [u8]) -> NewArg {
+    NewArg::Value(Bytes::from_static(x))
+}
+
+fn ok(b: &'static [u8]) -> Result<Bytes, Failure> {
+    Ok(Bytes::from_static(b))
+}
+
+#[test]
+fn heartbeat_timeout_marks_dead_and_reregistration_revives() {
+    let mut core = Core::new(CoreConfig { heartbeat_timeout: Duration::from_secs(3), ..Default::default() });
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(2.0), now, &mut out);
+    let (b, _) = node(&mut core, ResourceSet::cpus(2.0), now, &mut out);
+    core.node_heartbeat(a, ea, now + Duration::from_secs(2));
+    core.tick(now + Duration::from_secs(4), &mut out);
+    let snap = core.snapshot(now + Duration::from_secs(4));
+    let alive: Vec<_> = snap.nodes.iter().map(|n| (n.id, n.alive)).collect();
+    assert!(alive.contains(&(a, true)));
+    assert!(alive.contains(&(b, false)));
+    let (b2, eb2) = core.node_registered(
+        NodeRegistration { node_id: Some(b), resources: ResourceSet::cpus(2.0), ..Default::default() },
+        now + Duration::from_secs(5),
+        &mut out,
+    );
+    assert_eq!(b2, b);
+    assert_eq!(eb2, 2, "a new session gets a new epoch");
+    assert!(core.snapshot(now).nodes.iter().all(|n| n.alive));
+    out.assert_quiet();
+}
+
+#[test]
+fn fifo_dispatch_respects_credits_and_sends_job_info_once() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(2.0), now, &mut out);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    core.submit(job, (1..=5).map(|i| task(job, i, 0, vec![val(b"x")])).collect(), &mut out);
+    core.schedule(&mut out);
+    out.assert_quiet();
+    core.node_credits(a, ea, 3, now);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.iter().map(|(_, t)| ids::seq_of(t.task)).collect::<Vec<_>>(), vec![1, 2, 3], "FIFO order");
+    assert_eq!(out.job_infos, vec![(a, job, 0, 1)], "job info sent once, before the first task");
+    assert_eq!(core.snapshot(now).tasks, TaskCounts { queued: 2, running: 3, finished: 0, failed: 0 });
+    core.tasks_finished(a, ea, vec![(ids::object_id(job, 1), ok(b"r1"))], now, &mut out);
+    assert_eq!(out.results, vec![(job, ids::object_id(job, 1), ok(b"r1"))]);
+    out.results.clear();
+    core.node_credits(a, ea, 10, now);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().len(), 2);
+    out.assert_quiet();
+}
+
+#[test]
+fn dag_waits_for_inputs_and_resolves_them_on_the_head() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    core.node_credits(a, ea, 100, now);
+    let job = job_with(&mut core, &[("leaf", ResourceSet::cpus(1.0), 0), ("add", ResourceSet::cpus(1.0), 0)]);
+    let (l1, l2) = (ids::object_id(job, 1), ids::object_id(job, 2));
+    core.submit(
+        job,
+        vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![]), task(job, 3, 1, vec![NewArg::Object(l1), NewArg::Object(l2)])],
+        &mut out,
+    );
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.len(), 2, "the add waits for both leaves");
+    core.tasks_finished(a, ea, vec![(l1, ok(b"A"))], now, &mut out);
+    core.schedule(&mut out);
+    assert!(out.take_dispatched().is_empty());
+    core.tasks_finished(a, ea, vec![(l2, ok(b"B"))], now, &mut out);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1.args, vec![Bytes::from_static(b"A"), Bytes::from_static(b"B")]);
+    // The driver drops the leaves; they stay until the add finishes.
+    core.release(job, &[l1, l2]);
+    assert_eq!(core.object_count(), 3);
+    core.tasks_finished(a, ea, vec![(ids::object_id(job, 3), ok(b"AB"))], now, &mut out);
+    assert_eq!(core.object_count(), 1, "inputs freed once nothing needs them");
+    core.release(job, &[ids::object_id(job, 3)]);
+    assert_eq!(core.object_count(), 0);
+    assert_eq!(core.task_count(), 0);
+}
+
+#[test]
+fn failure_propagates_through_the_graph_with_its_cause() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    core.node_credits(a, ea, 100, now);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let (x, y, z) = (ids::object_id(job, 1), ids::object_id(job, 2), ids::object_id(job, 3));
+    core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![NewArg::Object(x)]), task(job, 3, 0, vec![NewArg::Object(y)])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    let mut boom = Failure::new(FailureKind::Panicked, "boom");
+    boom.location = "src/lib.rs:3:5".into();
+    core.tasks_finished(a, ea, vec![(x, Err(boom))], now, &mut out);
+    let got: Vec<_> = out.results.iter().map(|(_, id, r)| (*id, r.clone().unwrap_err().message)).collect();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|(_, m)| m == "boom"), "{got:?}");
+    assert_eq!(got.iter().map(|(id, _)| *id).collect::<HashSet<_>>(), [x, y, z].into_iter().collect());
+    assert_eq!(core.snapshot(now).tasks.failed, 3);
+    // A task submitted later on the failed object fails at once.
+    out.results.clear();
+    core.submit(job, vec![task(job, 4, 0, vec![NewArg::Object(x)])], &mut out);
+    assert_eq!(out.results.len(), 1);
+    assert_eq!(out.results[0].2.clone().unwrap_err().kind, FailureKind::Panicked);
+}
+
+#[test]
+fn dead_node_tasks_are_retried_elsewhere_then_fail_past_max_retries() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let (b, eb) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let job = job_with(&mut core, &[("once", ResourceSet::cpus(1.0), 1)]);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].0, a);
+    core.node_disconnected(a, ea, &mut out);
+    core.node_credits(b, eb, 1, now);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!((d[0].0, d[0].1.attempt), (b, 2), "retried on the other node");
+    // Results from the dead session are ignored.
+    core.tasks_finished(a, ea, vec![(ids::object_id(job, 1), ok(b"stale"))], now, &mut out);
+    assert!(out.results.is_empty());
+    core.tasks_finished(b, eb, vec![(ids::object_id(job, 1), Err(Failure::new(FailureKind::WorkerDied, "executor killed")))], now, &mut out);
+    let (_, _, r) = out.results.pop().unwrap();
+    let f = r.unwrap_err();
+    assert_eq!((f.kind, f.attempts, f.function.as_str()), (FailureKind::WorkerDied, 2, "once"));
+    out.assert_quiet();
+}
+
+#[test]
+fn resources_decide_placement_and_impossible_tasks_fail_clearly() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (plain, ep) = node(&mut core, ResourceSet::cpus(4.0), now, &mut out);
+    let (gpu, eg) = node(&mut core, ResourceSet::cpus(1.0).with("gpu", 1.0), now, &mut out);
+    core.node_credits(plain, ep, 10, now);
+    core.node_credits(gpu, eg, 10, now);
+    let job = job_with(&mut core, &[("g", ResourceSet::cpus(1.0).with("gpu", 1.0), 0), ("g9", ResourceSet::cpus(1.0).with("gpu", 9.0), 0)]);
+    core.submit(job, (1..=3).map(|i| task(job, i, 0, vec![])).collect(), &mut out);
+    core.submit(job, vec![task(job, 4, 1, vec![])], &mut out);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.len(), 3);
+    assert!(d.iter().all(|(n, _)| *n == gpu), "gpu tasks only on the gpu node");
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!(id, ids::object_id(job, 4));
+    let f = r.unwrap_err();
+    assert_eq!(f.kind, FailureKind::Unschedulable);
+    assert!(f.message.contains("gpu=9"), "{}", f.message);
+}
+
+#[test]
+fn tasks_wait_when_no_node_is_alive_yet() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.assert_quiet();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    core.node_credits(a, ea, 1, now);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().len(), 1);
+}
+
+#[test]
+fn cancel_queued_never_runs_and_cancel_running_asks_the_node() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().len(), 1);
+    let (running, queued) = (ids::object_id(job, 1), ids::object_id(job, 2));
+    core.cancel(job, &[queued, running], &mut out);
+    assert_eq!(out.results.len(), 1);
+    assert_eq!(out.results[0].2.clone().unwrap_err().kind, FailureKind::Cancelled);
+    assert_eq!(out.cancels, vec![(a, running)]);
+    out.results.clear();
+    out.cancels.clear();
+    core.node_credits(a, ea, 5, now);
+    core.schedule(&mut out);
+    // A node dying while a cancel is pending does not resurrect the task.
+    core.node_disconnected(a, ea, &mut out);
+    assert_eq!(out.results.pop().unwrap().2.unwrap_err().kind, FailureKind::Cancelled);
+    out.assert_quiet();
+}
+
+#[test]
+fn job_disconnect_drops_its_work_and_frees_executors() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    core.node_credits(a, ea, 1, now);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let other = job_with(&mut core, &[("g", ResourceSet::cpus(1.0), 0)]);
+    core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![])], &mut out);
+    core.submit(other, vec![task(other, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.job_disconnected(job, &mut out);
+    assert_eq!(out.cancels, vec![(a, ids::object_id(job, 1))]);
+    assert_eq!(out.finished_jobs, vec![(a, job)]);
+    assert_eq!(core.snapshot(now).tasks, TaskCounts { queued: 1, running: 0, finished: 0, failed: 0 });
+    assert_eq!(core.task_count(), 1, "the other job's task is untouched");
+    assert_eq!(core.object_count(), 1);
+    // The other job proceeds.
+    core.node_credits(a, ea, 1, now);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].1.job, other);
+}
+
+#[test]
+fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    // A task with another job's id is ignored.
+    core.submit(job, vec![NewTask { id: ids::object_id(job + 1, 1), func: 0, args: vec![] }], &mut out);
+    assert_eq!(core.task_count(), 0);
+    // An undefined function fails the task.
+    core.submit(job, vec![task(job, 1, 7, vec![])], &mut out);
+    assert_eq!(out.results.pop().unwrap().2.unwrap_err().kind, FailureKind::FunctionNotFound);
+    // A reference to an unknown object fails with ObjectLost.
+    core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(ids::object_id(job, 99))])], &mut out);
+    assert_eq!(out.results.pop().unwrap().2.unwrap_err().kind, FailureKind::ObjectLost);
+    // Results for unknown tasks or nodes are ignored.
+    core.tasks_finished(NodeId::random(), 1, vec![(42, ok(b""))], Instant::now(), &mut out);
+    core.release(job, &[12345]);
+    core.cancel(job, &[777], &mut out);
+    out.assert_quiet();
+}
+
+#[test]
+fn put_objects_serve_as_arguments() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    core.node_credits(a, ea, 1, now);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let p = ids::object_id(job, 1);
+    core.put(job, p, Bytes::from_static(b"big"));
+    core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(p)])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].1.args, vec![Bytes::from_static(b"big")]);
+}

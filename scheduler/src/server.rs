@@ -1,0 +1,487 @@
+//! The head's I/O edge: gRPC services (tonic) and the event loop that owns
+//! the [`Core`]. Handlers are thin: check and unpack a message, send one
+//! event to the loop, stream replies back. The loop drains every queued
+//! event, runs one scheduling pass, then flushes the outbox, so dispatches
+//! and results leave in batches.
+
+use crate::binaries::{BinaryStore, valid_hash};
+use crate::convert;
+use crate::core::{ClusterSnapshot, Core, CoreConfig, Dispatch, Failure, FunctionDef, JobId, NodeId, NodeRegistration, Outbox, TaskId};
+use bytes::Bytes;
+use futures::Stream;
+use shoal_proto::pb::head_server::{Head, HeadServer};
+use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
+use shoal_proto::resources::ResourceSet;
+use shoal_proto::{PROTOCOL_VERSION, auth};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How the head runs. Independent of the CLI; `shoal start --head` builds
+/// one from its flags.
+#[derive(Clone, Debug)]
+pub struct HeadConfig {
+    /// Cluster token every RPC must carry; `None` = insecure mode.
+    pub token: Option<String>,
+    /// Where uploaded program binaries are stored.
+    pub binaries_dir: PathBuf,
+    /// Period at which workers should heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a worker is declared dead.
+    pub heartbeat_timeout: Duration,
+    /// Wait for a node that fits instead of failing unschedulable tasks.
+    pub wait_for_feasible_nodes: bool,
+}
+
+impl HeadConfig {
+    /// Defaults with the given token and binary directory.
+    pub fn new(token: Option<String>, binaries_dir: PathBuf) -> Self {
+        HeadConfig {
+            token,
+            binaries_dir,
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_timeout: Duration::from_secs(5),
+            wait_for_feasible_nodes: false,
+        }
+    }
+}
+
+/// A running head. Dropping it does not stop it; call [`HeadHandle::shutdown`].
+pub struct HeadHandle {
+    /// The address the head listens on.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    events: mpsc::UnboundedSender<Cmd>,
+}
+
+impl HeadHandle {
+    /// Current cluster snapshot (same data as the Status RPC).
+    pub async fn snapshot(&self) -> Option<ClusterSnapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Cmd::Status { reply: tx }).ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops serving: sessions are closed, then the server exits.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.events.send(Cmd::Stop);
+        // Long-lived streams would hold a graceful shutdown forever; give
+        // them a moment to see the end of their response streams.
+        if tokio::time::timeout(Duration::from_secs(1), &mut self.server).await.is_err() {
+            self.server.abort();
+        }
+    }
+
+    /// Waits until the server stops (on its own or via another handle).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.server).await;
+    }
+}
+
+/// Starts a head serving on `listener`.
+pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std::io::Result<HeadHandle> {
+    let addr = listener.local_addr()?;
+    let store = BinaryStore::open(&config.binaries_dir)?;
+    let (events, rx) = mpsc::unbounded_channel();
+    let core = Core::new(CoreConfig { heartbeat_timeout: config.heartbeat_timeout, wait_for_feasible_nodes: config.wait_for_feasible_nodes });
+    tokio::spawn(event_loop(core, rx, config.heartbeat_interval));
+    let service = HeadService { events: events.clone(), store };
+    let svc = HeadServer::new(service)
+        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::CheckToken::new(config.token.as_deref()));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "head server stopped with an error");
+        }
+    });
+    tracing::info!(%addr, secure = config.token.is_some(), "head listening");
+    Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events })
+}
+
+type Sender<T> = mpsc::UnboundedSender<Result<T, Status>>;
+
+enum Cmd {
+    WorkerRegister { reg: NodeRegistration, tx: Sender<HeadToWorker>, reply: oneshot::Sender<(NodeId, u64)> },
+    WorkerMsg { node: NodeId, epoch: u64, msg: pb::WorkerToHead },
+    WorkerGone { node: NodeId, epoch: u64 },
+    DriverHello { binary: String, name: String, tx: Sender<HeadToDriver>, reply: oneshot::Sender<Result<JobId, Status>> },
+    DriverMsg { job: JobId, msg: pb::DriverToHead },
+    DriverGone { job: JobId },
+    Status { reply: oneshot::Sender<ClusterSnapshot> },
+    Stop,
+}
+
+/// Bytes after which an outgoing batch is closed and a new one started,
+/// so no single frame grows without bound.
+const BATCH_BYTES: usize = 4 << 20;
+
+#[derive(Default)]
+struct BatchingOutbox {
+    workers: HashMap<NodeId, Vec<(HeadToWorker, usize)>>,
+    drivers: HashMap<JobId, Vec<(HeadToDriver, usize)>>,
+}
+
+fn current<M: Default>(v: &mut Vec<(M, usize)>, add: usize) -> &mut M {
+    if v.last().is_none_or(|(_, size)| *size + add > BATCH_BYTES) {
+        v.push((M::default(), 0));
+    }
+    let last = v.last_mut().expect("just ensured");
+    last.1 += add;
+    &mut last.0
+}
+
+impl Outbox for BatchingOutbox {
+    fn job_info(&mut self, node: NodeId, job: JobId, binary: &str, first: u32, functions: &[FunctionDef]) {
+        let m = current(self.workers.entry(node).or_default(), 64);
+        m.jobs.push(pb::JobInfo { job, binary: binary.to_string(), first_function: first, functions: functions.iter().map(convert::function_to_pb).collect() });
+    }
+    fn dispatch(&mut self, node: NodeId, task: Dispatch) {
+        let size = 24 + task.args.iter().map(|a| a.len() + 4).sum::<usize>();
+        current(self.workers.entry(node).or_default(), size).tasks.push(convert::dispatch_to_pb(task));
+    }
+    fn cancel(&mut self, node: NodeId, task: TaskId) {
+        current(self.workers.entry(node).or_default(), 8).cancel.push(task);
+    }
+    fn job_finished(&mut self, node: NodeId, job: JobId) {
+        current(self.workers.entry(node).or_default(), 4).jobs_finished.push(job);
+    }
+    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Bytes, Failure>) {
+        let size = 16 + outcome.as_ref().map_or(64, |b| b.len());
+        current(self.drivers.entry(job).or_default(), size).results.push(convert::result_to_pb(task, outcome));
+    }
+}
+
+async fn event_loop(mut core: Core, mut rx: mpsc::UnboundedReceiver<Cmd>, heartbeat_interval: Duration) {
+    let mut out = BatchingOutbox::default();
+    let mut workers: HashMap<NodeId, (u64, Sender<HeadToWorker>)> = HashMap::new();
+    let mut drivers: HashMap<JobId, Sender<HeadToDriver>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'outer: loop {
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(mut cmd) = cmd else { break };
+                // Drain everything already queued: one scheduling pass and
+                // one flush for the whole burst.
+                for _ in 0..65_536 {
+                    if matches!(cmd, Cmd::Stop) {
+                        break 'outer;
+                    }
+                    handle(&mut core, cmd, &mut out, &mut workers, &mut drivers, heartbeat_interval);
+                    match rx.try_recv() {
+                        Ok(c) => cmd = c,
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tick.tick() => core.tick(Instant::now(), &mut out),
+        }
+        core.schedule(&mut out);
+        for (node, batches) in out.workers.drain() {
+            if let Some((_, tx)) = workers.get(&node) {
+                for (m, _) in batches {
+                    let _ = tx.send(Ok(m));
+                }
+            }
+        }
+        for (job, batches) in out.drivers.drain() {
+            if let Some(tx) = drivers.get(&job) {
+                for (m, _) in batches {
+                    let _ = tx.send(Ok(m));
+                }
+            }
+        }
+    }
+    tracing::info!("head event loop stopped");
+}
+
+fn handle(
+    core: &mut Core,
+    cmd: Cmd,
+    out: &mut BatchingOutbox,
+    workers: &mut HashMap<NodeId, (u64, Sender<HeadToWorker>)>,
+    drivers: &mut HashMap<JobId, Sender<HeadToDriver>>,
+    heartbeat_interval: Duration,
+) {
+    let now = Instant::now();
+    match cmd {
+        Cmd::WorkerRegister { reg, tx, reply } => {
+            let (id, epoch) = core.node_registered(reg, now, out);
+            let _ = tx.send(Ok(HeadToWorker {
+                registered: Some(pb::Registered {
+                    node_id: id.0.to_string(),
+                    protocol_version: PROTOCOL_VERSION,
+                    heartbeat_interval_ms: heartbeat_interval.as_millis() as u32,
+                }),
+                ..Default::default()
+            }));
+            workers.insert(id, (epoch, tx));
+            let _ = reply.send((id, epoch));
+        }
+        Cmd::WorkerMsg { node, epoch, msg } => {
+            if msg.heartbeat != 0 {
+                core.node_heartbeat(node, epoch, now);
+            }
+            if !msg.results.is_empty() {
+                let results = msg.results.into_iter().map(convert::result_from_pb).collect();
+                core.tasks_finished(node, epoch, results, now, out);
+            }
+            if msg.credits > 0 {
+                core.node_credits(node, epoch, msg.credits, now);
+            }
+        }
+        Cmd::WorkerGone { node, epoch } => {
+            core.node_disconnected(node, epoch, out);
+            if workers.get(&node).is_some_and(|(e, _)| *e == epoch) {
+                workers.remove(&node);
+            }
+        }
+        Cmd::DriverHello { binary, name, tx, reply } => match core.job_connected(binary, name) {
+            Ok(job) => {
+                let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), ..Default::default() }));
+                drivers.insert(job, tx);
+                let _ = reply.send(Ok(job));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Status::resource_exhausted(e.to_string())));
+            }
+        },
+        Cmd::DriverMsg { job, msg } => {
+            if !msg.functions.is_empty() {
+                core.define_functions(job, msg.first_function, msg.functions.into_iter().map(convert::function_from_pb).collect());
+            }
+            for p in msg.puts {
+                core.put(job, p.id, p.value);
+            }
+            if !msg.submit.is_empty() {
+                core.submit(job, msg.submit.into_iter().map(convert::task_from_pb).collect(), out);
+            }
+            if !msg.cancel.is_empty() {
+                core.cancel(job, &msg.cancel, out);
+            }
+            if !msg.release.is_empty() {
+                core.release(job, &msg.release);
+            }
+        }
+        Cmd::DriverGone { job } => {
+            core.job_disconnected(job, out);
+            drivers.remove(&job);
+        }
+        Cmd::Status { reply } => {
+            let _ = reply.send(core.snapshot(now));
+        }
+        Cmd::Stop => {}
+    }
+}
+
+struct HeadService {
+    events: mpsc::UnboundedSender<Cmd>,
+    store: BinaryStore,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn head_gone() -> Status {
+    Status::unavailable("the head is shutting down")
+}
+
+fn check_version(v: u32, who: &str) -> Result<(), Status> {
+    if v != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "{who} speaks protocol version {v}, this head speaks {PROTOCOL_VERSION}: run the same shoal version on every node"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Head for HeadService {
+    type WorkerSessionStream = BoxStream<HeadToWorker>;
+    type DriverSessionStream = BoxStream<HeadToDriver>;
+    type FetchBinaryStream = BoxStream<pb::BinaryChunk>;
+
+    async fn worker_session(&self, request: Request<Streaming<pb::WorkerToHead>>) -> Result<Response<Self::WorkerSessionStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into());
+        let mut inbound = request.into_inner();
+        let mut first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("worker session closed before registering"))?;
+        let reg = first.register.take().ok_or_else(|| Status::invalid_argument("the first message of a worker session must carry `register`"))?;
+        check_version(reg.protocol_version, "this worker")?;
+        let node_id = if reg.node_id.is_empty() {
+            None
+        } else {
+            Some(NodeId(reg.node_id.parse().map_err(|_| Status::invalid_argument(format!("node id {:?} is not a UUID", reg.node_id)))?))
+        };
+        let registration = NodeRegistration {
+            node_id,
+            resources: reg.resources.as_ref().map(ResourceSet::from).unwrap_or_default(),
+            address: peer,
+            hostname: reg.hostname,
+            pid: reg.pid,
+            memory_bytes: reg.memory_bytes,
+            object_store_bytes: reg.object_store_bytes,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.events.send(Cmd::WorkerRegister { reg: registration, tx, reply: reply_tx }).map_err(|_| head_gone())?;
+        let (node, epoch) = reply_rx.await.map_err(|_| head_gone())?;
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            if first.credits > 0 || !first.results.is_empty() || first.heartbeat != 0 {
+                let _ = events.send(Cmd::WorkerMsg { node, epoch, msg: first });
+            }
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        if events.send(Cmd::WorkerMsg { node, epoch, msg }).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(%node, error = %e, "worker session broken");
+                        break;
+                    }
+                }
+            }
+            let _ = events.send(Cmd::WorkerGone { node, epoch });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn driver_session(&self, request: Request<Streaming<pb::DriverToHead>>) -> Result<Response<Self::DriverSessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let mut first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("driver session closed before hello"))?;
+        let hello = first.hello.take().ok_or_else(|| Status::invalid_argument("the first message of a driver session must carry `hello`"))?;
+        check_version(hello.protocol_version, "this program's shoal library")?;
+        if !self.store.contains(&hello.binary) {
+            return Err(Status::failed_precondition(format!("program binary {} was not uploaded to the head", hello.binary)));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let name = format!("{} (pid {} on {})", hello.name, hello.pid, hello.hostname);
+        self.events.send(Cmd::DriverHello { binary: hello.binary, name, tx, reply: reply_tx }).map_err(|_| head_gone())?;
+        let job = reply_rx.await.map_err(|_| head_gone())??;
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let _ = events.send(Cmd::DriverMsg { job, msg: first });
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        if events.send(Cmd::DriverMsg { job, msg }).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(job, error = %e, "driver session ended");
+                        break;
+                    }
+                }
+            }
+            let _ = events.send(Cmd::DriverGone { job });
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn has_binary(&self, request: Request<pb::BinaryId>) -> Result<Response<pb::HasBinaryReply>, Status> {
+        Ok(Response::new(pb::HasBinaryReply { present: self.store.contains(&request.into_inner().hash) }))
+    }
+
+    async fn upload_binary(&self, request: Request<Streaming<pb::BinaryChunk>>) -> Result<Response<pb::UploadBinaryReply>, Status> {
+        const MAX_BINARY: u64 = 4 << 30;
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        if !valid_hash(&first.hash) {
+            return Err(Status::invalid_argument(format!("{:?} is not a binary id (64 hex digits)", first.hash)));
+        }
+        if first.total_size > MAX_BINARY {
+            return Err(Status::invalid_argument(format!("binary of {} bytes exceeds the {MAX_BINARY}-byte limit", first.total_size)));
+        }
+        let hash = first.hash.clone();
+        if self.store.contains(&hash) {
+            return Ok(Response::new(pb::UploadBinaryReply { hash, size: first.total_size }));
+        }
+        let mut w = self.store.writer(&hash).map_err(|e| Status::internal(e.to_string()))?;
+        w.write(&first.data).map_err(|e| Status::internal(e.to_string()))?;
+        while let Some(chunk) = inbound.message().await? {
+            if w.written() + chunk.data.len() as u64 > first.total_size {
+                return Err(Status::invalid_argument("upload is larger than its declared size"));
+            }
+            w.write(&chunk.data).map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let size = w.written();
+        w.finish().map_err(|e| Status::invalid_argument(format!("upload rejected: {e}")))?;
+        tracing::info!(binary = %&hash[..12], size, "program binary stored");
+        Ok(Response::new(pb::UploadBinaryReply { hash, size }))
+    }
+
+    async fn fetch_binary(&self, request: Request<pb::BinaryId>) -> Result<Response<Self::FetchBinaryStream>, Status> {
+        let hash = request.into_inner().hash;
+        let path = self.store.path(&hash).filter(|p| p.is_file()).ok_or_else(|| Status::not_found(format!("no binary {hash}")))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                    return;
+                }
+            };
+            let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut first = true;
+            loop {
+                let mut buf = vec![0u8; shoal_proto::BINARY_CHUNK_BYTES];
+                let n = match f.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                        return;
+                    }
+                };
+                if n == 0 && !first {
+                    return;
+                }
+                buf.truncate(n);
+                let chunk = pb::BinaryChunk {
+                    hash: if first { hash.clone() } else { String::new() },
+                    total_size: if first { total } else { 0 },
+                    data: Bytes::from(buf),
+                };
+                first = false;
+                if tx.blocking_send(Ok(chunk)).is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Cmd::Status { reply: tx }).map_err(|_| head_gone())?;
+        let snap = rx.await.map_err(|_| head_gone())?;
+        Ok(Response::new(convert::snapshot_to_pb(snap)))
+    }
+}
