@@ -7,6 +7,7 @@
 //! - [`auth`]: the cluster token: a client interceptor that attaches it and
 //!   a server interceptor that checks it in constant time.
 //! - [`frame`]: `u32`-length-prefixed protobuf frames, async and blocking.
+//! - [`binaries`]: the content-addressed store of program binaries.
 //! - [`ids`]: how object ids pack a job id and a sequence number.
 
 /// Generated protobuf messages and tonic services for `shoal.v1`.
@@ -16,6 +17,8 @@ pub mod pb {
 }
 
 pub mod auth;
+pub mod binaries;
+pub mod client;
 pub mod frame;
 pub mod ids;
 pub mod resources;

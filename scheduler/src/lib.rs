@@ -4,10 +4,8 @@
 //! - [`core`]: the scheduling state machine (membership, task graph, object
 //!   table, FIFO queue, placement). No I/O; unit-tested directly.
 //! - [`server`]: the gRPC services and the event loop that owns the core.
-//! - [`binaries`]: the content-addressed store of uploaded program binaries.
 //! - `convert`: protobuf <-> core type conversions.
 
-pub mod binaries;
 pub mod core;
 mod convert;
 pub mod server;

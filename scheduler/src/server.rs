@@ -4,7 +4,7 @@
 //! event, runs one scheduling pass, then flushes the outbox, so dispatches
 //! and results leave in batches.
 
-use crate::binaries::{BinaryStore, valid_hash};
+use shoal_proto::binaries::{BinaryStore, valid_hash};
 use crate::convert;
 use crate::core::{ClusterSnapshot, Core, CoreConfig, Dispatch, Failure, FunctionDef, JobId, NodeId, NodeRegistration, Outbox, TaskId};
 use bytes::Bytes;

@@ -1,0 +1,633 @@
+//! The worker's event loop. One task owns all state; the head session,
+//! executor connections, process exits and binary fetches report to it as
+//! events. After each burst of events it places queued tasks on executors
+//! (`pump`) and sends results and credits to the head in one message
+//! (`flush`).
+
+use crate::binary_cache;
+use crate::config::{self, WorkerConfig};
+use crate::executors::{self, StderrTail};
+use crate::pipeline::{self, ServiceTime};
+use crate::session;
+use shoal_proto::pb::{self, FailureKind, WorkerToExecutor, WorkerToHead};
+use shoal_proto::resources::ResourceSet;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+/// Events into the loop.
+pub(crate) enum Ev {
+    Connected { session: u64, tx: mpsc::UnboundedSender<WorkerToHead>, node_id: String, heartbeat: Duration },
+    Head { session: u64, msg: pb::HeadToWorker },
+    Lost { session: u64 },
+    Fatal(String),
+    ExecHello { hello: pb::ExecutorHello, stream: UnixStream },
+    ExecResults { exec: u64, results: Vec<pb::TaskResult> },
+    ExecExited { exec: u64, status: String },
+    BinaryReady { job: u32, result: Result<PathBuf, String> },
+    Shutdown,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The head refused this worker (wrong token, protocol mismatch).
+    /// Retrying with the same settings cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// Local I/O failed (socket directory, listener).
+    #[error("worker I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    events: mpsc::UnboundedSender<Ev>,
+    node: watch::Receiver<Option<String>>,
+    join: tokio::task::JoinHandle<Result<(), WorkerError>>,
+}
+
+impl WorkerHandle {
+    /// Waits until the worker has registered; returns its node id. Fails
+    /// if the worker stopped first (e.g. its token was refused).
+    pub async fn registered(&mut self) -> Result<String, WorkerError> {
+        loop {
+            if let Some(id) = self.node.borrow_and_update().clone() {
+                return Ok(id);
+            }
+            if self.node.changed().await.is_err() {
+                return match (&mut self.join).await {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(WorkerError::Refused("worker stopped before registering".into())),
+                };
+            }
+        }
+    }
+
+    /// The node id, once registered.
+    pub fn node_id(&self) -> Option<String> {
+        self.node.borrow().clone()
+    }
+
+    /// Stops the worker: executors are killed and the session closed.
+    pub async fn shutdown(self) -> Result<(), WorkerError> {
+        let _ = self.events.send(Ev::Shutdown);
+        self.join.await.unwrap_or(Ok(()))
+    }
+
+    /// Waits until the worker stops on its own (fatal error) or is shut down.
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        self.join.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Starts a worker on the current tokio runtime.
+pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
+    let socket = socket_path()?;
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)?;
+    let (events, rx) = mpsc::unbounded_channel();
+    let accept = tokio::spawn(executors::accept_loop(listener, events.clone()));
+    let reg = session::Registration {
+        resources: (&config.resources).into(),
+        hostname: config::hostname(),
+        memory_bytes: config.memory_bytes,
+        object_store_bytes: config.object_store_bytes,
+    };
+    let sess = tokio::spawn(session::run(config.head.clone(), config.token.clone(), config.node_id.clone(), reg, events.clone()));
+    let (node_tx, node_rx) = watch::channel(None);
+    let slots = config.resources.cpus.ceil().max(1.0) as usize;
+    let daemon = Daemon {
+        max_executors: config.max_executors.unwrap_or(slots + 2).max(1),
+        slots,
+        free: config.resources.clone(),
+        config,
+        socket: socket.clone(),
+        events: events.clone(),
+        node_tx,
+        node_id: String::new(),
+        session: None,
+        jobs: HashMap::new(),
+        queue: VecDeque::new(),
+        executors: HashMap::new(),
+        next_exec: 1,
+        outstanding: 0,
+        service: ServiceTime::default(),
+        results: Vec::new(),
+        heartbeat_seq: 0,
+    };
+    let join = tokio::spawn(async move {
+        let r = daemon.run(rx).await;
+        sess.abort();
+        accept.abort();
+        let _ = std::fs::remove_file(&socket);
+        r
+    });
+    Ok(WorkerHandle { events, node: node_rx, join })
+}
+
+/// A short, private path for the executor socket (Unix socket paths are
+/// limited to ~108 bytes, so not under a possibly deep session dir).
+fn socket_path() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("shoal-{uid}"));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+    // Only this user may connect to executor sockets.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir.join(format!("w{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::Relaxed))))
+}
+
+enum Bin {
+    Fetching,
+    Ready(PathBuf),
+    Broken(String),
+}
+
+struct Job {
+    functions: Vec<pb::FunctionDef>,
+    bin: Bin,
+}
+
+/// A task held by this worker.
+struct Local {
+    d: pb::TaskDispatch,
+    res: ResourceSet,
+}
+
+struct Exec {
+    job: u32,
+    pid: u32,
+    /// Set once the executor said hello.
+    conn: Option<mpsc::UnboundedSender<WorkerToExecutor>>,
+    /// Tasks sent (or to send, before hello), in execution order.
+    inflight: VecDeque<Local>,
+    /// Tasks not yet written because the executor has not connected.
+    unsent: usize,
+    held: ResourceSet,
+    functions_sent: u32,
+    started: Instant,
+    last_progress: Instant,
+    tail: StderrTail,
+}
+
+impl Exec {
+    fn idle(&self) -> bool {
+        self.inflight.is_empty()
+    }
+}
+
+struct Daemon {
+    config: WorkerConfig,
+    socket: PathBuf,
+    events: mpsc::UnboundedSender<Ev>,
+    node_tx: watch::Sender<Option<String>>,
+    node_id: String,
+    session: Option<(u64, mpsc::UnboundedSender<WorkerToHead>)>,
+    jobs: HashMap<u32, Job>,
+    queue: VecDeque<Local>,
+    executors: HashMap<u64, Exec>,
+    next_exec: u64,
+    free: ResourceSet,
+    slots: usize,
+    max_executors: usize,
+    /// Credits granted to the head and not yet used by a dispatch.
+    outstanding: usize,
+    service: ServiceTime,
+    results: Vec<pb::TaskResult>,
+    heartbeat_seq: u64,
+}
+
+/// How long a new executor may take to connect back.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn failure(kind: FailureKind, message: impl Into<String>) -> pb::TaskFailure {
+    pb::TaskFailure { kind: kind as i32, message: message.into(), ..Default::default() }
+}
+
+impl Daemon {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Ev>) -> Result<(), WorkerError> {
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outcome = Ok(());
+        'outer: loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(mut ev) = ev else { break };
+                    for _ in 0..65_536 {
+                        match ev {
+                            Ev::Shutdown => break 'outer,
+                            Ev::Fatal(msg) => {
+                                tracing::error!("{msg}");
+                                outcome = Err(WorkerError::Refused(msg));
+                                break 'outer;
+                            }
+                            Ev::Connected { heartbeat: period, .. } if period != heartbeat.period() => {
+                                heartbeat = tokio::time::interval(period);
+                                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                                self.handle(ev);
+                            }
+                            ev => self.handle(ev),
+                        }
+                        match rx.try_recv() {
+                            Ok(e) => ev = e,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => self.on_tick(),
+            }
+            self.pump();
+            self.flush();
+        }
+        for e in self.executors.values() {
+            executors::kill(e.pid);
+        }
+        tracing::info!(node = %self.node_id, "worker stopped");
+        outcome
+    }
+
+    fn on_tick(&mut self) {
+        if let Some((_, tx)) = &self.session {
+            self.heartbeat_seq += 1;
+            let _ = tx.send(WorkerToHead { heartbeat: self.heartbeat_seq, ..Default::default() });
+        }
+        let now = Instant::now();
+        let stuck: Vec<u64> = self.executors.iter().filter(|(_, e)| e.conn.is_none() && now - e.started > HELLO_TIMEOUT).map(|(id, _)| *id).collect();
+        for id in stuck {
+            let e = self.executors.remove(&id).expect("listed");
+            executors::kill(e.pid);
+            self.free.add(&e.held);
+            let msg = format!(
+                "an executor started from the program binary did not connect within {}s; is the program linked with the shoal crate?",
+                HELLO_TIMEOUT.as_secs()
+            );
+            self.break_job(e.job, msg, e.inflight);
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Connected { session, tx, node_id, .. } => {
+                tracing::info!(node = %node_id, head = %self.config.head, "registered with the head");
+                self.node_id = node_id.clone();
+                self.session = Some((session, tx));
+                self.outstanding = 0;
+                let _ = self.node_tx.send(Some(node_id));
+            }
+            Ev::Head { session, msg } => {
+                if self.session.as_ref().is_some_and(|(s, _)| *s == session) {
+                    self.on_head(msg);
+                }
+            }
+            Ev::Lost { session } => {
+                if self.session.as_ref().is_some_and(|(s, _)| *s == session) {
+                    tracing::warn!("session with the head lost; dropping held tasks (the head requeues them) and reconnecting");
+                    self.session = None;
+                    self.queue.clear();
+                    self.results.clear();
+                    for (_, e) in self.executors.drain() {
+                        executors::kill(e.pid);
+                    }
+                    self.free = self.config.resources.clone();
+                    self.jobs.clear();
+                }
+            }
+            Ev::ExecHello { hello, stream } => self.on_hello(hello, stream),
+            Ev::ExecResults { exec, results } => self.on_results(exec, results),
+            Ev::ExecExited { exec, status } => self.on_exit(exec, status),
+            Ev::BinaryReady { job, result } => {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    j.bin = match result {
+                        Ok(p) => Bin::Ready(p),
+                        Err(e) => {
+                            tracing::error!(job, error = %e, "program binary cannot run here");
+                            Bin::Broken(e)
+                        }
+                    };
+                }
+            }
+            Ev::Fatal(_) | Ev::Shutdown => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn on_head(&mut self, msg: pb::HeadToWorker) {
+        for ji in msg.jobs {
+            let job = self.jobs.entry(ji.job).or_insert_with(|| {
+                let events = self.events.clone();
+                let (cache, head, token, hash, id) = (self.config.cache_dir.clone(), self.config.head.clone(), self.config.token.clone(), ji.binary.clone(), ji.job);
+                tokio::spawn(async move {
+                    let result = binary_cache::ensure(&cache, &hash, &head, token.as_deref()).await;
+                    let _ = events.send(Ev::BinaryReady { job: id, result });
+                });
+                Job { functions: Vec::new(), bin: Bin::Fetching }
+            });
+            let first = ji.first_function as usize;
+            if first <= job.functions.len() {
+                job.functions.truncate(first);
+                job.functions.extend(ji.functions);
+            }
+        }
+        for d in msg.tasks {
+            self.outstanding = self.outstanding.saturating_sub(1);
+            let res = self
+                .jobs
+                .get(&d.job)
+                .and_then(|j| j.functions.get(d.func as usize))
+                .and_then(|f| f.resources.as_ref())
+                .map(ResourceSet::from)
+                .unwrap_or_else(|| ResourceSet::cpus(1.0));
+            self.queue.push_back(Local { d, res });
+        }
+        for t in msg.cancel {
+            self.cancel(t);
+        }
+        for job in msg.jobs_finished {
+            self.jobs.remove(&job);
+            self.queue.retain(|l| l.d.job != job);
+            let ids: Vec<u64> = self.executors.iter().filter(|(_, e)| e.job == job).map(|(id, _)| *id).collect();
+            for id in ids {
+                let e = self.executors.remove(&id).expect("listed");
+                executors::kill(e.pid);
+                self.free.add(&e.held);
+            }
+        }
+    }
+
+    fn result(&mut self, task: u64, outcome: Result<bytes::Bytes, pb::TaskFailure>) {
+        let outcome = match outcome {
+            Ok(v) => pb::task_result::Outcome::Value(v),
+            Err(mut f) => {
+                if f.node.is_empty() {
+                    f.node = self.node_id.clone();
+                }
+                pb::task_result::Outcome::Failure(f)
+            }
+        };
+        self.results.push(pb::TaskResult { task, outcome: Some(outcome) });
+    }
+
+    fn cancel(&mut self, task: u64) {
+        if let Some(i) = self.queue.iter().position(|l| l.d.task == task) {
+            self.queue.remove(i);
+            self.result(task, Err(failure(FailureKind::Cancelled, "cancelled before it started")));
+            return;
+        }
+        let Some(id) = self.executors.iter().find(|(_, e)| e.inflight.iter().any(|l| l.d.task == task)).map(|(id, _)| *id) else { return };
+        // The executor may be running it: end the process (the only way to
+        // interrupt arbitrary code) and requeue what was behind it.
+        let e = self.executors.remove(&id).expect("found");
+        executors::kill(e.pid);
+        self.free.add(&e.held);
+        tracing::info!(task, pid = e.pid, "cancelled a running task by ending its executor");
+        for l in e.inflight.into_iter().rev() {
+            if l.d.task == task {
+                self.result(task, Err(failure(FailureKind::Cancelled, "cancelled while running; its executor was stopped")));
+            } else {
+                self.queue.push_front(l);
+            }
+        }
+    }
+
+    /// A job's binary cannot run: fail its tasks with a clear error.
+    fn break_job(&mut self, job: u32, msg: String, held: VecDeque<Local>) {
+        tracing::error!(job, "{msg}");
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.bin = Bin::Broken(msg.clone());
+        }
+        for l in held {
+            self.result(l.d.task, Err(failure(FailureKind::BinaryIncompatible, msg.clone())));
+        }
+    }
+
+    fn on_hello(&mut self, hello: pb::ExecutorHello, stream: UnixStream) {
+        let Some(e) = self.executors.get_mut(&hello.executor) else { return };
+        if hello.protocol_version != shoal_proto::PROTOCOL_VERSION {
+            let e = self.executors.remove(&hello.executor).expect("present");
+            executors::kill(e.pid);
+            self.free.add(&e.held);
+            let msg = format!(
+                "the program links a shoal library speaking protocol {}, this worker speaks {}: rebuild it against the cluster's shoal version",
+                hello.protocol_version,
+                shoal_proto::PROTOCOL_VERSION
+            );
+            self.break_job(e.job, msg, e.inflight);
+            return;
+        }
+        let tx = executors::start_io(hello.executor, stream, self.events.clone());
+        e.conn = Some(tx);
+        e.last_progress = Instant::now();
+        tracing::debug!(exec = hello.executor, pid = hello.pid, "executor connected");
+    }
+
+    fn on_results(&mut self, exec: u64, results: Vec<pb::TaskResult>) {
+        let now = Instant::now();
+        let Some(e) = self.executors.get_mut(&exec) else { return };
+        let mut done = Vec::with_capacity(results.len());
+        for r in results {
+            if let Some(i) = e.inflight.iter().position(|l| l.d.task == r.task) {
+                e.inflight.remove(i);
+                done.push(r);
+            }
+        }
+        if !done.is_empty() {
+            let per = now.saturating_duration_since(e.last_progress) / done.len() as u32;
+            for _ in 0..done.len().min(8) {
+                self.service.observe(per);
+            }
+            e.last_progress = now;
+        }
+        if e.inflight.is_empty() {
+            let held = std::mem::take(&mut e.held);
+            self.free.add(&held);
+        }
+        for mut r in done {
+            if let Some(pb::task_result::Outcome::Failure(f)) = &mut r.outcome {
+                if f.node.is_empty() {
+                    f.node = self.node_id.clone();
+                }
+            }
+            self.results.push(r);
+        }
+    }
+
+    fn on_exit(&mut self, exec: u64, status: String) {
+        let Some(mut e) = self.executors.remove(&exec) else { return };
+        self.free.add(&e.held);
+        if e.conn.is_none() {
+            let tail = e.tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default();
+            let msg = format!(
+                "an executor started from the program binary exited before connecting ({status}){}{}",
+                if tail.is_empty() { "" } else { "; its stderr ended with:\n" },
+                tail
+            );
+            self.break_job(e.job, msg, e.inflight);
+            return;
+        }
+        if let Some(first) = e.inflight.pop_front() {
+            tracing::warn!(pid = e.pid, task = first.d.task, %status, "executor died while running a task");
+            let msg = format!("the executor process (pid {}) died while running the task: {status}", e.pid);
+            self.result(first.d.task, Err(failure(FailureKind::WorkerDied, msg)));
+            for l in e.inflight.into_iter().rev() {
+                self.queue.push_front(l);
+            }
+        }
+    }
+
+    /// Places queued tasks on executors, FIFO. Prefers an idle executor of
+    /// the task's job, then a new one, then replacing an idle executor of
+    /// another job; short tasks are also pipelined into busy executors.
+    fn pump(&mut self) {
+        let depth = self.service.depth();
+        let mut sends: HashMap<u64, Vec<pb::ExecTask>> = HashMap::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            let (job_id, func) = (self.queue[i].d.job, self.queue[i].d.func);
+            let path = match self.jobs.get(&job_id).map(|j| (&j.bin, j.functions.len())) {
+                None => {
+                    let l = self.queue.remove(i).expect("index valid");
+                    self.result(l.d.task, Err(failure(FailureKind::FunctionNotFound, format!("job {job_id} is unknown to this worker"))));
+                    continue;
+                }
+                Some((Bin::Fetching, _)) => {
+                    i += 1;
+                    continue;
+                }
+                Some((Bin::Broken(msg), _)) => {
+                    let msg = msg.clone();
+                    let l = self.queue.remove(i).expect("index valid");
+                    self.result(l.d.task, Err(failure(FailureKind::BinaryIncompatible, msg)));
+                    continue;
+                }
+                Some((Bin::Ready(_), n)) if func as usize >= n => {
+                    let l = self.queue.remove(i).expect("index valid");
+                    self.result(l.d.task, Err(failure(FailureKind::FunctionNotFound, format!("function index {func} of job {job_id} is not defined"))));
+                    continue;
+                }
+                Some((Bin::Ready(p), _)) => p.clone(),
+            };
+            let res = self.queue[i].res.clone();
+            let fits = res.fits_in(&self.free);
+            let mut target = None;
+            if fits {
+                target = self.executors.iter().find(|(_, e)| e.job == job_id && e.idle()).map(|(id, _)| *id);
+                if target.is_none() && self.executors.len() >= self.max_executors {
+                    if let Some(victim) = self.executors.iter().find(|(_, e)| e.job != job_id && e.idle()).map(|(id, _)| *id) {
+                        let e = self.executors.remove(&victim).expect("found");
+                        executors::kill(e.pid);
+                    }
+                }
+                if target.is_none() && self.executors.len() < self.max_executors {
+                    match self.spawn(job_id, &path) {
+                        Ok(id) => target = Some(id),
+                        Err(msg) => {
+                            self.break_job(job_id, msg, VecDeque::new());
+                            continue;
+                        }
+                    }
+                }
+                if let Some(id) = target {
+                    let e = self.executors.get_mut(&id).expect("exists");
+                    e.held = res.clone();
+                    self.free.sub(&res);
+                }
+            }
+            if target.is_none() && depth > 1 {
+                target = self
+                    .executors
+                    .iter()
+                    .filter(|(_, e)| e.job == job_id && !e.idle() && e.held == res && e.inflight.len() < depth)
+                    .min_by_key(|(_, e)| e.inflight.len())
+                    .map(|(id, _)| *id);
+            }
+            let Some(id) = target else {
+                i += 1;
+                continue;
+            };
+            let l = self.queue.remove(i).expect("index valid");
+            let e = self.executors.get_mut(&id).expect("exists");
+            if e.inflight.is_empty() {
+                e.last_progress = Instant::now();
+            }
+            sends.entry(id).or_default().push(executors::exec_task(&l.d));
+            e.inflight.push_back(l);
+        }
+        for (id, tasks) in sends {
+            let e = self.executors.get_mut(&id).expect("exists");
+            if e.conn.is_none() {
+                e.unsent += tasks.len();
+                continue;
+            }
+            self.send_to(id, tasks);
+        }
+        // Executors that just connected get what was assigned before hello.
+        let ready: Vec<u64> = self.executors.iter().filter(|(_, e)| e.conn.is_some() && e.unsent > 0).map(|(id, _)| *id).collect();
+        for id in ready {
+            let e = self.executors.get_mut(&id).expect("exists");
+            let n = e.unsent;
+            e.unsent = 0;
+            let start = e.inflight.len() - n;
+            let tasks = e.inflight.iter().skip(start).map(|l| executors::exec_task(&l.d)).collect();
+            self.send_to(id, tasks);
+        }
+    }
+
+    fn send_to(&mut self, id: u64, tasks: Vec<pb::ExecTask>) {
+        let e = self.executors.get_mut(&id).expect("exists");
+        let job = &self.jobs[&e.job];
+        let mut msg = WorkerToExecutor { tasks, ..Default::default() };
+        if (e.functions_sent as usize) < job.functions.len() {
+            msg.first_function = e.functions_sent;
+            msg.functions = job.functions[e.functions_sent as usize..].iter().map(|f| f.name.clone()).collect();
+            e.functions_sent = job.functions.len() as u32;
+        }
+        if let Some(tx) = &e.conn {
+            let _ = tx.send(msg);
+        }
+    }
+
+    fn spawn(&mut self, job: u32, path: &std::path::Path) -> Result<u64, String> {
+        let id = self.next_exec;
+        self.next_exec += 1;
+        let (pid, tail) = executors::spawn(id, path, &self.socket, &self.node_id, job, self.events.clone())
+            .map_err(|e| format!("cannot start the program binary {} on this node: {e}", path.display()))?;
+        tracing::debug!(exec = id, pid, job, "executor started");
+        let now = Instant::now();
+        self.executors.insert(
+            id,
+            Exec {
+                job,
+                pid,
+                conn: None,
+                inflight: VecDeque::new(),
+                unsent: 0,
+                held: ResourceSet::default(),
+                functions_sent: 0,
+                started: now,
+                last_progress: now,
+                tail,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Sends results and credits to the head in one message.
+    fn flush(&mut self) {
+        let Some((_, tx)) = &self.session else {
+            self.results.clear();
+            return;
+        };
+        let held = self.queue.len() + self.executors.values().map(|e| e.inflight.len()).sum::<usize>() + self.outstanding;
+        let wanted = pipeline::wanted(self.slots, self.service.depth());
+        let credits = pipeline::grant(wanted, held, self.outstanding);
+        self.outstanding += credits as usize;
+        if credits > 0 || !self.results.is_empty() {
+            let _ = tx.send(WorkerToHead { credits, results: std::mem::take(&mut self.results), ..Default::default() });
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The Shoal worker daemon: one per node.
+//!
+//! It registers with the head, heartbeats, and pulls tasks over one
+//! long-lived stream with credits (it asks for a few more tasks than it has
+//! free slots, so a slot never idles waiting for a round trip). It runs
+//! tasks in executor processes started from the driver's own program binary
+//! (fetched from the head once and cached by content hash), one pool per
+//! job, and reports results in batches.
+//!
+//! # Layout
+//! - [`config`]: [`WorkerConfig`] and machine detection.
+//! - `session`: the connection to the head, with reconnect and backoff.
+//! - `binary_cache`: fetching and checking program binaries.
+//! - `executors`: starting executor processes and talking to them.
+//! - `pipeline`: pure sizing rules (pipeline depth, credits).
+//! - `daemon`: the event loop that ties them together.
+
+mod binary_cache;
+pub mod config;
+mod daemon;
+mod executors;
+mod pipeline;
+mod session;
+
+pub use config::WorkerConfig;
+pub use daemon::{WorkerError, WorkerHandle, start};
