@@ -60,6 +60,24 @@ impl BinaryStore {
         Ok(BinaryWriter { file, tmp, final_path, hasher: blake3::Hasher::new(), expected: hash.to_string(), written: 0 })
     }
 
+    /// Copies a local file in under a hash the caller has just computed
+    /// (no second hashing pass).
+    pub fn copy_in(&self, hash: &str, src: &Path) -> io::Result<PathBuf> {
+        let final_path = self.path(hash).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("invalid binary id {hash:?}")))?;
+        if final_path.is_file() {
+            return Ok(final_path);
+        }
+        let tmp = self.dir.join(format!(".{hash}.{}.{}.tmp", std::process::id(), rand_suffix()));
+        std::fs::copy(src, &tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::rename(&tmp, &final_path)?;
+        Ok(final_path)
+    }
+
     /// Adds a local file by hard link (or copy across file systems),
     /// verifying its hash.
     pub fn insert_file(&self, hash: &str, src: &Path) -> io::Result<PathBuf> {

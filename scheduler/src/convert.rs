@@ -93,7 +93,7 @@ pub(crate) fn task_from_pb(t: pb::TaskSubmit) -> NewTask {
             None => NewArg::Value(Bytes::new()),
         })
         .collect();
-    NewTask { id: t.id, func: t.func, args }
+    NewTask { id: t.id, func: t.func, args, max_retries: t.max_retries }
 }
 
 pub(crate) fn dispatch_to_pb(d: Dispatch) -> pb::TaskDispatch {

@@ -102,6 +102,8 @@ struct Task {
     missing: u32,
     state: TaskState,
     attempts: u32,
+    /// Retries allowed when its worker dies.
+    max_retries: u32,
     cancel_requested: bool,
 }
 
@@ -248,7 +250,7 @@ impl Core {
         let mut requeue = Vec::new();
         for t in lost {
             let Some(task) = self.tasks.get_mut(&t) else { continue };
-            let max_retries = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize)).map_or(0, |f| f.max_retries);
+            let max_retries = task.max_retries;
             if task.cancel_requested {
                 self.fail_task(t, Failure::new(FailureKind::Cancelled, "cancelled"), out);
             } else if task.attempts <= max_retries {
@@ -340,7 +342,8 @@ impl Core {
     /// A driver submits tasks. Ids must be the job's own and fresh.
     pub fn submit(&mut self, job: JobId, tasks: Vec<NewTask>, out: &mut impl Outbox) {
         let Some(j) = self.jobs.get(&job) else { return };
-        let nfuncs = j.functions.len();
+        let default_retries: Vec<u32> = j.functions.iter().map(|f| f.max_retries).collect();
+        let nfuncs = default_retries.len();
         for t in tasks {
             if ids::job_of(t.id) != job || self.objects.contains_key(&t.id) || self.tasks.contains_key(&t.id) {
                 tracing::warn!(job, task = %ids::display(t.id), "submission refused: foreign or duplicate id");
@@ -380,7 +383,8 @@ impl Core {
                 early = Some(Failure::new(FailureKind::FunctionNotFound, format!("function index {} was never defined by job {job}", t.func)));
             }
             let state = if missing == 0 { TaskState::Ready } else { TaskState::Waiting };
-            self.tasks.insert(t.id, Task { job, func: t.func, args: slots, missing, state, attempts: 0, cancel_requested: false });
+            let max_retries = t.max_retries.unwrap_or_else(|| default_retries.get(t.func as usize).copied().unwrap_or(0));
+            self.tasks.insert(t.id, Task { job, func: t.func, args: slots, missing, state, attempts: 0, max_retries, cancel_requested: false });
             self.counts.queued += 1;
             if let Some(f) = early {
                 self.fail_task(t.id, f, out);
@@ -446,7 +450,7 @@ impl Core {
                     self.release_args(&task);
                     self.settle(tid, ObjectState::Ready(value), out);
                 }
-                Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= def.max_retries && !task.cancel_requested => {
+                Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= task.max_retries && !task.cancel_requested => {
                     tracing::info!(task = %ids::display(tid), attempt = task.attempts, "executor died; retrying task");
                     task.state = TaskState::Ready;
                     self.counts.running -= 1;

@@ -57,7 +57,7 @@ fn job_with(core: &mut Core, funcs: &[(&str, ResourceSet, u32)]) -> JobId {
 }
 
 fn task(job: JobId, seq: u64, func: u32, args: Vec<NewArg>) -> NewTask {
-    NewTask { id: ids::object_id(job, seq), func, args }
+    NewTask { id: ids::object_id(job, seq), func, args, max_retries: None }
 }
 
 fn val(x: &'static [u8]) -> NewArg {
@@ -301,7 +301,7 @@ fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
     let mut out = Rec::default();
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
     // A task with another job's id is ignored.
-    core.submit(job, vec![NewTask { id: ids::object_id(job + 1, 1), func: 0, args: vec![] }], &mut out);
+    core.submit(job, vec![NewTask { id: ids::object_id(job + 1, 1), func: 0, args: vec![], max_retries: None }], &mut out);
     assert_eq!(core.task_count(), 0);
     // An undefined function fails the task.
     core.submit(job, vec![task(job, 1, 7, vec![])], &mut out);

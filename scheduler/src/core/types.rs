@@ -117,6 +117,8 @@ pub struct NewTask {
     pub func: u32,
     /// Arguments.
     pub args: Vec<NewArg>,
+    /// Overrides the function's retry count for this call.
+    pub max_retries: Option<u32>,
 }
 
 /// A task sent to a worker, arguments resolved to bytes.

@@ -1,0 +1,225 @@
+//! Procedural macros of the `shoal` SDK. Use them through `shoal`
+//! (`#[shoal::remote]`, `#[shoal::main]`), not directly.
+
+use proc_macro::TokenStream;
+use proc_macro2::Span;
+use quote::{format_ident, quote};
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{Expr, FnArg, ItemFn, Lit, LitStr, Meta, Pat, ReturnType, Token, Type};
+
+struct RemoteOptions {
+    num_cpus: Option<f64>,
+    resources: Vec<(String, f64)>,
+    max_retries: Option<u32>,
+    name: Option<LitStr>,
+}
+
+fn number(e: &Expr) -> syn::Result<f64> {
+    match e {
+        Expr::Lit(l) => match &l.lit {
+            Lit::Int(i) => i.base10_parse::<f64>(),
+            Lit::Float(f) => f.base10_parse::<f64>(),
+            _ => Err(syn::Error::new_spanned(e, "expected a number")),
+        },
+        _ => Err(syn::Error::new_spanned(e, "expected a number literal")),
+    }
+}
+
+impl Parse for RemoteOptions {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut o = RemoteOptions { num_cpus: None, resources: Vec::new(), max_retries: None, name: None };
+        let metas = Punctuated::<Meta, Token![,]>::parse_terminated(input)?;
+        for m in metas {
+            match &m {
+                Meta::NameValue(nv) if nv.path.is_ident("num_cpus") => {
+                    let v = number(&nv.value)?;
+                    if v < 0.0 {
+                        return Err(syn::Error::new_spanned(&nv.value, "num_cpus must be >= 0"));
+                    }
+                    o.num_cpus = Some(v);
+                }
+                Meta::NameValue(nv) if nv.path.is_ident("max_retries") => {
+                    o.max_retries = Some(number(&nv.value)? as u32);
+                }
+                Meta::NameValue(nv) if nv.path.is_ident("name") => match &nv.value {
+                    Expr::Lit(l) => match &l.lit {
+                        Lit::Str(s) => o.name = Some(s.clone()),
+                        _ => return Err(syn::Error::new_spanned(&nv.value, "name must be a string")),
+                    },
+                    _ => return Err(syn::Error::new_spanned(&nv.value, "name must be a string")),
+                },
+                Meta::List(list) if list.path.is_ident("resources") => {
+                    let inner = list.parse_args_with(Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated)?;
+                    for nv in inner {
+                        let key = nv.path.get_ident().ok_or_else(|| syn::Error::new_spanned(&nv.path, "expected a resource name"))?.to_string();
+                        let v = number(&nv.value)?;
+                        if v < 0.0 {
+                            return Err(syn::Error::new_spanned(&nv.value, "resource amounts must be >= 0"));
+                        }
+                        o.resources.push((key, v));
+                    }
+                }
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        other,
+                        "unknown option; expected num_cpus = N, resources(name = N, ...), max_retries = N or name = \"...\"",
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Turns a function into a remote function. See `shoal::remote`.
+#[proc_macro_attribute]
+pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let opts = syn::parse_macro_input!(attr as RemoteOptions);
+    let func = syn::parse_macro_input!(item as ItemFn);
+    match expand_remote(opts, func) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::TokenStream> {
+    let sig = &func.sig;
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(&sig.generics, "remote functions cannot be generic: each needs one registered name and concrete types"));
+    }
+    let ident = &sig.ident;
+    let vis = &func.vis;
+    let is_async = sig.asyncness.is_some();
+    let mut arg_names = Vec::new();
+    let mut arg_types: Vec<Type> = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        match input {
+            FnArg::Receiver(r) => return Err(syn::Error::new_spanned(r, "remote functions cannot take self")),
+            FnArg::Typed(pt) => {
+                if let Type::Reference(r) = &*pt.ty {
+                    return Err(syn::Error::new_spanned(r, "remote function parameters must be owned, serializable types (e.g. String, Vec<u8>), not references"));
+                }
+                let name = match &*pt.pat {
+                    Pat::Ident(pi) => pi.ident.clone(),
+                    _ => format_ident!("arg{}", i),
+                };
+                arg_names.push(name);
+                arg_types.push((*pt.ty).clone());
+            }
+        }
+    }
+    let ret: Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, t) => (**t).clone(),
+    };
+    let n = arg_names.len();
+    let indices: Vec<usize> = (0..n).collect();
+    let name_expr = match &opts.name {
+        Some(s) => quote!(#s),
+        None => quote!(::core::concat!(::core::module_path!())),
+    };
+    let num_cpus = opts.num_cpus.unwrap_or(1.0);
+    let max_retries = opts.max_retries.unwrap_or(3);
+    let res_names: Vec<&String> = opts.resources.iter().map(|(k, _)| k).collect();
+    let res_amounts: Vec<f64> = opts.resources.iter().map(|(_, v)| *v).collect();
+    let call = if is_async {
+        quote!(::shoal::__private::block_on(super::#ident(#(#arg_names),*)))
+    } else {
+        quote!(super::#ident(#(#arg_names),*))
+    };
+    let doc = format!("Remote form of [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` runs it on the cluster and returns an `ObjectRef` at once.");
+    let slice_ident = format_ident!("__SHOAL_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
+    Ok(quote! {
+        #func
+
+        #[doc = #doc]
+        #[allow(non_snake_case, clippy::all, unused_imports)]
+        #vis mod #ident {
+            use super::*;
+
+            /// Registered name of the function (stable across builds of the same source).
+            pub const NAME: &str = #name_expr;
+
+            /// How the cluster runs this function: its name, resources and retries.
+            pub static META: ::shoal::__private::FunctionMeta = ::shoal::__private::FunctionMeta::new(
+                NAME,
+                #num_cpus,
+                &[#((#res_names, #res_amounts)),*],
+                #max_retries,
+            );
+
+            #[doc(hidden)]
+            pub fn __invoke(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::std::vec::Vec<u8>, ::shoal::__private::InvokeError> {
+                ::shoal::__private::check_arity(args, #n)?;
+                #( let #arg_names: #arg_types = ::shoal::__private::decode_arg(args, #indices)?; )*
+                let out: #ret = #call;
+                ::shoal::__private::encode_result(&out)
+            }
+
+            #[::shoal::__private::linkme::distributed_slice(::shoal::__private::REMOTE_FUNCTIONS)]
+            #[linkme(crate = ::shoal::__private::linkme)]
+            static #slice_ident: ::shoal::__private::RemoteFunction = ::shoal::__private::RemoteFunction { name: NAME, invoke: __invoke };
+
+            /// Submits a call to the cluster; returns a reference to its future result at once.
+            /// Each argument may be a value or an `ObjectRef` of the parameter's type.
+            pub fn remote(#(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRef<#ret> {
+                ::shoal::__private::submit(&META, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])
+            }
+
+            /// Per-call options (e.g. `max_retries`), then `.remote(..)`.
+            pub fn options() -> Options {
+                Options(::shoal::CallOptions::default())
+            }
+
+            /// Options for one call; see [`options`].
+            pub struct Options(::shoal::CallOptions);
+
+            impl Options {
+                /// Retries of this call when its worker dies (overrides the function's).
+                pub fn max_retries(mut self, n: u32) -> Self {
+                    self.0.max_retries = ::core::option::Option::Some(n);
+                    self
+                }
+
+                /// Submits the call with these options.
+                pub fn remote(self, #(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRef<#ret> {
+                    ::shoal::__private::submit_with(&META, self.0, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])
+                }
+            }
+        }
+    })
+}
+
+/// Marks the program's entry point. See `shoal::main`.
+#[proc_macro_attribute]
+pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return syn::Error::new(Span::call_site(), "#[shoal::main] takes no arguments").to_compile_error().into();
+    }
+    let func = syn::parse_macro_input!(item as ItemFn);
+    let attrs = &func.attrs;
+    let vis = &func.vis;
+    let sig = &func.sig;
+    let body = &func.block;
+    let ret = &sig.output;
+    let ident = &sig.ident;
+    if sig.asyncness.is_some() {
+        quote! {
+            #(#attrs)*
+            #vis fn #ident() #ret {
+                ::shoal::__private::run_main(async move #body)
+            }
+        }
+        .into()
+    } else {
+        quote! {
+            #(#attrs)*
+            #vis fn #ident() #ret {
+                ::shoal::__private::enter_main();
+                #body
+            }
+        }
+        .into()
+    }
+}

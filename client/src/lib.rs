@@ -1,0 +1,93 @@
+//! # Shoal: distributed tasks for Rust
+//!
+//! Turn a function into a remote function; its call returns an
+//! [`ObjectRef`] at once and runs on any node of the cluster. Pass refs to
+//! other calls to build a task graph. The same program runs on an embedded
+//! local cluster (nothing to set up) or on a cluster started with the
+//! `shoal` CLI.
+//!
+//! ```no_run
+//! #[shoal::remote]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! #[shoal::remote]
+//! fn add(a: u64, b: u64) -> u64 { a + b }
+//!
+//! #[shoal::main]
+//! async fn main() -> shoal::Result<()> {
+//!     shoal::init().await?;                       // SHOAL_ADDRESS, or a local cluster
+//!     let refs: Vec<_> = (0..100).map(square::remote).collect();
+//!     let squares = shoal::get_all(&refs).await?;
+//!     let sum = add::remote(&refs[3], &refs[4]);  // waits on the cluster, not here
+//!     assert_eq!(sum.get()?, 9 + 16);
+//!     # let _ = squares;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## How user code runs
+//! Rust cannot ship closures, so the program's own binary is the code:
+//! `init` uploads it to the head once (content-addressed), and workers run
+//! it as executor processes. Executors enter the task loop before `main`,
+//! so this works for examples, binaries and `cargo test` test binaries
+//! alike. Workers must be able to run the binary: same architecture, and a
+//! compatible glibc (or build static: `RUSTFLAGS="-C
+//! target-feature=+crt-static" --target x86_64-unknown-linux-gnu`). An
+//! incompatible binary fails its tasks with
+//! [`TaskError::BinaryIncompatible`].
+//!
+//! # Layout
+//! - [`remote`] / [`main`]: the attribute macros.
+//! - `object_ref`: [`ObjectRef`], [`get_all`], [`wait`], [`as_completed`].
+//! - `runtime`: [`init`], [`put`], [`cancel`], [`cluster_status`], [`shutdown`].
+//! - [`config`]: where addresses and tokens come from.
+//! - [`status`]: the cluster status types.
+//! - `error`: [`TaskError`] and [`Error`].
+//! - `driver`: the batched session with the head (internal).
+//! - `executor`: the task loop of executor processes (internal).
+
+#![warn(missing_docs)]
+
+mod driver;
+mod error;
+mod executor;
+mod object_ref;
+mod registry;
+mod runtime;
+
+pub mod config;
+pub mod status;
+
+pub use error::{Error, Result, TaskError};
+pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};
+pub use registry::{Arg, CallOptions, IntoArg};
+pub use runtime::{InitConfig, cancel, cluster_status, init, init_blocking, init_blocking_with, init_with, put, shutdown};
+pub use status::ClusterStatus;
+
+/// Makes a function remote.
+///
+/// `#[shoal::remote] fn f(a: A, b: B) -> R` keeps `f` callable locally and
+/// adds a module `f` with `f::remote(a, b) -> ObjectRef<R>`, where each
+/// argument is a value or an `ObjectRef` of its type. Arguments and results
+/// must be `serde` serializable; `async fn` works too.
+///
+/// Options: `num_cpus = 2`, `resources(gpu = 1)`, `max_retries = 5`
+/// (retries when its worker dies; default 3), `name = "stable::name"`
+/// (default: `module::path::f`). Per call: `f::options().max_retries(0).remote(..)`.
+pub use shoal_macros::remote;
+
+/// Marks `main`. An `async fn main` runs on a multi-threaded tokio
+/// runtime. Executor processes never run `main` (they enter the task loop
+/// before it), so code in `main` runs only in the driver.
+pub use shoal_macros::main;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::executor::block_on;
+    pub use crate::registry::{
+        FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result, submit, submit_with,
+    };
+    pub use crate::runtime::{enter_main, run_main};
+    pub use bytes::Bytes;
+    pub use linkme;
+}

@@ -1,0 +1,454 @@
+//! `ObjectRef<T>`: a reference to a value that exists, or will exist, in
+//! the cluster. It is a future (`.await` it), has blocking `get`s, is cheap
+//! to clone, and can be passed as an argument to another remote call to
+//! build a task graph. When the last clone is dropped the cluster may free
+//! the value.
+
+use crate::driver::Driver;
+use crate::error::TaskError;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// The id of an object (also of the task that makes it): `job.seq`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub u64);
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shoal_proto::ids::display(self.0))
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({self})")
+    }
+}
+
+/// Completion order across all objects of this process, so `wait` and
+/// `as_completed` can report results in the order they arrived.
+static COMPLETIONS: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) enum SlotState {
+    Pending { wakers: Vec<Waker>, queues: Vec<(Arc<CompletionQueue>, usize)> },
+    Done { value: Result<Bytes, TaskError>, seq: u64 },
+}
+
+/// Where a result lands when it arrives.
+pub(crate) struct Slot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+impl Slot {
+    pub(crate) fn pending() -> Arc<Slot> {
+        Arc::new(Slot { state: Mutex::new(SlotState::Pending { wakers: Vec::new(), queues: Vec::new() }), cv: Condvar::new() })
+    }
+
+    pub(crate) fn done(value: Result<Bytes, TaskError>) -> Arc<Slot> {
+        let seq = COMPLETIONS.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Slot { state: Mutex::new(SlotState::Done { value, seq }), cv: Condvar::new() })
+    }
+
+    /// Records the value (the first one wins) and wakes every waiter.
+    pub(crate) fn complete(&self, value: Result<Bytes, TaskError>) {
+        let mut st = self.state.lock().expect("slot lock");
+        if matches!(*st, SlotState::Done { .. }) {
+            return;
+        }
+        let seq = COMPLETIONS.fetch_add(1, Ordering::Relaxed);
+        let old = std::mem::replace(&mut *st, SlotState::Done { value, seq });
+        drop(st);
+        self.cv.notify_all();
+        if let SlotState::Pending { wakers, queues } = old {
+            for w in wakers {
+                w.wake();
+            }
+            for (q, i) in queues {
+                q.push(i);
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(*self.state.lock().expect("slot lock"), SlotState::Done { .. })
+    }
+
+    fn poll_value(&self, cx: &mut Context<'_>) -> Poll<Result<Bytes, TaskError>> {
+        let mut st = self.state.lock().expect("slot lock");
+        match &mut *st {
+            SlotState::Done { value, .. } => Poll::Ready(value.clone()),
+            SlotState::Pending { wakers, .. } => {
+                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn wait_value(&self, deadline: Option<Instant>) -> Option<Result<Bytes, TaskError>> {
+        let mut st = self.state.lock().expect("slot lock");
+        loop {
+            if let SlotState::Done { value, .. } = &*st {
+                return Some(value.clone());
+            }
+            match deadline {
+                None => st = self.cv.wait(st).expect("slot lock"),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    st = self.cv.wait_timeout(st, d - now).expect("slot lock").0;
+                }
+            }
+        }
+    }
+
+    /// Registers `q` to hear about completion as index `i`. Returns the
+    /// completion sequence number if already done.
+    fn subscribe(&self, q: &Arc<CompletionQueue>, i: usize) -> Option<u64> {
+        let mut st = self.state.lock().expect("slot lock");
+        match &mut *st {
+            SlotState::Done { seq, .. } => Some(*seq),
+            SlotState::Pending { queues, .. } => {
+                queues.push((q.clone(), i));
+                None
+            }
+        }
+    }
+}
+
+/// Indices of objects in completion order.
+pub(crate) struct CompletionQueue {
+    inner: Mutex<(VecDeque<usize>, Option<Waker>)>,
+    cv: Condvar,
+}
+
+impl CompletionQueue {
+    fn new() -> Arc<Self> {
+        Arc::new(CompletionQueue { inner: Mutex::new((VecDeque::new(), None)), cv: Condvar::new() })
+    }
+
+    fn push(&self, i: usize) {
+        let mut g = self.inner.lock().expect("queue lock");
+        g.0.push_back(i);
+        let w = g.1.take();
+        drop(g);
+        self.cv.notify_all();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Subscribes to every slot; those already done are queued first, in
+    /// the order they completed.
+    fn subscribe_all<'a>(self: &Arc<Self>, slots: impl Iterator<Item = &'a Arc<Slot>>) {
+        let mut done: Vec<(u64, usize)> = Vec::new();
+        for (i, s) in slots.enumerate() {
+            if let Some(seq) = s.subscribe(self, i) {
+                done.push((seq, i));
+            }
+        }
+        done.sort_unstable();
+        let mut g = self.inner.lock().expect("queue lock");
+        for (_, i) in done.into_iter().rev() {
+            g.0.push_front(i);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.inner.lock().expect("queue lock").0.len()
+    }
+
+    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<usize> {
+        let mut g = self.inner.lock().expect("queue lock");
+        match g.0.pop_front() {
+            Some(i) => Poll::Ready(i),
+            None => {
+                g.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn pop_blocking(&self) -> usize {
+        let mut g = self.inner.lock().expect("queue lock");
+        loop {
+            if let Some(i) = g.0.pop_front() {
+                return i;
+            }
+            g = self.cv.wait(g).expect("queue lock");
+        }
+    }
+
+    fn wait_len(&self, n: usize, deadline: Option<Instant>) {
+        let mut g = self.inner.lock().expect("queue lock");
+        while g.0.len() < n {
+            match deadline {
+                None => g = self.cv.wait(g).expect("queue lock"),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return;
+                    }
+                    g = self.cv.wait_timeout(g, d - now).expect("queue lock").0;
+                }
+            }
+        }
+    }
+
+    fn drain(&self) -> Vec<usize> {
+        self.inner.lock().expect("queue lock").0.drain(..).collect()
+    }
+}
+
+pub(crate) struct RefInner {
+    pub(crate) id: u64,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) driver: Option<Arc<Driver>>,
+}
+
+impl RefInner {
+    /// The error of a ref that failed locally (never reached the cluster).
+    pub(crate) fn local_error(&self) -> Option<TaskError> {
+        match &*self.slot.state.lock().expect("slot lock") {
+            SlotState::Done { value: Err(e), .. } => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for RefInner {
+    fn drop(&mut self) {
+        if let Some(d) = &self.driver {
+            d.release(self.id);
+        }
+    }
+}
+
+/// A reference to the (future) value of a remote call or a `put`.
+///
+/// ```no_run
+/// #[shoal::remote]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// # async fn demo() -> shoal::Result<()> {
+/// let r = square::remote(7);              // returns at once
+/// let again = square::remote(&r);          // a task graph: runs after `r`
+/// assert_eq!(r.get()?, 49);                // blocking
+/// assert_eq!(again.await?, 2401);          // or as a future
+/// # Ok(()) }
+/// ```
+pub struct ObjectRef<T> {
+    pub(crate) inner: Arc<RefInner>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef { inner: self.inner.clone(), _t: PhantomData }
+    }
+}
+
+impl<T> fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRef<{}>({})", std::any::type_name::<T>(), self.id())
+    }
+}
+
+fn decode<T: DeserializeOwned>(r: Result<Bytes, TaskError>) -> Result<T, TaskError> {
+    let b = r?;
+    postcard::from_bytes(&b).map_err(|e| TaskError::Serialization {
+        message: format!("the value does not decode as {}: {e}", std::any::type_name::<T>()),
+    })
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn new(id: u64, slot: Arc<Slot>, driver: Option<Arc<Driver>>) -> Self {
+        ObjectRef { inner: Arc::new(RefInner { id, slot, driver }), _t: PhantomData }
+    }
+
+    pub(crate) fn failed(e: TaskError) -> Self {
+        ObjectRef::new(0, Slot::done(Err(e)), None)
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        ObjectId(self.inner.id)
+    }
+
+    /// Whether the value (or its error) has arrived.
+    pub fn is_ready(&self) -> bool {
+        self.inner.slot.is_done()
+    }
+
+    /// Cancels the task that makes this object; see [`cancel`](crate::cancel).
+    pub fn cancel(&self) {
+        if let Some(d) = &self.inner.driver {
+            d.cancel(self.inner.id);
+        }
+    }
+}
+
+impl<T: DeserializeOwned> ObjectRef<T> {
+    /// Blocks until the value is ready and returns it.
+    pub fn get(&self) -> Result<T, TaskError> {
+        decode(self.inner.slot.wait_value(None).expect("no deadline"))
+    }
+
+    /// Blocks at most `timeout`; `TaskError::Timeout` if the value is not
+    /// ready by then (the task keeps running).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, TaskError> {
+        match self.inner.slot.wait_value(Some(Instant::now() + timeout)) {
+            Some(v) => decode(v),
+            None => Err(TaskError::Timeout { after: timeout }),
+        }
+    }
+
+    /// The value as a future, without consuming the reference.
+    pub fn value(&self) -> ObjectRef<T> {
+        self.clone()
+    }
+}
+
+impl<T: DeserializeOwned> Future for ObjectRef<T> {
+    type Output = Result<T, TaskError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.slot.poll_value(cx).map(decode)
+    }
+}
+
+/// Waits for all values, in order. Fails with the first error (in input
+/// order).
+pub async fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>, TaskError> {
+    let mut out = Vec::with_capacity(refs.len());
+    for r in refs {
+        out.push(r.clone().await?);
+    }
+    Ok(out)
+}
+
+/// Blocking form of [`get_all`].
+pub fn get_all_blocking<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>, TaskError> {
+    refs.iter().map(|r| r.get()).collect()
+}
+
+/// Waits until `num_returns` of `refs` are ready or `timeout` passes (like
+/// `ray.wait`). Returns `(ready, not_ready)`; `ready` is in completion
+/// order, `not_ready` in input order. `num_returns` is capped at
+/// `refs.len()`.
+pub async fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let n = num_returns.min(refs.len());
+    let q = CompletionQueue::new();
+    q.subscribe_all(refs.iter().map(|r| &r.inner.slot));
+    let wait_n = WaitLen { q: &q, n };
+    match timeout {
+        Some(t) => {
+            let _ = tokio::time::timeout(t, wait_n).await;
+        }
+        None => wait_n.await,
+    }
+    split(refs, &q, n)
+}
+
+/// Blocking form of [`wait`].
+pub fn wait_blocking<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let n = num_returns.min(refs.len());
+    let q = CompletionQueue::new();
+    q.subscribe_all(refs.iter().map(|r| &r.inner.slot));
+    q.wait_len(n, timeout.map(|t| Instant::now() + t));
+    split(refs, &q, n)
+}
+
+fn split<T>(refs: &[ObjectRef<T>], q: &CompletionQueue, n: usize) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let order = q.drain();
+    let mut taken = vec![false; refs.len()];
+    let mut ready = Vec::new();
+    for i in order.into_iter().take(n) {
+        taken[i] = true;
+        ready.push(refs[i].clone());
+    }
+    let not_ready = refs.iter().zip(taken).filter(|(_, t)| !t).map(|(r, _)| r.clone()).collect();
+    (ready, not_ready)
+}
+
+struct WaitLen<'a> {
+    q: &'a Arc<CompletionQueue>,
+    n: usize,
+}
+
+impl Future for WaitLen<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut g = self.q.inner.lock().expect("queue lock");
+        if g.0.len() >= self.n {
+            return Poll::Ready(());
+        }
+        g.1 = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Yields refs as their values arrive, in completion order (like Dask's
+/// `as_completed`). It is both a `Stream` (async) and an `Iterator`
+/// (blocking).
+pub struct AsCompleted<T> {
+    refs: Vec<Option<ObjectRef<T>>>,
+    q: Arc<CompletionQueue>,
+    left: usize,
+}
+
+/// Refs in completion order; see [`AsCompleted`].
+pub fn as_completed<T>(refs: impl IntoIterator<Item = ObjectRef<T>>) -> AsCompleted<T> {
+    let refs: Vec<Option<ObjectRef<T>>> = refs.into_iter().map(Some).collect();
+    let q = CompletionQueue::new();
+    q.subscribe_all(refs.iter().map(|r| &r.as_ref().expect("all present").inner.slot));
+    let left = refs.len();
+    AsCompleted { refs, q, left }
+}
+
+impl<T> AsCompleted<T> {
+    /// How many are ready and not yet yielded.
+    pub fn ready_count(&self) -> usize {
+        self.q.len()
+    }
+}
+
+impl<T> futures::Stream for AsCompleted<T> {
+    type Item = ObjectRef<T>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ObjectRef<T>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        match self.q.poll_pop(cx) {
+            Poll::Ready(i) => {
+                self.left -= 1;
+                Poll::Ready(self.refs[i].take())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Iterator for AsCompleted<T> {
+    type Item = ObjectRef<T>;
+    fn next(&mut self) -> Option<ObjectRef<T>> {
+        if self.left == 0 {
+            return None;
+        }
+        let i = self.q.pop_blocking();
+        self.left -= 1;
+        self.refs[i].take()
+    }
+}

@@ -1,0 +1,269 @@
+//! Connecting a program to a cluster: [`init`] (a remote head, or an
+//! embedded local cluster), the process-wide driver, `put`, `cancel`,
+//! `cluster_status` and `shutdown`.
+
+use crate::driver::{Driver, Out};
+use crate::error::{Error, Result, TaskError};
+use crate::object_ref::{ObjectRef, Slot};
+use crate::status::ClusterStatus;
+use crate::{config, executor};
+use serde::Serialize;
+use shoal_proto::binaries::{BinaryStore, hash_file};
+use shoal_proto::pb;
+use shoal_proto::resources::ResourceSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+/// How [`init_with`] finds or makes its cluster.
+#[derive(Clone, Debug, Default)]
+pub struct InitConfig {
+    /// Head address (`host:port`). `None`: `SHOAL_ADDRESS` if set, else an
+    /// embedded local cluster.
+    pub address: Option<String>,
+    /// Cluster token. `None`: `SHOAL_TOKEN`, `SHOAL_TOKEN_FILE`, or the
+    /// local session's token file.
+    pub token: Option<String>,
+    /// File holding the cluster token.
+    pub token_file: Option<PathBuf>,
+    /// CPUs of the embedded cluster's worker (default: all).
+    pub num_cpus: Option<f64>,
+    /// Custom resources of the embedded cluster's worker (`gpu=1,...`).
+    pub resources: Option<String>,
+    /// Name of this program in `shoal status` (default: the executable's).
+    pub name: Option<String>,
+    /// Always start an embedded local cluster, ignoring `SHOAL_ADDRESS`.
+    pub local: bool,
+}
+
+impl InitConfig {
+    /// Connect to the head at `address`.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+    /// Use this cluster token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+    /// The embedded cluster's worker offers this many CPUs.
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = Some(n);
+        self
+    }
+    /// The embedded cluster's worker offers these custom resources.
+    pub fn resources(mut self, spec: impl Into<String>) -> Self {
+        self.resources = Some(spec.into());
+        self
+    }
+    /// Start an embedded local cluster even if `SHOAL_ADDRESS` is set.
+    pub fn local(mut self) -> Self {
+        self.local = true;
+        self
+    }
+}
+
+struct Embedded {
+    head: shoal_scheduler::HeadHandle,
+    worker: shoal_worker::WorkerHandle,
+}
+
+static DRIVER: RwLock<Option<Arc<Driver>>> = RwLock::new(None);
+static EMBEDDED: Mutex<Option<Embedded>> = Mutex::new(None);
+static INIT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// Shoal's own runtime: the driver session, and the embedded head and
+/// worker, run here, independent of whatever runtime (if any) the program
+/// uses, so blocking `get()` works from anywhere.
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("shoal")
+            .enable_all()
+            .build()
+            .expect("building the shoal runtime")
+    })
+}
+
+/// Connects this program to a cluster: the head at `SHOAL_ADDRESS` if
+/// set, else an embedded local cluster (a head and a worker using every
+/// CPU, in this process; tasks run in executor processes). Calling it
+/// again is a no-op.
+///
+/// ```no_run
+/// # async fn demo() -> shoal::Result<()> {
+/// shoal::init().await?;
+/// let st = shoal::cluster_status().await?;
+/// println!("{} node(s)", st.alive_nodes().count());
+/// # Ok(()) }
+/// ```
+pub async fn init() -> Result<()> {
+    init_with(InitConfig::default()).await
+}
+
+/// [`init`] with explicit settings.
+pub async fn init_with(config: InitConfig) -> Result<()> {
+    runtime().spawn(do_init(config)).await.map_err(|e| Error::Embedded(format!("init task failed: {e}")))?
+}
+
+/// Blocking form of [`init`], for programs without an async runtime.
+pub fn init_blocking() -> Result<()> {
+    init_blocking_with(InitConfig::default())
+}
+
+/// Blocking form of [`init_with`].
+pub fn init_blocking_with(config: InitConfig) -> Result<()> {
+    // A scoped thread: works whether or not the caller is inside a runtime.
+    std::thread::scope(|s| s.spawn(|| runtime().block_on(do_init(config))).join().unwrap_or_else(|_| Err(Error::Embedded("init panicked".into()))))
+}
+
+pub(crate) fn current() -> Option<Arc<Driver>> {
+    DRIVER.read().expect("driver lock").clone()
+}
+
+/// The connected driver; the first remote call of a program that never
+/// called `init` starts one (like `ray.remote` calls auto-initialising).
+pub(crate) fn driver_or_init() -> Result<Arc<Driver>> {
+    if let Some(d) = current() {
+        return Ok(d);
+    }
+    init_blocking()?;
+    current().ok_or_else(|| Error::Embedded("init did not connect".into()))
+}
+
+fn program_name() -> String {
+    std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "program".into())
+}
+
+async fn do_init(config: InitConfig) -> Result<()> {
+    let _guard = INIT.lock().await;
+    if current().is_some() {
+        return Ok(());
+    }
+    if executor::is_executor() {
+        return Err(Error::Config("shoal::init() was called inside a task; tasks are already connected".into()));
+    }
+    // /proc/self/exe is the running image even if the file was replaced.
+    let exe = PathBuf::from("/proc/self/exe");
+    let hash = {
+        let exe = exe.clone();
+        tokio::task::spawn_blocking(move || hash_file(&exe)).await.map_err(|e| Error::Io(std::io::Error::other(e)))??
+    };
+    let name = config.name.clone().unwrap_or_else(program_name);
+    let address = if config.local { None } else { config.address.clone().or_else(|| config::resolve_address_env_only()) };
+    let driver = match address {
+        Some(address) => {
+            let token = config::resolve_token(config.token.as_deref(), config.token_file.as_deref())?;
+            Driver::connect(&address, token, &hash, &exe, &name).await?
+        }
+        None => start_embedded(&config, &hash, &exe, &name).await?,
+    };
+    *DRIVER.write().expect("driver lock") = Some(driver);
+    Ok(())
+}
+
+async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str) -> Result<Arc<Driver>> {
+    let home = config::shoal_home();
+    let cache = config::binary_cache(&home);
+    // The head and the worker share the binary cache: putting our own
+    // executable there means nothing is uploaded or fetched.
+    let store = BinaryStore::open(&cache)?;
+    {
+        let (store, hash, exe) = (store.clone(), hash.to_string(), exe.to_path_buf());
+        tokio::task::spawn_blocking(move || store.copy_in(&hash, &exe)).await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    }
+    let token = shoal_proto::auth::generate_token();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let head = shoal_scheduler::start(shoal_scheduler::HeadConfig::new(Some(token.clone()), cache.clone()), listener).await?;
+    let address = head.addr.to_string();
+    let mut wc = shoal_worker::WorkerConfig::new(address.clone(), Some(token.clone()), cache);
+    if let Some(n) = config.num_cpus {
+        wc.resources.cpus = n;
+    }
+    if let Some(spec) = &config.resources {
+        let extra = ResourceSet::parse(spec).map_err(|e| Error::Config(e.to_string()))?;
+        wc.resources.add(&ResourceSet { cpus: 0.0, custom: extra.custom });
+    }
+    let mut worker = shoal_worker::start(wc).await.map_err(|e| Error::Embedded(e.to_string()))?;
+    tokio::time::timeout(Duration::from_secs(10), worker.registered())
+        .await
+        .map_err(|_| Error::Embedded("the embedded worker did not register within 10s".into()))?
+        .map_err(|e| Error::Embedded(e.to_string()))?;
+    let driver = Driver::connect(&address, Some(token), hash, exe, name).await?;
+    tracing::debug!(%address, "embedded cluster started");
+    *EMBEDDED.lock().expect("embedded lock") = Some(Embedded { head, worker });
+    Ok(driver)
+}
+
+/// Disconnects from the cluster and stops the embedded one, if any.
+/// Pending results fail with `Disconnected`. `init` may be called again.
+pub async fn shutdown() {
+    let driver = DRIVER.write().expect("driver lock").take();
+    if let Some(d) = driver {
+        d.close("shoal::shutdown() was called".into());
+    }
+    let embedded = EMBEDDED.lock().expect("embedded lock").take();
+    if let Some(e) = embedded {
+        let _ = runtime()
+            .spawn(async move {
+                let _ = e.worker.shutdown().await;
+                e.head.shutdown().await;
+            })
+            .await;
+    }
+}
+
+/// Stores `value` in the cluster; returns a reference to pass to tasks
+/// (each task then reads the stored copy instead of a fresh argument).
+pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
+    let driver = driver_or_init()?;
+    let bytes = postcard::to_allocvec(&value).map_err(|e| TaskError::Serialization { message: e.to_string() })?;
+    let limit = shoal_proto::MAX_MESSAGE_BYTES - (1 << 20);
+    if bytes.len() > limit {
+        return Err(Error::Config(format!(
+            "a put of {} bytes exceeds the {} MiB limit of inline objects",
+            bytes.len(),
+            limit >> 20
+        )));
+    }
+    let bytes = bytes::Bytes::from(bytes);
+    let id = driver.next_id();
+    let slot = Slot::done(Ok(bytes.clone()));
+    driver.register(id, slot.clone());
+    driver.send(Out::Put(pb::PutObject { id, value: bytes }));
+    Ok(ObjectRef::new(id, slot, Some(driver)))
+}
+
+/// Cancels the task that makes `r`: if queued it never starts; if running
+/// its executor process is ended. Either way `r` yields
+/// `TaskError::Cancelled` (unless the task had already finished).
+pub fn cancel<T>(r: &ObjectRef<T>) {
+    r.cancel();
+}
+
+/// Nodes, resources and task counts of the connected cluster (the same
+/// data as `shoal status`).
+pub async fn cluster_status() -> Result<ClusterStatus> {
+    let d = current().ok_or_else(|| Error::Config("shoal::init() has not been called".into()))?;
+    let (address, token) = (d.address.clone(), d.token.clone());
+    runtime().spawn(async move { crate::status::fetch(&address, token.as_deref()).await }).await.map_err(|e| Error::Embedded(e.to_string()))?
+}
+
+/// Runs an async `main` on a multi-threaded runtime (used by `#[shoal::main]`).
+pub fn run_main<F: std::future::Future>(fut: F) -> F::Output {
+    enter_main();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the main runtime").block_on(fut)
+}
+
+/// Called at the top of a `#[shoal::main]` program. Executor processes
+/// never get here (they enter the task loop before `main`); this only
+/// guards against a misconfigured executor environment.
+pub fn enter_main() {
+    if executor::is_executor() {
+        eprintln!("shoal: an executor process reached main(); exiting");
+        std::process::exit(3);
+    }
+}
