@@ -1,1 +1,124 @@
-fn main(){}
+//! The `shoal` command: one binary for every role.
+//!
+//! - `shoal start --head` runs the head (and a worker on the same node);
+//! - `shoal start --address HOST:PORT` joins a worker to a head;
+//! - `shoal status` shows nodes, resources and task counts;
+//! - `shoal stop` stops the daemons started from this machine.
+//!
+//! The binary is thin: parse arguments, build the library configs, run.
+
+mod net;
+mod session;
+mod start;
+mod status;
+mod stop;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "Shoal: a distributed task scheduler for Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a head (--head) or a worker joining a head (--address).
+    Start(StartArgs),
+    /// Show nodes, resources and task counts.
+    Status(StatusArgs),
+    /// Stop the shoal daemons started from this machine (this $SHOAL_HOME).
+    Stop(StopArgs),
+}
+
+/// Where the token comes from (flags first, then SHOAL_TOKEN,
+/// SHOAL_TOKEN_FILE, then the local session dir).
+#[derive(Args, Clone, Debug, Default)]
+struct TokenArgs {
+    /// Cluster token.
+    #[arg(long)]
+    token: Option<String>,
+    /// File holding the cluster token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+#[command(group = clap::ArgGroup::new("role").required(true).args(["head", "address"]))]
+struct StartArgs {
+    /// Start the head node (and, unless --num-cpus 0, a worker beside it).
+    #[arg(long)]
+    head: bool,
+    /// Join a worker to the head at HOST:PORT.
+    #[arg(long)]
+    address: Option<String>,
+    /// Head: port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 7170)]
+    port: u16,
+    /// Head: address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// Stay in the foreground (for containers and systemd) instead of daemonizing.
+    #[arg(long)]
+    block: bool,
+    /// CPUs this node offers to tasks (default: all; 0 on a head = no local worker).
+    #[arg(long)]
+    num_cpus: Option<f64>,
+    /// Custom resources this node offers, e.g. gpu=2,ssd=1.
+    #[arg(long, default_value = "")]
+    resources: String,
+    /// Pin this worker's node id (a UUID), e.g. for a node restarted under systemd.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Head: run WITHOUT a cluster token. Anyone who can reach the port can run code.
+    #[arg(long)]
+    insecure_no_token: bool,
+    /// Head: seconds without a heartbeat before a worker is declared dead.
+    #[arg(long, default_value_t = 5.0)]
+    heartbeat_timeout: f64,
+    /// Head: wait for a node that fits instead of failing tasks no node can run.
+    #[arg(long)]
+    wait_for_nodes: bool,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+struct StatusArgs {
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+struct StopArgs {
+    /// Seconds to wait for a graceful exit before SIGKILL.
+    #[arg(long, default_value_t = 10.0)]
+    grace: f64,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Start(args) => start::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Stop(args) => stop::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

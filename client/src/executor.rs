@@ -42,6 +42,7 @@ pub(crate) fn is_executor() -> bool {
 }
 
 thread_local! {
+    static CURRENT_TASK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
 }
 
@@ -91,7 +92,9 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
         let mut last_flush = Instant::now();
         for t in msg.tasks {
             let name = names.get(t.func as usize).map(String::as_str).unwrap_or("?");
+            CURRENT_TASK.with(|c| c.set(t.task));
             let outcome = run_one(functions.get(t.func as usize).copied().flatten(), name, &t.args);
+            CURRENT_TASK.with(|c| c.set(0));
             out.results.push(pb::TaskResult { task: t.task, outcome: Some(outcome) });
             if last_flush.elapsed() >= FLUSH_AFTER {
                 frame::write_blocking(&mut writer, &out)?;
@@ -147,5 +150,36 @@ pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         let mut rt = rt.borrow_mut();
         let rt = rt.get_or_insert_with(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("executor runtime"));
         rt.block_on(fut)
+    })
+}
+
+/// Where a task is running: see [`context`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskContext {
+    /// The running task's id (also its result object's id).
+    pub task_id: crate::ObjectId,
+    /// The node it runs on.
+    pub node_id: String,
+    /// The executor process's id.
+    pub pid: u32,
+    /// The job (driver session) it belongs to.
+    pub job_id: u32,
+}
+
+/// Inside a remote function: which task, node and process this is (the
+/// distributed `os.getpid()`). `None` outside a task (in the driver).
+pub fn context() -> Option<TaskContext> {
+    if !is_executor() {
+        return None;
+    }
+    let task = CURRENT_TASK.with(|c| c.get());
+    if task == 0 {
+        return None;
+    }
+    Some(TaskContext {
+        task_id: crate::ObjectId(task),
+        node_id: std::env::var(shoal_proto::ENV_NODE_ID).unwrap_or_default(),
+        pid: std::process::id(),
+        job_id: shoal_proto::ids::job_of(task),
     })
 }

@@ -140,6 +140,7 @@ const BATCH_BYTES: usize = 4 << 20;
 struct BatchingOutbox {
     workers: HashMap<NodeId, Vec<(HeadToWorker, usize)>>,
     drivers: HashMap<JobId, Vec<(HeadToDriver, usize)>>,
+    disconnect: Vec<NodeId>,
 }
 
 fn current<M: Default>(v: &mut Vec<(M, usize)>, add: usize) -> &mut M {
@@ -170,6 +171,9 @@ impl Outbox for BatchingOutbox {
         let size = 16 + outcome.as_ref().map_or(64, |b| b.len());
         current(self.drivers.entry(job).or_default(), size).results.push(convert::result_to_pb(task, outcome));
     }
+    fn disconnect(&mut self, node: NodeId) {
+        self.disconnect.push(node);
+    }
 }
 
 async fn event_loop(mut core: Core, mut rx: mpsc::UnboundedReceiver<Cmd>, heartbeat_interval: Duration) {
@@ -198,6 +202,10 @@ async fn event_loop(mut core: Core, mut rx: mpsc::UnboundedReceiver<Cmd>, heartb
             _ = tick.tick() => core.tick(Instant::now(), &mut out),
         }
         core.schedule(&mut out);
+        for node in out.disconnect.drain(..) {
+            // Dropping the sender ends the session's response stream.
+            workers.remove(&node);
+        }
         for (node, batches) in out.workers.drain() {
             if let Some((_, tx)) = workers.get(&node) {
                 for (m, _) in batches {

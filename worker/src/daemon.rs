@@ -74,12 +74,21 @@ impl WorkerHandle {
     /// Stops the worker: executors are killed and the session closed.
     pub async fn shutdown(self) -> Result<(), WorkerError> {
         let _ = self.events.send(Ev::Shutdown);
+        if self.join.is_finished() {
+            return Ok(());
+        }
         self.join.await.unwrap_or(Ok(()))
     }
 
     /// Waits until the worker stops on its own (fatal error) or is shut down.
     pub async fn wait(self) -> Result<(), WorkerError> {
         self.join.await.unwrap_or(Ok(()))
+    }
+
+    /// Like [`wait`](Self::wait) without giving up the handle (so the
+    /// caller can still [`shutdown`](Self::shutdown) on a signal).
+    pub async fn wait_ref(&mut self) -> Result<(), WorkerError> {
+        (&mut self.join).await.unwrap_or(Ok(()))
     }
 }
 

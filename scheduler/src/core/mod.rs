@@ -36,6 +36,10 @@ pub trait Outbox {
     fn job_finished(&mut self, node: NodeId, job: JobId);
     /// A task of `job` finished: deliver its result to the driver.
     fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Bytes, Failure>);
+    /// `node` was declared dead: end its session, so that if it is in
+    /// fact alive (a partition, a frozen process) it reconnects and
+    /// registers again under a new epoch.
+    fn disconnect(&mut self, node: NodeId);
 }
 
 /// Tunables of the core.
@@ -247,6 +251,7 @@ impl Core {
         node.functions_sent.clear();
         let lost: Vec<TaskId> = node.assigned.drain().collect();
         tracing::warn!(node = %id, reason, tasks = lost.len(), "node marked dead");
+        out.disconnect(id);
         let mut requeue = Vec::new();
         for t in lost {
             let Some(task) = self.tasks.get_mut(&t) else { continue };

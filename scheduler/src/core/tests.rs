@@ -10,6 +10,7 @@ struct Rec {
     cancels: Vec<(NodeId, TaskId)>,
     job_infos: Vec<(NodeId, JobId, u32, usize)>,
     finished_jobs: Vec<(NodeId, JobId)>,
+    disconnected: Vec<NodeId>,
 }
 
 impl Outbox for Rec {
@@ -27,6 +28,9 @@ impl Outbox for Rec {
     }
     fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Bytes, Failure>) {
         self.results.push((job, task, outcome));
+    }
+    fn disconnect(&mut self, node: NodeId) {
+        self.disconnected.push(node);
     }
 }
 
@@ -81,6 +85,7 @@ fn heartbeat_timeout_marks_dead_and_reregistration_revives() {
     let alive: Vec<_> = snap.nodes.iter().map(|n| (n.id, n.alive)).collect();
     assert!(alive.contains(&(a, true)));
     assert!(alive.contains(&(b, false)));
+    assert_eq!(out.disconnected, vec![b], "the silent node's session is ended so it can re-register");
     let (b2, eb2) = core.node_registered(
         NodeRegistration { node_id: Some(b), resources: ResourceSet::cpus(2.0), ..Default::default() },
         now + Duration::from_secs(5),

@@ -1,0 +1,231 @@
+//! `shoal start`: run a head or a worker, in the foreground (`--block`) or
+//! as a daemon (the same command re-executed with `--block`, detached, its
+//! output in a log file under the session dir).
+
+use crate::session::{self, is_shoal_process};
+use crate::{StartArgs, init_tracing, net};
+use anyhow::{Context, bail};
+use shoal::config::{self, HeadSession};
+use shoal_proto::resources::ResourceSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub fn run(args: StartArgs) -> anyhow::Result<()> {
+    let home = config::shoal_home();
+    std::fs::create_dir_all(&home).with_context(|| format!("creating the session dir {}", home.display()))?;
+    if !args.block {
+        return daemonize(&args, &home);
+    }
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        if args.head { run_head(args, &home).await } else { run_worker(args, &home).await }
+    })
+}
+
+fn parse_resources(args: &StartArgs) -> anyhow::Result<ResourceSet> {
+    let mut res = ResourceSet::parse(&args.resources)?;
+    res.cpus = match args.num_cpus {
+        Some(n) if n.is_finite() && n >= 0.0 => n,
+        Some(n) => bail!("--num-cpus must be a number >= 0, not {n}"),
+        None => shoal_worker::config::detect_cpus() as f64,
+    };
+    Ok(res)
+}
+
+fn worker_config(args: &StartArgs, head: String, token: Option<String>, home: &Path) -> anyhow::Result<shoal_worker::WorkerConfig> {
+    let mut wc = shoal_worker::WorkerConfig::new(head, token, config::binary_cache(home));
+    wc.resources = parse_resources(args)?;
+    if let Some(id) = &args.node_id {
+        id.parse::<uuid_check::Uuid>().map_err(|_| anyhow::anyhow!("--node-id {id:?} is not a UUID"))?;
+        wc.node_id = Some(id.clone());
+    }
+    Ok(wc)
+}
+
+/// A tiny UUID syntax check without another dependency.
+mod uuid_check {
+    pub struct Uuid;
+    impl std::str::FromStr for Uuid {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let hex: String = s.chars().filter(|c| *c != '-').collect();
+            if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) { Ok(Uuid) } else { Err(()) }
+        }
+    }
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn join_address(port: u16) -> String {
+    match net::outward_ipv4() {
+        Some(ip) => format!("{ip}:{port}"),
+        None => format!("{}:{port}", shoal_worker::config::hostname()),
+    }
+}
+
+async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
+    let explicit = if args.token.token.is_some() || args.token.token_file.is_some() {
+        config::resolve_token(args.token.token.as_deref(), args.token.token_file.as_deref())?
+    } else {
+        None
+    };
+    let token = if args.insecure_no_token {
+        eprintln!("WARNING: starting the head WITHOUT a cluster token (--insecure-no-token): anyone who can reach port {} can run code on this cluster.", args.port);
+        None
+    } else {
+        Some(explicit.unwrap_or_else(shoal_proto::auth::generate_token))
+    };
+    let token_file = session::token_path(home);
+    match &token {
+        Some(t) => config::write_token_file(&token_file, t).with_context(|| format!("writing {}", token_file.display()))?,
+        None => {
+            let _ = std::fs::remove_file(&token_file);
+        }
+    }
+    let listener = tokio::net::TcpListener::bind((args.bind.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{} (another head running? try `shoal stop` or --port)", args.bind, args.port))?;
+    let mut cfg = shoal_scheduler::HeadConfig::new(token.clone(), config::binary_cache(home));
+    if !(args.heartbeat_timeout.is_finite() && args.heartbeat_timeout > 0.0) {
+        bail!("--heartbeat-timeout must be > 0 seconds");
+    }
+    cfg.heartbeat_timeout = Duration::from_secs_f64(args.heartbeat_timeout);
+    cfg.heartbeat_interval = cfg.heartbeat_interval.min(cfg.heartbeat_timeout / 4);
+    cfg.wait_for_feasible_nodes = args.wait_for_nodes;
+    let head = shoal_scheduler::start(cfg, listener).await?;
+    let port = head.addr.port();
+    let ip: std::net::IpAddr = args.bind.parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let local = if ip.is_unspecified() || ip.is_loopback() { format!("127.0.0.1:{port}") } else { format!("{ip}:{port}") };
+    let record = HeadSession { address: local.clone(), token_file: token.as_ref().map(|_| token_file.clone()), pid: std::process::id() };
+    std::fs::write(config::head_session_path(home), serde_json::to_vec_pretty(&record)?)?;
+    let pid_file = session::write_pid_file(home, "head")?;
+    let public = if ip.is_unspecified() { join_address(port) } else { local.clone() };
+    println!("Shoal head started (pid {}).", std::process::id());
+    println!("  address:    {public}   (local: {local})");
+    match &token {
+        Some(_) => {
+            println!("  token file: {}", token_file.display());
+            println!("To join another node, copy the token file there and run:");
+            println!("  shoal start --address {public} --token-file {}", token_file.display());
+        }
+        None => println!("To join another node:\n  shoal start --address {public}"),
+    }
+    println!("Programs on this machine connect with SHOAL_ADDRESS=auto (or {local}); `shoal status` shows the cluster.");
+
+    let worker = if args.num_cpus != Some(0.0) {
+        let mut w = shoal_worker::start(worker_config(&args, local.clone(), token.clone(), home)?).await?;
+        let id = w.registered().await?;
+        println!("  local worker: node {id}");
+        Some(w)
+    } else {
+        None
+    };
+    terminated().await;
+    tracing::info!("stopping the head");
+    if let Some(w) = worker {
+        let _ = w.shutdown().await;
+    }
+    head.shutdown().await;
+    let _ = std::fs::remove_file(&pid_file);
+    if config::read_head_session(home).is_some_and(|s| s.pid == std::process::id()) {
+        let _ = std::fs::remove_file(config::head_session_path(home));
+    }
+    Ok(())
+}
+
+async fn run_worker(args: StartArgs, home: &Path) -> anyhow::Result<()> {
+    let address = args.address.clone().expect("clap requires --head or --address");
+    let token = config::resolve_token(args.token.token.as_deref(), args.token.token_file.as_deref())?;
+    let mut worker = shoal_worker::start(worker_config(&args, address.clone(), token, home)?).await?;
+    let pid_file = session::write_pid_file(home, "worker")?;
+    let cleanup = || {
+        let _ = std::fs::remove_file(&pid_file);
+        let _ = std::fs::remove_file(session::ready_file(home, std::process::id()));
+    };
+    tokio::select! {
+        r = worker.registered() => match r {
+            Ok(id) => {
+                std::fs::write(session::ready_file(home, std::process::id()), &id)?;
+                println!("Shoal worker (pid {}) joined the head at {address} as node {id}.", std::process::id());
+            }
+            Err(e) => {
+                cleanup();
+                bail!("{e}");
+            }
+        },
+        _ = terminated() => {
+            let _ = worker.shutdown().await;
+            cleanup();
+            return Ok(());
+        }
+    }
+    let result = tokio::select! {
+        r = worker.wait_ref() => r,
+        _ = terminated() => Ok(()),
+    };
+    let _ = worker.shutdown().await;
+    cleanup();
+    result.map_err(Into::into)
+}
+
+/// Re-executes this command with `--block`, detached, logging to a file,
+/// and waits until the daemon is ready (or failed) before returning.
+fn daemonize(args: &StartArgs, home: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let role = if args.head { "head" } else { "worker" };
+    let logs = session::log_dir(home);
+    std::fs::create_dir_all(&logs)?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let log_path = logs.join(format!("{role}-{stamp}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1)).arg("--block").stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from the
+    // terminal's session so closing the terminal does not stop it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the daemon")?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("the {role} exited during start-up ({status}); its log {}:\n{}", log_path.display(), tail.join("\n"));
+        }
+        let ready = if args.head {
+            config::read_head_session(home).is_some_and(|s| s.pid == pid) && std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("Programs on this machine"))
+        } else {
+            session::ready_file(home, pid).exists()
+        };
+        if ready {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            for line in log.lines().filter(|l| !l.contains(" INFO ") && !l.contains(" WARN ") && !l.contains(" DEBUG ")) {
+                println!("{line}");
+            }
+            println!("  log: {}", log_path.display());
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            if args.head || !is_shoal_process(pid) {
+                bail!("the {role} did not become ready within 20s; see {}", log_path.display());
+            }
+            println!("Shoal worker started (pid {pid}) but has not reached the head yet; it keeps retrying. Log: {}", log_path.display());
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,151 @@
+//! Test harness: real `shoal` head and worker processes on loopback, each
+//! with its own session dir and a random free port. Processes are killed
+//! when the harness drops, whatever the test's outcome.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// Runs `shoal` with `args` in session dir `home`; returns its output.
+pub fn shoal(home: &Path, args: &[&str]) -> Output {
+    Command::new(SHOAL)
+        .args(args)
+        .env("SHOAL_HOME", home)
+        .env_remove("SHOAL_ADDRESS")
+        .env_remove("SHOAL_TOKEN")
+        .env_remove("SHOAL_TOKEN_FILE")
+        .output()
+        .expect("running shoal")
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub struct Worker {
+    pub child: Child,
+    pub home: tempfile::TempDir,
+    pub node_id: String,
+}
+
+pub struct Cluster {
+    pub home: tempfile::TempDir,
+    pub address: String,
+    pub token: String,
+    pub head: Child,
+    pub workers: Vec<Worker>,
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+    let f = std::fs::File::create(log).expect("log file");
+    cmd.stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().expect("spawning shoal")
+}
+
+impl Cluster {
+    /// A head without a local worker (`--num-cpus 0`) plus `extra` args.
+    pub fn head(extra: &[&str]) -> Cluster {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(SHOAL);
+        cmd.args(["start", "--head", "--block", "--port", "0", "--bind", "127.0.0.1", "--num-cpus", "0"]).args(extra);
+        cmd.env("SHOAL_HOME", home.path()).env("RUST_LOG", "info,h2=warn");
+        let head = spawn_logged(cmd, &home.path().join("head.log"));
+        let session = wait_for(Duration::from_secs(20), "the head to start", || {
+            let s: Value = serde_json::from_slice(&std::fs::read(home.path().join("head.json")).ok()?).ok()?;
+            (s["pid"].as_u64()? == head.id() as u64).then_some(s)
+        });
+        let address = session["address"].as_str().unwrap().to_string();
+        let token = std::fs::read_to_string(home.path().join("token")).map(|t| t.trim().to_string()).unwrap_or_default();
+        Cluster { home, address, token, head, workers: Vec::new() }
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.home.path().join("token")
+    }
+
+    /// Starts a worker process with `args` (e.g. `--num-cpus 2`) and waits
+    /// until it has registered. Returns its index.
+    pub fn add_worker(&mut self, args: &[&str]) -> usize {
+        let home = tempfile::tempdir().expect("tempdir");
+        let child = self.spawn_worker(home.path(), args);
+        let pid = child.id();
+        let ready = home.path().join("run").join(format!("worker-{pid}.ready"));
+        let mut child = child;
+        let node_id = wait_for(Duration::from_secs(20), "the worker to register", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("worker exited early ({status}): {}", std::fs::read_to_string(home.path().join("worker.log")).unwrap_or_default());
+            }
+            std::fs::read_to_string(&ready).ok().filter(|s| !s.is_empty())
+        });
+        self.workers.push(Worker { child, home, node_id });
+        self.workers.len() - 1
+    }
+
+    pub fn spawn_worker(&self, home: &Path, args: &[&str]) -> Child {
+        let mut cmd = Command::new(SHOAL);
+        cmd.args(["start", "--block", "--address", &self.address, "--token-file"]).arg(self.token_file()).args(args);
+        cmd.env("SHOAL_HOME", home).env("RUST_LOG", "info,h2=warn");
+        spawn_logged(cmd, &home.join("worker.log"))
+    }
+
+    /// `shoal status --json` against this cluster.
+    pub fn status(&self) -> Value {
+        let out = shoal(self.home.path(), &["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// The status entry of node `id`.
+    pub fn node(&self, id: &str) -> Option<Value> {
+        self.status()["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).cloned()
+    }
+
+    pub fn kill_worker(&mut self, i: usize) {
+        let w = &mut self.workers[i];
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+    }
+
+    /// Connects this test process as a driver.
+    pub fn connect(&self) {
+        let cfg = shoal::InitConfig::default().address(self.address.clone()).token(self.token.clone());
+        shoal::init_blocking_with(cfg).expect("connecting the driver");
+    }
+
+    pub fn head_log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("head.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+        let _ = self.head.kill();
+        let _ = self.head.wait();
+    }
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain syscall on a child we started.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
