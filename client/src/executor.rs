@@ -108,6 +108,16 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
     }
 }
 
+/// Forgets the last panic's details (before running an item).
+pub(crate) fn clear_panic() {
+    LAST_PANIC.with(|p| p.borrow_mut().take());
+}
+
+/// The last panic's message and location, if one happened since `clear_panic`.
+pub(crate) fn take_panic() -> Option<(String, String)> {
+    LAST_PANIC.with(|p| p.borrow_mut().take())
+}
+
 fn fail(kind: FailureKind, function: &str, message: String, location: String) -> pb::task_result::Outcome {
     pb::task_result::Outcome::Failure(pb::TaskFailure { kind: kind as i32, message, location, function: function.to_string(), ..Default::default() })
 }
@@ -162,6 +172,9 @@ pub struct TaskContext {
     pub node_id: String,
     /// The executor process's id.
     pub pid: u32,
+    /// The parent of the executor process: the worker daemon (or, on an
+    /// embedded cluster, the driver program itself).
+    pub parent_pid: u32,
     /// The job (driver session) it belongs to.
     pub job_id: u32,
 }
@@ -180,6 +193,8 @@ pub fn context() -> Option<TaskContext> {
         task_id: crate::ObjectId(task),
         node_id: std::env::var(shoal_proto::ENV_NODE_ID).unwrap_or_default(),
         pid: std::process::id(),
+        // SAFETY: getppid has no preconditions.
+        parent_pid: unsafe { libc::getppid() } as u32,
         job_id: shoal_proto::ids::job_of(task),
     })
 }

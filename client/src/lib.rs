@@ -40,6 +40,7 @@
 //! - [`remote`] / [`main`]: the attribute macros.
 //! - `object_ref`: [`ObjectRef`], [`get_all`], [`wait`], [`as_completed`].
 //! - `runtime`: [`init`], [`put`], [`cancel`], [`cluster_status`], [`shutdown`].
+//! - `pool`: [`Pool`], [`Process`], [`Parallel`]: the `multiprocessing` / joblib shapes.
 //! - [`config`]: where addresses and tokens come from.
 //! - [`status`]: the cluster status types.
 //! - `error`: [`TaskError`] and [`Error`].
@@ -52,6 +53,7 @@ mod driver;
 mod error;
 mod executor;
 mod object_ref;
+mod pool;
 mod registry;
 mod runtime;
 
@@ -61,6 +63,7 @@ pub mod status;
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
 pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};
+pub use pool::{AsyncResult, MAX_AUTO_CHUNK, Call, MapIter, MapResult, MapStats, Parallel, Pool, PoolError, Process, RemoteFn, UnaryFn, parallel};
 pub use registry::{Arg, CallOptions, IntoArg};
 pub use runtime::{InitConfig, cancel, cluster_status, init, init_blocking, init_blocking_with, init_with, put, shutdown};
 pub use status::ClusterStatus;
@@ -85,6 +88,7 @@ pub use shoal_macros::main;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::executor::block_on;
+    pub use crate::pool::run_chunk;
     pub use crate::registry::{
         FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result, submit, submit_with,
     };

@@ -120,6 +120,15 @@ pub fn init_blocking_with(config: InitConfig) -> Result<()> {
     std::thread::scope(|s| s.spawn(|| runtime().block_on(do_init(config))).join().unwrap_or_else(|_| Err(Error::Embedded("init panicked".into()))))
 }
 
+/// Runs a future on Shoal's runtime and blocks for it (from any thread,
+/// inside an async runtime or not).
+pub(crate) fn block_on<F: std::future::Future + Send>(fut: F) -> F::Output
+where
+    F::Output: Send,
+{
+    std::thread::scope(|s| s.spawn(|| runtime().block_on(fut)).join().expect("block_on thread"))
+}
+
 pub(crate) fn current() -> Option<Arc<Driver>> {
     DRIVER.read().expect("driver lock").clone()
 }

@@ -130,6 +130,20 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
     };
     let doc = format!("Remote form of [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` runs it on the cluster and returns an `ObjectRef` at once.");
     let slice_ident = format_ident!("__SHOAL_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
+    let chunk_ident = format_ident!("__SHOAL_CHUNK_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
+    let unary_impl = if n == 1 {
+        let t = &arg_types[0];
+        quote! {
+            impl ::shoal::UnaryFn for Func {
+                type Arg = #t;
+                fn args(arg: #t) -> (#t,) {
+                    (arg,)
+                }
+            }
+        }
+    } else {
+        quote!()
+    };
     Ok(quote! {
         #func
 
@@ -165,6 +179,51 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             /// Each argument may be a value or an `ObjectRef` of the parameter's type.
             pub fn remote(#(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRef<#ret> {
                 ::shoal::__private::submit(&META, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])
+            }
+
+            /// Metadata of the batch form used by `Pool`, `Parallel` and `Process`.
+            pub static CHUNK_META: ::shoal::__private::FunctionMeta = ::shoal::__private::FunctionMeta::new(
+                ::core::concat!(#name_expr, "::chunk"),
+                #num_cpus,
+                &[#((#res_names, #res_amounts)),*],
+                #max_retries,
+            );
+
+            #[doc(hidden)]
+            pub fn __invoke_chunk(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::std::vec::Vec<u8>, ::shoal::__private::InvokeError> {
+                ::shoal::__private::run_chunk::<(#(#arg_types,)*), #ret, _>(args, |(#(#arg_names,)*)| #call)
+            }
+
+            #[::shoal::__private::linkme::distributed_slice(::shoal::__private::REMOTE_FUNCTIONS)]
+            #[linkme(crate = ::shoal::__private::linkme)]
+            static #chunk_ident: ::shoal::__private::RemoteFunction = ::shoal::__private::RemoteFunction { name: CHUNK_META.name, invoke: __invoke_chunk };
+
+            /// The function as a value, for `Pool::map`, `Parallel` and `Process::spawn`.
+            #[derive(Clone, Copy, Debug)]
+            pub struct Func;
+
+            /// The function as a value: `pool.map(f::func, items)`.
+            #[allow(non_upper_case_globals)]
+            pub const func: Func = Func;
+
+            impl ::shoal::RemoteFn for Func {
+                type Args = (#(#arg_types,)*);
+                type Output = #ret;
+                fn name(&self) -> &'static str {
+                    NAME
+                }
+                fn chunk_meta(&self) -> &'static ::shoal::__private::FunctionMeta {
+                    &CHUNK_META
+                }
+            }
+
+            #unary_impl
+
+            impl Func {
+                /// A call not yet submitted (joblib's `delayed(f)(args)`), for `shoal::parallel`.
+                pub fn call(self, #(#arg_names: #arg_types),*) -> ::shoal::Call<Func> {
+                    ::shoal::Call::new(self, (#(#arg_names,)*))
+                }
             }
 
             /// Per-call options (e.g. `max_retries`), then `.remote(..)`.

@@ -1,0 +1,236 @@
+//! Shoal's benchmark: the workloads of `shared/anchors` (same metric keys,
+//! so `bench/compare` can put Shoal beside Ray, Dask and multiprocessing),
+//! plus Shoal-only ones. Prints one JSON object.
+//!
+//!     cargo run --release -p shoal-bench                  # embedded cluster
+//!     cargo run --release -p shoal-bench -- --address H:P # a CLI-started cluster
+
+use clap::Parser;
+use serde_json::{Map, Value, json};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// Head address; default: an embedded local cluster.
+    #[arg(long)]
+    address: Option<String>,
+    /// Cluster token (default: SHOAL_TOKEN / the local session).
+    #[arg(long)]
+    token: Option<String>,
+    /// Tasks in the async throughput workload.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Skip the 1M-queued-tasks head memory workload.
+    #[arg(long)]
+    skip_rss: bool,
+    /// Internal: submit this many no-ops to the head at ADDRESS and report
+    /// when the head has them all queued.
+    #[arg(long, hide = true)]
+    rss_probe: Option<usize>,
+}
+
+#[shoal::remote]
+fn noop() {}
+
+#[shoal::remote]
+fn ident(i: u64) -> u64 {
+    i
+}
+
+#[shoal::remote]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[shoal::remote]
+fn nbytes(x: Vec<u8>) -> usize {
+    x.len()
+}
+
+#[shoal::remote]
+fn spin(ms: u64) -> u64 {
+    let end = Instant::now() + Duration::from_millis(ms);
+    let mut x = 0u64;
+    while Instant::now() < end {
+        x = x.wrapping_add(1);
+    }
+    x
+}
+
+fn round(v: f64) -> Value {
+    json!((v * 10_000.0).round() / 10_000.0)
+}
+
+fn init(args: &Args) -> shoal::Result<()> {
+    let mut cfg = shoal::InitConfig::default();
+    if let Some(a) = &args.address {
+        cfg = cfg.address(a.clone());
+    } else {
+        cfg = cfg.local();
+    }
+    if let Some(t) = &args.token {
+        cfg = cfg.token(t.clone());
+    }
+    shoal::init_blocking_with(cfg)
+}
+
+/// memcpy of 256 MiB into warm (pre-faulted) memory: the ceiling for `put`.
+fn memcpy_gbps(src: &[u8]) -> f64 {
+    let mut dst = vec![1u8; src.len()];
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        dst.copy_from_slice(src);
+        std::hint::black_box(&dst);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    src.len() as f64 / best / 1e9
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Some(n) = args.rss_probe {
+        return rss_probe(&args, n);
+    }
+    let mut out = Map::new();
+    let t0 = Instant::now();
+    init(&args).expect("connecting to the cluster");
+    noop::remote().get().unwrap();
+    out.insert("startup_to_first_task_s".into(), round(t0.elapsed().as_secs_f64()));
+
+    // W1: async throughput.
+    let n = args.tasks;
+    let t = Instant::now();
+    let refs: Vec<_> = (0..n).map(|_| noop::remote()).collect();
+    shoal::get_all_blocking(&refs).unwrap();
+    out.insert("noop_async_tasks_per_s".into(), round(n as f64 / t.elapsed().as_secs_f64()));
+    drop(refs);
+
+    // W2: sync round trip.
+    let mut lat: Vec<f64> = (0..500)
+        .map(|_| {
+            let t = Instant::now();
+            noop::remote().get().unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out.insert("roundtrip_median_us".into(), round(lat[lat.len() / 2] * 1e6));
+
+    // W3: tree reduction, 4096 leaves.
+    let t = Instant::now();
+    let mut level: Vec<_> = (0..4096u64).map(ident::remote).collect();
+    while level.len() > 1 {
+        level = level.chunks(2).map(|p| add::remote(&p[0], &p[1])).collect();
+    }
+    assert_eq!(level[0].get().unwrap(), 4095 * 4096 / 2);
+    out.insert("tree_reduce_8191_tasks_s".into(), round(t.elapsed().as_secs_f64()));
+
+    // W4: put / get / task on a 256 MiB buffer.
+    let buf = vec![1u8; 256 << 20];
+    out.insert("memcpy_256MiB_GBps".into(), round(memcpy_gbps(&buf)));
+    let t = Instant::now();
+    match shoal::put(buf.clone()) {
+        Ok(r) => {
+            out.insert("put_256MiB_GBps".into(), round(buf.len() as f64 / t.elapsed().as_secs_f64() / 1e9));
+            let t = Instant::now();
+            let got = r.get().unwrap();
+            out.insert("get_256MiB_GBps".into(), round(buf.len() as f64 / t.elapsed().as_secs_f64() / 1e9));
+            assert_eq!(got.len(), buf.len());
+            let t = Instant::now();
+            assert_eq!(nbytes::remote(&r).get().unwrap(), buf.len());
+            out.insert("task_on_256MiB_arg_s".into(), round(t.elapsed().as_secs_f64()));
+        }
+        Err(e) => {
+            out.insert("put_256MiB_error".into(), json!(e.to_string()));
+        }
+    }
+    drop(buf);
+
+    // W5: CPU-bound efficiency, 200 x 10 ms on the cluster's CPUs.
+    let t = Instant::now();
+    let refs: Vec<_> = (0..200).map(|_| spin::remote(10)).collect();
+    shoal::get_all_blocking(&refs).unwrap();
+    let rt = tokio_rt();
+    let cpus: f64 = rt.block_on(shoal::cluster_status()).unwrap().alive_nodes().map(|n| n.resources["cpus"]).sum();
+    let ideal = 200.0 * 0.010 / cpus.max(1.0);
+    out.insert("cpu_200x10ms_efficiency".into(), round(ideal / t.elapsed().as_secs_f64()));
+
+    if !args.skip_rss && args.address.is_none() {
+        match queued_head_rss() {
+            Ok(mb) => out.insert("noop_1M_queued_head_rss_mb".into(), round(mb)),
+            Err(e) => out.insert("noop_1M_queued_head_rss_error".into(), json!(e)),
+        };
+    }
+    let mut all = Map::new();
+    all.insert("system".into(), json!(format!("shoal {}", env!("CARGO_PKG_VERSION"))));
+    all.extend(out);
+    println!("{}", Value::Object(all));
+}
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// Starts a separate head with no workers, has a child process queue 1M
+/// no-ops on it, and reads the head's peak RSS.
+fn queued_head_rss() -> Result<f64, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let shoal_bin = exe.with_file_name("shoal");
+    if !shoal_bin.exists() {
+        return Err(format!("{} not found: build it with `cargo build --release`", shoal_bin.display()));
+    }
+    let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut head = std::process::Command::new(&shoal_bin)
+        .args(["start", "--head", "--block", "--port", "0", "--bind", "127.0.0.1", "--num-cpus", "0"])
+        .env("SHOAL_HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let session = loop {
+            if let Ok(b) = std::fs::read(home.path().join("head.json")) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+                    break v;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("head did not start".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let address = session["address"].as_str().unwrap().to_string();
+        let token = std::fs::read_to_string(home.path().join("token")).map_err(|e| e.to_string())?;
+        let status = std::process::Command::new(&exe)
+            .args(["--rss-probe", "1000000", "--address", &address, "--token", token.trim()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("probe failed: {status}"));
+        }
+        let st = std::fs::read_to_string(format!("/proc/{}/status", head.id())).map_err(|e| e.to_string())?;
+        let kb: f64 = st.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).ok_or("no VmHWM")?;
+        Ok(kb / 1024.0)
+    })();
+    let _ = head.kill();
+    let _ = head.wait();
+    result
+}
+
+fn rss_probe(args: &Args, n: usize) {
+    init(args).expect("connecting to the head");
+    let refs: Vec<_> = (0..n).map(|_| noop::remote()).collect();
+    let rt = tokio_rt();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st = rt.block_on(shoal::cluster_status()).unwrap();
+        if st.tasks.queued as usize >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "head queued only {} of {n}", st.tasks.queued);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(refs);
+}
