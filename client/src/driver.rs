@@ -242,7 +242,7 @@ async fn send_loop(mut rx: mpsc::UnboundedReceiver<Out>, stream: mpsc::Sender<Dr
                 Err(_) => break,
             }
         }
-        if stream.send(msg).await.is_err() {
+        if stream.send(shoal_proto::pad::pad(msg)).await.is_err() {
             return;
         }
     }

@@ -12,6 +12,7 @@ use futures::Stream;
 use shoal_proto::pb::head_server::{Head, HeadServer};
 use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
 use shoal_proto::resources::ResourceSet;
+use shoal_proto::pad::pad;
 use shoal_proto::{PROTOCOL_VERSION, auth};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -209,14 +210,14 @@ async fn event_loop(mut core: Core, mut rx: mpsc::UnboundedReceiver<Cmd>, heartb
         for (node, batches) in out.workers.drain() {
             if let Some((_, tx)) = workers.get(&node) {
                 for (m, _) in batches {
-                    let _ = tx.send(Ok(m));
+                    let _ = tx.send(Ok(pad(m)));
                 }
             }
         }
         for (job, batches) in out.drivers.drain() {
             if let Some(tx) = drivers.get(&job) {
                 for (m, _) in batches {
-                    let _ = tx.send(Ok(m));
+                    let _ = tx.send(Ok(pad(m)));
                 }
             }
         }

@@ -9,6 +9,7 @@ use crate::config::{self, WorkerConfig};
 use crate::executors::{self, StderrTail};
 use crate::pipeline::{self, ServiceTime};
 use crate::session;
+use shoal_proto::pad::pad;
 use shoal_proto::pb::{self, FailureKind, WorkerToExecutor, WorkerToHead};
 use shoal_proto::resources::ResourceSet;
 use std::collections::{HashMap, VecDeque};
@@ -264,7 +265,7 @@ impl Daemon {
     fn on_tick(&mut self) {
         if let Some((_, tx)) = &self.session {
             self.heartbeat_seq += 1;
-            let _ = tx.send(WorkerToHead { heartbeat: self.heartbeat_seq, ..Default::default() });
+            let _ = tx.send(pad(WorkerToHead { heartbeat: self.heartbeat_seq, ..Default::default() }));
         }
         let now = Instant::now();
         let stuck: Vec<u64> = self.executors.iter().filter(|(_, e)| e.conn.is_none() && now - e.started > HELLO_TIMEOUT).map(|(id, _)| *id).collect();
@@ -636,7 +637,7 @@ impl Daemon {
         let credits = pipeline::grant(wanted, held, self.outstanding);
         self.outstanding += credits as usize;
         if credits > 0 || !self.results.is_empty() {
-            let _ = tx.send(WorkerToHead { credits, results: std::mem::take(&mut self.results), ..Default::default() });
+            let _ = tx.send(pad(WorkerToHead { credits, results: std::mem::take(&mut self.results), ..Default::default() }));
         }
     }
 }

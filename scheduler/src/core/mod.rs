@@ -77,7 +77,7 @@ struct Node {
     /// How many more tasks the worker asked for.
     credits: u32,
     /// Tasks dispatched here and not finished: requeued if the node dies.
-    assigned: HashSet<TaskId>,
+    assigned: IdSet<TaskId>,
     last_heartbeat: Instant,
     /// Per job, how many of its functions this node has been told about.
     functions_sent: HashMap<JobId, u32>,
@@ -99,16 +99,26 @@ enum TaskState {
     Dispatched(NodeId),
 }
 
+/// An unfinished task. Its result object gets an entry in the object
+/// table only when it completes (and only if still referenced): until then
+/// the task itself tracks who wants the result, so a million queued tasks
+/// cost one table entry each, not two.
 struct Task {
     job: JobId,
     func: u32,
-    args: Vec<ArgSlot>,
+    args: Box<[ArgSlot]>,
     missing: u32,
     state: TaskState,
     attempts: u32,
     /// Retries allowed when its worker dies.
     max_retries: u32,
     cancel_requested: bool,
+    /// The driver still holds a reference to the result.
+    driver_ref: bool,
+    /// Unfinished tasks that take the result as an argument.
+    result_refs: u32,
+    /// Tasks waiting for the result (boxed: most tasks have none).
+    dependents: Option<Box<Vec<TaskId>>>,
 }
 
 enum ArgSlot {
@@ -118,20 +128,44 @@ enum ArgSlot {
 
 #[derive(Clone)]
 enum ObjectState {
-    Pending,
     Ready(Bytes),
-    Failed(Failure),
+    /// Boxed: failures are rare, and the table holds one entry per object.
+    Failed(Box<Failure>),
 }
 
-/// An entry of the object table.
+/// Hasher for the core's integer ids. Ids are sequential, so SipHash's
+/// DoS resistance buys nothing while costing time on every lookup; a
+/// multiplicative hash spreads them over the table's control bytes.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(n as u64);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// An entry of the object table: a finished result or a put.
 struct Object {
     state: ObjectState,
     /// The owning driver still holds an `ObjectRef` to it.
     driver_ref: bool,
     /// Unfinished tasks that take it as an argument.
     task_refs: u32,
-    /// Tasks waiting for it to be ready.
-    dependents: Vec<TaskId>,
 }
 
 /// The scheduler state. See the module docs.
@@ -140,10 +174,10 @@ pub struct Core {
     nodes: BTreeMap<NodeId, Node>,
     /// Round-robin start for placing tasks without data to be near.
     rr: usize,
-    jobs: HashMap<JobId, Job>,
+    jobs: IdMap<JobId, Job>,
     next_job: JobId,
-    tasks: HashMap<TaskId, Task>,
-    objects: HashMap<ObjectId, Object>,
+    tasks: IdMap<TaskId, Task>,
+    objects: IdMap<ObjectId, Object>,
     ready: VecDeque<TaskId>,
     counts: TaskCounts,
     total_credits: u64,
@@ -156,10 +190,10 @@ impl Core {
             config,
             nodes: BTreeMap::new(),
             rr: 0,
-            jobs: HashMap::new(),
+            jobs: IdMap::default(),
             next_job: 1,
-            tasks: HashMap::new(),
-            objects: HashMap::new(),
+            tasks: IdMap::default(),
+            objects: IdMap::default(),
             ready: VecDeque::new(),
             counts: TaskCounts::default(),
             total_credits: 0,
@@ -193,7 +227,7 @@ impl Core {
                 info: NodeRegistration { node_id: Some(id), ..reg },
                 in_use: ResourceSet::default(),
                 credits: 0,
-                assigned: HashSet::new(),
+                assigned: IdSet::default(),
                 last_heartbeat: now,
                 functions_sent: HashMap::new(),
             },
@@ -341,7 +375,7 @@ impl Core {
             tracing::warn!(job, object = %ids::display(id), "put refused: foreign or duplicate id");
             return;
         }
-        self.objects.insert(id, Object { state: ObjectState::Ready(value), driver_ref: true, task_refs: 0, dependents: Vec::new() });
+        self.objects.insert(id, Object { state: ObjectState::Ready(value), driver_ref: true, task_refs: 0 });
     }
 
     /// A driver submits tasks. Ids must be the job's own and fresh.
@@ -354,34 +388,32 @@ impl Core {
                 tracing::warn!(job, task = %ids::display(t.id), "submission refused: foreign or duplicate id");
                 continue;
             }
-            self.objects.insert(t.id, Object { state: ObjectState::Pending, driver_ref: true, task_refs: 0, dependents: Vec::new() });
             let mut slots = Vec::with_capacity(t.args.len());
             let mut missing = 0;
             let mut early: Option<Failure> = None;
             for a in t.args {
                 match a {
                     NewArg::Value(b) => slots.push(ArgSlot::Value(b)),
-                    NewArg::Object(oid) => match self.objects.get_mut(&oid) {
-                        Some(o) if ids::job_of(oid) == job => {
-                            o.task_refs += 1;
-                            match &o.state {
-                                ObjectState::Pending => {
-                                    missing += 1;
-                                    o.dependents.push(t.id);
-                                }
-                                ObjectState::Failed(f) => {
-                                    early.get_or_insert_with(|| f.clone());
-                                }
-                                ObjectState::Ready(_) => {}
-                            }
-                            slots.push(ArgSlot::Object(oid));
+                    NewArg::Object(oid) if ids::job_of(oid) == job && self.objects.contains_key(&oid) => {
+                        let o = self.objects.get_mut(&oid).expect("checked");
+                        o.task_refs += 1;
+                        if let ObjectState::Failed(f) = &o.state {
+                            early.get_or_insert_with(|| (**f).clone());
                         }
-                        _ => {
-                            early.get_or_insert_with(|| {
-                                Failure::new(FailureKind::ObjectLost, format!("argument object {} does not exist (released or never created)", ids::display(oid)))
-                            });
-                        }
-                    },
+                        slots.push(ArgSlot::Object(oid));
+                    }
+                    NewArg::Object(oid) if ids::job_of(oid) == job && self.tasks.contains_key(&oid) => {
+                        let producer = self.tasks.get_mut(&oid).expect("checked");
+                        producer.result_refs += 1;
+                        producer.dependents.get_or_insert_default().push(t.id);
+                        missing += 1;
+                        slots.push(ArgSlot::Object(oid));
+                    }
+                    NewArg::Object(oid) => {
+                        early.get_or_insert_with(|| {
+                            Failure::new(FailureKind::ObjectLost, format!("argument object {} does not exist (released or never created)", ids::display(oid)))
+                        });
+                    }
                 }
             }
             if t.func as usize >= nfuncs {
@@ -389,7 +421,22 @@ impl Core {
             }
             let state = if missing == 0 { TaskState::Ready } else { TaskState::Waiting };
             let max_retries = t.max_retries.unwrap_or_else(|| default_retries.get(t.func as usize).copied().unwrap_or(0));
-            self.tasks.insert(t.id, Task { job, func: t.func, args: slots, missing, state, attempts: 0, max_retries, cancel_requested: false });
+            self.tasks.insert(
+                t.id,
+                Task {
+                    job,
+                    func: t.func,
+                    args: slots.into_boxed_slice(),
+                    missing,
+                    state,
+                    attempts: 0,
+                    max_retries,
+                    cancel_requested: false,
+                    driver_ref: true,
+                    result_refs: 0,
+                    dependents: None,
+                },
+            );
             self.counts.queued += 1;
             if let Some(f) = early {
                 self.fail_task(t.id, f, out);
@@ -408,6 +455,8 @@ impl Core {
             if let Some(o) = self.objects.get_mut(id) {
                 o.driver_ref = false;
                 self.maybe_free(*id);
+            } else if let Some(t) = self.tasks.get_mut(id) {
+                t.driver_ref = false;
             }
         }
     }
@@ -453,7 +502,7 @@ impl Core {
                     self.counts.running -= 1;
                     self.counts.finished += 1;
                     self.release_args(&task);
-                    self.settle(tid, ObjectState::Ready(value), out);
+                    self.settle(tid, task, ObjectState::Ready(value), out);
                 }
                 Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= task.max_retries && !task.cancel_requested => {
                     tracing::info!(task = %ids::display(tid), attempt = task.attempts, "executor died; retrying task");
@@ -474,11 +523,13 @@ impl Core {
     }
 
     fn release_args(&mut self, task: &Task) {
-        for a in &task.args {
+        for a in task.args.iter() {
             if let ArgSlot::Object(oid) = a {
                 if let Some(o) = self.objects.get_mut(oid) {
                     o.task_refs = o.task_refs.saturating_sub(1);
                     self.maybe_free(*oid);
+                } else if let Some(producer) = self.tasks.get_mut(oid) {
+                    producer.result_refs = producer.result_refs.saturating_sub(1);
                 }
             }
         }
@@ -486,7 +537,7 @@ impl Core {
 
     fn maybe_free(&mut self, id: ObjectId) {
         if let Some(o) = self.objects.get(&id) {
-            if !o.driver_ref && o.task_refs == 0 && !matches!(o.state, ObjectState::Pending) {
+            if !o.driver_ref && o.task_refs == 0 {
                 self.objects.remove(&id);
             }
         }
@@ -509,7 +560,7 @@ impl Core {
             }
             self.counts.failed += 1;
             self.release_args(&task);
-            for dep in self.settle(tid, ObjectState::Failed(f.clone()), out) {
+            for dep in self.settle(tid, task, ObjectState::Failed(Box::new(f.clone())), out) {
                 work.push((dep, f.clone()));
             }
         }
@@ -517,20 +568,20 @@ impl Core {
 
     /// Records an object's final state, tells its driver, and wakes or
     /// dooms its dependents. Returns the dependents that must now fail.
-    fn settle(&mut self, id: ObjectId, state: ObjectState, out: &mut impl Outbox) -> Vec<TaskId> {
-        let Some(o) = self.objects.get_mut(&id) else { return Vec::new() };
-        let deps = std::mem::take(&mut o.dependents);
-        if o.driver_ref {
+    fn settle(&mut self, id: ObjectId, task: Task, state: ObjectState, out: &mut impl Outbox) -> Vec<TaskId> {
+        if task.driver_ref {
             let outcome = match &state {
                 ObjectState::Ready(b) => Ok(b.clone()),
-                ObjectState::Failed(f) => Err(f.clone()),
-                ObjectState::Pending => unreachable!("settled objects are final"),
+                ObjectState::Failed(f) => Err((**f).clone()),
             };
             out.result(ids::job_of(id), id, outcome);
         }
-        o.state = state.clone();
+        // Keep the object only while someone can still ask for it.
+        if task.driver_ref || task.result_refs > 0 {
+            self.objects.insert(id, Object { state: state.clone(), driver_ref: task.driver_ref, task_refs: task.result_refs });
+        }
         let mut doomed = Vec::new();
-        for d in deps {
+        for d in task.dependents.map(|b| *b).unwrap_or_default() {
             let Some(t) = self.tasks.get_mut(&d) else { continue };
             match &state {
                 ObjectState::Ready(_) => {
@@ -543,7 +594,6 @@ impl Core {
                 _ => doomed.push(d),
             }
         }
-        self.maybe_free(id);
         doomed
     }
 
@@ -623,7 +673,7 @@ impl Core {
             *sent = job.functions.len() as u32;
         }
         let mut args = Vec::with_capacity(task.args.len());
-        for a in &task.args {
+        for a in task.args.iter() {
             match a {
                 ArgSlot::Value(b) => args.push(b.clone()),
                 ArgSlot::Object(oid) => match self.objects.get(oid).map(|o| &o.state) {

@@ -149,7 +149,7 @@ fn dag_waits_for_inputs_and_resolves_them_on_the_head() {
     assert_eq!(d[0].1.args, vec![Bytes::from_static(b"A"), Bytes::from_static(b"B")]);
     // The driver drops the leaves; they stay until the add finishes.
     core.release(job, &[l1, l2]);
-    assert_eq!(core.object_count(), 3);
+    assert_eq!(core.object_count(), 2, "the pending add has no entry yet");
     core.tasks_finished(a, ea, vec![(ids::object_id(job, 3), ok(b"AB"))], now, &mut out);
     assert_eq!(core.object_count(), 1, "inputs freed once nothing needs them");
     core.release(job, &[ids::object_id(job, 3)]);
@@ -293,7 +293,7 @@ fn job_disconnect_drops_its_work_and_frees_executors() {
     assert_eq!(out.finished_jobs, vec![(a, job)]);
     assert_eq!(core.snapshot(now).tasks, TaskCounts { queued: 1, running: 0, finished: 0, failed: 0 });
     assert_eq!(core.task_count(), 1, "the other job's task is untouched");
-    assert_eq!(core.object_count(), 1);
+    assert_eq!(core.object_count(), 0, "the job's objects are gone");
     // The other job proceeds.
     core.node_credits(a, ea, 1, now);
     core.schedule(&mut out);
@@ -334,4 +334,24 @@ fn put_objects_serve_as_arguments() {
     core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(p)])], &mut out);
     core.schedule(&mut out);
     assert_eq!(out.take_dispatched()[0].1.args, vec![Bytes::from_static(b"big")]);
+}
+
+#[test]
+fn results_nobody_references_are_not_kept() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    core.node_credits(a, ea, 10, now);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let (x, y) = (ids::object_id(job, 1), ids::object_id(job, 2));
+    core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    // The driver drops x's ref while x runs: its result is not delivered or kept.
+    core.release(job, &[x]);
+    core.tasks_finished(a, ea, vec![(x, ok(b"x")), (y, ok(b"y"))], now, &mut out);
+    assert_eq!(out.results.iter().map(|(_, id, _)| *id).collect::<Vec<_>>(), vec![y]);
+    assert_eq!(core.object_count(), 1, "only y, which the driver holds");
+    assert_eq!(core.task_count(), 0);
 }
