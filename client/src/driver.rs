@@ -8,7 +8,10 @@ use crate::error::{Error, Result, TaskError, status_to_error};
 use crate::object_ref::Slot;
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures::StreamExt;
 use shoal_proto::client::{Client, ConnectError};
+use shoal_proto::local::{BoxStream, LocalLink};
+use tokio_stream::wrappers::ReceiverStream;
 use shoal_proto::pb::{self, DriverToHead, FailureKind};
 use shoal_proto::{PROTOCOL_VERSION, ids};
 use std::path::Path;
@@ -79,7 +82,7 @@ async fn upload_binary(client: &mut Client, address: &str, hash: &str, exe: &Pat
             }
         }
     });
-    let res = client.upload_binary(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    let res = client.upload_binary(ReceiverStream::new(rx)).await;
     reader.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
     res.map_err(|s| status_to_error(address, s))?;
     Ok(())
@@ -87,19 +90,9 @@ async fn upload_binary(client: &mut Client, address: &str, hash: &str, exe: &Pat
 
 impl Driver {
     /// Connects, making sure the head has the program binary `hash`
-    /// (uploading `exe` if not), and opens the session.
-    pub(crate) async fn connect(address: &str, token: Option<String>, hash: &str, exe: &Path, name: &str) -> Result<Arc<Driver>> {
-        let mut client = connect_client(address, token.as_deref(), Duration::from_secs(5)).await?;
-        let present = client
-            .has_binary(pb::BinaryId { hash: hash.to_string() })
-            .await
-            .map_err(|s| status_to_error(address, s))?
-            .into_inner()
-            .present;
-        if !present {
-            tracing::info!(binary = %&hash[..12], "uploading the program binary to the head");
-            upload_binary(&mut client, address, hash, exe).await?;
-        }
+    /// (uploading `exe` if not), and opens the session: over gRPC, or over
+    /// channels when the head is in this process (`local`).
+    pub(crate) async fn connect(address: &str, token: Option<String>, hash: &str, exe: &Path, name: &str, local: Option<LocalLink>) -> Result<Arc<Driver>> {
         let (stream_tx, stream_rx) = mpsc::channel::<DriverToHead>(16);
         let hello = DriverToHead {
             hello: Some(pb::DriverHello {
@@ -112,9 +105,26 @@ impl Driver {
             ..Default::default()
         };
         stream_tx.send(hello).await.expect("receiver alive");
-        let resp = client.driver_session(tokio_stream::wrappers::ReceiverStream::new(stream_rx)).await.map_err(|s| status_to_error(address, s))?;
-        let mut inbound = resp.into_inner();
-        let first = inbound.message().await.map_err(|s| status_to_error(address, s))?;
+        let mut inbound: BoxStream<pb::HeadToDriver> = match &local {
+            // The embedded head shares this process's binary cache.
+            Some(link) => link.0.driver_session(Box::pin(ReceiverStream::new(stream_rx).map(Ok))).await.map_err(|s| status_to_error(address, s))?,
+            None => {
+                let mut client = connect_client(address, token.as_deref(), Duration::from_secs(5)).await?;
+                let present = client
+                    .has_binary(pb::BinaryId { hash: hash.to_string() })
+                    .await
+                    .map_err(|s| status_to_error(address, s))?
+                    .into_inner()
+                    .present;
+                if !present {
+                    tracing::info!(binary = %&hash[..12], "uploading the program binary to the head");
+                    upload_binary(&mut client, address, hash, exe).await?;
+                }
+                let resp = client.driver_session(ReceiverStream::new(stream_rx)).await.map_err(|s| status_to_error(address, s))?;
+                Box::pin(resp.into_inner())
+            }
+        };
+        let first = inbound.next().await.transpose().map_err(|s| status_to_error(address, s))?;
         let job = match first.and_then(|m| m.welcome) {
             Some(w) => w.job,
             None => return Err(Error::Refused { address: address.to_string(), message: "the head closed the session without a welcome".into() }),
@@ -135,7 +145,7 @@ impl Driver {
         let weak = Arc::downgrade(&driver);
         tokio::spawn(async move {
             let reason = loop {
-                match inbound.message().await {
+                match inbound.next().await.transpose() {
                     Ok(Some(msg)) => {
                         let Some(d) = weak.upgrade() else { return };
                         for r in msg.results {

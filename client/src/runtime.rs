@@ -166,7 +166,7 @@ async fn do_init(config: InitConfig) -> Result<()> {
     let driver = match address {
         Some(address) => {
             let token = config::resolve_token(config.token.as_deref(), config.token_file.as_deref())?;
-            Driver::connect(&address, token, &hash, &exe, &name).await?
+            Driver::connect(&address, token, &hash, &exe, &name, None).await?
         }
         None => start_embedded(&config, &hash, &exe, &name).await?,
     };
@@ -189,6 +189,8 @@ async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str)
     let head = shoal_scheduler::start(shoal_scheduler::HeadConfig::new(Some(token.clone()), cache.clone()), listener).await?;
     let address = head.addr.to_string();
     let mut wc = shoal_worker::WorkerConfig::new(address.clone(), Some(token.clone()), cache);
+    // Worker and driver share the head's process: sessions over channels.
+    wc.local_head = Some(head.local_link());
     if let Some(n) = config.num_cpus {
         wc.resources.cpus = n;
     }
@@ -201,7 +203,7 @@ async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str)
         .await
         .map_err(|_| Error::Embedded("the embedded worker did not register within 10s".into()))?
         .map_err(|e| Error::Embedded(e.to_string()))?;
-    let driver = Driver::connect(&address, Some(token), hash, exe, name).await?;
+    let driver = Driver::connect(&address, Some(token), hash, exe, name, Some(head.local_link())).await?;
     tracing::debug!(%address, "embedded cluster started");
     *EMBEDDED.lock().expect("embedded lock") = Some(Embedded { head, worker });
     Ok(driver)

@@ -21,6 +21,7 @@ pub mod binaries;
 pub mod client;
 pub mod frame;
 pub mod ids;
+pub mod local;
 pub mod pad;
 pub mod resources;
 

@@ -8,7 +8,8 @@ use shoal_proto::binaries::{BinaryStore, valid_hash};
 use crate::convert;
 use crate::core::{ClusterSnapshot, Core, CoreConfig, Dispatch, Failure, FunctionDef, JobId, NodeId, NodeRegistration, Outbox, TaskId};
 use bytes::Bytes;
-use futures::Stream;
+use futures::StreamExt;
+use shoal_proto::local::{BoxStream, LocalHead, LocalLink, SessionFuture};
 use shoal_proto::pb::head_server::{Head, HeadServer};
 use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
 use shoal_proto::resources::ResourceSet;
@@ -17,7 +18,6 @@ use shoal_proto::{PROTOCOL_VERSION, auth};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -59,9 +59,16 @@ pub struct HeadHandle {
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     events: mpsc::UnboundedSender<Cmd>,
+    store: BinaryStore,
 }
 
 impl HeadHandle {
+    /// An in-process link to this head, for a worker or driver in the same
+    /// process (no sockets, no encoding).
+    pub fn local_link(&self) -> LocalLink {
+        LocalLink(std::sync::Arc::new(InProcessHead { events: self.events.clone(), store: self.store.clone() }))
+    }
+
     /// Current cluster snapshot (same data as the Status RPC).
     pub async fn snapshot(&self) -> Option<ClusterSnapshot> {
         let (tx, rx) = oneshot::channel();
@@ -95,7 +102,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
     let (events, rx) = mpsc::unbounded_channel();
     let core = Core::new(CoreConfig { heartbeat_timeout: config.heartbeat_timeout, wait_for_feasible_nodes: config.wait_for_feasible_nodes });
     tokio::spawn(event_loop(core, rx, config.heartbeat_interval));
-    let service = HeadService { events: events.clone(), store };
+    let service = HeadService { events: events.clone(), store: store.clone() };
     let svc = HeadServer::new(service)
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
@@ -117,7 +124,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         }
     });
     tracing::info!(%addr, secure = config.token.is_some(), "head listening");
-    Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events })
+    Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events, store })
 }
 
 type Sender<T> = mpsc::UnboundedSender<Result<T, Status>>;
@@ -309,7 +316,6 @@ struct HeadService {
     store: BinaryStore,
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 fn head_gone() -> Status {
     Status::unavailable("the head is shutting down")
@@ -324,6 +330,102 @@ fn check_version(v: u32, who: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Opens a worker session on `inbound` (a tonic stream or a channel).
+async fn open_worker_session(events: mpsc::UnboundedSender<Cmd>, peer: String, mut inbound: BoxStream<pb::WorkerToHead>) -> Result<BoxStream<HeadToWorker>, Status> {
+    let mut first = inbound.next().await.ok_or_else(|| Status::invalid_argument("worker session closed before registering"))??;
+    let reg = first.register.take().ok_or_else(|| Status::invalid_argument("the first message of a worker session must carry `register`"))?;
+    check_version(reg.protocol_version, "this worker")?;
+    let node_id = if reg.node_id.is_empty() {
+        None
+    } else {
+        Some(NodeId(reg.node_id.parse().map_err(|_| Status::invalid_argument(format!("node id {:?} is not a UUID", reg.node_id)))?))
+    };
+    let registration = NodeRegistration {
+        node_id,
+        resources: reg.resources.as_ref().map(ResourceSet::from).unwrap_or_default(),
+        address: peer,
+        hostname: reg.hostname,
+        pid: reg.pid,
+        memory_bytes: reg.memory_bytes,
+        object_store_bytes: reg.object_store_bytes,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    events.send(Cmd::WorkerRegister { reg: registration, tx, reply: reply_tx }).map_err(|_| head_gone())?;
+    let (node, epoch) = reply_rx.await.map_err(|_| head_gone())?;
+    tokio::spawn(async move {
+        if first.credits > 0 || !first.results.is_empty() || first.heartbeat != 0 {
+            let _ = events.send(Cmd::WorkerMsg { node, epoch, msg: first });
+        }
+        loop {
+            match inbound.next().await {
+                Some(Ok(msg)) => {
+                    if events.send(Cmd::WorkerMsg { node, epoch, msg }).is_err() {
+                        break;
+                    }
+                }
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(%node, error = %e, "worker session broken");
+                    break;
+                }
+            }
+        }
+        let _ = events.send(Cmd::WorkerGone { node, epoch });
+    });
+    Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+}
+
+/// Opens a driver session on `inbound` (a tonic stream or a channel).
+async fn open_driver_session(events: mpsc::UnboundedSender<Cmd>, store: &BinaryStore, mut inbound: BoxStream<pb::DriverToHead>) -> Result<BoxStream<HeadToDriver>, Status> {
+    let mut first = inbound.next().await.ok_or_else(|| Status::invalid_argument("driver session closed before hello"))??;
+    let hello = first.hello.take().ok_or_else(|| Status::invalid_argument("the first message of a driver session must carry `hello`"))?;
+    check_version(hello.protocol_version, "this program's shoal library")?;
+    if !store.contains(&hello.binary) {
+        return Err(Status::failed_precondition(format!("program binary {} was not uploaded to the head", hello.binary)));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let name = format!("{} (pid {} on {})", hello.name, hello.pid, hello.hostname);
+    events.send(Cmd::DriverHello { binary: hello.binary, name, tx, reply: reply_tx }).map_err(|_| head_gone())?;
+    let job = reply_rx.await.map_err(|_| head_gone())??;
+    tokio::spawn(async move {
+        let _ = events.send(Cmd::DriverMsg { job, msg: first });
+        loop {
+            match inbound.next().await {
+                Some(Ok(msg)) => {
+                    if events.send(Cmd::DriverMsg { job, msg }).is_err() {
+                        break;
+                    }
+                }
+                None => break,
+                Some(Err(e)) => {
+                    tracing::info!(job, error = %e, "driver session ended");
+                    break;
+                }
+            }
+        }
+        let _ = events.send(Cmd::DriverGone { job });
+    });
+    Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+}
+
+/// The head as seen from its own process: sessions over channels.
+struct InProcessHead {
+    events: mpsc::UnboundedSender<Cmd>,
+    store: BinaryStore,
+}
+
+impl LocalHead for InProcessHead {
+    fn worker_session(&self, up: BoxStream<pb::WorkerToHead>) -> SessionFuture<HeadToWorker> {
+        Box::pin(open_worker_session(self.events.clone(), "local".to_string(), up))
+    }
+    fn driver_session(&self, up: BoxStream<pb::DriverToHead>) -> SessionFuture<HeadToDriver> {
+        let (events, store) = (self.events.clone(), self.store.clone());
+        Box::pin(async move { open_driver_session(events, &store, up).await })
+    }
+}
+
 #[tonic::async_trait]
 impl Head for HeadService {
     type WorkerSessionStream = BoxStream<HeadToWorker>;
@@ -332,85 +434,11 @@ impl Head for HeadService {
 
     async fn worker_session(&self, request: Request<Streaming<pb::WorkerToHead>>) -> Result<Response<Self::WorkerSessionStream>, Status> {
         let peer = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into());
-        let mut inbound = request.into_inner();
-        let mut first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("worker session closed before registering"))?;
-        let reg = first.register.take().ok_or_else(|| Status::invalid_argument("the first message of a worker session must carry `register`"))?;
-        check_version(reg.protocol_version, "this worker")?;
-        let node_id = if reg.node_id.is_empty() {
-            None
-        } else {
-            Some(NodeId(reg.node_id.parse().map_err(|_| Status::invalid_argument(format!("node id {:?} is not a UUID", reg.node_id)))?))
-        };
-        let registration = NodeRegistration {
-            node_id,
-            resources: reg.resources.as_ref().map(ResourceSet::from).unwrap_or_default(),
-            address: peer,
-            hostname: reg.hostname,
-            pid: reg.pid,
-            memory_bytes: reg.memory_bytes,
-            object_store_bytes: reg.object_store_bytes,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.events.send(Cmd::WorkerRegister { reg: registration, tx, reply: reply_tx }).map_err(|_| head_gone())?;
-        let (node, epoch) = reply_rx.await.map_err(|_| head_gone())?;
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            if first.credits > 0 || !first.results.is_empty() || first.heartbeat != 0 {
-                let _ = events.send(Cmd::WorkerMsg { node, epoch, msg: first });
-            }
-            loop {
-                match inbound.message().await {
-                    Ok(Some(msg)) => {
-                        if events.send(Cmd::WorkerMsg { node, epoch, msg }).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(%node, error = %e, "worker session broken");
-                        break;
-                    }
-                }
-            }
-            let _ = events.send(Cmd::WorkerGone { node, epoch });
-        });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(open_worker_session(self.events.clone(), peer, Box::pin(request.into_inner())).await?))
     }
 
     async fn driver_session(&self, request: Request<Streaming<pb::DriverToHead>>) -> Result<Response<Self::DriverSessionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let mut first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("driver session closed before hello"))?;
-        let hello = first.hello.take().ok_or_else(|| Status::invalid_argument("the first message of a driver session must carry `hello`"))?;
-        check_version(hello.protocol_version, "this program's shoal library")?;
-        if !self.store.contains(&hello.binary) {
-            return Err(Status::failed_precondition(format!("program binary {} was not uploaded to the head", hello.binary)));
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let name = format!("{} (pid {} on {})", hello.name, hello.pid, hello.hostname);
-        self.events.send(Cmd::DriverHello { binary: hello.binary, name, tx, reply: reply_tx }).map_err(|_| head_gone())?;
-        let job = reply_rx.await.map_err(|_| head_gone())??;
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let _ = events.send(Cmd::DriverMsg { job, msg: first });
-            loop {
-                match inbound.message().await {
-                    Ok(Some(msg)) => {
-                        if events.send(Cmd::DriverMsg { job, msg }).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::info!(job, error = %e, "driver session ended");
-                        break;
-                    }
-                }
-            }
-            let _ = events.send(Cmd::DriverGone { job });
-        });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(open_driver_session(self.events.clone(), &self.store, Box::pin(request.into_inner())).await?))
     }
 
     async fn has_binary(&self, request: Request<pb::BinaryId>) -> Result<Response<pb::HasBinaryReply>, Status> {

@@ -24,6 +24,9 @@ pub struct WorkerConfig {
     pub memory_bytes: u64,
     /// Object store capacity reported to the head.
     pub object_store_bytes: u64,
+    /// The head is in this process (embedded cluster): talk to it over
+    /// channels instead of gRPC.
+    pub local_head: Option<shoal_proto::local::LocalLink>,
 }
 
 impl WorkerConfig {
@@ -39,6 +42,7 @@ impl WorkerConfig {
             max_executors: None,
             memory_bytes: memory,
             object_store_bytes: memory * 3 / 10,
+            local_head: None,
         }
     }
 }

@@ -106,7 +106,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         memory_bytes: config.memory_bytes,
         object_store_bytes: config.object_store_bytes,
     };
-    let sess = tokio::spawn(session::run(config.head.clone(), config.token.clone(), config.node_id.clone(), reg, events.clone()));
+    let sess = tokio::spawn(session::run(config.head.clone(), config.token.clone(), config.local_head.clone(), config.node_id.clone(), reg, events.clone()));
     let (node_tx, node_rx) = watch::channel(None);
     let slots = config.resources.cpus.ceil().max(1.0) as usize;
     let daemon = Daemon {
@@ -125,6 +125,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         next_exec: 1,
         outstanding: 0,
         service: ServiceTime::default(),
+        service_by_fn: HashMap::new(),
         results: Vec::new(),
         heartbeat_seq: 0,
     };
@@ -208,7 +209,12 @@ struct Daemon {
     max_executors: usize,
     /// Credits granted to the head and not yet used by a dispatch.
     outstanding: usize,
+    /// Recent task time across all functions: sizes the credits.
     service: ServiceTime,
+    /// Task time per (job, function): sizes how deep tasks of that function
+    /// are pipelined into an executor, so short and long functions mixed in
+    /// one program are each handled right.
+    service_by_fn: HashMap<(u32, u32), ServiceTime>,
     results: Vec<pb::TaskResult>,
     heartbeat_seq: u64,
 }
@@ -360,6 +366,7 @@ impl Daemon {
         for job in msg.jobs_finished {
             self.jobs.remove(&job);
             self.queue.retain(|l| l.d.job != job);
+            self.service_by_fn.retain(|(j, _), _| *j != job);
             let ids: Vec<u64> = self.executors.iter().filter(|(_, e)| e.job == job).map(|(id, _)| *id).collect();
             for id in ids {
                 let e = self.executors.remove(&id).expect("listed");
@@ -439,16 +446,21 @@ impl Daemon {
         let now = Instant::now();
         let Some(e) = self.executors.get_mut(&exec) else { return };
         let mut done = Vec::with_capacity(results.len());
+        let mut funcs = Vec::with_capacity(results.len());
         for r in results {
             if let Some(i) = e.inflight.iter().position(|l| l.d.task == r.task) {
-                e.inflight.remove(i);
+                let l = e.inflight.remove(i).expect("index valid");
+                funcs.push((l.d.job, l.d.func));
                 done.push(r);
             }
         }
         if !done.is_empty() {
             let per = now.saturating_duration_since(e.last_progress) / done.len() as u32;
-            for _ in 0..done.len().min(8) {
-                self.service.observe(per);
+            for (k, f) in funcs.iter().enumerate() {
+                if k < 8 {
+                    self.service.observe(per);
+                }
+                self.service_by_fn.entry(*f).or_default().observe(per);
             }
             e.last_progress = now;
         }
@@ -493,7 +505,6 @@ impl Daemon {
     /// the task's job, then a new one, then replacing an idle executor of
     /// another job; short tasks are also pipelined into busy executors.
     fn pump(&mut self) {
-        let depth = self.service.depth();
         let mut sends: HashMap<u64, Vec<pb::ExecTask>> = HashMap::new();
         let mut i = 0;
         while i < self.queue.len() {
@@ -547,6 +558,7 @@ impl Daemon {
                     self.free.sub(&res);
                 }
             }
+            let depth = self.service_by_fn.get(&(job_id, func)).map_or(1, |s| s.depth());
             if target.is_none() && depth > 1 {
                 target = self
                     .executors
