@@ -33,6 +33,9 @@ struct Args {
 fn noop() {}
 
 #[shoal::remote]
+fn noop_item(_i: u64) {}
+
+#[shoal::remote]
 fn ident(i: u64) -> u64 {
     i
 }
@@ -155,6 +158,13 @@ fn main() {
     let cpus: f64 = rt.block_on(shoal::cluster_status()).unwrap().alive_nodes().map(|n| n.resources["cpus"]).sum();
     let ideal = 200.0 * 0.010 / cpus.max(1.0);
     out.insert("cpu_200x10ms_efficiency".into(), round(ideal / t.elapsed().as_secs_f64()));
+
+    // Pool::map of a no-op over 1M items, automatic chunking.
+    let pool = shoal::Pool::all().unwrap();
+    let t = Instant::now();
+    let out_items = pool.map(noop_item::func, 0..1_000_000u64).unwrap();
+    assert_eq!(out_items.len(), 1_000_000);
+    out.insert("pool_map_noop_1M_items_per_s".into(), round(1e6 / t.elapsed().as_secs_f64()));
 
     if !args.skip_rss && args.address.is_none() {
         match queued_head_rss() {

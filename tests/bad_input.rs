@@ -1,0 +1,126 @@
+//! Bad input gets a clear, typed error and the daemons keep serving:
+//! garbage on the head's port, sessions that break the protocol, a program
+//! binary that cannot run on the worker.
+
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use shoal_proto::pb::{self, DriverToHead, WorkerToHead};
+use shoal_proto::{PROTOCOL_VERSION, client};
+use std::io::Write;
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn garbage_and_malformed_sessions_are_refused_and_the_head_keeps_serving() {
+    let mut c = Cluster::head(&[]);
+    c.add_worker(&["--num-cpus", "1"]);
+    // Raw garbage on the gRPC port.
+    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x10\x04\x00\x00\x00\x00\x00"[..]] {
+        let mut s = std::net::TcpStream::connect(&c.address).unwrap();
+        let _ = s.write_all(junk);
+    }
+    let rt = rt();
+    rt.block_on(async {
+        let mut cl = client::connect(&c.address, Some(&c.token), Duration::from_secs(5)).await.unwrap();
+        let session = |msgs: Vec<WorkerToHead>| futures::stream::iter(msgs);
+        // A worker session that does not start with `register`.
+        let e = cl.worker_session(session(vec![WorkerToHead { heartbeat: 1, ..Default::default() }])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("register"), "{}", e.message());
+        // A node id that is not a UUID.
+        let reg = |node_id: &str, version| WorkerToHead {
+            register: Some(pb::RegisterNode { protocol_version: version, node_id: node_id.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let e = cl.worker_session(session(vec![reg("not-a-uuid", PROTOCOL_VERSION)])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // Another protocol version.
+        let e = cl.worker_session(session(vec![reg("", PROTOCOL_VERSION + 1)])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("protocol version"), "{}", e.message());
+        // A driver naming a binary the head does not have.
+        let hello = DriverToHead {
+            hello: Some(pb::DriverHello { protocol_version: PROTOCOL_VERSION, binary: "0".repeat(64), ..Default::default() }),
+            ..Default::default()
+        };
+        let e = cl.driver_session(futures::stream::iter(vec![hello])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        // A binary id that would be a path.
+        let e = cl.fetch_binary(pb::BinaryId { hash: "../../etc/passwd".into() }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        // An upload that lies about its content.
+        let chunk = pb::BinaryChunk { hash: "a".repeat(64), total_size: 3, data: bytes::Bytes::from_static(b"abc") };
+        let e = cl.upload_binary(futures::stream::iter(vec![chunk])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // An oversized message.
+        let huge = pb::BinaryChunk { hash: "b".repeat(64), total_size: 1, data: bytes::Bytes::from(vec![0u8; shoal_proto::MAX_MESSAGE_BYTES + 10]) };
+        let mut small = client::connect(&c.address, Some(&c.token), Duration::from_secs(5)).await.unwrap();
+        assert!(small.upload_binary(futures::stream::iter(vec![huge])).await.is_err());
+    });
+    // Still serving: status works and the worker is alive.
+    let st = c.status();
+    assert_eq!(st["nodes"].as_array().unwrap().iter().filter(|n| n["alive"] == true).count(), 1, "{st:#}");
+    assert!(c.head.try_wait().unwrap().is_none(), "the head is still running");
+}
+
+/// A "program" that is a shell script, not an ELF executable: the worker
+/// refuses to run it and the task fails with BinaryIncompatible.
+#[test]
+fn a_binary_that_cannot_run_fails_tasks_with_binary_incompatible() {
+    let mut c = Cluster::head(&[]);
+    c.add_worker(&["--num-cpus", "1"]);
+    let script = b"#!/bin/sh\necho not a shoal program\n".to_vec();
+    let hash = blake3_hex(&script);
+    let rt = rt();
+    let failure = rt.block_on(async {
+        let mut cl = client::connect(&c.address, Some(&c.token), Duration::from_secs(5)).await.unwrap();
+        let chunk = pb::BinaryChunk { hash: hash.clone(), total_size: script.len() as u64, data: script.clone().into() };
+        cl.upload_binary(futures::stream::iter(vec![chunk])).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(DriverToHead {
+            hello: Some(pb::DriverHello { protocol_version: PROTOCOL_VERSION, binary: hash.clone(), name: "script".into(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut inbound = cl.driver_session(tokio_stream_wrapper(rx)).await.unwrap().into_inner();
+        let welcome = inbound.next().await.unwrap().unwrap().welcome.unwrap();
+        let task = shoal_proto::ids::object_id(welcome.job, 1);
+        tx.send(DriverToHead {
+            first_function: 0,
+            functions: vec![pb::FunctionDef { name: "f".into(), resources: Some(pb::Resources { num_cpus: 1.0, ..Default::default() }), max_retries: 0 }],
+            submit: vec![pb::TaskSubmit { id: task, func: 0, args: vec![], max_retries: None }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), inbound.next()).await.expect("a result, not a hang").unwrap().unwrap();
+            if let Some(r) = msg.results.into_iter().find(|r| r.task == task) {
+                match r.outcome {
+                    Some(pb::task_result::Outcome::Failure(f)) => return f,
+                    other => panic!("expected a failure, got {other:?}"),
+                }
+            }
+        }
+    });
+    assert_eq!(failure.kind, pb::FailureKind::BinaryIncompatible as i32);
+    assert!(failure.message.contains("not an ELF"), "{}", failure.message);
+    assert_eq!(c.status()["tasks"]["failed"], 1);
+}
+
+fn tokio_stream_wrapper(rx: tokio::sync::mpsc::Receiver<DriverToHead>) -> impl futures::Stream<Item = DriverToHead> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+}
+
+fn blake3_hex(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, data).unwrap();
+    shoal_proto::binaries::hash_file(&p).unwrap()
+}
