@@ -57,31 +57,9 @@ pub(crate) async fn connect_client(address: &str, token: Option<&str>, timeout: 
 }
 
 async fn upload_binary(client: &mut Client, address: &str, hash: &str, exe: &Path) -> Result<()> {
-    let size = std::fs::metadata(exe)?.len();
     let (tx, rx) = mpsc::channel::<pb::BinaryChunk>(4);
     let (path, h) = (exe.to_path_buf(), hash.to_string());
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&path)?;
-        let mut first = true;
-        loop {
-            let mut buf = vec![0u8; shoal_proto::BINARY_CHUNK_BYTES];
-            let n = f.read(&mut buf)?;
-            if n == 0 && !first {
-                return Ok(());
-            }
-            buf.truncate(n);
-            let chunk = pb::BinaryChunk {
-                hash: if first { h.clone() } else { String::new() },
-                total_size: if first { size } else { 0 },
-                data: Bytes::from(buf),
-            };
-            first = false;
-            if tx.blocking_send(chunk).is_err() || n == 0 {
-                return Ok(());
-            }
-        }
-    });
+    let reader = tokio::task::spawn_blocking(move || shoal_proto::binaries::read_chunks(&path, &h, |c| tx.blocking_send(c).is_ok()));
     let res = client.upload_binary(ReceiverStream::new(rx)).await;
     reader.await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
     res.map_err(|s| status_to_error(address, s))?;

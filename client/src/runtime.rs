@@ -162,7 +162,14 @@ async fn do_init(config: InitConfig) -> Result<()> {
         tokio::task::spawn_blocking(move || hash_file(&exe)).await.map_err(|e| Error::Io(std::io::Error::other(e)))??
     };
     let name = config.name.clone().unwrap_or_else(program_name);
-    let address = if config.local { None } else { config.address.clone().or_else(|| config::resolve_address_env_only()) };
+    let address = match (&config.local, config.address.as_deref()) {
+        (true, _) => None,
+        // `auto` = the head recorded in the local session dir.
+        (false, Some(a)) => Some(config::resolve_address(Some(a)).ok_or_else(|| {
+            Error::Config(format!("address {a:?}: no head session found in {}", config::shoal_home().display()))
+        })?),
+        (false, None) => config::resolve_address_env_only(),
+    };
     let driver = match address {
         Some(address) => {
             let token = config::resolve_token(config.token.as_deref(), config.token_file.as_deref())?;

@@ -10,8 +10,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// allocation.
 pub const MAX_FRAME: usize = crate::MAX_MESSAGE_BYTES;
 
-fn too_big(len: usize) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"))
+/// The length a frame header announces, refused past [`MAX_FRAME`].
+fn frame_len(header: [u8; 4]) -> io::Result<usize> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit")));
+    }
+    Ok(len)
 }
 
 /// Encodes `msg` as one frame appended to `out`.
@@ -30,10 +35,7 @@ pub async fn read_async<M: Message + Default, R: AsyncRead + Unpin>(r: &mut R, b
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(too_big(len));
-    }
+    let len = frame_len(len)?;
     buf.resize(len, 0);
     r.read_exact(buf).await?;
     M::decode(bytes::Bytes::copy_from_slice(buf)).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
@@ -54,10 +56,7 @@ pub fn read_blocking<M: Message + Default, R: Read>(r: &mut R) -> io::Result<Opt
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(too_big(len));
-    }
+    let len = frame_len(len)?;
     let mut buf = vec![0u8; len];
     r.read_exact(&mut buf)?;
     M::decode(bytes::Bytes::from(buf)).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))

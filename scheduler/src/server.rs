@@ -478,38 +478,9 @@ impl Head for HeadService {
         let path = self.store.path(&hash).filter(|p| p.is_file()).ok_or_else(|| Status::not_found(format!("no binary {hash}")))?;
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut f = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-                    return;
-                }
-            };
-            let total = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut first = true;
-            loop {
-                let mut buf = vec![0u8; shoal_proto::BINARY_CHUNK_BYTES];
-                let n = match f.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-                        return;
-                    }
-                };
-                if n == 0 && !first {
-                    return;
-                }
-                buf.truncate(n);
-                let chunk = pb::BinaryChunk {
-                    hash: if first { hash.clone() } else { String::new() },
-                    total_size: if first { total } else { 0 },
-                    data: Bytes::from(buf),
-                };
-                first = false;
-                if tx.blocking_send(Ok(chunk)).is_err() || n == 0 {
-                    return;
-                }
+            let sent = shoal_proto::binaries::read_chunks(&path, &hash, |c| tx.blocking_send(Ok(c)).is_ok());
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(Status::internal(format!("reading binary {hash}: {e}"))));
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
