@@ -287,6 +287,10 @@ impl<F: RemoteFn, I: Iterator<Item = F::Args>> Drop for Mapper<F, I> {
     }
 }
 
+/// The iterator [`Pool::imap`] and [`Pool::imap_unordered`] return for
+/// input `I` of a one-parameter function `F`.
+pub type UnaryMapIter<F, I> = MapIter<F, std::iter::Map<I, fn(<F as UnaryFn>::Arg) -> <F as RemoteFn>::Args>>;
+
 /// Results of [`Pool::imap`] (input order) or [`Pool::imap_unordered`]
 /// (completion order), computed lazily as you iterate.
 pub struct MapIter<F: RemoteFn, I: Iterator<Item = F::Args>> {
@@ -431,7 +435,7 @@ impl Pool {
     }
 
     /// Lazy ordered map: results in input order as you iterate.
-    pub fn imap<F: UnaryFn, T: IntoIterator<Item = F::Arg>>(&self, f: F, items: T) -> Result<MapIter<F, std::iter::Map<T::IntoIter, fn(F::Arg) -> F::Args>>, PoolError> {
+    pub fn imap<F: UnaryFn, T: IntoIterator<Item = F::Arg>>(&self, f: F, items: T) -> Result<UnaryMapIter<F, T::IntoIter>, PoolError> {
         self.check()?;
         let it = items.into_iter();
         let total = exact_len(&it);
@@ -440,11 +444,7 @@ impl Pool {
     }
 
     /// Lazy map yielding results as they complete (not in input order).
-    pub fn imap_unordered<F: UnaryFn, T: IntoIterator<Item = F::Arg>>(
-        &self,
-        f: F,
-        items: T,
-    ) -> Result<MapIter<F, std::iter::Map<T::IntoIter, fn(F::Arg) -> F::Args>>, PoolError> {
+    pub fn imap_unordered<F: UnaryFn, T: IntoIterator<Item = F::Arg>>(&self, f: F, items: T) -> Result<UnaryMapIter<F, T::IntoIter>, PoolError> {
         self.check()?;
         let it = items.into_iter();
         let total = exact_len(&it);

@@ -469,10 +469,10 @@ impl Daemon {
             self.free.add(&held);
         }
         for mut r in done {
-            if let Some(pb::task_result::Outcome::Failure(f)) = &mut r.outcome {
-                if f.node.is_empty() {
-                    f.node = self.node_id.clone();
-                }
+            if let Some(pb::task_result::Outcome::Failure(f)) = &mut r.outcome
+                && f.node.is_empty()
+            {
+                f.node = self.node_id.clone();
             }
             self.results.push(r);
         }
@@ -537,11 +537,12 @@ impl Daemon {
             let mut target = None;
             if fits {
                 target = self.executors.iter().find(|(_, e)| e.job == job_id && e.idle()).map(|(id, _)| *id);
-                if target.is_none() && self.executors.len() >= self.max_executors {
-                    if let Some(victim) = self.executors.iter().find(|(_, e)| e.job != job_id && e.idle()).map(|(id, _)| *id) {
-                        let e = self.executors.remove(&victim).expect("found");
-                        executors::kill(e.pid);
-                    }
+                if target.is_none()
+                    && self.executors.len() >= self.max_executors
+                    && let Some(victim) = self.executors.iter().find(|(_, e)| e.job != job_id && e.idle()).map(|(id, _)| *id)
+                {
+                    let e = self.executors.remove(&victim).expect("found");
+                    executors::kill(e.pid);
                 }
                 if target.is_none() && self.executors.len() < self.max_executors {
                     match self.spawn(job_id, &path) {

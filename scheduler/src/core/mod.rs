@@ -117,7 +117,9 @@ struct Task {
     driver_ref: bool,
     /// Unfinished tasks that take the result as an argument.
     result_refs: u32,
-    /// Tasks waiting for the result (boxed: most tasks have none).
+    /// Tasks waiting for the result. Boxed on purpose: most tasks have
+    /// none, and 8 bytes instead of 24 per queued task matters at 1M tasks.
+    #[allow(clippy::box_collection)]
     dependents: Option<Box<Vec<TaskId>>>,
 }
 
@@ -536,10 +538,11 @@ impl Core {
     }
 
     fn maybe_free(&mut self, id: ObjectId) {
-        if let Some(o) = self.objects.get(&id) {
-            if !o.driver_ref && o.task_refs == 0 {
-                self.objects.remove(&id);
-            }
+        if let Some(o) = self.objects.get(&id)
+            && !o.driver_ref
+            && o.task_refs == 0
+        {
+            self.objects.remove(&id);
         }
     }
 
