@@ -27,6 +27,21 @@ struct Args {
     /// when the head has them all queued.
     #[arg(long, hide = true)]
     rss_probe: Option<usize>,
+    /// Simulated cluster sizes for the head dispatch workload (nodes).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    sim_nodes: Vec<usize>,
+    /// Tasks in the simulated-nodes workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    sim_tasks: usize,
+    /// Skip the simulated-nodes workload.
+    #[arg(long)]
+    skip_sim: bool,
+    /// Internal: act as this many simulated worker nodes of the head at ADDRESS.
+    #[arg(long, hide = true)]
+    sim_worker: Option<usize>,
+    /// Internal: submit this many no-ops to the head at ADDRESS, print the rate.
+    #[arg(long, hide = true)]
+    sim_driver: Option<usize>,
 }
 
 #[shoal::remote]
@@ -94,6 +109,12 @@ fn main() {
     let args = Args::parse();
     if let Some(n) = args.rss_probe {
         return rss_probe(&args, n);
+    }
+    if let Some(n) = args.sim_worker {
+        return sim::worker(&args, n);
+    }
+    if let Some(n) = args.sim_driver {
+        return sim::driver(&args, n);
     }
     let mut out = Map::new();
     let t0 = Instant::now();
@@ -172,6 +193,14 @@ fn main() {
             Err(e) => out.insert("noop_1M_queued_head_rss_error".into(), json!(e)),
         };
     }
+    if !args.skip_sim && args.address.is_none() {
+        for &n in &args.sim_nodes {
+            match sim::run(n, args.sim_tasks) {
+                Ok(rate) => out.insert(format!("sim_{n}_nodes_dispatch_tasks_per_s"), round(rate)),
+                Err(e) => out.insert(format!("sim_{n}_nodes_error"), json!(e)),
+            };
+        }
+    }
     let mut all = Map::new();
     all.insert("system".into(), json!(format!("shoal {}", env!("CARGO_PKG_VERSION"))));
     all.extend(out);
@@ -182,9 +211,9 @@ fn tokio_rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
-/// Starts a separate head with no workers, has a child process queue 1M
-/// no-ops on it, and reads the head's peak RSS.
-fn queued_head_rss() -> Result<f64, String> {
+/// Starts a head process (no local worker) in a fresh session dir; returns
+/// it with its address and token.
+fn start_head(extra: &[&str]) -> Result<(std::process::Child, tempfile::TempDir, String, String), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let shoal_bin = exe.with_file_name("shoal");
     if !shoal_bin.exists() {
@@ -193,28 +222,37 @@ fn queued_head_rss() -> Result<f64, String> {
     let home = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut head = std::process::Command::new(&shoal_bin)
         .args(["start", "--head", "--block", "--port", "0", "--bind", "127.0.0.1", "--num-cpus", "0"])
+        .args(extra)
         .env("SHOAL_HOME", home.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(b) = std::fs::read(home.path().join("head.json")) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+                let address = v["address"].as_str().unwrap_or_default().to_string();
+                let token = std::fs::read_to_string(home.path().join("token")).map_err(|e| e.to_string())?.trim().to_string();
+                return Ok((head, home, address, token));
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = head.kill();
+            return Err("head did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Has a child process queue 1M no-ops on a head with no workers, and
+/// reads the head's peak RSS.
+fn queued_head_rss() -> Result<f64, String> {
+    let (mut head, _home, address, token) = start_head(&[])?;
     let result = (|| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let session = loop {
-            if let Ok(b) = std::fs::read(home.path().join("head.json")) {
-                if let Ok(v) = serde_json::from_slice::<Value>(&b) {
-                    break v;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err("head did not start".to_string());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let address = session["address"].as_str().unwrap().to_string();
-        let token = std::fs::read_to_string(home.path().join("token")).map_err(|e| e.to_string())?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let status = std::process::Command::new(&exe)
-            .args(["--rss-probe", "1000000", "--address", &address, "--token", token.trim()])
+            .args(["--rss-probe", "1000000", "--address", &address, "--token", &token])
             .status()
             .map_err(|e| e.to_string())?;
         if !status.success() {
@@ -243,4 +281,149 @@ fn rss_probe(args: &Args, n: usize) {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(refs);
+}
+
+/// The head serving many simulated worker nodes: fake workers that speak
+/// the real worker protocol (register, grant credits, heartbeat) and answer
+/// every dispatch at once, spread over a few processes; a real driver
+/// submits no-op tasks and waits for all results. Measures the head's
+/// dispatch rate as the cluster grows.
+mod sim {
+    use super::*;
+    use shoal_proto::pb::{self, WorkerToHead};
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    /// Credits each simulated node keeps open.
+    const CREDITS: u32 = 64;
+
+    pub fn run(nodes: usize, tasks: usize) -> Result<f64, String> {
+        let (mut head, _home, address, token) = start_head(&["--heartbeat-timeout", "60"])?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let procs = nodes.clamp(1, 4);
+        let mut sims = Vec::new();
+        for p in 0..procs {
+            let n = nodes / procs + usize::from(p < nodes % procs);
+            let child = std::process::Command::new(&exe)
+                .args(["--sim-worker", &n.to_string(), "--address", &address, "--token", &token])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            sims.push(child);
+        }
+        let result = (|| {
+            let rt = tokio_rt();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let alive = rt.block_on(shoal::status::fetch(&address, Some(&token))).map(|s| s.alive_nodes().count()).unwrap_or(0);
+                if alive >= nodes {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("only {alive} of {nodes} simulated nodes registered"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let out = std::process::Command::new(&exe)
+                .args(["--sim-driver", &tasks.to_string(), "--address", &address, "--token", &token])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("driver failed: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().map_err(|e| e.to_string())
+        })();
+        for mut s in sims {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = head.kill();
+        let _ = head.wait();
+        result
+    }
+
+    pub fn driver(args: &Args, tasks: usize) {
+        init(args).expect("connecting to the head");
+        noop::remote().get().unwrap();
+        let t = Instant::now();
+        let refs: Vec<_> = (0..tasks).map(|_| noop::remote()).collect();
+        shoal::get_all_blocking(&refs).unwrap();
+        println!("{}", tasks as f64 / t.elapsed().as_secs_f64());
+    }
+
+    pub fn worker(args: &Args, nodes: usize) {
+        let address = args.address.clone().expect("--address");
+        let token = args.token.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let mut all = Vec::new();
+            for i in 0..nodes {
+                let (address, token) = (address.clone(), token.clone());
+                all.push(tokio::spawn(async move {
+                    // Like a real worker: retry until the head takes us.
+                    let mut backoff = Duration::from_millis(50);
+                    loop {
+                        match node(&address, token.as_deref(), i).await {
+                            Ok(()) => return,
+                            Err(e) => {
+                                eprintln!("sim node {i}: {e}; retrying");
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(2));
+                            }
+                        }
+                    }
+                }));
+            }
+            for h in all {
+                let _ = h.await;
+            }
+        });
+    }
+
+    async fn node(address: &str, token: Option<&str>, i: usize) -> Result<(), String> {
+        let mut client = shoal_proto::client::connect(address, token, Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(WorkerToHead {
+            register: Some(pb::RegisterNode {
+                protocol_version: shoal_proto::PROTOCOL_VERSION,
+                resources: Some(pb::Resources { num_cpus: 1.0, ..Default::default() }),
+                hostname: format!("sim-{i}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut inbound = client.worker_session(UnboundedReceiverStream::new(rx)).await.map_err(|e| e.to_string())?.into_inner();
+        inbound.message().await.map_err(|e| e.to_string())?;
+        tx.send(shoal_proto::pad::pad(WorkerToHead { credits: CREDITS, ..Default::default() })).unwrap();
+        let hb = tx.clone();
+        tokio::spawn(async move {
+            let mut seq = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                seq += 1;
+                if hb.send(shoal_proto::pad::pad(WorkerToHead { heartbeat: seq, ..Default::default() })).is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            let msg = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err("session closed".into()),
+                Err(e) => return Err(e.to_string()),
+            };
+            if msg.tasks.is_empty() {
+                continue;
+            }
+            let results: Vec<pb::TaskResult> = msg
+                .tasks
+                .iter()
+                .map(|t| pb::TaskResult { task: t.task, outcome: Some(pb::task_result::Outcome::Value(Default::default())) })
+                .collect();
+            let credits = results.len() as u32;
+            if tx.send(shoal_proto::pad::pad(WorkerToHead { results, credits, ..Default::default() })).is_err() {
+                return Err("session closed".into());
+            }
+        }
+    }
 }

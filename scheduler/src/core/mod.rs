@@ -183,6 +183,9 @@ pub struct Core {
     ready: VecDeque<TaskId>,
     counts: TaskCounts,
     total_credits: u64,
+    /// Alive nodes in id order, rebuilt only when membership changes.
+    alive: Vec<NodeId>,
+    alive_dirty: bool,
 }
 
 impl Core {
@@ -199,6 +202,8 @@ impl Core {
             ready: VecDeque::new(),
             counts: TaskCounts::default(),
             total_credits: 0,
+            alive: Vec::new(),
+            alive_dirty: true,
         }
     }
 
@@ -221,6 +226,7 @@ impl Core {
             None => 1,
         };
         tracing::info!(node = %id, address = %reg.address, resources = %reg.resources, epoch, "node registered");
+        self.alive_dirty = true;
         self.nodes.insert(
             id,
             Node {
@@ -281,6 +287,7 @@ impl Core {
     fn node_dead(&mut self, id: NodeId, reason: &str, out: &mut impl Outbox) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         node.alive = false;
+        self.alive_dirty = true;
         self.total_credits -= node.credits as u64;
         node.credits = 0;
         node.in_use = ResourceSet::default();
@@ -607,10 +614,20 @@ impl Core {
     /// bytes of the task's inputs, then one with the resources free now,
     /// then round-robin.
     pub fn schedule(&mut self, out: &mut impl Outbox) {
-        if self.ready.is_empty() {
+        if self.ready.is_empty() || self.total_credits == 0 {
             return;
         }
-        let alive: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| n.alive).map(|(id, _)| *id).collect();
+        if self.alive_dirty {
+            self.alive = self.nodes.iter().filter(|(_, n)| n.alive).map(|(id, _)| *id).collect();
+            self.alive_dirty = false;
+        }
+        let alive = std::mem::take(&mut self.alive);
+        let n = alive.len();
+        // Once no node has room for a default-shaped task, none will within
+        // this pass (dispatching only takes room): stop looking for room and
+        // fill credits node by node, so the cost per task does not grow
+        // with the cluster and each node gets its tasks in one batch.
+        let mut saturated = false;
         let mut deferred = Vec::new();
         let mut budget = self.ready.len();
         while budget > 0 && self.total_credits > 0 {
@@ -622,12 +639,13 @@ impl Core {
             }
             let job = &self.jobs[&task.job];
             let req = &job.functions[task.func as usize].resources;
+            let default_shape = req.is_default_task();
+            let look_for_room = !(default_shape && saturated);
             let mut feasible = false;
-            let mut best: Option<(bool, NodeId)> = None;
-            let n = alive.len();
+            let mut best: Option<(bool, usize)> = None;
             for k in 0..n {
-                let id = alive[(self.rr + k) % n];
-                let node = &self.nodes[&id];
+                let idx = (self.rr + k) % n;
+                let node = &self.nodes[&alive[idx]];
                 if !req.fits_in(&node.info.resources) {
                     continue;
                 }
@@ -635,23 +653,31 @@ impl Core {
                 if node.credits == 0 {
                     continue;
                 }
+                if !look_for_room {
+                    best = Some((false, idx));
+                    break;
+                }
                 let mut used = node.in_use.clone();
                 used.add(req);
-                let fits_now = used.fits_in(&node.info.resources);
-                if fits_now {
-                    best = Some((true, id));
+                if used.fits_in(&node.info.resources) {
+                    best = Some((true, idx));
                     break;
                 }
                 if best.is_none() {
-                    best = Some((false, id));
+                    best = Some((false, idx));
                 }
             }
             match best {
-                Some((_, node)) => {
-                    self.rr = self.rr.wrapping_add(1);
-                    self.dispatch(tid, node, out);
+                Some((room, idx)) => {
+                    if !room && default_shape {
+                        saturated = true;
+                    }
+                    // Spread over nodes with room; otherwise stay on this
+                    // node until its credits run out.
+                    self.rr = if room { idx + 1 } else { idx };
+                    self.dispatch(tid, alive[idx], out);
                 }
-                None if !feasible && !alive.is_empty() && !self.config.wait_for_feasible_nodes => {
+                None if !feasible && n > 0 && !self.config.wait_for_feasible_nodes => {
                     let f = Failure::new(
                         FailureKind::Unschedulable,
                         format!("no node of the cluster offers {req} (needed by {})", job.functions[task.func as usize].name),
@@ -664,6 +690,7 @@ impl Core {
         for t in deferred.into_iter().rev() {
             self.ready.push_front(t);
         }
+        self.alive = alive;
     }
 
     fn dispatch(&mut self, tid: TaskId, node_id: NodeId, out: &mut impl Outbox) {

@@ -355,3 +355,27 @@ fn results_nobody_references_are_not_kept() {
     assert_eq!(core.object_count(), 1, "only y, which the driver holds");
     assert_eq!(core.task_count(), 0);
 }
+
+#[test]
+fn idle_nodes_get_work_first_then_credits_fill_node_by_node() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let nodes: Vec<(NodeId, u64)> = (0..3).map(|_| node(&mut core, ResourceSet::cpus(1.0), now, &mut out)).collect();
+    for (id, e) in &nodes {
+        core.node_credits(*id, *e, 10, now);
+    }
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    core.submit(job, (1..=30).map(|i| task(job, i, 0, vec![])).collect(), &mut out);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.len(), 30);
+    let first: HashSet<NodeId> = d[..3].iter().map(|(n, _)| *n).collect();
+    assert_eq!(first.len(), 3, "each idle node gets one of the first tasks");
+    // The rest come in runs: one node at a time until its credits are used.
+    let runs = d[3..].windows(2).filter(|w| w[0].0 != w[1].0).count() + 1;
+    assert_eq!(runs, 3, "batched per node, not scattered: {:?}", d.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>());
+    for (id, _) in &nodes {
+        assert_eq!(d.iter().filter(|(n, _)| n == id).count(), 10, "credits bound each node");
+    }
+}
