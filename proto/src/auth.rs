@@ -83,16 +83,19 @@ impl Interceptor for CheckToken {
         let Some(expected) = &self.expected else {
             return Ok(req);
         };
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
         match req.metadata().get(HEADER) {
-            None => Err(Status::unauthenticated(
-                "missing cluster token: pass --token/--token-file or set SHOAL_TOKEN",
-            )),
+            None => {
+                tracing::warn!(%peer, "refused a request without a cluster token");
+                Err(Status::unauthenticated("missing cluster token: pass --token/--token-file or set SHOAL_TOKEN"))
+            }
             Some(v) => {
                 let given = v.as_bytes();
                 // Constant-time on equal lengths; the length itself is not secret.
                 if given.len() == expected.len() && bool::from(given.ct_eq(expected.as_slice())) {
                     Ok(req)
                 } else {
+                    tracing::warn!(%peer, "refused a request with a wrong cluster token");
                     Err(Status::unauthenticated("wrong cluster token"))
                 }
             }

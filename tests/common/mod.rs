@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod hosts;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -57,11 +59,17 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
 }
 
 impl Cluster {
-    /// A head without a local worker (`--num-cpus 0`) plus `extra` args.
+    /// A head without a local worker (`--num-cpus 0`) plus `extra` args,
+    /// listening on loopback.
     pub fn head(extra: &[&str]) -> Cluster {
+        Cluster::head_on("127.0.0.1", extra)
+    }
+
+    /// A head listening on `bind` (e.g. 0.0.0.0 to serve other hosts).
+    pub fn head_on(bind: &str, extra: &[&str]) -> Cluster {
         let home = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(SHOAL);
-        cmd.args(["start", "--head", "--block", "--port", "0", "--bind", "127.0.0.1", "--num-cpus", "0"]).args(extra);
+        cmd.args(["start", "--head", "--block", "--port", "0", "--bind", bind, "--num-cpus", "0"]).args(extra);
         cmd.env("SHOAL_HOME", home.path()).env("RUST_LOG", "info,h2=warn");
         let head = spawn_logged(cmd, &home.path().join("head.log"));
         let session = wait_for(Duration::from_secs(20), "the head to start", || {
