@@ -256,3 +256,25 @@ fn two_drivers_at_once() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("1 passed"), "second driver failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn draining_a_node_finishes_its_tasks_then_its_worker_exits() {
+    let mut c = two_worker_cluster(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let refs: Vec<_> = (0..8).map(|_| sleep_ms::remote(300)).collect();
+    std::thread::sleep(Duration::from_millis(150));
+    let a = c.workers[0].node_id.clone();
+    let out = shoal(c.home.path(), &["drain", &a, "--wait", "30"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("has left the cluster"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let exit = c.workers[0].child.wait().unwrap();
+    assert!(exit.success(), "the drained worker exits cleanly: {exit}");
+    for r in &refs {
+        assert_eq!(r.get().unwrap(), 300, "every task finishes, none lost");
+    }
+    let st = c.status();
+    assert_eq!(st["tasks"]["failed"], 0);
+    assert_eq!(c.node(&a).unwrap()["alive"], false);
+    let b = c.workers[1].node_id.clone();
+    let later: Vec<_> = (0..20u64).map(square::remote).collect();
+    assert!(later.iter().all(|r| r.get().unwrap().1 == b), "new work goes to the remaining node");
+}

@@ -31,6 +31,22 @@ enum Command {
     Status(StatusArgs),
     /// Stop the shoal daemons started from this machine (this $SHOAL_HOME).
     Stop(StopArgs),
+    /// Drain a node: no new tasks; it finishes what it holds, then its worker exits.
+    Drain(DrainArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct DrainArgs {
+    /// The node's id (see `shoal status`).
+    node_id: String,
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    /// Seconds to wait for the node to finish and leave (0: do not wait).
+    #[arg(long, default_value_t = 300.0)]
+    wait: f64,
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 /// Where the token comes from (flags first, then SHOAL_TOKEN,
@@ -116,6 +132,7 @@ fn main() {
         Command::Start(args) => start::run(args),
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
+        Command::Drain(args) => status::drain(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,22 +1,52 @@
 //! `shoal status`: nodes, resources and task counts, as a table or JSON.
 
-use crate::StatusArgs;
+use crate::{DrainArgs, StatusArgs};
 use anyhow::anyhow;
 use shoal::config;
 use shoal::status::ClusterStatus;
 use std::collections::BTreeMap;
 
-pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let address = config::resolve_address(args.address.as_deref())
+fn head_and_token(address: Option<&str>, token: &crate::TokenArgs) -> anyhow::Result<(String, Option<String>)> {
+    let address = config::resolve_address(address)
         .ok_or_else(|| anyhow!("no head address: pass --address HOST:PORT, set SHOAL_ADDRESS, or run `shoal start --head` on this machine"))?;
-    let token = config::resolve_token(args.token.token.as_deref(), args.token.token_file.as_deref())?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let st = rt.block_on(shoal::status::fetch(&address, token.as_deref())).map_err(|e| match e {
+    Ok((address, config::resolve_token(token.token.as_deref(), token.token_file.as_deref())?))
+}
+
+fn explain(e: shoal::Error) -> anyhow::Error {
+    match e {
         shoal::Error::Unauthenticated { address, message } => anyhow!(
             "the head at {address} refused the cluster token ({message}). Pass --token or --token-file, or set SHOAL_TOKEN / SHOAL_TOKEN_FILE."
         ),
         other => anyhow!(other),
-    })?;
+    }
+}
+
+pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
+    let (address, token) = head_and_token(args.address.as_deref(), &args.token)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(shoal::status::drain(&address, token.as_deref(), &args.node_id)).map_err(explain)?;
+    println!("Draining node {}: no new tasks; it finishes the ones it holds, then its worker exits.", args.node_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(args.wait.max(0.0));
+    while std::time::Instant::now() < deadline {
+        let st = rt.block_on(shoal::status::fetch(&address, token.as_deref())).map_err(explain)?;
+        match st.nodes.iter().find(|n| n.id == args.node_id) {
+            Some(n) if n.alive => std::thread::sleep(std::time::Duration::from_millis(100)),
+            _ => {
+                println!("Node {} has left the cluster.", args.node_id);
+                return Ok(());
+            }
+        }
+    }
+    if args.wait > 0.0 {
+        anyhow::bail!("node {} is still finishing its tasks after {:.0}s", args.node_id, args.wait);
+    }
+    Ok(())
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let (address, token) = head_and_token(args.address.as_deref(), &args.token)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let st = rt.block_on(shoal::status::fetch(&address, token.as_deref())).map_err(explain)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
@@ -39,7 +69,13 @@ fn print_table(address: &str, st: &ClusterStatus) {
             "  {:<36}  {:<15}  {:<5}  {:>7}  {:>8.1}s  {}",
             n.id,
             n.address,
-            if n.alive { "alive" } else { "dead" },
+            if !n.alive {
+                "dead"
+            } else if n.draining {
+                "drain"
+            } else {
+                "alive"
+            },
             n.tasks_running,
             n.last_heartbeat_age_s,
             fmt_res(&n.resources, &n.available)

@@ -52,6 +52,9 @@ pub struct NodeStatus {
     pub memory_bytes: u64,
     /// Object store capacity.
     pub object_store_bytes: u64,
+    /// Alive but taking no new tasks (`shoal drain`).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Task counts.
@@ -97,6 +100,7 @@ impl From<pb::ClusterStatus> for ClusterStatus {
                     tasks_running: n.tasks_running,
                     memory_bytes: n.memory_bytes,
                     object_store_bytes: n.object_store_bytes,
+                    draining: n.draining,
                 })
                 .collect(),
             tasks: TaskCounts { queued: t.queued, running: t.running, finished: t.finished, failed: t.failed },
@@ -111,4 +115,12 @@ pub async fn fetch(address: &str, token: Option<&str>) -> Result<ClusterStatus> 
     let mut client = crate::driver::connect_client(address, token, Duration::from_secs(5)).await?;
     let st = client.status(pb::StatusRequest {}).await.map_err(|s| status_to_error(address, s))?;
     Ok(st.into_inner().into())
+}
+
+/// Drains node `node_id` of the cluster at `address`: no new tasks go to
+/// it; it finishes what it holds, then its worker exits.
+pub async fn drain(address: &str, token: Option<&str>, node_id: &str) -> Result<()> {
+    let mut client = crate::driver::connect_client(address, token, Duration::from_secs(5)).await?;
+    client.drain(pb::DrainRequest { node_id: node_id.to_string() }).await.map_err(|s| status_to_error(address, s))?;
+    Ok(())
 }

@@ -117,6 +117,7 @@ pub(crate) fn snapshot_to_pb(s: ClusterSnapshot) -> pb::ClusterStatus {
                 tasks_running: n.tasks_running,
                 memory_bytes: n.memory_bytes,
                 object_store_bytes: n.object_store_bytes,
+                draining: n.draining,
             })
             .collect(),
         tasks: Some(pb::TaskCounts { queued: s.tasks.queued, running: s.tasks.running, finished: s.tasks.finished, failed: s.tasks.failed }),

@@ -137,6 +137,7 @@ enum Cmd {
     DriverMsg { job: JobId, msg: pb::DriverToHead },
     DriverGone { job: JobId },
     Status { reply: oneshot::Sender<ClusterSnapshot> },
+    Drain { node: NodeId, reply: oneshot::Sender<Result<(), crate::core::CoreError>> },
     Stop,
 }
 
@@ -181,6 +182,9 @@ impl Outbox for BatchingOutbox {
     }
     fn disconnect(&mut self, node: NodeId) {
         self.disconnect.push(node);
+    }
+    fn drain(&mut self, node: NodeId) {
+        current(self.workers.entry(node).or_default(), 4).drain = true;
     }
 }
 
@@ -306,6 +310,9 @@ fn handle(
         }
         Cmd::Status { reply } => {
             let _ = reply.send(core.snapshot(now));
+        }
+        Cmd::Drain { node, reply } => {
+            let _ = reply.send(core.drain(node, out));
         }
         Cmd::Stop => {}
     }
@@ -484,6 +491,15 @@ impl Head for HeadService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn drain(&self, request: Request<pb::DrainRequest>) -> Result<Response<pb::DrainReply>, Status> {
+        let id = request.into_inner().node_id;
+        let node = NodeId(id.parse().map_err(|_| Status::invalid_argument(format!("node id {id:?} is not a UUID")))?);
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Cmd::Drain { node, reply: tx }).map_err(|_| head_gone())?;
+        rx.await.map_err(|_| head_gone())?.map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(pb::DrainReply {}))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {

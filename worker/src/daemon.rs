@@ -128,6 +128,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         service_by_fn: HashMap::new(),
         results: Vec::new(),
         heartbeat_seq: 0,
+        draining: false,
     };
     let join = tokio::spawn(async move {
         let r = daemon.run(rx).await;
@@ -217,6 +218,8 @@ struct Daemon {
     service_by_fn: HashMap<(u32, u32), ServiceTime>,
     results: Vec<pb::TaskResult>,
     heartbeat_seq: u64,
+    /// Drained by the head: finish what is held, ask for nothing, exit.
+    draining: bool,
 }
 
 /// How long a new executor may take to connect back.
@@ -260,6 +263,10 @@ impl Daemon {
             }
             self.pump();
             self.flush();
+            if self.draining && self.queue.is_empty() && self.executors.values().all(|e| e.inflight.is_empty()) {
+                tracing::info!(node = %self.node_id, "drained: every held task finished; exiting");
+                break;
+            }
         }
         for e in self.executors.values() {
             executors::kill(e.pid);
@@ -333,6 +340,10 @@ impl Daemon {
     }
 
     fn on_head(&mut self, msg: pb::HeadToWorker) {
+        if msg.drain && !self.draining {
+            tracing::info!(node = %self.node_id, held = self.queue.len(), "draining: no new tasks; finishing the held ones");
+            self.draining = true;
+        }
         for ji in msg.jobs {
             let job = self.jobs.entry(ji.job).or_insert_with(|| {
                 let events = self.events.clone();
@@ -647,7 +658,7 @@ impl Daemon {
         };
         let held = self.queue.len() + self.executors.values().map(|e| e.inflight.len()).sum::<usize>() + self.outstanding;
         let wanted = pipeline::wanted(self.slots, self.service.depth());
-        let credits = pipeline::grant(wanted, held, self.outstanding);
+        let credits = if self.draining { 0 } else { pipeline::grant(wanted, held, self.outstanding) };
         self.outstanding += credits as usize;
         if credits > 0 || !self.results.is_empty() {
             let _ = tx.send(pad(WorkerToHead { credits, results: std::mem::take(&mut self.results), ..Default::default() }));

@@ -40,6 +40,8 @@ pub trait Outbox {
     /// fact alive (a partition, a frozen process) it reconnects and
     /// registers again under a new epoch.
     fn disconnect(&mut self, node: NodeId);
+    /// `node` should finish what it holds, ask for no more, and exit.
+    fn drain(&mut self, node: NodeId);
 }
 
 /// Tunables of the core.
@@ -64,6 +66,9 @@ pub enum CoreError {
     /// Too many jobs were started on this head.
     #[error("the head has run out of job ids")]
     JobIdsExhausted,
+    /// No alive node has that id.
+    #[error("no alive node {0}")]
+    NoSuchNode(String),
 }
 
 struct Node {
@@ -81,6 +86,8 @@ struct Node {
     last_heartbeat: Instant,
     /// Per job, how many of its functions this node has been told about.
     functions_sent: HashMap<JobId, u32>,
+    /// Drained: alive, but placement skips it.
+    draining: bool,
 }
 
 struct Job {
@@ -238,6 +245,7 @@ impl Core {
                 assigned: IdSet::default(),
                 last_heartbeat: now,
                 functions_sent: HashMap::new(),
+                draining: false,
             },
         );
         (id, epoch)
@@ -257,9 +265,11 @@ impl Core {
     /// A node asks for `n` more tasks.
     pub fn node_credits(&mut self, id: NodeId, epoch: u64, n: u32, now: Instant) {
         if let Some(node) = self.live_node(id, epoch) {
-            node.credits = node.credits.saturating_add(n);
             node.last_heartbeat = now;
-            self.total_credits += n as u64;
+            if !node.draining {
+                node.credits = node.credits.saturating_add(n);
+                self.total_credits += n as u64;
+            }
         }
     }
 
@@ -319,6 +329,21 @@ impl Core {
         for t in requeue.into_iter().rev() {
             self.ready.push_front(t);
         }
+    }
+
+    /// Drains a node: no new tasks go to it; it finishes what it holds and
+    /// exits (rolling restarts). Its unused credits are withdrawn.
+    pub fn drain(&mut self, id: NodeId, out: &mut impl Outbox) -> Result<(), CoreError> {
+        let node = self.nodes.get_mut(&id).filter(|n| n.alive).ok_or_else(|| CoreError::NoSuchNode(id.0.to_string()))?;
+        if !node.draining {
+            node.draining = true;
+            self.total_credits -= node.credits as u64;
+            node.credits = 0;
+            self.alive_dirty = true;
+            tracing::info!(node = %id, running = node.assigned.len(), "draining node");
+            out.drain(id);
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------ jobs
@@ -618,7 +643,7 @@ impl Core {
             return;
         }
         if self.alive_dirty {
-            self.alive = self.nodes.iter().filter(|(_, n)| n.alive).map(|(id, _)| *id).collect();
+            self.alive = self.nodes.iter().filter(|(_, n)| n.alive && !n.draining).map(|(id, _)| *id).collect();
             self.alive_dirty = false;
         }
         let alive = std::mem::take(&mut self.alive);
@@ -742,6 +767,7 @@ impl Core {
                 tasks_running: n.assigned.len() as u64,
                 memory_bytes: n.info.memory_bytes,
                 object_store_bytes: n.info.object_store_bytes,
+                draining: n.draining,
             })
             .collect();
         ClusterSnapshot { nodes, tasks: self.counts, jobs: self.jobs.len() as u32 }

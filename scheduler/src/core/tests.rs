@@ -11,6 +11,7 @@ struct Rec {
     job_infos: Vec<(NodeId, JobId, u32, usize)>,
     finished_jobs: Vec<(NodeId, JobId)>,
     disconnected: Vec<NodeId>,
+    drained: Vec<NodeId>,
 }
 
 impl Outbox for Rec {
@@ -31,6 +32,9 @@ impl Outbox for Rec {
     }
     fn disconnect(&mut self, node: NodeId) {
         self.disconnected.push(node);
+    }
+    fn drain(&mut self, node: NodeId) {
+        self.drained.push(node);
     }
 }
 
@@ -378,4 +382,32 @@ fn idle_nodes_get_work_first_then_credits_fill_node_by_node() {
     for (id, _) in &nodes {
         assert_eq!(d.iter().filter(|(n, _)| n == id).count(), 10, "credits bound each node");
     }
+}
+
+#[test]
+fn a_drained_node_gets_no_new_tasks_and_keeps_its_running_ones() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let (b, eb) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    core.node_credits(a, ea, 5, now);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].0, a);
+    core.drain(a, &mut out).unwrap();
+    assert_eq!(out.drained, vec![a]);
+    assert!(core.snapshot(now).nodes.iter().any(|n| n.id == a && n.alive && n.draining));
+    core.node_credits(a, ea, 5, now);
+    core.submit(job, (2..=4).map(|i| task(job, i, 0, vec![])).collect(), &mut out);
+    core.schedule(&mut out);
+    assert!(out.take_dispatched().is_empty(), "nothing new for the drained node, even with credits");
+    core.node_credits(b, eb, 5, now);
+    core.schedule(&mut out);
+    assert!(out.take_dispatched().iter().all(|(n, _)| *n == b));
+    // Its running task still completes normally.
+    core.tasks_finished(a, ea, vec![(ids::object_id(job, 1), ok(b"done"))], now, &mut out);
+    assert_eq!(out.results.len(), 1);
+    assert!(core.drain(NodeId::random(), &mut out).is_err());
 }

@@ -180,6 +180,8 @@ pub struct NodeSnapshot {
     pub memory_bytes: u64,
     /// Object store capacity.
     pub object_store_bytes: u64,
+    /// Taking no new tasks (drained).
+    pub draining: bool,
 }
 
 /// Task counts as shown by `shoal status`.
