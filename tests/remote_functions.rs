@@ -144,7 +144,10 @@ fn a_panic_is_a_typed_error_and_the_cluster_keeps_serving() {
     // An executor that dies outright is replaced; the task is retried,
     // then reported as WorkerDied.
     match abort_process::remote().get() {
-        Err(TaskError::WorkerDied { attempts, .. }) => assert_eq!(attempts, 2, "max_retries = 1"),
+        Err(TaskError::WorkerDied { attempts, message, .. }) => {
+            assert_eq!(attempts, 2, "max_retries = 1");
+            assert!(message.contains("earlier: attempt 1 on node"), "the error carries the history: {message}");
+        }
         other => panic!("expected WorkerDied, got {other:?}"),
     }
     assert_eq!(leaf::remote(7).get().unwrap(), 7, "still serving after executor deaths");

@@ -117,6 +117,11 @@ struct Task {
     missing: u32,
     state: TaskState,
     attempts: u32,
+    /// Why earlier attempts died ("attempt 1 on node ab12cd34: ..."),
+    /// reported with `WorkerDied` when retries run out. Boxed: most tasks
+    /// never need it.
+    #[allow(clippy::box_collection)]
+    history: Option<Box<Vec<String>>>,
     /// Retries allowed when its worker dies.
     max_retries: u32,
     cancel_requested: bool,
@@ -309,6 +314,7 @@ impl Core {
         for t in lost {
             let Some(task) = self.tasks.get_mut(&t) else { continue };
             let max_retries = task.max_retries;
+            task.history.get_or_insert_default().push(format!("attempt {} on node {id}: the node died ({reason})", task.attempts));
             if task.cancel_requested {
                 self.fail_task(t, Failure::new(FailureKind::Cancelled, "cancelled"), out);
             } else if task.attempts <= max_retries {
@@ -317,7 +323,8 @@ impl Core {
                 self.counts.queued += 1;
                 requeue.push(t);
             } else {
-                let mut f = Failure::new(FailureKind::WorkerDied, format!("node {id} died ({reason}) while running the task"));
+                let history = task.history.as_ref().map(|h| h.join("; ")).unwrap_or_default();
+                let mut f = Failure::new(FailureKind::WorkerDied, format!("node {id} died ({reason}) while running the task; history: {history}"));
                 f.node = id.0.to_string();
                 f.attempts = task.attempts;
                 self.fail_task(t, f, out);
@@ -466,6 +473,7 @@ impl Core {
                     attempts: 0,
                     max_retries,
                     cancel_requested: false,
+                    history: None,
                     driver_ref: true,
                     result_refs: 0,
                     dependents: None,
@@ -540,6 +548,7 @@ impl Core {
                 }
                 Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= task.max_retries && !task.cancel_requested => {
                     tracing::info!(task = %ids::display(tid), attempt = task.attempts, "executor died; retrying task");
+                    task.history.get_or_insert_default().push(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
                     task.state = TaskState::Ready;
                     self.counts.running -= 1;
                     self.counts.queued += 1;
@@ -549,6 +558,11 @@ impl Core {
                     f.attempts = task.attempts;
                     if f.function.is_empty() {
                         f.function = def.name.clone();
+                    }
+                    if f.kind == FailureKind::WorkerDied
+                        && let Some(h) = &task.history
+                    {
+                        f.message = format!("{} (attempt {}); earlier: {}", f.message, task.attempts, h.join("; "));
                     }
                     self.fail_task(tid, f, out);
                 }

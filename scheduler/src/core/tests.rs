@@ -212,6 +212,7 @@ fn dead_node_tasks_are_retried_elsewhere_then_fail_past_max_retries() {
     let (_, _, r) = out.results.pop().unwrap();
     let f = r.unwrap_err();
     assert_eq!((f.kind, f.attempts, f.function.as_str()), (FailureKind::WorkerDied, 2, "once"));
+    assert!(f.message.contains("executor killed") && f.message.contains(&format!("attempt 1 on node {a}: the node died")), "the history names each attempt: {}", f.message);
     out.assert_quiet();
 }
 
