@@ -23,3 +23,141 @@ fn systemd_units_verify() {
         assert!(out.status.success() && ours.is_empty(), "{unit}: {stderr}");
     }
 }
+
+#[shoal::remote]
+fn where_am_i(x: u64) -> (u64, String) {
+    (x + 1, shoal::context().unwrap().node_id)
+}
+
+struct Compose {
+    project: String,
+    file: String,
+    env: Vec<(String, String)>,
+    image: String,
+}
+
+impl Compose {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new("docker-compose");
+        cmd.args(["-p", &self.project, "-f", &self.file]).args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running docker-compose")
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "-v", "--remove-orphans", "-t", "2"]);
+        let _ = Command::new("docker").args(["rmi", "-f", &self.image]).output();
+    }
+}
+
+/// The image builds from scratch (no registry), and the compose file brings
+/// up a head and two workers on a private network that run this test
+/// binary's tasks.
+#[test]
+fn container_image_and_compose_cluster_run_tasks() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let pid = std::process::id();
+    let image = format!("shoal-test:{pid}");
+    let me = std::env::current_exe().unwrap();
+    let build = Command::new(format!("{root}/deploy/docker/build-image"))
+        .args(["-t", &image, env!("CARGO_BIN_EXE_shoal")])
+        .arg(&me)
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "image build failed: {}", String::from_utf8_lossy(&build.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let token = shoal_proto::auth::generate_token();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let compose = Compose {
+        project: format!("shoaltest{pid}"),
+        file: format!("{root}/deploy/docker/docker-compose.yml"),
+        env: vec![
+            ("SHOAL_IMAGE".into(), image.clone()),
+            ("SHOAL_TOKEN_FILE".into(), token_file.to_string_lossy().into_owned()),
+            ("SHOAL_PORT".into(), "127.0.0.1:".into()),
+        ],
+        image,
+    };
+    let up = compose.run(&["up", "-d", "--scale", "worker=2"]);
+    assert!(up.status.success(), "compose up failed: {}", String::from_utf8_lossy(&up.stderr));
+    let port = compose.run(&["port", "head", "7170"]);
+    let address = String::from_utf8_lossy(&port.stdout).trim().to_string();
+    assert!(address.starts_with("127.0.0.1:"), "published port: {address:?} {}", String::from_utf8_lossy(&port.stderr));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Ok(st) = rt.block_on(shoal::status::fetch(&address, Some(&token))) {
+            if st.alive_nodes().count() == 2 {
+                break st;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "two container workers did not join: {}", String::from_utf8_lossy(&compose.run(&["logs"]).stdout));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    for n in &status.nodes {
+        assert!(!n.address.starts_with("127."), "workers have their own container addresses: {}", n.address);
+    }
+    shoal::init_blocking_with(shoal::InitConfig::default().address(address).token(token)).unwrap();
+    let refs: Vec<_> = (0..200u64).map(where_am_i::remote).collect();
+    let mut nodes = std::collections::HashSet::new();
+    for (i, r) in refs.iter().enumerate() {
+        let (v, node) = r.get_timeout(std::time::Duration::from_secs(60)).unwrap_or_else(|e| panic!("task {i}: {e}"));
+        assert_eq!(v, i as u64 + 1);
+        nodes.insert(node);
+    }
+    assert_eq!(nodes.len(), 2, "both container workers ran tasks");
+}
+
+/// The Kubernetes manifests parse and carry what Shoal needs: a head that
+/// listens on the Service's port with the token from the Secret, workers
+/// that join the head through the Service with the same token.
+#[test]
+fn kubernetes_manifests_are_consistent() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = r#"
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+print(json.dumps(docs))
+"#;
+    let out = Command::new("python3").args(["-c", script, &format!("{root}/deploy/k8s/shoal.yaml")]).output().expect("python3 with PyYAML");
+    assert!(out.status.success(), "manifests do not parse: {}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |kind: &str, name: &str| docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name}")).clone();
+    let secret = find("Secret", "shoal-token");
+    assert!(secret["stringData"]["token"].is_string());
+    let service = find("Service", "shoal-head");
+    let head = find("Deployment", "shoal-head");
+    let worker = find("Deployment", "shoal-worker");
+    assert_eq!(service["spec"]["selector"], head["spec"]["template"]["metadata"]["labels"], "the Service selects the head pods");
+    assert_eq!(head["spec"]["selector"]["matchLabels"], head["spec"]["template"]["metadata"]["labels"]);
+    assert_eq!(worker["spec"]["selector"]["matchLabels"], worker["spec"]["template"]["metadata"]["labels"]);
+    let args = |d: &serde_json::Value| -> Vec<String> {
+        d["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+    };
+    let after = |a: &[String], flag: &str| a.iter().position(|x| x == flag).map(|i| a[i + 1].clone());
+    let (ha, wa) = (args(&head), args(&worker));
+    assert!(ha.contains(&"--head".into()) && ha.contains(&"--block".into()) && wa.contains(&"--block".into()));
+    let port = after(&ha, "--port").unwrap();
+    assert_eq!(service["spec"]["ports"][0]["targetPort"].to_string(), port);
+    let svc_port = service["spec"]["ports"][0]["port"].to_string();
+    assert_eq!(after(&wa, "--address").unwrap(), format!("shoal-head:{svc_port}"), "workers join through the Service");
+    for (d, a) in [(&head, &ha), (&worker, &wa)] {
+        let token_file = after(a, "--token-file").unwrap();
+        let spec = &d["spec"]["template"]["spec"];
+        let mount = spec["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| token_file.starts_with(m["mountPath"].as_str().unwrap())).expect("the token file is mounted").clone();
+        let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap().clone();
+        assert_eq!(vol["secret"]["secretName"], "shoal-token", "the token comes from the Secret");
+        assert!(token_file.ends_with("/token"), "the Secret's key is the file name");
+    }
+    // The shoal binary accepts exactly these arguments.
+    for a in [&ha, &wa] {
+        // Valid arguments plus --help print help; an unknown one is an error.
+        let out = Command::new(env!("CARGO_BIN_EXE_shoal")).args(a.iter()).arg("--help").output().unwrap();
+        assert!(out.status.success(), "shoal rejects {a:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
