@@ -59,6 +59,9 @@ struct TokenArgs {
     /// File holding the cluster token.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// CA (or self-signed) certificate of a TLS head (`https://` address).
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -97,6 +100,12 @@ struct StartArgs {
     /// Head: wait for a node that fits instead of failing tasks no node can run.
     #[arg(long)]
     wait_for_nodes: bool,
+    /// Head: serve TLS with this PEM certificate (chain); clients then use https://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Head: the private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     token: TokenArgs,
 }
@@ -128,6 +137,16 @@ fn init_tracing() {
 
 fn main() {
     let cli = Cli::parse();
+    let tls_ca = match &cli.command {
+        Command::Start(a) => a.token.tls_ca.clone(),
+        Command::Status(a) => a.token.tls_ca.clone(),
+        Command::Drain(a) => a.token.tls_ca.clone(),
+        Command::Stop(_) => None,
+    };
+    if let Some(ca) = tls_ca {
+        // SAFETY: still single-threaded: no runtime or thread exists yet.
+        unsafe { std::env::set_var(shoal_proto::client::ENV_TLS_CA, ca) };
+    }
     let result = match cli.command {
         Command::Start(args) => start::run(args),
         Command::Status(args) => status::run(args),

@@ -94,6 +94,16 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}:{} (another head running? try `shoal stop` or --port)", args.bind, args.port))?;
     let mut cfg = shoal_scheduler::HeadConfig::new(token.clone(), config::binary_cache(home));
+    let ca_copy = home.join("tls-ca.pem");
+    let _ = std::fs::remove_file(&ca_copy);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let cert_pem = std::fs::read(cert).with_context(|| format!("reading --tls-cert {}", cert.display()))?;
+        let key_pem = std::fs::read(key).with_context(|| format!("reading --tls-key {}", key.display()))?;
+        // Local clients find the certificate here (as their CA).
+        std::fs::write(&ca_copy, &cert_pem)?;
+        cfg.tls = Some(shoal_scheduler::TlsIdentity { cert_pem, key_pem });
+    }
+    let scheme = if cfg.tls.is_some() { "https://" } else { "" };
     if !(args.heartbeat_timeout.is_finite() && args.heartbeat_timeout > 0.0) {
         bail!("--heartbeat-timeout must be > 0 seconds");
     }
@@ -103,18 +113,25 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     let head = shoal_scheduler::start(cfg, listener).await?;
     let port = head.addr.port();
     let ip: std::net::IpAddr = args.bind.parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let local = if ip.is_unspecified() || ip.is_loopback() { format!("127.0.0.1:{port}") } else { format!("{ip}:{port}") };
+    // With TLS, local clients name the host as the certificate does.
+    let local_host = if ip.is_unspecified() || ip.is_loopback() {
+        if scheme.is_empty() { "127.0.0.1".to_string() } else { "localhost".to_string() }
+    } else {
+        ip.to_string()
+    };
+    let local = format!("{scheme}{local_host}:{port}");
     let record = HeadSession { address: local.clone(), token_file: token.as_ref().map(|_| token_file.clone()), pid: std::process::id() };
     std::fs::write(config::head_session_path(home), serde_json::to_vec_pretty(&record)?)?;
     let pid_file = session::write_pid_file(home, "head")?;
-    let public = if ip.is_unspecified() { join_address(port) } else { local.clone() };
+    let public = if ip.is_unspecified() { format!("{scheme}{}", join_address(port)) } else { local.clone() };
     println!("Shoal head started (pid {}).", std::process::id());
     println!("  address:    {public}   (local: {local})");
     match &token {
         Some(_) => {
             println!("  token file: {}", token_file.display());
             println!("To join another node, copy the token file there and run:");
-            println!("  shoal start --address {public} --token-file {}", token_file.display());
+            let tls = if scheme.is_empty() { String::new() } else { format!(" --tls-ca {}", ca_copy.display()) };
+            println!("  shoal start --address {public} --token-file {}{tls}", token_file.display());
         }
         None => println!("To join another node:\n  shoal start --address {public}"),
     }

@@ -51,7 +51,7 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 pub(crate) async fn connect_client(address: &str, token: Option<&str>, timeout: Duration) -> Result<Client> {
     shoal_proto::client::connect(address, token, timeout).await.map_err(|e| match e {
         ConnectError::Token(t) => Error::Config(t.to_string()),
-        ConnectError::BadAddress { .. } => Error::Config(e.to_string()),
+        ConnectError::BadAddress { .. } | ConnectError::Tls { .. } => Error::Config(e.to_string()),
         ConnectError::Unreachable { address, source } => Error::Connect { address, message: source.to_string() },
     })
 }

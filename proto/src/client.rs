@@ -24,6 +24,14 @@ pub enum ConnectError {
     /// The token cannot be sent.
     #[error(transparent)]
     Token(#[from] crate::auth::TokenError),
+    /// TLS was asked for (an `https://` address) but cannot be set up.
+    #[error("TLS to {address}: {reason}")]
+    Tls {
+        /// Address tried.
+        address: String,
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// Nothing answered.
     #[error("cannot reach the head at {address}: {source}")]
     Unreachable {
@@ -35,11 +43,42 @@ pub enum ConnectError {
     },
 }
 
-/// Connects to the head at `address` (`host:port`, or a full `http://` URL).
+/// Environment variable naming the PEM file of the CA (or self-signed
+/// certificate) that a TLS head's certificate must chain to.
+pub const ENV_TLS_CA: &str = "SHOAL_TLS_CA";
+/// Environment variable overriding the name checked in the head's
+/// certificate (default: the host of the address).
+pub const ENV_TLS_DOMAIN: &str = "SHOAL_TLS_DOMAIN";
+
+/// Where to find the CA for TLS: `SHOAL_TLS_CA`, else `tls-ca.pem` in the
+/// session dir (a TLS head writes its certificate there for local clients).
+pub fn tls_ca_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(ENV_TLS_CA).filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    let home = std::env::var_os("SHOAL_HOME")
+        .filter(|h| !h.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".shoal")))?;
+    Some(home.join("tls-ca.pem")).filter(|p| p.is_file())
+}
+
+/// Connects to the head at `address`: `host:port` or `http://host:port`
+/// for plain gRPC, `https://host:port` for TLS (the head's certificate is
+/// checked against [`tls_ca_path`]).
 pub async fn connect(address: &str, token: Option<&str>, timeout: Duration) -> Result<Client, ConnectError> {
     let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|e| ConnectError::BadAddress { address: address.to_string(), reason: e.to_string() })?
+    let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| ConnectError::BadAddress { address: address.to_string(), reason: e.to_string() })?;
+    if let Some(rest) = url.strip_prefix("https://") {
+        let tls_err = |reason: String| ConnectError::Tls { address: address.to_string(), reason };
+        let ca = tls_ca_path().ok_or_else(|| tls_err(format!("an https:// address needs the head's CA certificate: set {ENV_TLS_CA} or pass --tls-ca")))?;
+        let pem = std::fs::read(&ca).map_err(|e| tls_err(format!("reading {}: {e}", ca.display())))?;
+        let host = rest.split(['/', ':']).next().unwrap_or_default().trim_matches(['[', ']']).to_string();
+        let domain = std::env::var(ENV_TLS_DOMAIN).ok().filter(|d| !d.is_empty()).unwrap_or(host);
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)).domain_name(domain);
+        endpoint = endpoint.tls_config(tls).map_err(|e| tls_err(e.to_string()))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

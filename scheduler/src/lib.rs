@@ -10,4 +10,4 @@ pub mod core;
 mod convert;
 pub mod server;
 
-pub use server::{HeadConfig, HeadHandle, start};
+pub use server::{HeadConfig, HeadHandle, TlsIdentity, start};

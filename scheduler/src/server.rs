@@ -37,6 +37,24 @@ pub struct HeadConfig {
     pub heartbeat_timeout: Duration,
     /// Wait for a node that fits instead of failing unschedulable tasks.
     pub wait_for_feasible_nodes: bool,
+    /// Serve TLS with this PEM certificate chain and key.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A PEM certificate chain and private key for serving TLS.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.write_str("TlsIdentity(..)")
+    }
 }
 
 impl HeadConfig {
@@ -48,6 +66,7 @@ impl HeadConfig {
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(5),
             wait_for_feasible_nodes: false,
+            tls: None,
         }
     }
 }
@@ -109,8 +128,13 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::CheckToken::new(config.token.as_deref()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(id) = &config.tls {
+        let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
+        builder = builder.tls_config(tls).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS setup: {e}")))?;
+    }
     let server = tokio::spawn(async move {
-        let res = tonic::transport::Server::builder()
+        let res = builder
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -123,7 +147,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
             tracing::error!(error = %e, "head server stopped with an error");
         }
     });
-    tracing::info!(%addr, secure = config.token.is_some(), "head listening");
+    tracing::info!(%addr, token = config.token.is_some(), tls = config.tls.is_some(), "head listening");
     Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events, store })
 }
 
