@@ -24,3 +24,40 @@ fn init_without_address_starts_a_one_node_cluster_that_runs_tasks() {
     assert_eq!(node, st.nodes[0].id);
     assert_ne!(pid, std::process::id(), "tasks run in executor processes");
 }
+
+// Strings, not Vec<u8>: serde moves a Vec<u8> element by element, which
+// is slow in a debug build; a String is copied in bulk. The limits are the
+// same for any type.
+#[shoal::remote]
+fn filled(n: usize) -> String {
+    "x".repeat(n)
+}
+
+#[shoal::remote]
+fn len_of(v: String) -> usize {
+    v.len()
+}
+
+#[test]
+fn values_over_the_inline_limit_fail_clearly_and_the_cluster_keeps_serving() {
+    let home = tempfile::tempdir().unwrap();
+    // SAFETY: single-threaded at this point of the test process.
+    unsafe { std::env::set_var("SHOAL_HOME", home.path()) };
+    shoal::init_blocking_with(shoal::InitConfig::default().local()).unwrap();
+    let over = shoal_proto::MAX_INLINE_VALUE_BYTES + 1;
+    match filled::remote(over).get() {
+        Err(shoal::TaskError::Serialization { message }) => assert!(message.contains("limit"), "{message}"),
+        other => panic!("expected a clear error for an oversized result, got {:?}", other.map(|v| v.len())),
+    }
+    // Several large results at once are batched under the message limit.
+    let refs: Vec<_> = (0..6).map(|_| filled::remote(40 << 20)).collect();
+    for r in &refs {
+        assert_eq!(r.get().unwrap().len(), 40 << 20);
+    }
+    drop(refs);
+    match len_of::remote("y".repeat(over)).get() {
+        Err(shoal::TaskError::Serialization { message }) => assert!(message.contains("shoal::put"), "{message}"),
+        other => panic!("expected a clear error for an oversized argument, got {other:?}"),
+    }
+    assert_eq!(len_of::remote("abc".to_string()).get().unwrap(), 3, "still serving");
+}

@@ -218,7 +218,7 @@ impl Driver {
 }
 
 /// Largest batch a driver sends in one frame.
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = shoal_proto::BATCH_BYTES;
 
 async fn send_loop(mut rx: mpsc::UnboundedReceiver<Out>, stream: mpsc::Sender<DriverToHead>) {
     while let Some(first) = rx.recv().await {

@@ -89,14 +89,33 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             functions = names.iter().map(|n| registry.get(n.as_str()).copied()).collect();
         }
         let mut out = ExecutorToWorker::default();
+        let mut out_bytes = 0usize;
         let mut last_flush = Instant::now();
         for t in msg.tasks {
             let name = names.get(t.func as usize).map(String::as_str).unwrap_or("?");
             CURRENT_TASK.with(|c| c.set(t.task));
-            let outcome = run_one(functions.get(t.func as usize).copied().flatten(), name, &t.args);
+            let mut outcome = run_one(functions.get(t.func as usize).copied().flatten(), name, &t.args);
             CURRENT_TASK.with(|c| c.set(0));
+            if let pb::task_result::Outcome::Value(v) = &outcome
+                && v.len() > shoal_proto::MAX_INLINE_VALUE_BYTES
+            {
+                outcome = fail(
+                    FailureKind::ResultEncode,
+                    name,
+                    format!(
+                        "the result is {} bytes, over the {} MiB limit of values sent inline (the shared-memory object store will lift it)",
+                        v.len(),
+                        shoal_proto::MAX_INLINE_VALUE_BYTES >> 20
+                    ),
+                    String::new(),
+                );
+            }
+            if let pb::task_result::Outcome::Value(v) = &outcome {
+                out_bytes += v.len();
+            }
             out.results.push(pb::TaskResult { task: t.task, outcome: Some(outcome) });
-            if last_flush.elapsed() >= FLUSH_AFTER {
+            if last_flush.elapsed() >= FLUSH_AFTER || out_bytes >= shoal_proto::BATCH_BYTES {
+                out_bytes = 0;
                 frame::write_blocking(&mut writer, &out)?;
                 out.results.clear();
                 last_flush = Instant::now();

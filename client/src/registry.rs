@@ -146,6 +146,16 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
             ArgInner::Invalid(e) => return ObjectRef::failed(e.clone()),
         });
     }
+    let inline: usize = wire.iter().map(|a| if let Some(pb::arg::Kind::Value(v)) = &a.kind { v.len() } else { 0 }).sum();
+    if inline > shoal_proto::MAX_INLINE_VALUE_BYTES {
+        return ObjectRef::failed(TaskError::Serialization {
+            message: format!(
+                "the arguments of {} are {inline} bytes, over the {} MiB limit of values sent inline; pass large data with shoal::put",
+                meta.name,
+                shoal_proto::MAX_INLINE_VALUE_BYTES >> 20
+            ),
+        });
+    }
     let func = driver.function_index(meta);
     let id = driver.next_id();
     let slot = driver.expect(id);

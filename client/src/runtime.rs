@@ -239,7 +239,7 @@ pub async fn shutdown() {
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     let driver = driver_or_init()?;
     let bytes = postcard::to_allocvec(&value).map_err(|e| TaskError::Serialization { message: e.to_string() })?;
-    let limit = shoal_proto::MAX_MESSAGE_BYTES - (1 << 20);
+    let limit = shoal_proto::MAX_INLINE_VALUE_BYTES;
     if bytes.len() > limit {
         return Err(Error::Config(format!(
             "a put of {} bytes exceeds the {} MiB limit of inline objects",

@@ -34,6 +34,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// error on the wire (and the sender should have chunked them).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// Largest value that travels inline (an argument, a result, a put):
+/// the message limit less room for the envelope. Larger values need the
+/// shared-memory object store.
+pub const MAX_INLINE_VALUE_BYTES: usize = MAX_MESSAGE_BYTES - (1 << 20);
+
+/// Batches of results are closed at this size and a new one started, so
+/// many large results never add up to one oversized message.
+pub const BATCH_BYTES: usize = 4 << 20;
+
 /// Chunk size used to stream program binaries.
 pub const BINARY_CHUNK_BYTES: usize = 1 << 20;
 

@@ -167,7 +167,7 @@ enum Cmd {
 
 /// Bytes after which an outgoing batch is closed and a new one started,
 /// so no single frame grows without bound.
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = shoal_proto::BATCH_BYTES;
 
 #[derive(Default)]
 struct BatchingOutbox {

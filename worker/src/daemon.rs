@@ -660,8 +660,25 @@ impl Daemon {
         let wanted = pipeline::wanted(self.slots, self.service.depth());
         let credits = if self.draining { 0 } else { pipeline::grant(wanted, held, self.outstanding) };
         self.outstanding += credits as usize;
-        if credits > 0 || !self.results.is_empty() {
-            let _ = tx.send(pad(WorkerToHead { credits, results: std::mem::take(&mut self.results), ..Default::default() }));
+        if credits == 0 && self.results.is_empty() {
+            return;
         }
+        // One message per BATCH_BYTES of results: large results never add
+        // up to a message over the limit.
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for r in std::mem::take(&mut self.results) {
+            let len = match &r.outcome {
+                Some(pb::task_result::Outcome::Value(v)) => v.len(),
+                _ => 64,
+            };
+            if !batch.is_empty() && size + len > shoal_proto::BATCH_BYTES {
+                let _ = tx.send(pad(WorkerToHead { results: std::mem::take(&mut batch), ..Default::default() }));
+                size = 0;
+            }
+            size += len;
+            batch.push(r);
+        }
+        let _ = tx.send(pad(WorkerToHead { credits, results: batch, ..Default::default() }));
     }
 }
