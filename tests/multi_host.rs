@@ -74,6 +74,15 @@ fn three_hosts(c: &Cluster) -> (Hosts, Vec<HostWorker>, Vec<String>) {
     (hosts, workers, ids)
 }
 
+/// Blocks until `n` of `refs` have finished: the fault strikes mid-job.
+fn wait_for_results<T>(refs: &[shoal::ObjectRef<T>], n: usize) {
+    for (done, _) in shoal::as_completed(refs.to_vec()).enumerate() {
+        if done + 1 == n {
+            return;
+        }
+    }
+}
+
 fn retried_tasks(head_log: &str) -> usize {
     head_log
         .lines()
@@ -89,13 +98,7 @@ fn killing_a_worker_host_mid_job_loses_nothing() {
     c.connect();
     let n = 10_000u64;
     let refs: Vec<_> = (0..n).map(work::remote).collect();
-    let mut done = 0;
-    for _ in shoal::as_completed(refs.clone()) {
-        done += 1;
-        if done == 2_000 {
-            break;
-        }
-    }
+    wait_for_results(&refs, 2_000);
     let killed = Instant::now();
     hosts.kill(2);
     let mut per_node: HashMap<String, usize> = HashMap::new();
@@ -123,13 +126,7 @@ fn a_partitioned_worker_is_replaced_then_rejoins() {
     c.connect();
     let n = 4_000u64;
     let refs: Vec<_> = (0..n).map(work::remote).collect();
-    let mut done = 0;
-    for _ in shoal::as_completed(refs.clone()) {
-        done += 1;
-        if done == 500 {
-            break;
-        }
-    }
+    wait_for_results(&refs, 500);
     let cut = Instant::now();
     hosts.cut(1);
     wait_for(Duration::from_secs(10), "the cut-off host to be declared dead", || (c.node(&ids[0])?["alive"] == false).then_some(()));
