@@ -91,10 +91,10 @@ fn container_image_and_compose_cluster_run_tasks() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
-        if let Ok(st) = rt.block_on(shoal::status::fetch(&address, Some(&token))) {
-            if st.alive_nodes().count() == 2 {
-                break st;
-            }
+        if let Ok(st) = rt.block_on(shoal::status::fetch(&address, Some(&token)))
+            && st.alive_nodes().count() == 2
+        {
+            break st;
         }
         assert!(std::time::Instant::now() < deadline, "two container workers did not join: {}", String::from_utf8_lossy(&compose.run(&["logs"]).stdout));
         std::thread::sleep(std::time::Duration::from_millis(200));

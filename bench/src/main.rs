@@ -230,12 +230,12 @@ fn start_head(extra: &[&str]) -> Result<(std::process::Child, tempfile::TempDir,
         .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(b) = std::fs::read(home.path().join("head.json")) {
-            if let Ok(v) = serde_json::from_slice::<Value>(&b) {
-                let address = v["address"].as_str().unwrap_or_default().to_string();
-                let token = std::fs::read_to_string(home.path().join("token")).map_err(|e| e.to_string())?.trim().to_string();
-                return Ok((head, home, address, token));
-            }
+        if let Ok(b) = std::fs::read(home.path().join("head.json"))
+            && let Ok(v) = serde_json::from_slice::<Value>(&b)
+        {
+            let address = v["address"].as_str().unwrap_or_default().to_string();
+            let token = std::fs::read_to_string(home.path().join("token")).map_err(|e| e.to_string())?.trim().to_string();
+            return Ok((head, home, address, token));
         }
         if Instant::now() > deadline {
             let _ = head.kill();

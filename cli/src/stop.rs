@@ -49,10 +49,10 @@ pub fn run(args: StopArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&file);
         let _ = std::fs::remove_file(session::ready_file(&home, pid));
     }
-    if let Some(s) = config::read_head_session(&home) {
-        if !is_shoal_process(s.pid) {
-            let _ = std::fs::remove_file(config::head_session_path(&home));
-        }
+    if let Some(s) = config::read_head_session(&home)
+        && !is_shoal_process(s.pid)
+    {
+        let _ = std::fs::remove_file(config::head_session_path(&home));
     }
     Ok(())
 }

@@ -99,10 +99,10 @@ pub fn resolve_token(token: Option<&str>, token_file: Option<&Path>) -> Result<O
         return read_token_file(Path::new(&p)).map(Some);
     }
     let home = shoal_home();
-    if let Some(p) = read_head_session(&home).and_then(|s| s.token_file) {
-        if p.is_file() {
-            return read_token_file(&p).map(Some);
-        }
+    if let Some(p) = read_head_session(&home).and_then(|s| s.token_file)
+        && p.is_file()
+    {
+        return read_token_file(&p).map(Some);
     }
     Ok(None)
 }
