@@ -138,7 +138,11 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     println!("Programs on this machine connect with SHOAL_ADDRESS=auto (or {local}); `shoal status` shows the cluster.");
 
     let worker = if args.num_cpus != Some(0.0) {
-        let mut w = shoal_worker::start(worker_config(&args, local.clone(), token.clone(), home)?).await?;
+        let mut wc = worker_config(&args, local.clone(), token.clone(), home)?;
+        // The local worker shares the head's process: its session goes over
+        // channels, not loopback gRPC.
+        wc.local_head = Some(head.local_link());
+        let mut w = shoal_worker::start(wc).await?;
         let id = w.registered().await?;
         println!("  local worker: node {id}");
         Some(w)
