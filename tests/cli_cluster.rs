@@ -112,9 +112,32 @@ fn daemon_mode_start_status_stop() {
     let pid: u32 = serde_json::from_slice::<serde_json::Value>(&std::fs::read(home.path().join("head.json")).unwrap()).unwrap()["pid"]
         .as_u64()
         .unwrap() as u32;
+    let logs = shoal(home.path(), &["logs", "--role", "head", "-n", "500"]);
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.status.success() && text.contains("head listening") && text.contains("node registered"), "{text}");
     let stop = shoal(home.path(), &["stop"]);
     assert!(String::from_utf8_lossy(&stop.stdout).contains(&format!("Stopped head (pid {pid})")));
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z"));
     let st = shoal(home.path(), &["status"]);
     assert!(!st.status.success(), "no head after stop");
+}
+
+#[test]
+fn submit_runs_a_program_against_the_cluster() {
+    let mut c = Cluster::head(&[]);
+    c.add_worker(&["--num-cpus", "2"]);
+    // The environment it gets.
+    let env = shoal(c.home.path(), &["submit", "--", "sh", "-c", "echo $SHOAL_ADDRESS $SHOAL_TOKEN"]);
+    assert!(env.status.success());
+    assert_eq!(String::from_utf8_lossy(&env.stdout).trim(), format!("{} {}", c.address, c.token));
+    // A real program: the quickstart example, run on this cluster.
+    let exe = std::env::current_exe().unwrap();
+    let quickstart = exe.parent().unwrap().parent().unwrap().join("examples").join("quickstart");
+    let out = shoal(c.home.path(), &["submit", "--", quickstart.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("sum of squares (tree reduce on the cluster): 385"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.status()["tasks"]["finished"].as_u64().unwrap() > 10_000, "the tasks ran on this cluster");
+    // The program's exit code comes back.
+    let fail = shoal(c.home.path(), &["submit", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(fail.status.code(), Some(7));
 }

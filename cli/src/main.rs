@@ -7,6 +7,7 @@
 //!
 //! The binary is thin: parse arguments, build the library configs, run.
 
+mod logs;
 mod net;
 mod session;
 mod start;
@@ -33,6 +34,35 @@ enum Command {
     Stop(StopArgs),
     /// Drain a node: no new tasks; it finishes what it holds, then its worker exits.
     Drain(DrainArgs),
+    /// Run a program against the cluster (its SHOAL_ADDRESS and token set).
+    Submit(SubmitArgs),
+    /// Show the logs of the daemons started from this machine.
+    Logs(LogsArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct SubmitArgs {
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+struct LogsArgs {
+    /// Only this role's logs: head or worker.
+    #[arg(long)]
+    role: Option<String>,
+    /// Lines from the end of each log.
+    #[arg(long, short = 'n', default_value_t = 50)]
+    lines: usize,
+    /// Keep printing what is appended (Ctrl-C to stop).
+    #[arg(long, short = 'f')]
+    follow: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -141,7 +171,8 @@ fn main() {
         Command::Start(a) => a.token.tls_ca.clone(),
         Command::Status(a) => a.token.tls_ca.clone(),
         Command::Drain(a) => a.token.tls_ca.clone(),
-        Command::Stop(_) => None,
+        Command::Submit(a) => a.token.tls_ca.clone(),
+        Command::Stop(_) | Command::Logs(_) => None,
     };
     if let Some(ca) = tls_ca {
         // SAFETY: still single-threaded: no runtime or thread exists yet.
@@ -152,6 +183,8 @@ fn main() {
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
         Command::Drain(args) => status::drain(args),
+        Command::Submit(args) => status::submit(args),
+        Command::Logs(args) => logs::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,6 +1,6 @@
 //! `shoal status`: nodes, resources and task counts, as a table or JSON.
 
-use crate::{DrainArgs, StatusArgs};
+use crate::{DrainArgs, StatusArgs, SubmitArgs};
 use anyhow::anyhow;
 use shoal::config;
 use shoal::status::ClusterStatus;
@@ -41,6 +41,24 @@ pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
         anyhow::bail!("node {} is still finishing its tasks after {:.0}s", args.node_id, args.wait);
     }
     Ok(())
+}
+
+/// Runs a program with the cluster's address, token and TLS CA in its
+/// environment; exits with its exit code.
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let (address, token) = head_and_token(args.address.as_deref(), &args.token)?;
+    let mut cmd = std::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]).env(config::ENV_ADDRESS, &address);
+    match token {
+        Some(t) => cmd.env(config::ENV_TOKEN, t),
+        None => cmd.env_remove(config::ENV_TOKEN),
+    };
+    cmd.env_remove(config::ENV_TOKEN_FILE);
+    if let Some(ca) = shoal_proto::client::tls_ca_path() {
+        cmd.env(shoal_proto::client::ENV_TLS_CA, ca);
+    }
+    let status = cmd.status().map_err(|e| anyhow!("cannot run {:?}: {e}", args.command[0]))?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
