@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub fn run(args: LogsArgs) -> anyhow::Result<()> {
-    if let Some(r) = &args.role {
-        if r != "head" && r != "worker" {
-            bail!("--role is head or worker, not {r:?}");
-        }
+    if let Some(r) = &args.role
+        && r != "head"
+        && r != "worker"
+    {
+        bail!("--role is head or worker, not {r:?}");
     }
     let dir = session::log_dir(&shoal::config::shoal_home());
     let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -37,7 +38,11 @@ pub fn run(args: LogsArgs) -> anyhow::Result<()> {
         }
         offsets.push(text.len() as u64);
     }
-    while args.follow {
+    if !args.follow {
+        return Ok(());
+    }
+    // Until interrupted.
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         for (p, off) in logs.iter().zip(offsets.iter_mut()) {
             let Ok(mut f) = std::fs::File::open(p) else { continue };
@@ -51,5 +56,4 @@ pub fn run(args: LogsArgs) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
 }
