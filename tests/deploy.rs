@@ -161,3 +161,98 @@ print(json.dumps(docs))
         assert!(out.status.success(), "shoal rejects {a:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// A single-node Slurm of our own (munge, slurmctld, slurmd, config in a
+/// temp dir), stopped on drop.
+struct Slurm {
+    dir: tempfile::TempDir,
+    daemons: Vec<std::process::Child>,
+}
+
+impl Slurm {
+    fn conf(&self) -> std::path::PathBuf {
+        self.dir.path().join("slurm.conf")
+    }
+
+    fn start() -> Slurm {
+        for tool in ["slurmctld", "slurmd", "sbatch", "munged"] {
+            assert!(Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success(), "{tool} is needed (Debian packages slurm-wlm, munge)");
+        }
+        // munge authenticates Slurm's messages; start it if it is not running.
+        let munge_ok = || Command::new("sh").args(["-c", "munge -n | unmunge >/dev/null 2>&1"]).status().unwrap().success();
+        if !munge_ok() {
+            let setup = "mkdir -p /run/munge /var/log/munge /var/lib/munge && chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge \
+                         && (test -s /etc/munge/munge.key || runuser -u munge -- mungekey --create) && runuser -u munge -- /usr/sbin/munged";
+            let out = Command::new("sh").args(["-c", setup]).output().unwrap();
+            assert!(out.status.success() && munge_ok(), "starting munged: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap().trim().to_string();
+        let base = 20_000 + (std::process::id() % 20_000) * 2;
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        let conf = format!(
+            "ClusterName=shoaltest\nSlurmctldHost={host}\nSlurmUser=root\nSlurmdUser=root\nSlurmctldPort={base}\nSlurmdPort={}\n\
+             AuthType=auth/munge\nStateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\nSlurmctldPidFile={d}/slurmctld.pid\n\
+             SlurmdPidFile={d}/slurmd.pid\nSlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.log\n\
+             ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nMpiDefault=none\nReturnToService=2\n\
+             SchedulerType=sched/builtin\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nJobCompType=jobcomp/none\n\
+             AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none\n\
+             NodeName={host} CPUs={cpus} State=UNKNOWN\nPartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
+            base + 1
+        );
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        std::fs::write(dir.path().join("slurm.conf"), conf).unwrap();
+        let mut s = Slurm { dir, daemons: Vec::new() };
+        for daemon in ["slurmctld", "slurmd"] {
+            let child = Command::new(daemon).arg("-D").env("SLURM_CONF", s.conf()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+            s.daemons.push(child);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = Command::new("sinfo").args(["-h", "-o", "%t"]).env("SLURM_CONF", s.conf()).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).trim() == "idle" {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "slurm did not come up: {}", std::fs::read_to_string(s.dir.path().join("slurmctld.log")).unwrap_or_default());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Slurm {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+}
+
+/// deploy/slurm/shoal.sbatch on a real (single-node) Slurm: the job starts
+/// a head and a worker per node with srun, runs the quickstart against
+/// them, and leaves nothing running.
+#[test]
+fn slurm_batch_script_runs_a_program_on_the_allocation() {
+    let slurm = Slurm::start();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let work = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let quickstart = exe.parent().unwrap().parent().unwrap().join("examples").join("quickstart");
+    let out = Command::new("sbatch")
+        .args(["--wait", "--output=job.out", &format!("{root}/deploy/slurm/shoal.sbatch")])
+        .arg(&quickstart)
+        .current_dir(work.path())
+        .env("SLURM_CONF", slurm.conf())
+        .env("SHOAL", env!("CARGO_BIN_EXE_shoal"))
+        .env("SHOAL_PORT", (30_000 + std::process::id() % 20_000).to_string())
+        .output()
+        .unwrap();
+    let job = std::fs::read_to_string(work.path().join("job.out")).unwrap_or_default();
+    assert!(out.status.success(), "sbatch failed: {}\n{job}", String::from_utf8_lossy(&out.stderr));
+    assert!(job.contains("1 of 1 workers up"), "{job}");
+    assert!(job.contains("sum of squares (tree reduce on the cluster): 385"), "{job}");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(job.contains(&format!("{cpus} CPUs")), "the worker got the node's CPUs (--exclusive): {job}");
+}
