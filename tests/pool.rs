@@ -159,3 +159,29 @@ fn terminate_cancels_outstanding_work() {
     pool.join();
     assert_eq!(pool.map(square::func, 0..2u64).unwrap_err(), PoolError::Terminated);
 }
+
+/// Waits on a timer without holding a CPU; reports when it ran
+/// (milliseconds since the epoch).
+#[shoal::remote(num_cpus = 0)]
+async fn wait_io(ms: u64) -> (u128, u128) {
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let start = now();
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    (start, now())
+}
+
+#[test]
+fn io_bound_tasks_do_not_queue_behind_cpu_slots() {
+    init();
+    // 4 CPUs: CPU-bound work would run 4 at a time. Ten waits that hold
+    // no CPU all wait at once.
+    let refs: Vec<_> = (0..10).map(|_| wait_io::remote(1500)).collect();
+    let spans = shoal::get_all_blocking(&refs).unwrap();
+    let most_at_once = spans.iter().map(|(s, _)| spans.iter().filter(|(s2, e2)| s2 <= s && s < e2).count()).max().unwrap();
+    assert_eq!(most_at_once, 10, "every wait overlapped the others: {spans:?}");
+    // CPU-bound tasks still get their CPUs while waits are outstanding.
+    let waits: Vec<_> = (0..10).map(|_| wait_io::remote(1500)).collect();
+    assert_eq!(Pool::new(4).unwrap().map(square::func, 0..8u64).unwrap()[7], 49);
+    assert!(waits.iter().all(|w| !w.is_ready()), "the CPU work did not wait for the I/O tasks");
+    shoal::get_all_blocking(&waits).unwrap();
+}

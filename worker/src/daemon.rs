@@ -222,6 +222,14 @@ struct Daemon {
     draining: bool,
 }
 
+/// Extra executors a node may run for tasks that hold no resources
+/// (`num_cpus = 0`, typically async I/O waits).
+const IO_EXECUTORS: usize = 16;
+
+fn holds_nothing(r: &ResourceSet) -> bool {
+    r.cpus <= 0.0 && r.custom.is_empty()
+}
+
 /// How long a new executor may take to connect back.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -547,15 +555,24 @@ impl Daemon {
             let fits = res.fits_in(&self.free);
             let mut target = None;
             if fits {
+                // Executors busy with tasks that hold no resources (I/O
+                // waits) do not count against the CPU-sized cap, and such
+                // tasks may use IO_EXECUTORS more: waiting never blocks
+                // CPU work, and CPU slots never block waiting.
+                let cap = if holds_nothing(&res) {
+                    self.max_executors + IO_EXECUTORS
+                } else {
+                    self.max_executors + self.executors.values().filter(|e| !e.idle() && holds_nothing(&e.held)).count()
+                };
                 target = self.executors.iter().find(|(_, e)| e.job == job_id && e.idle()).map(|(id, _)| *id);
                 if target.is_none()
-                    && self.executors.len() >= self.max_executors
+                    && self.executors.len() >= cap
                     && let Some(victim) = self.executors.iter().find(|(_, e)| e.job != job_id && e.idle()).map(|(id, _)| *id)
                 {
                     let e = self.executors.remove(&victim).expect("found");
                     executors::kill(e.pid);
                 }
-                if target.is_none() && self.executors.len() < self.max_executors {
+                if target.is_none() && self.executors.len() < cap {
                     match self.spawn(job_id, &path) {
                         Ok(id) => target = Some(id),
                         Err(msg) => {
@@ -656,7 +673,10 @@ impl Daemon {
             self.results.clear();
             return;
         };
-        let held = self.queue.len() + self.executors.values().map(|e| e.inflight.len()).sum::<usize>() + self.outstanding;
+        // Running tasks that hold nothing (I/O waits) do not use up credits:
+        // the node keeps asking for work while they wait.
+        let running: usize = self.executors.values().filter(|e| e.idle() || !holds_nothing(&e.held)).map(|e| e.inflight.len()).sum();
+        let held = self.queue.len() + running + self.outstanding;
         let wanted = pipeline::wanted(self.slots, self.service.depth());
         let credits = if self.draining { 0 } else { pipeline::grant(wanted, held, self.outstanding) };
         self.outstanding += credits as usize;
