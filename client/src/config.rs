@@ -19,13 +19,7 @@ pub const ENV_HOME: &str = "SHOAL_HOME";
 
 /// The session directory: `$SHOAL_HOME`, else `~/.shoal`.
 pub fn shoal_home() -> PathBuf {
-    if let Some(h) = std::env::var_os(ENV_HOME).filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".shoal"),
-        None => std::env::temp_dir().join("shoal"),
-    }
+    shoal_proto::session_home()
 }
 
 /// Shared cache of program binaries under a session directory.

@@ -56,11 +56,7 @@ pub fn tls_ca_path() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os(ENV_TLS_CA).filter(|p| !p.is_empty()) {
         return Some(p.into());
     }
-    let home = std::env::var_os("SHOAL_HOME")
-        .filter(|h| !h.is_empty())
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".shoal")))?;
-    Some(home.join("tls-ca.pem")).filter(|p| p.is_file())
+    Some(crate::session_home().join("tls-ca.pem")).filter(|p| p.is_file())
 }
 
 /// Connects to the head at `address`: `host:port` or `http://host:port`

@@ -46,6 +46,18 @@ pub const BATCH_BYTES: usize = 4 << 20;
 /// Chunk size used to stream program binaries.
 pub const BINARY_CHUNK_BYTES: usize = 1 << 20;
 
+/// The session directory: `$SHOAL_HOME`, else `~/.shoal` (else a temp
+/// dir). `shoal start` leaves its records there; clients read them.
+pub fn session_home() -> std::path::PathBuf {
+    if let Some(h) = std::env::var_os("SHOAL_HOME").filter(|h| !h.is_empty()) {
+        return h.into();
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => std::path::PathBuf::from(home).join(".shoal"),
+        None => std::env::temp_dir().join("shoal"),
+    }
+}
+
 /// Environment variable that turns a process started from a user's program
 /// binary into an executor: it holds the worker's Unix socket path.
 pub const ENV_EXECUTOR_SOCKET: &str = "SHOAL_EXECUTOR_SOCKET";
