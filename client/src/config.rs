@@ -53,7 +53,7 @@ pub fn read_head_session(home: &Path) -> Option<HeadSession> {
 /// an embedded cluster rather than joining a daemon found on disk.
 pub fn resolve_address_env_only() -> Option<String> {
     let a = std::env::var(ENV_ADDRESS).ok().filter(|a| !a.trim().is_empty())?;
-    if a.trim() == "auto" { read_head_session(&shoal_home()).map(|s| s.address) } else { Some(a.trim().to_string()) }
+    resolve_address(Some(&a))
 }
 
 /// The head address: `explicit`, else `SHOAL_ADDRESS`, else the local
