@@ -37,22 +37,10 @@ fn worker_config(args: &StartArgs, head: String, token: Option<String>, home: &P
     let mut wc = shoal_worker::WorkerConfig::new(head, token, config::binary_cache(home));
     wc.resources = parse_resources(args)?;
     if let Some(id) = &args.node_id {
-        id.parse::<uuid_check::Uuid>().map_err(|_| anyhow::anyhow!("--node-id {id:?} is not a UUID"))?;
+        uuid::Uuid::parse_str(id).map_err(|_| anyhow::anyhow!("--node-id {id:?} is not a UUID"))?;
         wc.node_id = Some(id.clone());
     }
     Ok(wc)
-}
-
-/// A tiny UUID syntax check without another dependency.
-mod uuid_check {
-    pub struct Uuid;
-    impl std::str::FromStr for Uuid {
-        type Err = ();
-        fn from_str(s: &str) -> Result<Self, ()> {
-            let hex: String = s.chars().filter(|c| *c != '-').collect();
-            if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) { Ok(Uuid) } else { Err(()) }
-        }
-    }
 }
 
 async fn terminated() {
