@@ -32,8 +32,7 @@ async fn main() -> shoal::Result<()> {
     let t0 = Instant::now();
     shoal::init().await?;
     let status = shoal::cluster_status().await?;
-    let cpus: f64 = status.alive_nodes().map(|n| n.resources.get("cpus").copied().unwrap_or(0.0)).sum();
-    println!("cluster: {} node(s), {cpus} CPUs (ready in {:.0?})", status.alive_nodes().count(), t0.elapsed());
+    println!("cluster: {} node(s), {} CPUs (ready in {:.0?})", status.alive_nodes().count(), status.total_cpus(), t0.elapsed());
 
     // Remote calls return at once; the values arrive later.
     let refs: Vec<_> = (1..=10).map(square::remote).collect();

@@ -176,7 +176,7 @@ fn main() {
     let refs: Vec<_> = (0..200).map(|_| spin::remote(10)).collect();
     shoal::get_all_blocking(&refs).unwrap();
     let rt = tokio_rt();
-    let cpus: f64 = rt.block_on(shoal::cluster_status()).unwrap().alive_nodes().map(|n| n.resources["cpus"]).sum();
+    let cpus = rt.block_on(shoal::cluster_status()).unwrap().total_cpus();
     let ideal = 200.0 * 0.010 / cpus.max(1.0);
     out.insert("cpu_200x10ms_efficiency".into(), round(ideal / t.elapsed().as_secs_f64()));
 

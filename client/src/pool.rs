@@ -353,8 +353,7 @@ impl Pool {
     pub fn all() -> crate::Result<Pool> {
         crate::runtime::driver_or_init()?;
         let st = crate::runtime::block_on(crate::cluster_status())?;
-        let cpus: f64 = st.alive_nodes().map(|n| n.resources.get("cpus").copied().unwrap_or(0.0)).sum();
-        Pool::new(cpus.round().max(1.0) as usize)
+        Pool::new(st.total_cpus().round().max(1.0) as usize)
     }
 
     /// Items per task. Default: automatic (grows while tasks are short).

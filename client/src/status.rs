@@ -25,6 +25,11 @@ impl ClusterStatus {
     pub fn alive_nodes(&self) -> impl Iterator<Item = &NodeStatus> {
         self.nodes.iter().filter(|n| n.alive)
     }
+
+    /// CPUs offered by the alive nodes.
+    pub fn total_cpus(&self) -> f64 {
+        self.alive_nodes().map(|n| n.resources.get("cpus").copied().unwrap_or(0.0)).sum()
+    }
 }
 
 /// One node.
