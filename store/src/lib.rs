@@ -1,0 +1,15 @@
+//! A node's shared-memory object store.
+//!
+//! # Layout
+//! - [`arena`]: the memfd and its mapping (shared with executors), pre-faulting.
+//! - [`alloc`]: first-fit allocation of ranges in it (pure bookkeeping).
+//! - [`store`]: the object table: create, seal, pin, free, spill, restore.
+
+#![warn(missing_docs)]
+
+pub mod alloc;
+pub mod arena;
+pub mod store;
+
+pub use arena::{Arena, ENV_STORE_FD};
+pub use store::{Location, Store, StoreError, StoreStats};

@@ -1,0 +1,591 @@
+//! The object table of one node's store: which object lives where in the
+//! arena (or on disk, spilled), whether it is sealed, and who pins it.
+//!
+//! Life of an object: [`Store::create`] reserves space for a writer (a
+//! driver, an executor, a pull from a peer); the writer fills it and the
+//! object is [`Store::seal`]ed, after which it is immutable and visible.
+//! Readers [`Store::pin`] it (a pinned object is never moved or freed under
+//! them) and unpin when done. [`Store::free`] drops it once no reader pins
+//! it. When space runs out, sealed objects nobody pins are spilled to files
+//! under the spill directory, least recently used first, and brought back
+//! on the next pin.
+
+use crate::alloc::{Allocator, rounded};
+use crate::arena::Arena;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// No room, even after spilling everything that may be spilled.
+    #[error("object store full: an object of {size} bytes does not fit ({detail})")]
+    Full {
+        /// Bytes requested.
+        size: u64,
+        /// What stood in the way.
+        detail: String,
+    },
+    /// No sealed object with that id here.
+    #[error("object {0:#x} is not in this node's store")]
+    NotFound(u64),
+    /// An object with that id exists already.
+    #[error("object {0:#x} already exists in this node's store")]
+    Exists(u64),
+    /// A write outside the object, or into a sealed one.
+    #[error("invalid write to object {id:#x}: {detail}")]
+    BadWrite {
+        /// The object.
+        id: u64,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Where a pinned object's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// In the arena at `offset`, `len` bytes.
+    Arena {
+        /// Byte offset in the arena.
+        offset: u64,
+        /// Object size.
+        len: u64,
+    },
+    /// Spilled, and there was no room to bring it back: read the file.
+    File {
+        /// The spill file.
+        path: PathBuf,
+        /// Object size.
+        len: u64,
+    },
+}
+
+/// Usage figures, as shown by `shoal status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Arena size.
+    pub capacity: u64,
+    /// Arena bytes allocated (sealed and being written).
+    pub used: u64,
+    /// Objects in the arena.
+    pub objects: u64,
+    /// Bytes of objects spilled to disk.
+    pub spilled_bytes: u64,
+    /// Objects spilled to disk.
+    pub spilled_objects: u64,
+    /// Bytes of objects pinned by readers (running tasks, gets, transfers).
+    pub pinned_bytes: u64,
+}
+
+enum Place {
+    Arena(u64),
+    Disk(PathBuf),
+}
+
+struct Entry {
+    size: u64,
+    place: Place,
+    sealed: bool,
+    /// Who is writing it (an executor id; 0 = the worker or a driver).
+    owner: u64,
+    pins: u32,
+    /// Freed while pinned: dropped at the last unpin.
+    freed: bool,
+    last_use: u64,
+}
+
+struct Inner {
+    alloc: Allocator,
+    objects: HashMap<u64, Entry>,
+    clock: u64,
+    spilled_bytes: u64,
+    spilled_objects: u64,
+}
+
+/// One node's object store. Shared (`Arc`) by the worker's tasks and, on
+/// an embedded cluster, the driver.
+pub struct Store {
+    arena: Arena,
+    spill_dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// `[0, faulted)` has been pre-faulted by the background thread.
+    faulted: AtomicU64,
+}
+
+impl Store {
+    /// A store of `capacity` bytes spilling under `spill_dir`. The first
+    /// `prefault` bytes are backed with memory by a background thread, so
+    /// the first writes already run at memcpy speed.
+    pub fn open(capacity: u64, prefault: u64, spill_dir: PathBuf) -> io::Result<Arc<Store>> {
+        let capacity = capacity / crate::alloc::ALIGN * crate::alloc::ALIGN;
+        let arena = Arena::create(capacity)?;
+        let inner = Inner { alloc: Allocator::new(capacity), objects: HashMap::new(), clock: 0, spilled_bytes: 0, spilled_objects: 0 };
+        let store = Arc::new(Store { arena, spill_dir, inner: Mutex::new(inner), faulted: AtomicU64::new(0) });
+        let target = prefault.min(capacity);
+        if target > 0 {
+            let weak = Arc::downgrade(&store);
+            std::thread::Builder::new().name("shoal-prefault".into()).spawn(move || {
+                const STEP: u64 = 64 << 20;
+                let mut done = 0;
+                while done < target {
+                    let Some(s) = weak.upgrade() else { return };
+                    let n = STEP.min(target - done);
+                    s.arena.prefault(done, n);
+                    done += n;
+                    s.faulted.store(done, Ordering::Release);
+                }
+            })?;
+        }
+        Ok(store)
+    }
+
+    /// The arena (for executors' descriptor and pointer arithmetic).
+    pub fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    /// Arena size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.arena.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation is a few plain assignments), so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a sealed copy of `id` is here.
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock().objects.get(&id).is_some_and(|e| e.sealed && !e.freed)
+    }
+
+    /// Reserves `size` bytes for object `id`, written by `owner` (an
+    /// executor id, or 0). Spills unpinned objects if needed. Returns the
+    /// arena offset to write at.
+    pub fn create(&self, id: u64, size: u64, owner: u64) -> Result<u64, StoreError> {
+        let offset = {
+            let mut g = self.lock();
+            if g.objects.contains_key(&id) {
+                return Err(StoreError::Exists(id));
+            }
+            let offset = self.make_room(&mut g, size, None)?;
+            let clock = g.clock;
+            g.objects.insert(id, Entry { size, place: Place::Arena(offset), sealed: false, owner, pins: 0, freed: false, last_use: clock });
+            offset
+        };
+        // Past what the background thread has reached: fault the range in
+        // now, in one call, rather than page by page during the write.
+        if offset + size > self.faulted.load(Ordering::Acquire) {
+            self.arena.prefault(offset, rounded(size));
+        }
+        Ok(offset)
+    }
+
+    /// Allocates `size` bytes, spilling least recently used unpinned
+    /// objects (other than `keep`) until it fits.
+    fn make_room(&self, g: &mut Inner, size: u64, keep: Option<u64>) -> Result<u64, StoreError> {
+        if rounded(size) > g.alloc.capacity() {
+            return Err(StoreError::Full { size, detail: format!("the store holds {} bytes in all", g.alloc.capacity()) });
+        }
+        loop {
+            if let Some(off) = g.alloc.alloc(size) {
+                return Ok(off);
+            }
+            let victim = g
+                .objects
+                .iter()
+                .filter(|(id, e)| e.sealed && e.pins == 0 && matches!(e.place, Place::Arena(_)) && Some(**id) != keep)
+                .min_by_key(|(_, e)| e.last_use)
+                .map(|(id, _)| *id);
+            let Some(victim) = victim else {
+                let pinned: u64 = g.objects.values().filter(|e| e.pins > 0 || !e.sealed).map(|e| e.size).sum();
+                return Err(StoreError::Full {
+                    size,
+                    detail: format!(
+                        "capacity {} bytes, {} bytes in use by objects being written or read, largest free range {} bytes",
+                        g.alloc.capacity(),
+                        pinned,
+                        g.alloc.largest_free()
+                    ),
+                });
+            };
+            self.spill(g, victim).map_err(|e| StoreError::Full { size, detail: format!("spilling to {} failed: {e}", self.spill_dir.display()) })?;
+        }
+    }
+
+    fn spill_path(&self, id: u64) -> PathBuf {
+        self.spill_dir.join(format!("{id:016x}"))
+    }
+
+    fn spill(&self, g: &mut Inner, id: u64) -> io::Result<()> {
+        let e = g.objects.get(&id).expect("victim exists");
+        let Place::Arena(offset) = e.place else { return Ok(()) };
+        let size = e.size;
+        std::fs::create_dir_all(&self.spill_dir)?;
+        let path = self.spill_path(id);
+        // SAFETY: the object is sealed (immutable) and unpinned; the lock
+        // keeps anyone from freeing or pinning it during the write.
+        let bytes = unsafe { self.arena.slice(offset, size) };
+        if let Err(e) = std::fs::write(&path, bytes) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        tracing::debug!(object = format_args!("{id:#x}"), size, path = %path.display(), "spilled object to disk");
+        g.alloc.free(offset, size);
+        g.spilled_bytes += size;
+        g.spilled_objects += 1;
+        g.objects.get_mut(&id).expect("exists").place = Place::Disk(path);
+        Ok(())
+    }
+
+    /// Copies `data` into unsealed object `id` at byte `at`.
+    pub fn write_at(&self, id: u64, at: u64, data: &[u8]) -> Result<(), StoreError> {
+        let offset = {
+            let g = self.lock();
+            let e = g.objects.get(&id).ok_or(StoreError::NotFound(id))?;
+            if e.sealed || at + data.len() as u64 > e.size {
+                return Err(StoreError::BadWrite { id, detail: format!("{} bytes at {at} into an object of {} bytes (sealed: {})", data.len(), e.size, e.sealed) });
+            }
+            let Place::Arena(offset) = e.place else { unreachable!("unsealed objects are never spilled") };
+            offset
+        };
+        // SAFETY: the range is inside the unsealed object, which only its
+        // writer touches until it is sealed.
+        unsafe { self.arena.write(offset + at, data) };
+        Ok(())
+    }
+
+    /// Creates object `id` of `size` bytes, lets `fill` write all of it,
+    /// and seals it. If `fill` fails the space is given back.
+    pub fn put_with<E>(&self, id: u64, size: u64, fill: impl FnOnce(&mut [u8]) -> Result<(), E>) -> Result<Result<(), E>, StoreError> {
+        let offset = self.create(id, size, 0)?;
+        // SAFETY: the range was just reserved for us and is unsealed.
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.arena.ptr(offset, size), size as usize) };
+        match fill(buf) {
+            Ok(()) => {
+                self.seal(id)?;
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                self.abort(id);
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Marks `id` complete and immutable.
+    pub fn seal(&self, id: u64) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let e = g.objects.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        e.sealed = true;
+        e.owner = 0;
+        Ok(())
+    }
+
+    /// Drops an unsealed object (its writer gave up or died).
+    pub fn abort(&self, id: u64) {
+        let mut g = self.lock();
+        if g.objects.get(&id).is_some_and(|e| !e.sealed) {
+            Self::remove(&mut g, id);
+        }
+    }
+
+    /// Drops every unsealed object being written by `owner` (an executor
+    /// that died mid-write). Returns how many were reclaimed.
+    pub fn reclaim_owner(&self, owner: u64) -> usize {
+        let mut g = self.lock();
+        let ids: Vec<u64> = g.objects.iter().filter(|(_, e)| !e.sealed && e.owner == owner).map(|(id, _)| *id).collect();
+        for id in &ids {
+            Self::remove(&mut g, *id);
+        }
+        ids.len()
+    }
+
+    /// Pins sealed object `id` for reading and says where it is. A spilled
+    /// object is brought back into the arena if there is room.
+    pub fn pin(&self, id: u64) -> Result<Location, StoreError> {
+        let mut g = self.lock();
+        g.clock += 1;
+        let clock = g.clock;
+        let e = g.objects.get(&id).filter(|e| e.sealed && !e.freed).ok_or(StoreError::NotFound(id))?;
+        let size = e.size;
+        if let Place::Disk(path) = &e.place {
+            let path = path.clone();
+            if let Ok(offset) = self.make_room(&mut g, size, Some(id)) {
+                match self.restore(&path, offset, size) {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(&path);
+                        g.spilled_bytes -= size;
+                        g.spilled_objects -= 1;
+                        g.objects.get_mut(&id).expect("exists").place = Place::Arena(offset);
+                        tracing::debug!(object = format_args!("{id:#x}"), size, "restored spilled object");
+                    }
+                    Err(err) => {
+                        tracing::warn!(object = format_args!("{id:#x}"), error = %err, "could not restore a spilled object; reading it from disk");
+                        g.alloc.free(offset, size);
+                    }
+                }
+            }
+        }
+        let e = g.objects.get_mut(&id).expect("exists");
+        e.pins += 1;
+        e.last_use = clock;
+        Ok(match &e.place {
+            Place::Arena(offset) => Location::Arena { offset: *offset, len: size },
+            Place::Disk(path) => Location::File { path: path.clone(), len: size },
+        })
+    }
+
+    fn restore(&self, path: &Path, offset: u64, size: u64) -> io::Result<()> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        // SAFETY: the range was just allocated under the lock we hold.
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.arena.ptr(offset, size), size as usize) };
+        f.read_exact(buf)
+    }
+
+    /// Ends one pin of `id`.
+    pub fn unpin(&self, id: u64) {
+        let mut g = self.lock();
+        let Some(e) = g.objects.get_mut(&id) else { return };
+        e.pins = e.pins.saturating_sub(1);
+        if e.pins == 0 && e.freed {
+            Self::remove(&mut g, id);
+        }
+    }
+
+    /// Nobody needs `id` any more: drop it now, or at its last unpin.
+    pub fn free(&self, id: u64) {
+        let mut g = self.lock();
+        let Some(e) = g.objects.get_mut(&id) else { return };
+        if e.pins > 0 {
+            e.freed = true;
+        } else {
+            Self::remove(&mut g, id);
+        }
+    }
+
+    /// Frees every object whose id satisfies `pred` (e.g. all of a job).
+    pub fn free_where(&self, pred: impl Fn(u64) -> bool) {
+        let ids: Vec<u64> = self.lock().objects.keys().copied().filter(|id| pred(*id)).collect();
+        for id in ids {
+            self.free(id);
+        }
+    }
+
+    fn remove(g: &mut Inner, id: u64) {
+        let Some(e) = g.objects.remove(&id) else { return };
+        match e.place {
+            Place::Arena(offset) => g.alloc.free(offset, e.size),
+            Place::Disk(path) => {
+                let _ = std::fs::remove_file(path);
+                g.spilled_bytes -= e.size;
+                g.spilled_objects -= 1;
+            }
+        }
+    }
+
+    /// Usage figures.
+    pub fn stats(&self) -> StoreStats {
+        let g = self.lock();
+        let mut s = StoreStats { capacity: g.alloc.capacity(), used: g.alloc.used(), spilled_bytes: g.spilled_bytes, spilled_objects: g.spilled_objects, ..Default::default() };
+        for e in g.objects.values() {
+            if matches!(e.place, Place::Arena(_)) {
+                s.objects += 1;
+            }
+            if e.pins > 0 {
+                s.pinned_bytes += e.size;
+            }
+        }
+        s
+    }
+
+    /// The sealed object's bytes, without a copy: the returned `Bytes`
+    /// borrows the shared memory (or a mapping of the spill file) and
+    /// keeps the object pinned until it and all its slices are dropped.
+    pub fn read(self: &Arc<Self>, id: u64) -> Result<Bytes, StoreError> {
+        match self.pin(id)? {
+            Location::Arena { offset, len } => {
+                let ptr = self.arena.ptr(offset, len);
+                Ok(Bytes::from_owner(ArenaBytes { store: self.clone(), id, ptr, len: len as usize }))
+            }
+            Location::File { path, len } => {
+                let map = std::fs::File::open(&path).and_then(|f| {
+                    // SAFETY: spill files are written once and only deleted
+                    // (never modified) after the last unpin.
+                    unsafe { memmap2::Mmap::map(&f) }
+                });
+                match map {
+                    Ok(map) if map.len() as u64 == len => Ok(Bytes::from_owner(FileBytes { _pin: PinGuard { store: self.clone(), id }, map })),
+                    _ => {
+                        self.unpin(id);
+                        Err(StoreError::NotFound(id))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Unpins its object when dropped.
+struct PinGuard {
+    store: Arc<Store>,
+    id: u64,
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        self.store.unpin(self.id);
+    }
+}
+
+struct ArenaBytes {
+    store: Arc<Store>,
+    id: u64,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the pointer is into the store's shared mapping, which the Arc
+// keeps alive; the pinned range is immutable.
+unsafe impl Send for ArenaBytes {}
+
+impl AsRef<[u8]> for ArenaBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the range is a sealed, pinned object in a live mapping.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for ArenaBytes {
+    fn drop(&mut self) {
+        self.store.unpin(self.id);
+    }
+}
+
+struct FileBytes {
+    _pin: PinGuard,
+    map: memmap2::Mmap,
+}
+
+impl AsRef<[u8]> for FileBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(cap: u64) -> (Arc<Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (Store::open(cap, cap, dir.path().join("spill")).unwrap(), dir)
+    }
+
+    fn put(s: &Store, id: u64, byte: u8, size: usize) -> Result<(), StoreError> {
+        s.put_with(id, size as u64, |b| {
+            b.fill(byte);
+            Ok::<(), ()>(())
+        })
+        .map(|r| r.unwrap())
+    }
+
+    #[test]
+    fn read_sees_sealed_bytes_and_pins_until_dropped() {
+        let (s, _d) = store(1 << 20);
+        put(&s, 1, 7, 1000).unwrap();
+        let b = s.read(1).unwrap();
+        assert_eq!(b.len(), 1000);
+        assert!(b.iter().all(|x| *x == 7));
+        s.free(1);
+        assert!(!s.contains(1), "freed objects are invisible at once");
+        assert_eq!(s.stats().used, 1024, "but their memory stays while a reader pins it");
+        let slice = b.slice(10..20);
+        drop(b);
+        assert_eq!(s.stats().used, 1024, "a slice keeps the pin");
+        drop(slice);
+        assert_eq!(s.stats().used, 0);
+    }
+
+    #[test]
+    fn unsealed_objects_are_invisible_and_reclaimed_with_their_writer() {
+        let (s, _d) = store(1 << 20);
+        s.create(5, 100, 42).unwrap();
+        assert!(!s.contains(5));
+        assert_eq!(s.pin(5), Err(StoreError::NotFound(5)));
+        assert_eq!(s.reclaim_owner(42), 1);
+        assert_eq!(s.stats().used, 0);
+    }
+
+    #[test]
+    fn full_store_spills_least_recently_used_and_restores_on_pin() {
+        let (s, _d) = store(4096);
+        put(&s, 1, 1, 2000).unwrap();
+        put(&s, 2, 2, 2000).unwrap();
+        s.unpin(match s.pin(1).unwrap() {
+            Location::Arena { .. } => 1,
+            l => panic!("{l:?}"),
+        });
+        // 1 was used more recently than 2: 2 goes to disk.
+        put(&s, 3, 3, 2000).unwrap();
+        let st = s.stats();
+        assert_eq!((st.spilled_objects, st.spilled_bytes), (1, 2000));
+        // Reading 2 brings it back (spilling another one).
+        let b = s.read(2).unwrap();
+        assert!(b.iter().all(|x| *x == 2));
+        assert_eq!(s.stats().spilled_objects, 1);
+        drop(b);
+        for (id, byte) in [(1, 1), (2, 2), (3, 3)] {
+            let b = s.read(id).unwrap();
+            assert_eq!(b.len(), 2000);
+            assert!(b.iter().all(|x| *x == byte), "object {id}");
+        }
+    }
+
+    #[test]
+    fn pinned_objects_are_not_spilled_and_a_full_store_says_so() {
+        let (s, _d) = store(4096);
+        put(&s, 1, 1, 4000).unwrap();
+        let held = s.read(1).unwrap();
+        let err = put(&s, 2, 2, 100).unwrap_err();
+        assert!(matches!(err, StoreError::Full { size: 100, .. }), "{err}");
+        assert!(err.to_string().contains("object store full"));
+        assert!(held.iter().all(|x| *x == 1), "nothing already stored is lost");
+        let too_big = put(&s, 3, 3, 5000).unwrap_err();
+        assert!(too_big.to_string().contains("4096 bytes in all"), "{too_big}");
+    }
+
+    #[test]
+    fn spilled_object_is_read_from_disk_when_the_arena_stays_full() {
+        let (s, _d) = store(4096);
+        put(&s, 1, 1, 4000).unwrap();
+        put(&s, 2, 2, 4000).unwrap(); // spills 1
+        let two = s.read(2).unwrap(); // pins 2: 1 cannot come back
+        let one = s.read(1).unwrap();
+        assert!(one.iter().all(|x| *x == 1));
+        assert_eq!(s.stats().spilled_objects, 1);
+        drop((one, two));
+        s.free(1);
+        assert_eq!(s.stats().spilled_bytes, 0, "freeing a spilled object deletes its file");
+    }
+
+    #[test]
+    fn chunked_writes_then_seal() {
+        let (s, _d) = store(1 << 16);
+        s.create(9, 10, 0).unwrap();
+        s.write_at(9, 0, b"hello").unwrap();
+        s.write_at(9, 5, b"world").unwrap();
+        assert!(s.write_at(9, 8, b"xyz").is_err(), "past the end");
+        s.seal(9).unwrap();
+        assert!(s.write_at(9, 0, b"h").is_err(), "sealed objects are immutable");
+        assert_eq!(&s.read(9).unwrap()[..], b"helloworld");
+        assert_eq!(s.create(9, 1, 0), Err(StoreError::Exists(9)));
+    }
+}
