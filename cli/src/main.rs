@@ -121,6 +121,18 @@ struct StartArgs {
     /// Pin this worker's node id (a UUID), e.g. for a node restarted under systemd.
     #[arg(long)]
     node_id: Option<String>,
+    /// Size of this node's shared-memory object store: bytes, 2GiB, 512MiB, 25% (default 30% of memory).
+    #[arg(long, env = "SHOAL_OBJECT_STORE_MEMORY")]
+    object_store_memory: Option<String>,
+    /// How much of the object store to back with memory at start, so first writes run at memcpy speed (default 1GiB).
+    #[arg(long, env = "SHOAL_OBJECT_STORE_PREFAULT")]
+    object_store_prefault: Option<String>,
+    /// Port of this node's object store service, which peers pull objects from (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    object_port: u16,
+    /// Host or IP peers use to reach the object store (default: the address the head sees).
+    #[arg(long)]
+    object_host: Option<String>,
     /// Head: run WITHOUT a cluster token. Anyone who can reach the port can run code.
     #[arg(long)]
     insecure_no_token: bool,

@@ -40,6 +40,22 @@ fn worker_config(args: &StartArgs, head: String, token: Option<String>, home: &P
         uuid::Uuid::parse_str(id).map_err(|_| anyhow::anyhow!("--node-id {id:?} is not a UUID"))?;
         wc.node_id = Some(id.clone());
     }
+    let memory = wc.memory_bytes;
+    if let Some(m) = &args.object_store_memory {
+        wc.object_store_bytes = shoal_worker::config::parse_size(m, memory).map_err(|e| anyhow::anyhow!("--object-store-memory: {e}"))?;
+        wc.object_store_prefault = wc.object_store_prefault.min(wc.object_store_bytes);
+    }
+    if let Some(p) = &args.object_store_prefault {
+        wc.object_store_prefault = shoal_worker::config::parse_size(p, memory).map_err(|e| anyhow::anyhow!("--object-store-prefault: {e}"))?;
+    }
+    if args.head {
+        let ip: std::net::IpAddr = args.bind.parse().with_context(|| format!("--bind {:?} is not an IP address", args.bind))?;
+        wc.object_listen = std::net::SocketAddr::new(ip, args.object_port);
+    } else {
+        wc.object_listen.set_port(args.object_port);
+    }
+    wc.object_host = args.object_host.clone();
+    wc.spill_dir = home.join("spill").join(std::process::id().to_string());
     Ok(wc)
 }
 
@@ -130,6 +146,10 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
         // The local worker shares the head's process: its session goes over
         // channels, not loopback gRPC.
         wc.local_head = Some(head.local_link());
+        // Peers reach its store at the address other nodes join the head at.
+        if wc.object_host.is_none() {
+            wc.object_host = public.trim_start_matches("https://").rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string());
+        }
         let mut w = shoal_worker::start(wc).await?;
         let id = w.registered().await?;
         println!("  local worker: node {id}");

@@ -77,14 +77,40 @@ fn fmt_res(total: &BTreeMap<String, f64>, avail: &BTreeMap<String, f64>) -> Stri
     total.iter().map(|(k, t)| format!("{k} {}/{}", avail.get(k).copied().unwrap_or(0.0), t)).collect::<Vec<_>>().join(", ")
 }
 
+/// `1.5 GiB`-style sizes.
+fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn fmt_store(s: &shoal::status::StoreUsage) -> String {
+    format!(
+        "{}/{} ({} obj), {} ({} obj)",
+        fmt_bytes(s.used),
+        fmt_bytes(s.capacity),
+        s.objects,
+        fmt_bytes(s.spilled_bytes),
+        s.spilled_objects
+    )
+}
+
 fn print_table(address: &str, st: &ClusterStatus) {
     let alive = st.alive_nodes().count();
     println!("Shoal cluster at {address} (head {})", st.version);
     println!("Nodes: {alive} alive, {} dead", st.nodes.len() - alive);
-    println!("  {:<36}  {:<15}  {:<5}  {:>7}  {:>9}  RESOURCES (available/total)", "ID", "ADDRESS", "STATE", "RUNNING", "HEARTBEAT");
+    println!(
+        "  {:<36}  {:<15}  {:<5}  {:>7}  {:>9}  {:<34}  RESOURCES (available/total)",
+        "ID", "ADDRESS", "STATE", "RUNNING", "HEARTBEAT", "OBJECT STORE (used/capacity, spilled)"
+    );
     for n in &st.nodes {
         println!(
-            "  {:<36}  {:<15}  {:<5}  {:>7}  {:>8.1}s  {}",
+            "  {:<36}  {:<15}  {:<5}  {:>7}  {:>8.1}s  {:<34}  {}",
             n.id,
             n.address,
             if !n.alive {
@@ -96,6 +122,7 @@ fn print_table(address: &str, st: &ClusterStatus) {
             },
             n.tasks_running,
             n.last_heartbeat_age_s,
+            fmt_store(&n.store),
             fmt_res(&n.resources, &n.available)
         );
     }

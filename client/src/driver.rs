@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result, TaskError, status_to_error};
 use crate::object_ref::Slot;
-use bytes::Bytes;
+use crate::objects::{LocalStore, Val};
 use dashmap::DashMap;
 use futures::StreamExt;
 use shoal_proto::client::{Client, ConnectError};
@@ -44,6 +44,11 @@ pub(crate) struct Driver {
     /// reach the head in order.
     next_function: Mutex<u32>,
     closed: Mutex<Option<String>>,
+    /// The store of the worker in this process (embedded cluster).
+    pub(crate) local_store: Option<LocalStore>,
+    /// `(node id, object store address)` large puts go to, when there is
+    /// no local store.
+    pub(crate) store_target: Mutex<Option<(String, String)>>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -70,7 +75,15 @@ impl Driver {
     /// Connects, making sure the head has the program binary `hash`
     /// (uploading `exe` if not), and opens the session: over gRPC, or over
     /// channels when the head is in this process (`local`).
-    pub(crate) async fn connect(address: &str, token: Option<String>, hash: &str, exe: &Path, name: &str, local: Option<LocalLink>) -> Result<Arc<Driver>> {
+    pub(crate) async fn connect(
+        address: &str,
+        token: Option<String>,
+        hash: &str,
+        exe: &Path,
+        name: &str,
+        local: Option<LocalLink>,
+        local_store: Option<LocalStore>,
+    ) -> Result<Arc<Driver>> {
         let (stream_tx, stream_rx) = mpsc::channel::<DriverToHead>(16);
         let hello = DriverToHead {
             hello: Some(pb::DriverHello {
@@ -118,6 +131,8 @@ impl Driver {
             slots: DashMap::new(),
             next_function: Mutex::new(0),
             closed: Mutex::new(None),
+            local_store,
+            store_target: Mutex::new(None),
         });
         tokio::spawn(send_loop(rx, stream_tx));
         let weak = Arc::downgrade(&driver);
@@ -258,7 +273,7 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
             size
         }
         Out::Put(p) => {
-            let size = p.value.len() + 16;
+            let size = p.value.len() + 32;
             msg.puts.push(p);
             size
         }
@@ -274,9 +289,10 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
 }
 
 /// Converts a wire result into what `ObjectRef` yields.
-pub(crate) fn result_from_pb(r: pb::TaskResult) -> std::result::Result<Bytes, TaskError> {
+pub(crate) fn result_from_pb(r: pb::TaskResult) -> std::result::Result<Val, TaskError> {
     match r.outcome {
-        Some(pb::task_result::Outcome::Value(v)) => Ok(v),
+        Some(pb::task_result::Outcome::Value(v)) => Ok(Val::Inline(v)),
+        Some(pb::task_result::Outcome::Stored(s)) => Ok(Val::from_pb(s)),
         Some(pb::task_result::Outcome::Failure(f)) => Err(failure_to_error(f)),
         None => Err(TaskError::Disconnected { message: "a result without an outcome".into() }),
     }
@@ -297,5 +313,6 @@ pub(crate) fn failure_to_error(f: pb::TaskFailure) -> TaskError {
         FailureKind::BinaryIncompatible => TaskError::BinaryIncompatible { node, message },
         FailureKind::Unschedulable => TaskError::Unschedulable { function, message },
         FailureKind::ResultEncode => TaskError::Serialization { message },
+        FailureKind::ObjectStoreFull => TaskError::ObjectStoreFull { message },
     }
 }

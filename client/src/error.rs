@@ -104,6 +104,14 @@ pub enum TaskError {
         /// Serializer message.
         message: String,
     },
+    /// A node's shared-memory object store had no room for a value (a
+    /// `put`, a large argument or a task's result), even after spilling
+    /// what could be spilled. Nothing already stored was lost.
+    #[error("{message}")]
+    ObjectStoreFull {
+        /// What did not fit, and why.
+        message: String,
+    },
     /// The connection to the cluster was lost before the result arrived.
     /// Retrying after reconnecting may help.
     #[error("lost the connection to the cluster: {message}")]

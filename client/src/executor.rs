@@ -12,9 +12,12 @@
 use crate::registry::{InvokeError, REMOTE_FUNCTIONS, RemoteFunction};
 use shoal_proto::frame;
 use shoal_proto::pb::{self, ExecutorToWorker, FailureKind, WorkerToExecutor};
+use bytes::Bytes;
+use shoal_store::Arena;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
+use std::sync::{Arc, Mutex};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
@@ -64,8 +67,129 @@ fn install_panic_hook() {
 /// How long results may wait to be batched with later ones.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
+/// Objects whose argument bytes were dropped since the last message to
+/// the worker (it unpins them).
+static RELEASED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn take_released() -> Vec<u64> {
+    std::mem::take(&mut *RELEASED.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// An argument's bytes in the node's arena: no copy; dropping the last
+/// reference tells the worker it may unpin the object.
+struct ArenaArg {
+    arena: Arc<Arena>,
+    object: u64,
+    offset: u64,
+    len: u64,
+}
+
+impl AsRef<[u8]> for ArenaArg {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the worker pinned this sealed (immutable) object for us
+        // and keeps it until we report it released, after this drops.
+        unsafe { self.arena.slice(self.offset, self.len) }
+    }
+}
+
+impl Drop for ArenaArg {
+    fn drop(&mut self) {
+        RELEASED.lock().unwrap_or_else(|p| p.into_inner()).push(self.object);
+    }
+}
+
+/// A spilled argument read from its file (mapped, so still no copy).
+struct FileArg {
+    map: memmap2::Mmap,
+    object: u64,
+}
+
+impl AsRef<[u8]> for FileArg {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for FileArg {
+    fn drop(&mut self) {
+        RELEASED.lock().unwrap_or_else(|p| p.into_inner()).push(self.object);
+    }
+}
+
+/// The node's arena, inherited from the worker as a file descriptor.
+fn map_arena() -> Option<Arc<Arena>> {
+    let fd: i32 = std::env::var(shoal_store::ENV_STORE_FD).ok()?.parse().ok()?;
+    // SAFETY: the worker left exactly this descriptor open for us; nothing
+    // else in this process uses it.
+    match unsafe { Arena::from_inherited_fd(fd) } {
+        Ok(a) => Some(Arc::new(a)),
+        Err(e) => {
+            eprintln!("shoal executor: cannot map the object store: {e}");
+            None
+        }
+    }
+}
+
+/// The `Bytes` of one argument.
+fn arg_bytes(arena: Option<&Arc<Arena>>, a: pb::ExecArg) -> Result<Bytes, String> {
+    if a.object == 0 {
+        return Ok(a.value);
+    }
+    if !a.file.is_empty() {
+        let f = std::fs::File::open(&a.file).map_err(|e| format!("spilled object {}: {e}", a.file))?;
+        // SAFETY: spill files are written once and deleted only after the
+        // worker unpins the object, which waits for our release.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("mapping {}: {e}", a.file))?;
+        return Ok(Bytes::from_owner(FileArg { map, object: a.object }));
+    }
+    let arena = arena.ok_or("the object store is not mapped in this executor")?;
+    if a.offset.checked_add(a.len).is_none_or(|end| end > arena.len()) {
+        return Err(format!("object range {}+{} outside the store", a.offset, a.len));
+    }
+    Ok(Bytes::from_owner(ArenaArg { arena: arena.clone(), object: a.object, offset: a.offset, len: a.len }))
+}
+
+/// Reads frames until the answer to `task`'s allocation request arrives;
+/// tasks and function names arriving meanwhile are kept.
+fn await_allocation(
+    reader: &mut BufReader<UnixStream>,
+    task: u64,
+    pending: &mut VecDeque<pb::ExecTask>,
+    names: &mut Vec<String>,
+    functions: &mut Vec<Option<&'static RemoteFunction>>,
+    registry: &HashMap<&'static str, &'static RemoteFunction>,
+) -> std::io::Result<pb::AllocReply> {
+    loop {
+        let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone"));
+        };
+        absorb(msg.first_function, msg.functions, names, functions, registry);
+        pending.extend(msg.tasks);
+        if let Some(a) = msg.allocated
+            && a.task == task
+        {
+            return Ok(a);
+        }
+    }
+}
+
+fn absorb(
+    first: u32,
+    new: Vec<String>,
+    names: &mut Vec<String>,
+    functions: &mut Vec<Option<&'static RemoteFunction>>,
+    registry: &HashMap<&'static str, &'static RemoteFunction>,
+) {
+    if !new.is_empty() {
+        names.truncate(first as usize);
+        names.extend(new);
+        *functions = names.iter().map(|n| registry.get(n.as_str()).copied()).collect();
+    }
+}
+
 fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
     let exec_id: u64 = std::env::var(shoal_proto::ENV_EXECUTOR_ID).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let arena = map_arena();
     let stream = UnixStream::connect(socket)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::with_capacity(64 << 10, stream);
@@ -78,35 +202,54 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
     let registry: HashMap<&'static str, &'static RemoteFunction> = REMOTE_FUNCTIONS.iter().map(|f| (f.name, f)).collect();
     let mut names: Vec<String> = Vec::new();
     let mut functions: Vec<Option<&'static RemoteFunction>> = Vec::new();
+    let mut pending: VecDeque<pb::ExecTask> = VecDeque::new();
     loop {
-        let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(&mut reader)? else {
-            return Ok(()); // the worker is gone
-        };
-        if !msg.functions.is_empty() {
-            let first = msg.first_function as usize;
-            names.truncate(first);
-            names.extend(msg.functions);
-            functions = names.iter().map(|n| registry.get(n.as_str()).copied()).collect();
+        if pending.is_empty() {
+            let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(&mut reader)? else {
+                return Ok(()); // the worker is gone
+            };
+            absorb(msg.first_function, msg.functions, &mut names, &mut functions, &registry);
+            pending.extend(msg.tasks);
         }
         let mut out = ExecutorToWorker::default();
         let mut out_bytes = 0usize;
         let mut last_flush = Instant::now();
-        for t in msg.tasks {
-            let name = names.get(t.func as usize).map(String::as_str).unwrap_or("?");
+        while let Some(t) = pending.pop_front() {
+            let name = names.get(t.func as usize).cloned().unwrap_or_else(|| "?".into());
+            let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(arena.as_ref(), a)).collect();
             CURRENT_TASK.with(|c| c.set(t.task));
-            let mut outcome = run_one(functions.get(t.func as usize).copied().flatten(), name, &t.args);
+            let mut outcome = match args {
+                Ok(args) => run_one(functions.get(t.func as usize).copied().flatten(), &name, &args),
+                Err(e) => fail(FailureKind::ObjectLost, &name, e, String::new()),
+            };
             CURRENT_TASK.with(|c| c.set(0));
-            if let pb::task_result::Outcome::Value(v) = &outcome
+            let large = matches!(&outcome, pb::task_result::Outcome::Value(v) if v.len() > shoal_proto::STORE_THRESHOLD_BYTES);
+            if large && let Some(arena) = &arena {
+                let pb::task_result::Outcome::Value(v) = &outcome else { unreachable!("checked") };
+                let size = v.len() as u64;
+                // Ask for room (sending what is ready meanwhile), then write
+                // the value straight into shared memory.
+                out.alloc = Some(pb::AllocRequest { task: t.task, size });
+                out.released = take_released();
+                frame::write_blocking(&mut writer, &out)?;
+                out = ExecutorToWorker::default();
+                out_bytes = 0;
+                let a = await_allocation(&mut reader, t.task, &mut pending, &mut names, &mut functions, &registry)?;
+                outcome = if a.error.is_empty() && a.offset.checked_add(size).is_some_and(|end| end <= arena.len()) {
+                    // SAFETY: the worker reserved this range for this task's
+                    // result; nobody reads it before we report it stored.
+                    unsafe { arena.write(a.offset, v) };
+                    pb::task_result::Outcome::Stored(pb::StoredObject { id: t.task, size, holders: Vec::new() })
+                } else {
+                    fail(FailureKind::ObjectStoreFull, &name, format!("no room for the {size}-byte result: {}", a.error), String::new())
+                };
+            } else if let pb::task_result::Outcome::Value(v) = &outcome
                 && v.len() > shoal_proto::MAX_INLINE_VALUE_BYTES
             {
                 outcome = fail(
                     FailureKind::ResultEncode,
-                    name,
-                    format!(
-                        "the result is {} bytes, over the {} MiB limit of values sent inline (the shared-memory object store will lift it)",
-                        v.len(),
-                        shoal_proto::MAX_INLINE_VALUE_BYTES >> 20
-                    ),
+                    &name,
+                    format!("the result is {} bytes, over the {} MiB limit of values sent inline, and this node has no object store", v.len(), shoal_proto::MAX_INLINE_VALUE_BYTES >> 20),
                     String::new(),
                 );
             }
@@ -116,12 +259,14 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             out.results.push(pb::TaskResult { task: t.task, outcome: Some(outcome) });
             if last_flush.elapsed() >= FLUSH_AFTER || out_bytes >= shoal_proto::BATCH_BYTES {
                 out_bytes = 0;
+                out.released = take_released();
                 frame::write_blocking(&mut writer, &out)?;
                 out.results.clear();
                 last_flush = Instant::now();
             }
         }
-        if !out.results.is_empty() {
+        out.released = take_released();
+        if !out.results.is_empty() || !out.released.is_empty() {
             frame::write_blocking(&mut writer, &out)?;
         }
     }
@@ -141,7 +286,7 @@ fn fail(kind: FailureKind, function: &str, message: String, location: String) ->
     pb::task_result::Outcome::Failure(pb::TaskFailure { kind: kind as i32, message, location, function: function.to_string(), ..Default::default() })
 }
 
-fn run_one(f: Option<&'static RemoteFunction>, name: &str, args: &[bytes::Bytes]) -> pb::task_result::Outcome {
+fn run_one(f: Option<&'static RemoteFunction>, name: &str, args: &[Bytes]) -> pb::task_result::Outcome {
     let Some(f) = f else {
         return fail(
             FailureKind::FunctionNotFound,

@@ -39,6 +39,8 @@
 //! # Layout
 //! - [`remote`] / [`main`]: the attribute macros.
 //! - `object_ref`: [`ObjectRef`], [`get_all`], [`wait`], [`as_completed`].
+//! - `buffer`: [`Buffer`], bytes read without a copy from the object store.
+//! - `objects`: where large values live, reading and writing them (internal).
 //! - `runtime`: [`init`], [`put`], [`cancel`], [`cluster_status`], [`shutdown`].
 //! - `pool`: [`Pool`], [`Process`], [`Parallel`]: the `multiprocessing` / joblib shapes.
 //! - [`config`]: where addresses and tokens come from.
@@ -49,10 +51,12 @@
 
 #![warn(missing_docs)]
 
+mod buffer;
 mod driver;
 mod error;
 mod executor;
 mod object_ref;
+mod objects;
 mod pool;
 mod registry;
 mod runtime;
@@ -60,6 +64,7 @@ mod runtime;
 pub mod config;
 pub mod status;
 
+pub use buffer::Buffer;
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
 pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};

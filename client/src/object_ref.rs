@@ -6,7 +6,7 @@
 
 use crate::driver::Driver;
 use crate::error::TaskError;
-use bytes::Bytes;
+use crate::objects::Val;
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
 use std::fmt;
@@ -40,7 +40,7 @@ static COMPLETIONS: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) enum SlotState {
     Pending { wakers: Vec<Waker>, queues: Vec<(Arc<CompletionQueue>, usize)> },
-    Done { value: Result<Bytes, TaskError>, seq: u64 },
+    Done { value: Result<Val, TaskError>, seq: u64 },
 }
 
 /// Where a result lands when it arrives.
@@ -54,13 +54,13 @@ impl Slot {
         Arc::new(Slot { state: Mutex::new(SlotState::Pending { wakers: Vec::new(), queues: Vec::new() }), cv: Condvar::new() })
     }
 
-    pub(crate) fn done(value: Result<Bytes, TaskError>) -> Arc<Slot> {
+    pub(crate) fn done(value: Result<Val, TaskError>) -> Arc<Slot> {
         let seq = COMPLETIONS.fetch_add(1, Ordering::Relaxed);
         Arc::new(Slot { state: Mutex::new(SlotState::Done { value, seq }), cv: Condvar::new() })
     }
 
     /// Records the value (the first one wins) and wakes every waiter.
-    pub(crate) fn complete(&self, value: Result<Bytes, TaskError>) {
+    pub(crate) fn complete(&self, value: Result<Val, TaskError>) {
         let mut st = self.state.lock().expect("slot lock");
         if matches!(*st, SlotState::Done { .. }) {
             return;
@@ -83,7 +83,7 @@ impl Slot {
         matches!(*self.state.lock().expect("slot lock"), SlotState::Done { .. })
     }
 
-    fn poll_value(&self, cx: &mut Context<'_>) -> Poll<Result<Bytes, TaskError>> {
+    fn poll_value(&self, cx: &mut Context<'_>) -> Poll<Result<Val, TaskError>> {
         let mut st = self.state.lock().expect("slot lock");
         match &mut *st {
             SlotState::Done { value, .. } => Poll::Ready(value.clone()),
@@ -96,7 +96,7 @@ impl Slot {
         }
     }
 
-    fn wait_value(&self, deadline: Option<Instant>) -> Option<Result<Bytes, TaskError>> {
+    fn wait_value(&self, deadline: Option<Instant>) -> Option<Result<Val, TaskError>> {
         let mut st = self.state.lock().expect("slot lock");
         loop {
             if let SlotState::Done { value, .. } = &*st {
@@ -267,9 +267,9 @@ impl<T> fmt::Debug for ObjectRef<T> {
     }
 }
 
-fn decode<T: DeserializeOwned>(r: Result<Bytes, TaskError>) -> Result<T, TaskError> {
-    let b = r?;
-    postcard::from_bytes(&b).map_err(|e| TaskError::Serialization {
+fn decode<T: DeserializeOwned>(inner: &RefInner, r: Result<Val, TaskError>) -> Result<T, TaskError> {
+    let b = crate::objects::read(inner.driver.as_ref(), r?)?;
+    crate::buffer::decode(&b).map_err(|e| TaskError::Serialization {
         message: format!("the value does not decode as {}: {e}", std::any::type_name::<T>()),
     })
 }
@@ -304,14 +304,14 @@ impl<T> ObjectRef<T> {
 impl<T: DeserializeOwned> ObjectRef<T> {
     /// Blocks until the value is ready and returns it.
     pub fn get(&self) -> Result<T, TaskError> {
-        decode(self.inner.slot.wait_value(None).expect("no deadline"))
+        decode(&self.inner, self.inner.slot.wait_value(None).expect("no deadline"))
     }
 
     /// Blocks at most `timeout`; `TaskError::Timeout` if the value is not
     /// ready by then (the task keeps running).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, TaskError> {
         match self.inner.slot.wait_value(Some(Instant::now() + timeout)) {
-            Some(v) => decode(v),
+            Some(v) => decode(&self.inner, v),
             None => Err(TaskError::Timeout { after: timeout }),
         }
     }
@@ -325,7 +325,7 @@ impl<T: DeserializeOwned> ObjectRef<T> {
 impl<T: DeserializeOwned> Future for ObjectRef<T> {
     type Output = Result<T, TaskError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.slot.poll_value(cx).map(decode)
+        self.inner.slot.poll_value(cx).map(|v| decode(&self.inner, v))
     }
 }
 

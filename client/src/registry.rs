@@ -129,8 +129,26 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
         Err(e) => return ObjectRef::failed(TaskError::Disconnected { message: format!("no cluster: {e}") }),
     };
     let mut wire = Vec::with_capacity(args.len());
+    // Large values passed directly are put in the object store first (as
+    // Ray does), so they travel worker to worker, not through the head.
+    let mut auto_put = Vec::new();
     for a in &args {
         wire.push(match &a.0 {
+            ArgInner::Value(b) if b.len() > shoal_proto::STORE_THRESHOLD_BYTES => {
+                let id = driver.next_id();
+                let val = match crate::objects::put_large(&driver, id, b.len() as u64, |buf| {
+                    buf.copy_from_slice(b);
+                    Ok(())
+                }) {
+                    Ok(v) => v,
+                    Err(crate::Error::Task(e)) => return ObjectRef::failed(e),
+                    Err(e) => return ObjectRef::failed(TaskError::Disconnected { message: e.to_string() }),
+                };
+                let slot = crate::object_ref::Slot::done(Ok(val));
+                driver.register(id, slot.clone());
+                auto_put.push(ObjectRef::<()>::new(id, slot, Some(driver.clone())));
+                pb::Arg { kind: Some(pb::arg::Kind::Object(id)) }
+            }
             ArgInner::Value(b) => pb::Arg { kind: Some(pb::arg::Kind::Value(b.clone())) },
             ArgInner::Ref(r) => {
                 if r.driver.as_ref().is_some_and(|d| !Arc::ptr_eq(d, &driver)) || r.driver.is_none() {
@@ -146,16 +164,6 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
             ArgInner::Invalid(e) => return ObjectRef::failed(e.clone()),
         });
     }
-    let inline: usize = wire.iter().map(|a| if let Some(pb::arg::Kind::Value(v)) = &a.kind { v.len() } else { 0 }).sum();
-    if inline > shoal_proto::MAX_INLINE_VALUE_BYTES {
-        return ObjectRef::failed(TaskError::Serialization {
-            message: format!(
-                "the arguments of {} are {inline} bytes, over the {} MiB limit of values sent inline; pass large data with shoal::put",
-                meta.name,
-                shoal_proto::MAX_INLINE_VALUE_BYTES >> 20
-            ),
-        });
-    }
     let func = driver.function_index(meta);
     let id = driver.next_id();
     let slot = driver.expect(id);
@@ -163,6 +171,7 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
     // `args` (holding referenced objects alive) drops only now, after the
     // submission is queued, so a release can never overtake it.
     drop(args);
+    drop(auto_put);
     ObjectRef::new(id, slot, Some(driver))
 }
 
@@ -176,7 +185,7 @@ pub fn check_arity(args: &[Bytes], n: usize) -> Result<(), InvokeError> {
 
 /// Decodes argument `i`.
 pub fn decode_arg<T: DeserializeOwned>(args: &[Bytes], i: usize) -> Result<T, InvokeError> {
-    postcard::from_bytes(&args[i]).map_err(|e| InvokeError::ArgDecode { index: i, message: format!("as {}: {e}", std::any::type_name::<T>()) })
+    crate::buffer::decode(&args[i]).map_err(|e| InvokeError::ArgDecode { index: i, message: format!("as {}: {e}", std::any::type_name::<T>()) })
 }
 
 /// Encodes a result.

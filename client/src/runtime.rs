@@ -5,6 +5,7 @@
 use crate::driver::{Driver, Out};
 use crate::error::{Error, Result, TaskError};
 use crate::object_ref::{ObjectRef, Slot};
+use crate::objects::Val;
 use crate::status::ClusterStatus;
 use crate::{config, executor};
 use serde::Serialize;
@@ -34,6 +35,9 @@ pub struct InitConfig {
     pub name: Option<String>,
     /// Always start an embedded local cluster, ignoring `SHOAL_ADDRESS`.
     pub local: bool,
+    /// Size of the embedded cluster's shared-memory object store in bytes
+    /// (default: 30% of memory, or `SHOAL_OBJECT_STORE_MEMORY`).
+    pub object_store_memory: Option<u64>,
 }
 
 impl InitConfig {
@@ -60,6 +64,11 @@ impl InitConfig {
     /// Start an embedded local cluster even if `SHOAL_ADDRESS` is set.
     pub fn local(mut self) -> Self {
         self.local = true;
+        self
+    }
+    /// The embedded cluster's object store holds this many bytes.
+    pub fn object_store_memory(mut self, bytes: u64) -> Self {
+        self.object_store_memory = Some(bytes);
         self
     }
 }
@@ -173,7 +182,7 @@ async fn do_init(config: InitConfig) -> Result<()> {
     let driver = match address {
         Some(address) => {
             let token = config::resolve_token(config.token.as_deref(), config.token_file.as_deref())?;
-            Driver::connect(&address, token, &hash, &exe, &name, None).await?
+            Driver::connect(&address, token, &hash, &exe, &name, None, None).await?
         }
         None => start_embedded(&config, &hash, &exe, &name).await?,
     };
@@ -205,12 +214,28 @@ async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str)
         let extra = ResourceSet::parse(spec).map_err(|e| Error::Config(e.to_string()))?;
         wc.resources.add(&ResourceSet { cpus: 0.0, custom: extra.custom });
     }
+    // Only this process and its executors use the store: serve it on
+    // loopback only.
+    wc.object_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    wc.spill_dir = home.join("spill").join(format!("embedded-{}", std::process::id()));
+    let memory = wc.memory_bytes;
+    let env_size = |var: &str| -> Result<Option<u64>> {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => shoal_worker::config::parse_size(&v, memory).map(Some).map_err(|e| Error::Config(format!("{var}: {e}"))),
+            _ => Ok(None),
+        }
+    };
+    if let Some(n) = config.object_store_memory.or(env_size(shoal_worker::config::ENV_STORE_MEMORY)?) {
+        wc.object_store_bytes = n;
+    }
+    wc.object_store_prefault = env_size(shoal_worker::config::ENV_PREFAULT)?.unwrap_or(shoal_worker::config::DEFAULT_EMBEDDED_PREFAULT).min(wc.object_store_bytes);
     let mut worker = shoal_worker::start(wc).await.map_err(|e| Error::Embedded(e.to_string()))?;
-    tokio::time::timeout(Duration::from_secs(10), worker.registered())
+    let node = tokio::time::timeout(Duration::from_secs(10), worker.registered())
         .await
         .map_err(|_| Error::Embedded("the embedded worker did not register within 10s".into()))?
         .map_err(|e| Error::Embedded(e.to_string()))?;
-    let driver = Driver::connect(&address, Some(token), hash, exe, name, Some(head.local_link())).await?;
+    let local_store = crate::objects::LocalStore { store: worker.store(), node };
+    let driver = Driver::connect(&address, Some(token), hash, exe, name, Some(head.local_link()), Some(local_store)).await?;
     tracing::debug!(%address, "embedded cluster started");
     *EMBEDDED.lock().expect("embedded lock") = Some(Embedded { head, worker });
     Ok(driver)
@@ -236,23 +261,33 @@ pub async fn shutdown() {
 
 /// Stores `value` in the cluster; returns a reference to pass to tasks
 /// (each task then reads the stored copy instead of a fresh argument).
+///
+/// Small values (up to 100 KiB) are kept by the head. Larger ones are
+/// written once into a node's shared-memory object store: straight into
+/// it on an embedded cluster (one copy, at memory speed), streamed to the
+/// nearest worker otherwise. A value that cannot fit even after spilling
+/// fails with [`TaskError::ObjectStoreFull`]; nothing stored is lost.
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     let driver = driver_or_init()?;
-    let bytes = postcard::to_allocvec(&value).map_err(|e| TaskError::Serialization { message: e.to_string() })?;
-    let limit = shoal_proto::MAX_INLINE_VALUE_BYTES;
-    if bytes.len() > limit {
-        return Err(Error::Config(format!(
-            "a put of {} bytes exceeds the {} MiB limit of inline objects",
-            bytes.len(),
-            limit >> 20
-        )));
-    }
-    let bytes = bytes::Bytes::from(bytes);
-    let id = driver.next_id();
-    let slot = Slot::done(Ok(bytes.clone()));
-    driver.register(id, slot.clone());
-    driver.send(Out::Put(pb::PutObject { id, value: bytes }));
+    let (id, slot) = put_value(&driver, &value)?;
     Ok(ObjectRef::new(id, slot, Some(driver)))
+}
+
+/// Stores a serialized value; see [`put`].
+pub(crate) fn put_value<T: Serialize + ?Sized>(driver: &Arc<Driver>, value: &T) -> Result<(u64, Arc<Slot>)> {
+    let ser = |e: postcard::Error| TaskError::Serialization { message: format!("{} could not be serialized: {e}", std::any::type_name::<T>()) };
+    let size = postcard::experimental::serialized_size(value).map_err(ser)?;
+    let id = driver.next_id();
+    let val = if size <= shoal_proto::STORE_THRESHOLD_BYTES {
+        let bytes = bytes::Bytes::from(postcard::to_allocvec(value).map_err(ser)?);
+        driver.send(Out::Put(pb::PutObject { id, value: bytes.clone(), ..Default::default() }));
+        Val::Inline(bytes)
+    } else {
+        crate::objects::put_large(driver, id, size as u64, |buf| postcard::to_slice(value, buf).map(|_| ()).map_err(|e| ser(e).to_string()))?
+    };
+    let slot = Slot::done(Ok(val));
+    driver.register(id, slot.clone());
+    Ok((id, slot))
 }
 
 /// Cancels the task that makes `r`: if queued it never starts; if running

@@ -60,6 +60,29 @@ pub struct NodeStatus {
     /// Alive but taking no new tasks (`shoal drain`).
     #[serde(default)]
     pub draining: bool,
+    /// Where peers and remote drivers reach its object store.
+    #[serde(default)]
+    pub object_address: String,
+    /// Object store usage, from its last heartbeat.
+    #[serde(default)]
+    pub store: StoreUsage,
+}
+
+/// A node's shared-memory object store usage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreUsage {
+    /// Arena size in bytes.
+    pub capacity: u64,
+    /// Bytes in use in the arena.
+    pub used: u64,
+    /// Objects in the arena.
+    pub objects: u64,
+    /// Bytes of objects spilled to disk.
+    pub spilled_bytes: u64,
+    /// Objects spilled to disk.
+    pub spilled_objects: u64,
+    /// Bytes pinned by running tasks and readers.
+    pub pinned_bytes: u64,
 }
 
 /// Task counts.
@@ -106,6 +129,18 @@ impl From<pb::ClusterStatus> for ClusterStatus {
                     memory_bytes: n.memory_bytes,
                     object_store_bytes: n.object_store_bytes,
                     draining: n.draining,
+                    object_address: n.object_address,
+                    store: n
+                        .store
+                        .map(|u| StoreUsage {
+                            capacity: u.capacity,
+                            used: u.used,
+                            objects: u.objects,
+                            spilled_bytes: u.spilled_bytes,
+                            spilled_objects: u.spilled_objects,
+                            pinned_bytes: u.pinned_bytes,
+                        })
+                        .unwrap_or_default(),
                 })
                 .collect(),
             tasks: TaskCounts { queued: t.queued, running: t.running, finished: t.finished, failed: t.failed },

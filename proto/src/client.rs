@@ -3,12 +3,16 @@
 
 use crate::auth::AttachToken;
 use crate::pb::head_client::HeadClient;
+use crate::pb::object_store_client::ObjectStoreClient;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// A head client that attaches the cluster token to every call.
 pub type Client = HeadClient<InterceptedService<Channel, AttachToken>>;
+
+/// A client of a worker's object store (peers and remote drivers).
+pub type StoreClient = ObjectStoreClient<InterceptedService<Channel, AttachToken>>;
 
 /// Why connecting failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,21 @@ pub fn tls_ca_path() -> Option<std::path::PathBuf> {
 /// for plain gRPC, `https://host:port` for TLS (the head's certificate is
 /// checked against [`tls_ca_path`]).
 pub async fn connect(address: &str, token: Option<&str>, timeout: Duration) -> Result<Client, ConnectError> {
+    let channel = channel(address, timeout).await?;
+    Ok(HeadClient::with_interceptor(channel, AttachToken::new(token)?)
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES))
+}
+
+/// Connects to the object store of the worker at `address` (`host:port`).
+pub async fn connect_store(address: &str, token: Option<&str>, timeout: Duration) -> Result<StoreClient, ConnectError> {
+    let channel = channel(address, timeout).await?;
+    Ok(ObjectStoreClient::with_interceptor(channel, AttachToken::new(token)?)
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES))
+}
+
+async fn channel(address: &str, timeout: Duration) -> Result<Channel, ConnectError> {
     let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
     let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| ConnectError::BadAddress { address: address.to_string(), reason: e.to_string() })?;
     if let Some(rest) = url.strip_prefix("https://") {
@@ -79,9 +98,10 @@ pub async fn connect(address: &str, token: Option<&str>, timeout: Duration) -> R
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    let channel = endpoint.connect().await.map_err(|source| ConnectError::Unreachable { address: address.to_string(), source })?;
-    Ok(HeadClient::with_interceptor(channel, AttachToken::new(token)?)
-        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES))
+        .keep_alive_while_idle(true)
+        // Object transfers stream megabytes: windows large enough that
+        // flow control does not stall a loopback or LAN transfer.
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20);
+    endpoint.connect().await.map_err(|source| ConnectError::Unreachable { address: address.to_string(), source })
 }

@@ -73,14 +73,15 @@ pub fn write_blocking<M: Message, W: Write>(w: &mut W, msg: &M) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{ExecTask, WorkerToExecutor};
+    use crate::pb::{ExecArg, ExecTask, WorkerToExecutor};
 
     #[test]
     fn blocking_round_trip_and_eof() {
         let msg = WorkerToExecutor {
             first_function: 3,
             functions: vec!["a::b".into()],
-            tasks: vec![ExecTask { task: 9, func: 3, args: vec![bytes::Bytes::from_static(b"xy")] }],
+            tasks: vec![ExecTask { task: 9, func: 3, args: vec![ExecArg { value: bytes::Bytes::from_static(b"xy"), ..Default::default() }] }],
+            ..Default::default()
         };
         let mut wire = Vec::new();
         write_blocking(&mut wire, &msg).unwrap();

@@ -28,7 +28,7 @@ pub mod resources;
 /// Version of the protocol spoken on every stream. A worker, driver or
 /// executor with another version is refused with a clear error at
 /// registration instead of failing later in confusing ways.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest gRPC message a Shoal process accepts. Bigger payloads are an
 /// error on the wire (and the sender should have chunked them).
@@ -38,6 +38,15 @@ pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// the message limit less room for the envelope. Larger values need the
 /// shared-memory object store.
 pub const MAX_INLINE_VALUE_BYTES: usize = MAX_MESSAGE_BYTES - (1 << 20);
+
+/// Values larger than this (results, puts, arguments) go to the node's
+/// shared-memory object store instead of travelling inline, as Ray's 100
+/// KiB direct-call limit: below it, a copy in a message is cheaper than a
+/// store round trip.
+pub const STORE_THRESHOLD_BYTES: usize = 100 << 10;
+
+/// Chunk size of object transfers between workers and to drivers.
+pub const OBJECT_CHUNK_BYTES: usize = 4 << 20;
 
 /// Batches of results are closed at this size and a new one started, so
 /// many large results never add up to one oversized message.

@@ -1,7 +1,7 @@
 //! Conversions between generated protobuf types and core types, so the
 //! core never sees `pb::*`.
 
-use crate::core::{ClusterSnapshot, Dispatch, Failure, FailureKind, FunctionDef, NewArg, NewTask, TaskId};
+use crate::core::{ClusterSnapshot, Dispatch, Failure, FailureKind, FunctionDef, NewArg, NewTask, NodeId, Payload, PutValue, StoreUsage, StoredRef, TaskId, Value};
 use bytes::Bytes;
 use shoal_proto::pb;
 use shoal_proto::resources::ResourceSet;
@@ -20,6 +20,7 @@ pub(crate) fn kind_from_pb(k: i32) -> FailureKind {
         P::BinaryIncompatible => FailureKind::BinaryIncompatible,
         P::Unschedulable => FailureKind::Unschedulable,
         P::ResultEncode => FailureKind::ResultEncode,
+        P::ObjectStoreFull => FailureKind::ObjectStoreFull,
     }
 }
 
@@ -37,6 +38,7 @@ pub(crate) fn kind_to_pb(k: FailureKind) -> pb::FailureKind {
         FailureKind::BinaryIncompatible => P::BinaryIncompatible,
         FailureKind::Unschedulable => P::Unschedulable,
         FailureKind::ResultEncode => P::ResultEncode,
+        FailureKind::ObjectStoreFull => P::ObjectStoreFull,
     }
 }
 
@@ -55,20 +57,26 @@ pub(crate) fn failure_to_pb(f: Failure) -> pb::TaskFailure {
     }
 }
 
-pub(crate) fn result_from_pb(r: pb::TaskResult) -> (TaskId, Result<Bytes, Failure>) {
+pub(crate) fn result_from_pb(r: pb::TaskResult) -> (TaskId, Result<Value, Failure>) {
     let outcome = match r.outcome {
-        Some(pb::task_result::Outcome::Value(v)) => Ok(v),
+        Some(pb::task_result::Outcome::Value(v)) => Ok(Value::Inline(v)),
+        Some(pb::task_result::Outcome::Stored(s)) => Ok(Value::Stored { size: s.size }),
         Some(pb::task_result::Outcome::Failure(f)) => Err(failure_from_pb(f)),
         None => Err(Failure::new(FailureKind::WorkerDied, "worker sent a result without an outcome")),
     };
     (r.task, outcome)
 }
 
-pub(crate) fn result_to_pb(task: TaskId, outcome: Result<Bytes, Failure>) -> pb::TaskResult {
+fn stored_to_pb(r: StoredRef) -> pb::StoredObject {
+    pb::StoredObject { id: r.id, size: r.size, holders: r.holders }
+}
+
+pub(crate) fn result_to_pb(task: TaskId, outcome: Result<Payload, Failure>) -> pb::TaskResult {
     pb::TaskResult {
         task,
         outcome: Some(match outcome {
-            Ok(v) => pb::task_result::Outcome::Value(v),
+            Ok(Payload::Inline(v)) => pb::task_result::Outcome::Value(v),
+            Ok(Payload::Stored(r)) => pb::task_result::Outcome::Stored(stored_to_pb(r)),
             Err(f) => pb::task_result::Outcome::Failure(failure_to_pb(f)),
         }),
     }
@@ -97,7 +105,55 @@ pub(crate) fn task_from_pb(t: pb::TaskSubmit) -> NewTask {
 }
 
 pub(crate) fn dispatch_to_pb(d: Dispatch) -> pb::TaskDispatch {
-    pb::TaskDispatch { task: d.task, job: d.job, func: d.func, args: d.args, attempt: d.attempt }
+    let args = d
+        .args
+        .into_iter()
+        .map(|a| pb::TaskArg {
+            kind: Some(match a {
+                Payload::Inline(b) => pb::task_arg::Kind::Value(b),
+                Payload::Stored(r) => pb::task_arg::Kind::Stored(stored_to_pb(r)),
+            }),
+        })
+        .collect();
+    pb::TaskDispatch { task: d.task, job: d.job, func: d.func, args, attempt: d.attempt }
+}
+
+/// A driver's put: inline bytes, or a stored object on a named node.
+pub(crate) fn put_from_pb(p: &pb::PutObject) -> Result<PutValue, String> {
+    match &p.stored {
+        None => Ok(PutValue::Inline(p.value.clone())),
+        Some(s) => {
+            let node = p.node.parse().map_err(|_| format!("put of a stored object names node {:?}, not a UUID", p.node))?;
+            Ok(PutValue::Stored { size: s.size, node: NodeId(node) })
+        }
+    }
+}
+
+pub(crate) fn usage_from_pb(u: pb::StoreUsage) -> StoreUsage {
+    StoreUsage { capacity: u.capacity, used: u.used, objects: u.objects, spilled_bytes: u.spilled_bytes, spilled_objects: u.spilled_objects, pinned_bytes: u.pinned_bytes }
+}
+
+fn usage_to_pb(u: StoreUsage) -> pb::StoreUsage {
+    pb::StoreUsage { capacity: u.capacity, used: u.used, objects: u.objects, spilled_bytes: u.spilled_bytes, spilled_objects: u.spilled_objects, pinned_bytes: u.pinned_bytes }
+}
+
+/// Where peers reach a worker's object store: the host it names, else the
+/// IP the head sees its session come from (else loopback, for a worker in
+/// the head's own process).
+pub(crate) fn object_address(host: &str, port: u32, peer: &str) -> String {
+    if port == 0 {
+        return String::new();
+    }
+    let host = if !host.is_empty() {
+        if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() }
+    } else {
+        match peer.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_ipv6() => format!("[{}]", a.ip()),
+            Ok(a) => a.ip().to_string(),
+            Err(_) => "127.0.0.1".to_string(),
+        }
+    };
+    format!("{host}:{port}")
 }
 
 pub(crate) fn snapshot_to_pb(s: ClusterSnapshot) -> pb::ClusterStatus {
@@ -118,6 +174,8 @@ pub(crate) fn snapshot_to_pb(s: ClusterSnapshot) -> pb::ClusterStatus {
                 memory_bytes: n.memory_bytes,
                 object_store_bytes: n.object_store_bytes,
                 draining: n.draining,
+                object_address: n.object_address,
+                store: Some(usage_to_pb(n.store)),
             })
             .collect(),
         tasks: Some(pb::TaskCounts { queued: s.tasks.queued, running: s.tasks.running, finished: s.tasks.finished, failed: s.tasks.failed }),

@@ -6,8 +6,7 @@
 
 use shoal_proto::binaries::{BinaryStore, valid_hash};
 use crate::convert;
-use crate::core::{ClusterSnapshot, Core, CoreConfig, Dispatch, Failure, FunctionDef, JobId, NodeId, NodeRegistration, Outbox, TaskId};
-use bytes::Bytes;
+use crate::core::{ClusterSnapshot, Core, CoreConfig, Dispatch, Failure, FunctionDef, JobId, NodeId, NodeRegistration, ObjectId, Outbox, Payload, TaskId};
 use futures::StreamExt;
 use shoal_proto::local::{BoxStream, LocalHead, LocalLink, SessionFuture};
 use shoal_proto::pb::head_server::{Head, HeadServer};
@@ -191,7 +190,7 @@ impl Outbox for BatchingOutbox {
         m.jobs.push(pb::JobInfo { job, binary: binary.to_string(), first_function: first, functions: functions.iter().map(convert::function_to_pb).collect() });
     }
     fn dispatch(&mut self, node: NodeId, task: Dispatch) {
-        let size = 24 + task.args.iter().map(|a| a.len() + 4).sum::<usize>();
+        let size = 24 + task.args.iter().map(|a| if let Payload::Inline(b) = a { b.len() + 4 } else { 64 }).sum::<usize>();
         current(self.workers.entry(node).or_default(), size).tasks.push(convert::dispatch_to_pb(task));
     }
     fn cancel(&mut self, node: NodeId, task: TaskId) {
@@ -200,12 +199,18 @@ impl Outbox for BatchingOutbox {
     fn job_finished(&mut self, node: NodeId, job: JobId) {
         current(self.workers.entry(node).or_default(), 4).jobs_finished.push(job);
     }
-    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Bytes, Failure>) {
-        let size = 16 + outcome.as_ref().map_or(64, |b| b.len());
+    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Payload, Failure>) {
+        let size = 16 + match &outcome {
+            Ok(Payload::Inline(b)) => b.len(),
+            _ => 64,
+        };
         current(self.drivers.entry(job).or_default(), size).results.push(convert::result_to_pb(task, outcome));
     }
     fn disconnect(&mut self, node: NodeId) {
         self.disconnect.push(node);
+    }
+    fn free_object(&mut self, node: NodeId, id: ObjectId) {
+        current(self.workers.entry(node).or_default(), 8).free_objects.push(id);
     }
     fn drain(&mut self, node: NodeId) {
         current(self.workers.entry(node).or_default(), 4).drain = true;
@@ -287,6 +292,12 @@ fn handle(
             if msg.heartbeat != 0 {
                 core.node_heartbeat(node, epoch, now);
             }
+            if let Some(u) = msg.store {
+                core.node_store_usage(node, epoch, convert::usage_from_pb(u));
+            }
+            for id in msg.copied {
+                core.object_copied(node, epoch, id, out);
+            }
             if !msg.results.is_empty() {
                 let results = msg.results.into_iter().map(convert::result_from_pb).collect();
                 core.tasks_finished(node, epoch, results, now, out);
@@ -316,7 +327,10 @@ fn handle(
                 core.define_functions(job, msg.first_function, msg.functions.into_iter().map(convert::function_from_pb).collect());
             }
             for p in msg.puts {
-                core.put(job, p.id, p.value);
+                match convert::put_from_pb(&p) {
+                    Ok(v) => core.put(job, p.id, v, out),
+                    Err(e) => tracing::warn!(job, error = %e, "malformed put ignored"),
+                }
             }
             if !msg.submit.is_empty() {
                 core.submit(job, msg.submit.into_iter().map(convert::task_from_pb).collect(), out);
@@ -325,7 +339,7 @@ fn handle(
                 core.cancel(job, &msg.cancel, out);
             }
             if !msg.release.is_empty() {
-                core.release(job, &msg.release);
+                core.release(job, &msg.release, out);
             }
         }
         Cmd::DriverGone { job } => {
@@ -374,11 +388,12 @@ async fn open_worker_session(events: mpsc::UnboundedSender<Cmd>, peer: String, m
     let registration = NodeRegistration {
         node_id,
         resources: reg.resources.as_ref().map(ResourceSet::from).unwrap_or_default(),
-        address: peer,
         hostname: reg.hostname,
         pid: reg.pid,
         memory_bytes: reg.memory_bytes,
         object_store_bytes: reg.object_store_bytes,
+        object_address: convert::object_address(&reg.object_host, reg.object_port, &peer),
+        address: peer,
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();

@@ -71,6 +71,9 @@ impl Cluster {
         let mut cmd = Command::new(SHOAL);
         cmd.args(["start", "--head", "--block", "--port", "0", "--bind", bind, "--num-cpus", "0"]).args(extra);
         cmd.env("SHOAL_HOME", home.path()).env("RUST_LOG", "info,h2=warn");
+        // Pre-faulting costs ~2 s of CPU per GiB here; the suite starts
+        // dozens of workers on 2 cores, so they fault pages in on use.
+        cmd.env("SHOAL_OBJECT_STORE_PREFAULT", "0");
         let head = spawn_logged(cmd, &home.path().join("head.log"));
         let session = wait_for(Duration::from_secs(20), "the head to start", || {
             let s: Value = serde_json::from_slice(&std::fs::read(home.path().join("head.json")).ok()?).ok()?;
@@ -106,7 +109,7 @@ impl Cluster {
     pub fn spawn_worker(&self, home: &Path, args: &[&str]) -> Child {
         let mut cmd = Command::new(SHOAL);
         cmd.args(["start", "--block", "--address", &self.address, "--token-file"]).arg(self.token_file()).args(args);
-        cmd.env("SHOAL_HOME", home).env("RUST_LOG", "info,h2=warn");
+        cmd.env("SHOAL_HOME", home).env("RUST_LOG", "info,h2=warn").env("SHOAL_OBJECT_STORE_PREFAULT", "0");
         spawn_logged(cmd, &home.join("worker.log"))
     }
 

@@ -12,7 +12,9 @@ use crate::session;
 use shoal_proto::pad::pad;
 use shoal_proto::pb::{self, FailureKind, WorkerToExecutor, WorkerToHead};
 use shoal_proto::resources::ResourceSet;
-use std::collections::{HashMap, VecDeque};
+use shoal_store::{Location, Store};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
@@ -25,7 +27,8 @@ pub(crate) enum Ev {
     Lost { session: u64 },
     Fatal(String),
     ExecHello { hello: pb::ExecutorHello, stream: UnixStream },
-    ExecResults { exec: u64, results: Vec<pb::TaskResult> },
+    ExecMsg { exec: u64, msg: pb::ExecutorToWorker },
+    Pulled { id: u64, result: Result<(), String> },
     ExecExited { exec: u64, status: String },
     BinaryReady { job: u32, result: Result<PathBuf, String> },
     Shutdown,
@@ -46,6 +49,7 @@ pub enum WorkerError {
 /// A running worker.
 pub struct WorkerHandle {
     events: mpsc::UnboundedSender<Ev>,
+    store: Arc<Store>,
     node: watch::Receiver<Option<String>>,
     join: tokio::task::JoinHandle<Result<(), WorkerError>>,
 }
@@ -70,6 +74,12 @@ impl WorkerHandle {
     /// The node id, once registered.
     pub fn node_id(&self) -> Option<String> {
         self.node.borrow().clone()
+    }
+
+    /// The node's shared-memory object store (an embedded cluster's
+    /// driver reads and writes it directly).
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
     }
 
     /// Stops the worker: executors are killed and the session closed.
@@ -99,12 +109,18 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
     let (events, rx) = mpsc::unbounded_channel();
+    let store = Store::open(config.object_store_bytes, config.object_store_prefault, config.spill_dir.clone())?;
+    let object_listener = tokio::net::TcpListener::bind(config.object_listen).await?;
+    let object_port = object_listener.local_addr()?.port();
+    let object_server = crate::transfer::serve(store.clone(), object_listener, config.token.as_deref());
     let accept = tokio::spawn(executors::accept_loop(listener, events.clone()));
     let reg = session::Registration {
         resources: (&config.resources).into(),
         hostname: config::hostname(),
         memory_bytes: config.memory_bytes,
-        object_store_bytes: config.object_store_bytes,
+        object_store_bytes: store.capacity(),
+        object_port: object_port as u32,
+        object_host: config.object_host.clone().unwrap_or_default(),
     };
     let sess = tokio::spawn(session::run(config.head.clone(), config.token.clone(), config.local_head.clone(), config.node_id.clone(), reg, events.clone()));
     let (node_tx, node_rx) = watch::channel(None);
@@ -129,15 +145,21 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         results: Vec::new(),
         heartbeat_seq: 0,
         draining: false,
+        store: store.clone(),
+        pulls: HashSet::new(),
+        copied: Vec::new(),
     };
+    let spill_dir = daemon.config.spill_dir.clone();
     let join = tokio::spawn(async move {
         let r = daemon.run(rx).await;
         sess.abort();
         accept.abort();
+        object_server.abort();
         let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_dir_all(&spill_dir);
         r
     });
-    Ok(WorkerHandle { events, node: node_rx, join })
+    Ok(WorkerHandle { events, store, node: node_rx, join })
 }
 
 /// A short, private path for the executor socket (Unix socket paths are
@@ -170,6 +192,17 @@ struct Job {
 struct Local {
     d: pb::TaskDispatch,
     res: ResourceSet,
+    /// The message sent to its executor (its stored arguments pinned).
+    built: Option<pb::ExecTask>,
+}
+
+impl Local {
+    fn stored_args(&self) -> impl Iterator<Item = &pb::StoredObject> {
+        self.d.args.iter().filter_map(|a| match &a.kind {
+            Some(pb::task_arg::Kind::Stored(s)) => Some(s),
+            _ => None,
+        })
+    }
 }
 
 struct Exec {
@@ -186,6 +219,9 @@ struct Exec {
     started: Instant,
     last_progress: Instant,
     tail: StderrTail,
+    /// Objects pinned for its tasks' arguments, one entry per pin; released
+    /// as it reports them, all at once if it dies.
+    pins: Vec<u64>,
 }
 
 impl Exec {
@@ -220,6 +256,12 @@ struct Daemon {
     heartbeat_seq: u64,
     /// Drained by the head: finish what is held, ask for nothing, exit.
     draining: bool,
+    /// This node's shared-memory object store.
+    store: Arc<Store>,
+    /// Objects being pulled from peers.
+    pulls: HashSet<u64>,
+    /// Pulled objects to report to the head as local copies.
+    copied: Vec<u64>,
 }
 
 /// Extra executors a node may run for tasks that hold no resources
@@ -286,14 +328,21 @@ impl Daemon {
     fn on_tick(&mut self) {
         if let Some((_, tx)) = &self.session {
             self.heartbeat_seq += 1;
-            let _ = tx.send(pad(WorkerToHead { heartbeat: self.heartbeat_seq, ..Default::default() }));
+            let st = self.store.stats();
+            let store = pb::StoreUsage {
+                capacity: st.capacity,
+                used: st.used,
+                objects: st.objects,
+                spilled_bytes: st.spilled_bytes,
+                spilled_objects: st.spilled_objects,
+                pinned_bytes: st.pinned_bytes,
+            };
+            let _ = tx.send(pad(WorkerToHead { heartbeat: self.heartbeat_seq, store: Some(store), ..Default::default() }));
         }
         let now = Instant::now();
         let stuck: Vec<u64> = self.executors.iter().filter(|(_, e)| e.conn.is_none() && now - e.started > HELLO_TIMEOUT).map(|(id, _)| *id).collect();
         for id in stuck {
-            let e = self.executors.remove(&id).expect("listed");
-            executors::kill(e.pid);
-            self.free.add(&e.held);
+            let e = self.remove_exec(id, true).expect("listed");
             let msg = format!(
                 "an executor started from the program binary did not connect within {}s; is the program linked with the shoal crate?",
                 HELLO_TIMEOUT.as_secs()
@@ -322,15 +371,31 @@ impl Daemon {
                     self.session = None;
                     self.queue.clear();
                     self.results.clear();
-                    for (_, e) in self.executors.drain() {
-                        executors::kill(e.pid);
+                    let ids: Vec<u64> = self.executors.keys().copied().collect();
+                    for id in ids {
+                        self.remove_exec(id, true);
                     }
                     self.free = self.config.resources.clone();
                     self.jobs.clear();
+                    // The head forgets this node's copies when it declares
+                    // it dead: they are nobody's now.
+                    self.store.free_where(|_| true);
+                    self.copied.clear();
                 }
             }
             Ev::ExecHello { hello, stream } => self.on_hello(hello, stream),
-            Ev::ExecResults { exec, results } => self.on_results(exec, results),
+            Ev::ExecMsg { exec, msg } => {
+                for obj in msg.released {
+                    self.release_pin(exec, obj);
+                }
+                if let Some(req) = msg.alloc {
+                    self.on_alloc(exec, req);
+                }
+                if !msg.results.is_empty() {
+                    self.on_results(exec, msg.results);
+                }
+            }
+            Ev::Pulled { id, result } => self.on_pulled(id, result),
             Ev::ExecExited { exec, status } => self.on_exit(exec, status),
             Ev::BinaryReady { job, result } => {
                 if let Some(j) = self.jobs.get_mut(&job) {
@@ -368,6 +433,9 @@ impl Daemon {
                 job.functions.extend(ji.functions);
             }
         }
+        for id in msg.free_objects {
+            self.store.free(id);
+        }
         for d in msg.tasks {
             self.outstanding = self.outstanding.saturating_sub(1);
             let res = self
@@ -377,7 +445,12 @@ impl Daemon {
                 .and_then(|f| f.resources.as_ref())
                 .map(ResourceSet::from)
                 .unwrap_or_else(|| ResourceSet::cpus(1.0));
-            self.queue.push_back(Local { d, res });
+            let l = Local { d, res, built: None };
+            let missing: Vec<pb::StoredObject> = l.stored_args().filter(|s| !self.store.contains(s.id)).cloned().collect();
+            for obj in missing {
+                self.start_pull(obj);
+            }
+            self.queue.push_back(l);
         }
         for t in msg.cancel {
             self.cancel(t);
@@ -388,10 +461,9 @@ impl Daemon {
             self.service_by_fn.retain(|(j, _), _| *j != job);
             let ids: Vec<u64> = self.executors.iter().filter(|(_, e)| e.job == job).map(|(id, _)| *id).collect();
             for id in ids {
-                let e = self.executors.remove(&id).expect("listed");
-                executors::kill(e.pid);
-                self.free.add(&e.held);
+                self.remove_exec(id, true);
             }
+            self.store.free_where(|id| shoal_proto::ids::job_of(id) == job);
         }
     }
 
@@ -417,11 +489,10 @@ impl Daemon {
         let Some(id) = self.executors.iter().find(|(_, e)| e.inflight.iter().any(|l| l.d.task == task)).map(|(id, _)| *id) else { return };
         // The executor may be running it: end the process (the only way to
         // interrupt arbitrary code) and requeue what was behind it.
-        let e = self.executors.remove(&id).expect("found");
-        executors::kill(e.pid);
-        self.free.add(&e.held);
+        let e = self.remove_exec(id, true).expect("found");
         tracing::info!(task, pid = e.pid, "cancelled a running task by ending its executor");
-        for l in e.inflight.into_iter().rev() {
+        for mut l in e.inflight.into_iter().rev() {
+            l.built = None;
             if l.d.task == task {
                 self.result(task, Err(failure(FailureKind::Cancelled, "cancelled while running; its executor was stopped")));
             } else {
@@ -444,9 +515,7 @@ impl Daemon {
     fn on_hello(&mut self, hello: pb::ExecutorHello, stream: UnixStream) {
         let Some(e) = self.executors.get_mut(&hello.executor) else { return };
         if hello.protocol_version != shoal_proto::PROTOCOL_VERSION {
-            let e = self.executors.remove(&hello.executor).expect("present");
-            executors::kill(e.pid);
-            self.free.add(&e.held);
+            let e = self.remove_exec(hello.executor, true).expect("present");
             let msg = format!(
                 "the program links a shoal library speaking protocol {}, this worker speaks {}: rebuild it against the cluster's shoal version",
                 hello.protocol_version,
@@ -461,16 +530,83 @@ impl Daemon {
         tracing::debug!(exec = hello.executor, pid = hello.pid, "executor connected");
     }
 
+    /// Fetches a stored argument from a peer, once however many tasks
+    /// need it.
+    fn start_pull(&mut self, obj: pb::StoredObject) {
+        if !self.pulls.insert(obj.id) {
+            return;
+        }
+        let (store, token, events) = (self.store.clone(), self.config.token.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = crate::transfer::pull_into(&store, token.as_deref(), obj.id, obj.size, &obj.holders).await;
+            if result.is_ok() {
+                tracing::debug!(object = format_args!("{:#x}", obj.id), size = obj.size, secs = started.elapsed().as_secs_f64(), "pulled object from a peer");
+            }
+            let _ = events.send(Ev::Pulled { id: obj.id, result });
+        });
+    }
+
+    fn on_pulled(&mut self, id: u64, result: Result<(), String>) {
+        self.pulls.remove(&id);
+        match result {
+            Ok(()) => self.copied.push(id),
+            Err(e) => {
+                tracing::warn!(object = format_args!("{id:#x}"), error = %e, "could not fetch a task argument");
+                let mut i = 0;
+                while i < self.queue.len() {
+                    if self.queue[i].stored_args().any(|s| s.id == id) {
+                        let l = self.queue.remove(i).expect("index valid");
+                        let msg = format!("argument object {} could not be fetched: {e}", shoal_proto::ids::display(id));
+                        self.result(l.d.task, Err(failure(FailureKind::ObjectLost, msg)));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn release_pin(&mut self, exec: u64, obj: u64) {
+        let Some(e) = self.executors.get_mut(&exec) else { return };
+        if let Some(i) = e.pins.iter().position(|p| *p == obj) {
+            e.pins.swap_remove(i);
+            self.store.unpin(obj);
+        }
+    }
+
+    /// An executor needs arena space for a large result. Making room may
+    /// spill objects to disk, so it runs off the event loop; the answer
+    /// goes straight to the executor.
+    fn on_alloc(&mut self, exec: u64, req: pb::AllocRequest) {
+        let Some(tx) = self.executors.get(&exec).and_then(|e| e.conn.clone()) else { return };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let allocated = match store.create(req.task, req.size, exec) {
+                Ok(offset) => pb::AllocReply { task: req.task, offset, error: String::new() },
+                Err(e) => pb::AllocReply { task: req.task, offset: 0, error: e.to_string() },
+            };
+            let _ = tx.send(WorkerToExecutor { allocated: Some(allocated), ..Default::default() });
+        });
+    }
+
     fn on_results(&mut self, exec: u64, results: Vec<pb::TaskResult>) {
         let now = Instant::now();
         let Some(e) = self.executors.get_mut(&exec) else { return };
         let mut done = Vec::with_capacity(results.len());
         let mut funcs = Vec::with_capacity(results.len());
-        for r in results {
+        for mut r in results {
+            let stored = matches!(r.outcome, Some(pb::task_result::Outcome::Stored(_)));
             if let Some(i) = e.inflight.iter().position(|l| l.d.task == r.task) {
                 let l = e.inflight.remove(i).expect("index valid");
                 funcs.push((l.d.job, l.d.func));
+                if stored && let Err(err) = self.store.seal(r.task) {
+                    r.outcome = Some(pb::task_result::Outcome::Failure(failure(FailureKind::ObjectStoreFull, format!("the result could not be sealed: {err}"))));
+                }
                 done.push(r);
+            } else if stored {
+                // Not ours any more (cancelled meanwhile): drop the bytes.
+                self.store.abort(r.task);
             }
         }
         if !done.is_empty() {
@@ -498,8 +634,7 @@ impl Daemon {
     }
 
     fn on_exit(&mut self, exec: u64, status: String) {
-        let Some(mut e) = self.executors.remove(&exec) else { return };
-        self.free.add(&e.held);
+        let Some(mut e) = self.remove_exec(exec, false) else { return };
         if e.conn.is_none() {
             let tail = e.tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default();
             let msg = format!(
@@ -514,10 +649,30 @@ impl Daemon {
             tracing::warn!(pid = e.pid, task = first.d.task, %status, "executor died while running a task");
             let msg = format!("the executor process (pid {}) died while running the task: {status}", e.pid);
             self.result(first.d.task, Err(failure(FailureKind::WorkerDied, msg)));
-            for l in e.inflight.into_iter().rev() {
+            for mut l in e.inflight.into_iter().rev() {
+                l.built = None;
                 self.queue.push_front(l);
             }
         }
+    }
+
+    /// Forgets an executor: kills it (unless it already exited), returns
+    /// its resources, unpins its tasks' arguments and reclaims any result
+    /// it was half-way through writing to the store.
+    fn remove_exec(&mut self, id: u64, kill: bool) -> Option<Exec> {
+        let mut e = self.executors.remove(&id)?;
+        if kill {
+            executors::kill(e.pid);
+        }
+        self.free.add(&std::mem::take(&mut e.held));
+        for obj in e.pins.drain(..) {
+            self.store.unpin(obj);
+        }
+        let reclaimed = self.store.reclaim_owner(id);
+        if reclaimed > 0 {
+            tracing::info!(exec = id, objects = reclaimed, "reclaimed unsealed objects of a dead executor");
+        }
+        Some(e)
     }
 
     /// Places queued tasks on executors, FIFO. Prefers an idle executor of
@@ -527,6 +682,10 @@ impl Daemon {
         let mut sends: HashMap<u64, Vec<pb::ExecTask>> = HashMap::new();
         let mut i = 0;
         while i < self.queue.len() {
+            if self.queue[i].stored_args().any(|s| self.pulls.contains(&s.id)) {
+                i += 1;
+                continue;
+            }
             let (job_id, func) = (self.queue[i].d.job, self.queue[i].d.func);
             let path = match self.jobs.get(&job_id).map(|j| (&j.bin, j.functions.len())) {
                 None => {
@@ -569,8 +728,7 @@ impl Daemon {
                     && self.executors.len() >= cap
                     && let Some(victim) = self.executors.iter().find(|(_, e)| e.job != job_id && e.idle()).map(|(id, _)| *id)
                 {
-                    let e = self.executors.remove(&victim).expect("found");
-                    executors::kill(e.pid);
+                    self.remove_exec(victim, true);
                 }
                 if target.is_none() && self.executors.len() < cap {
                     match self.spawn(job_id, &path) {
@@ -600,12 +758,25 @@ impl Daemon {
                 i += 1;
                 continue;
             };
-            let l = self.queue.remove(i).expect("index valid");
+            let mut l = self.queue.remove(i).expect("index valid");
+            let built = match self.build(id, &l) {
+                Ok(t) => t,
+                Err(msg) => {
+                    let e = self.executors.get_mut(&id).expect("exists");
+                    if e.inflight.is_empty() {
+                        let held = std::mem::take(&mut e.held);
+                        self.free.add(&held);
+                    }
+                    self.result(l.d.task, Err(failure(FailureKind::ObjectLost, msg)));
+                    continue;
+                }
+            };
             let e = self.executors.get_mut(&id).expect("exists");
             if e.inflight.is_empty() {
                 e.last_progress = Instant::now();
             }
-            sends.entry(id).or_default().push(executors::exec_task(&l.d));
+            sends.entry(id).or_default().push(built.clone());
+            l.built = Some(built);
             e.inflight.push_back(l);
         }
         for (id, tasks) in sends {
@@ -623,9 +794,41 @@ impl Daemon {
             let n = e.unsent;
             e.unsent = 0;
             let start = e.inflight.len() - n;
-            let tasks = e.inflight.iter().skip(start).map(|l| executors::exec_task(&l.d)).collect();
+            let tasks = e.inflight.iter().skip(start).filter_map(|l| l.built.clone()).collect();
             self.send_to(id, tasks);
         }
+    }
+
+    /// The message for executor `exec` to run `l`: inline arguments as
+    /// they are, stored ones pinned in the arena (or a spill file) until
+    /// the executor releases them.
+    fn build(&mut self, exec: u64, l: &Local) -> Result<pb::ExecTask, String> {
+        let mut args = Vec::with_capacity(l.d.args.len());
+        let mut pinned = Vec::new();
+        for a in &l.d.args {
+            let arg = match &a.kind {
+                Some(pb::task_arg::Kind::Stored(s)) => match self.store.pin(s.id) {
+                    Ok(loc) => {
+                        pinned.push(s.id);
+                        match loc {
+                            Location::Arena { offset, len } => pb::ExecArg { object: s.id, offset, len, ..Default::default() },
+                            Location::File { path, len } => pb::ExecArg { object: s.id, len, file: path.to_string_lossy().into_owned(), ..Default::default() },
+                        }
+                    }
+                    Err(e) => {
+                        for p in pinned {
+                            self.store.unpin(p);
+                        }
+                        return Err(format!("argument object {} is not on this node: {e}", shoal_proto::ids::display(s.id)));
+                    }
+                },
+                Some(pb::task_arg::Kind::Value(v)) => pb::ExecArg { value: v.clone(), ..Default::default() },
+                None => pb::ExecArg::default(),
+            };
+            args.push(arg);
+        }
+        self.executors.get_mut(&exec).expect("exists").pins.extend(pinned);
+        Ok(pb::ExecTask { task: l.d.task, func: l.d.func, args })
     }
 
     fn send_to(&mut self, id: u64, tasks: Vec<pb::ExecTask>) {
@@ -645,7 +848,7 @@ impl Daemon {
     fn spawn(&mut self, job: u32, path: &std::path::Path) -> Result<u64, String> {
         let id = self.next_exec;
         self.next_exec += 1;
-        let (pid, tail) = executors::spawn(id, path, &self.socket, &self.node_id, job, self.events.clone())
+        let (pid, tail) = executors::spawn(id, path, &self.socket, &self.node_id, job, self.store.arena().fd(), self.events.clone())
             .map_err(|e| format!("cannot start the program binary {} on this node: {e}", path.display()))?;
         tracing::debug!(exec = id, pid, job, "executor started");
         let now = Instant::now();
@@ -662,6 +865,7 @@ impl Daemon {
                 started: now,
                 last_progress: now,
                 tail,
+                pins: Vec::new(),
             },
         );
         Ok(id)
@@ -680,7 +884,7 @@ impl Daemon {
         let wanted = pipeline::wanted(self.slots, self.service.depth());
         let credits = if self.draining { 0 } else { pipeline::grant(wanted, held, self.outstanding) };
         self.outstanding += credits as usize;
-        if credits == 0 && self.results.is_empty() {
+        if credits == 0 && self.results.is_empty() && self.copied.is_empty() {
             return;
         }
         // One message per BATCH_BYTES of results: large results never add
@@ -699,6 +903,7 @@ impl Daemon {
             size += len;
             batch.push(r);
         }
-        let _ = tx.send(pad(WorkerToHead { credits, results: batch, ..Default::default() }));
+        let copied = std::mem::take(&mut self.copied);
+        let _ = tx.send(pad(WorkerToHead { credits, results: batch, copied, ..Default::default() }));
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::daemon::Ev;
 use shoal_proto::frame;
-use shoal_proto::pb::{self, ExecutorToWorker, WorkerToExecutor};
+use shoal_proto::pb::{ExecutorToWorker, WorkerToExecutor};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Stdio;
@@ -22,9 +22,18 @@ pub(crate) type StderrTail = Arc<Mutex<VecDeque<String>>>;
 const TAIL_LINES: usize = 20;
 
 /// Starts an executor process. Its exit is reported as `Ev::ExecExited`.
-pub(crate) fn spawn(exec: u64, binary: &Path, socket: &Path, node_id: &str, job: u32, events: mpsc::UnboundedSender<Ev>) -> std::io::Result<(u32, StderrTail)> {
+pub(crate) fn spawn(
+    exec: u64,
+    binary: &Path,
+    socket: &Path,
+    node_id: &str,
+    job: u32,
+    store_fd: std::os::fd::RawFd,
+    events: mpsc::UnboundedSender<Ev>,
+) -> std::io::Result<(u32, StderrTail)> {
     let mut cmd = tokio::process::Command::new(binary);
     cmd.env(shoal_proto::ENV_EXECUTOR_SOCKET, socket)
+        .env(shoal_store::ENV_STORE_FD, store_fd.to_string())
         .env(shoal_proto::ENV_EXECUTOR_ID, exec.to_string())
         .env(shoal_proto::ENV_NODE_ID, node_id)
         .env("SHOAL_JOB_ID", job.to_string())
@@ -35,8 +44,11 @@ pub(crate) fn spawn(exec: u64, binary: &Path, socket: &Path, node_id: &str, job:
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
     // the executor if the worker dies, so no orphan keeps running a task.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The store's memfd is close-on-exec in the worker; in this
+            // child only, keep it open so the executor maps the arena.
+            libc::fcntl(store_fd, libc::F_SETFD, 0);
             Ok(())
         });
     }
@@ -126,7 +138,7 @@ pub(crate) fn start_io(exec: u64, stream: UnixStream, events: mpsc::UnboundedSen
         loop {
             match frame::read_async::<ExecutorToWorker, _>(&mut r, &mut buf).await {
                 Ok(Some(msg)) => {
-                    if !msg.results.is_empty() && events.send(Ev::ExecResults { exec, results: msg.results }).is_err() {
+                    if events.send(Ev::ExecMsg { exec, msg }).is_err() {
                         return;
                     }
                 }
@@ -161,9 +173,9 @@ fn merge(into: &mut WorkerToExecutor, more: WorkerToExecutor) {
         into.functions.extend(more.functions);
     }
     into.tasks.extend(more.tasks);
-}
-
-/// A task as an executor receives it.
-pub(crate) fn exec_task(d: &pb::TaskDispatch) -> pb::ExecTask {
-    pb::ExecTask { task: d.task, func: d.func, args: d.args.clone() }
+    // An executor waits for one allocation at a time: at most one reply
+    // is ever queued.
+    if more.allocated.is_some() {
+        into.allocated = more.allocated;
+    }
 }

@@ -13,6 +13,7 @@
 //! - `binary_cache`: fetching and checking program binaries.
 //! - `executors`: starting executor processes and talking to them.
 //! - `pipeline`: pure sizing rules (pipeline depth, credits).
+//! - [`transfer`]: the object store's gRPC service and object transfers.
 //! - `daemon`: the event loop that ties them together.
 
 mod binary_cache;
@@ -21,6 +22,7 @@ mod daemon;
 mod executors;
 mod pipeline;
 mod session;
+pub mod transfer;
 
 pub use config::WorkerConfig;
 pub use daemon::{WorkerError, WorkerHandle, start};

@@ -20,6 +20,8 @@ pub(crate) struct Registration {
     pub hostname: String,
     pub memory_bytes: u64,
     pub object_store_bytes: u64,
+    pub object_port: u32,
+    pub object_host: String,
 }
 
 enum OpenError {
@@ -62,6 +64,8 @@ pub(crate) async fn run(head: String, token: Option<String>, local: Option<Local
                 object_store_bytes: reg.object_store_bytes,
                 hostname: reg.hostname.clone(),
                 pid: std::process::id(),
+                object_port: reg.object_port,
+                object_host: reg.object_host.clone(),
             }),
             ..Default::default()
         });

@@ -35,7 +35,9 @@ pub trait Outbox {
     /// `job` is gone: `node` may drop its executors.
     fn job_finished(&mut self, node: NodeId, job: JobId);
     /// A task of `job` finished: deliver its result to the driver.
-    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Bytes, Failure>);
+    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Payload, Failure>);
+    /// Nobody references stored object `id` any more: `node` frees its copy.
+    fn free_object(&mut self, node: NodeId, id: ObjectId);
     /// `node` was declared dead: end its session, so that if it is in
     /// fact alive (a partition, a frozen process) it reconnects and
     /// registers again under a new epoch.
@@ -88,6 +90,8 @@ struct Node {
     functions_sent: HashMap<JobId, u32>,
     /// Drained: alive, but placement skips it.
     draining: bool,
+    /// Object store usage from the last heartbeat.
+    store: StoreUsage,
 }
 
 struct Job {
@@ -143,6 +147,8 @@ enum ArgSlot {
 #[derive(Clone)]
 enum ObjectState {
     Ready(Bytes),
+    /// In the object stores of these nodes (empty: every copy was lost).
+    Stored { size: u64, holders: Vec<NodeId> },
     /// Boxed: failures are rare, and the table holds one entry per object.
     Failed(Box<Failure>),
 }
@@ -251,6 +257,7 @@ impl Core {
                 last_heartbeat: now,
                 functions_sent: HashMap::new(),
                 draining: false,
+                store: StoreUsage::default(),
             },
         );
         (id, epoch)
@@ -264,6 +271,30 @@ impl Core {
     pub fn node_heartbeat(&mut self, id: NodeId, epoch: u64, now: Instant) {
         if let Some(n) = self.live_node(id, epoch) {
             n.last_heartbeat = now;
+        }
+    }
+
+    /// A node reports its object store usage.
+    pub fn node_store_usage(&mut self, id: NodeId, epoch: u64, usage: StoreUsage) {
+        if let Some(n) = self.live_node(id, epoch) {
+            n.store = usage;
+        }
+    }
+
+    /// A node pulled a copy of stored object `id` from a peer: it is a
+    /// second place to read it from. If the object is gone meanwhile, the
+    /// copy is freed.
+    pub fn object_copied(&mut self, node: NodeId, epoch: u64, id: ObjectId, out: &mut impl Outbox) {
+        if self.live_node(node, epoch).is_none() {
+            return;
+        }
+        match self.objects.get_mut(&id).map(|o| &mut o.state) {
+            Some(ObjectState::Stored { holders, .. }) => {
+                if !holders.contains(&node) {
+                    holders.push(node);
+                }
+            }
+            _ => out.free_object(node, id),
         }
     }
 
@@ -310,6 +341,19 @@ impl Core {
         let lost: Vec<TaskId> = node.assigned.drain().collect();
         tracing::warn!(node = %id, reason, tasks = lost.len(), "node marked dead");
         out.disconnect(id);
+        // Its store is gone: objects whose only copy it held are lost.
+        let mut lost_objects = 0;
+        for o in self.objects.values_mut() {
+            if let ObjectState::Stored { holders, .. } = &mut o.state
+                && let Some(i) = holders.iter().position(|h| *h == id)
+            {
+                holders.swap_remove(i);
+                lost_objects += holders.is_empty() as usize;
+            }
+        }
+        if lost_objects > 0 {
+            tracing::warn!(node = %id, objects = lost_objects, "objects lost with the node (their only copy was there)");
+        }
         let mut requeue = Vec::new();
         for t in lost {
             let Some(task) = self.tasks.get_mut(&t) else { continue };
@@ -399,7 +443,17 @@ impl Core {
                 }
             }
         }
-        self.objects.retain(|id, _| ids::job_of(*id) != job);
+        self.objects.retain(|id, o| {
+            if ids::job_of(*id) != job {
+                return true;
+            }
+            if let ObjectState::Stored { holders, .. } = &o.state {
+                for h in holders {
+                    out.free_object(*h, *id);
+                }
+            }
+            false
+        });
         for (id, node) in self.nodes.iter_mut() {
             if node.functions_sent.remove(&job).is_some() && node.alive {
                 out.job_finished(*id, job);
@@ -411,12 +465,23 @@ impl Core {
     // ------------------------------------------------------------ objects and tasks
 
     /// A driver stores a value (a `put`) under `id`.
-    pub fn put(&mut self, job: JobId, id: ObjectId, value: Bytes) {
+    pub fn put(&mut self, job: JobId, id: ObjectId, value: PutValue, out: &mut impl Outbox) {
         if ids::job_of(id) != job || self.objects.contains_key(&id) || !self.jobs.contains_key(&job) {
             tracing::warn!(job, object = %ids::display(id), "put refused: foreign or duplicate id");
+            if let PutValue::Stored { node, .. } = value {
+                out.free_object(node, id);
+            }
             return;
         }
-        self.objects.insert(id, Object { state: ObjectState::Ready(value), driver_ref: true, task_refs: 0 });
+        let state = match value {
+            PutValue::Inline(b) => ObjectState::Ready(b),
+            PutValue::Stored { size, node } => {
+                // A put to a node that died meanwhile is lost at once.
+                let holders = if self.nodes.get(&node).is_some_and(|n| n.alive) { vec![node] } else { Vec::new() };
+                ObjectState::Stored { size, holders }
+            }
+        };
+        self.objects.insert(id, Object { state, driver_ref: true, task_refs: 0 });
     }
 
     /// A driver submits tasks. Ids must be the job's own and fresh.
@@ -489,14 +554,14 @@ impl Core {
     }
 
     /// The driver dropped its last reference to these objects.
-    pub fn release(&mut self, job: JobId, ids_: &[ObjectId]) {
+    pub fn release(&mut self, job: JobId, ids_: &[ObjectId], out: &mut impl Outbox) {
         for id in ids_ {
             if ids::job_of(*id) != job {
                 continue;
             }
             if let Some(o) = self.objects.get_mut(id) {
                 o.driver_ref = false;
-                self.maybe_free(*id);
+                self.maybe_free(*id, out);
             } else if let Some(t) = self.tasks.get_mut(id) {
                 t.driver_ref = false;
             }
@@ -522,17 +587,23 @@ impl Core {
     }
 
     /// A node reports finished tasks.
-    pub fn tasks_finished(&mut self, node_id: NodeId, epoch: u64, results: Vec<(TaskId, Result<Bytes, Failure>)>, now: Instant, out: &mut impl Outbox) {
+    pub fn tasks_finished(&mut self, node_id: NodeId, epoch: u64, results: Vec<(TaskId, Result<Value, Failure>)>, now: Instant, out: &mut impl Outbox) {
         let Some(node) = self.live_node(node_id, epoch) else {
             tracing::debug!(node = %node_id, epoch, n = results.len(), "results from a stale session ignored");
             return;
         };
         node.last_heartbeat = now;
         for (tid, outcome) in results {
-            let Some(task) = self.tasks.get_mut(&tid) else { continue };
-            if task.state != TaskState::Dispatched(node_id) {
+            let current = self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Dispatched(node_id));
+            if !current {
+                // A late duplicate (the task was retried or cancelled):
+                // its stored copy is nobody's.
+                if let Ok(Value::Stored { .. }) = outcome {
+                    out.free_object(node_id, tid);
+                }
                 continue;
             }
+            let task = self.tasks.get_mut(&tid).expect("checked");
             let job = self.jobs.get(&task.job).expect("tasks of gone jobs are removed");
             let def = &job.functions[task.func as usize];
             let node = self.nodes.get_mut(&node_id).expect("checked live");
@@ -543,8 +614,12 @@ impl Core {
                     let task = self.tasks.remove(&tid).expect("present");
                     self.counts.running -= 1;
                     self.counts.finished += 1;
-                    self.release_args(&task);
-                    self.settle(tid, task, ObjectState::Ready(value), out);
+                    self.release_args(&task, out);
+                    let state = match value {
+                        Value::Inline(b) => ObjectState::Ready(b),
+                        Value::Stored { size } => ObjectState::Stored { size, holders: vec![node_id] },
+                    };
+                    self.settle(tid, task, state, out);
                 }
                 Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= task.max_retries && !task.cancel_requested => {
                     tracing::info!(task = %ids::display(tid), attempt = task.attempts, "executor died; retrying task");
@@ -570,12 +645,12 @@ impl Core {
         }
     }
 
-    fn release_args(&mut self, task: &Task) {
+    fn release_args(&mut self, task: &Task, out: &mut impl Outbox) {
         for a in task.args.iter() {
             if let ArgSlot::Object(oid) = a {
                 if let Some(o) = self.objects.get_mut(oid) {
                     o.task_refs = o.task_refs.saturating_sub(1);
-                    self.maybe_free(*oid);
+                    self.maybe_free(*oid, out);
                 } else if let Some(producer) = self.tasks.get_mut(oid) {
                     producer.result_refs = producer.result_refs.saturating_sub(1);
                 }
@@ -583,13 +658,27 @@ impl Core {
         }
     }
 
-    fn maybe_free(&mut self, id: ObjectId) {
+    fn maybe_free(&mut self, id: ObjectId, out: &mut impl Outbox) {
         if let Some(o) = self.objects.get(&id)
             && !o.driver_ref
             && o.task_refs == 0
         {
-            self.objects.remove(&id);
+            let o = self.objects.remove(&id).expect("present");
+            Self::free_copies(id, &o.state, out);
         }
+    }
+
+    fn free_copies(id: ObjectId, state: &ObjectState, out: &mut impl Outbox) {
+        if let ObjectState::Stored { holders, .. } = state {
+            for h in holders {
+                out.free_object(*h, id);
+            }
+        }
+    }
+
+    fn stored_ref(&self, id: ObjectId, size: u64, holders: &[NodeId]) -> StoredRef {
+        let holders = holders.iter().filter_map(|h| self.nodes.get(h)).filter(|n| n.alive).map(|n| n.info.object_address.clone()).collect();
+        StoredRef { id, size, holders }
     }
 
     /// Fails a task and, transitively, everything waiting on its result.
@@ -608,7 +697,7 @@ impl Core {
                 }
             }
             self.counts.failed += 1;
-            self.release_args(&task);
+            self.release_args(&task, out);
             for dep in self.settle(tid, task, ObjectState::Failed(Box::new(f.clone())), out) {
                 work.push((dep, f.clone()));
             }
@@ -620,7 +709,8 @@ impl Core {
     fn settle(&mut self, id: ObjectId, task: Task, state: ObjectState, out: &mut impl Outbox) -> Vec<TaskId> {
         if task.driver_ref {
             let outcome = match &state {
-                ObjectState::Ready(b) => Ok(b.clone()),
+                ObjectState::Ready(b) => Ok(Payload::Inline(b.clone())),
+                ObjectState::Stored { size, holders } => Ok(Payload::Stored(self.stored_ref(id, *size, holders))),
                 ObjectState::Failed(f) => Err((**f).clone()),
             };
             out.result(ids::job_of(id), id, outcome);
@@ -628,12 +718,14 @@ impl Core {
         // Keep the object only while someone can still ask for it.
         if task.driver_ref || task.result_refs > 0 {
             self.objects.insert(id, Object { state: state.clone(), driver_ref: task.driver_ref, task_refs: task.result_refs });
+        } else {
+            Self::free_copies(id, &state, out);
         }
         let mut doomed = Vec::new();
         for d in task.dependents.map(|b| *b).unwrap_or_default() {
             let Some(t) = self.tasks.get_mut(&d) else { continue };
             match &state {
-                ObjectState::Ready(_) => {
+                ObjectState::Ready(_) | ObjectState::Stored { .. } => {
                     t.missing -= 1;
                     if t.missing == 0 && t.state == TaskState::Waiting {
                         t.state = TaskState::Ready;
@@ -682,7 +774,20 @@ impl Core {
             let look_for_room = !(default_shape && saturated);
             let mut feasible = false;
             let mut best: Option<(bool, usize)> = None;
-            for k in 0..n {
+            // Data locality first: the node holding most bytes of the
+            // task's stored inputs, if it fits and has room now.
+            if let Some(pref) = self.preferred_node(task)
+                && let Ok(idx) = alive.binary_search(&pref)
+            {
+                let node = &self.nodes[&pref];
+                let mut used = node.in_use.clone();
+                used.add(req);
+                if node.credits > 0 && req.fits_in(&node.info.resources) && used.fits_in(&node.info.resources) {
+                    feasible = true;
+                    best = Some((true, idx));
+                }
+            }
+            for k in 0..if best.is_some() { 0 } else { n } {
                 let idx = (self.rr + k) % n;
                 let node = &self.nodes[&alive[idx]];
                 if !req.fits_in(&node.info.resources) {
@@ -732,7 +837,46 @@ impl Core {
         self.alive = alive;
     }
 
+    /// The alive node holding the most bytes of `task`'s stored inputs.
+    fn preferred_node(&self, task: &Task) -> Option<NodeId> {
+        let mut bytes: Vec<(NodeId, u64)> = Vec::new();
+        for a in task.args.iter() {
+            let ArgSlot::Object(oid) = a else { continue };
+            let Some(ObjectState::Stored { size, holders }) = self.objects.get(oid).map(|o| &o.state) else { continue };
+            for h in holders {
+                match bytes.iter_mut().find(|(n, _)| n == h) {
+                    Some((_, b)) => *b += size,
+                    None => bytes.push((*h, *size)),
+                }
+            }
+        }
+        bytes.into_iter().max_by_key(|(_, b)| *b).map(|(n, _)| n)
+    }
+
     fn dispatch(&mut self, tid: TaskId, node_id: NodeId, out: &mut impl Outbox) {
+        let task = &self.tasks[&tid];
+        let mut args = Vec::with_capacity(task.args.len());
+        for a in task.args.iter() {
+            match a {
+                ArgSlot::Value(b) => args.push(Payload::Inline(b.clone())),
+                ArgSlot::Object(oid) => match self.objects.get(oid).map(|o| &o.state) {
+                    Some(ObjectState::Ready(b)) => args.push(Payload::Inline(b.clone())),
+                    Some(ObjectState::Stored { size, holders }) => {
+                        let r = self.stored_ref(*oid, *size, holders);
+                        if r.holders.is_empty() {
+                            let f = Failure::new(
+                                FailureKind::ObjectLost,
+                                format!("argument object {} was lost: every node holding a copy died", ids::display(*oid)),
+                            );
+                            self.fail_task(tid, f, out);
+                            return;
+                        }
+                        args.push(Payload::Stored(r));
+                    }
+                    _ => unreachable!("a ready task's inputs are ready and referenced"),
+                },
+            }
+        }
         let task = self.tasks.get_mut(&tid).expect("ready task exists");
         let job = &self.jobs[&task.job];
         let node = self.nodes.get_mut(&node_id).expect("alive node exists");
@@ -740,16 +884,6 @@ impl Core {
         if task.func >= *sent {
             out.job_info(node_id, task.job, &job.binary, *sent, &job.functions[*sent as usize..]);
             *sent = job.functions.len() as u32;
-        }
-        let mut args = Vec::with_capacity(task.args.len());
-        for a in task.args.iter() {
-            match a {
-                ArgSlot::Value(b) => args.push(b.clone()),
-                ArgSlot::Object(oid) => match self.objects.get(oid).map(|o| &o.state) {
-                    Some(ObjectState::Ready(b)) => args.push(b.clone()),
-                    _ => unreachable!("a ready task's inputs are ready and referenced"),
-                },
-            }
         }
         node.credits -= 1;
         self.total_credits -= 1;
@@ -782,6 +916,8 @@ impl Core {
                 memory_bytes: n.info.memory_bytes,
                 object_store_bytes: n.info.object_store_bytes,
                 draining: n.draining,
+                object_address: n.info.object_address.clone(),
+                store: n.store,
             })
             .collect();
         ClusterSnapshot { nodes, tasks: self.counts, jobs: self.jobs.len() as u32 }

@@ -6,7 +6,8 @@ use super::*;
 #[derive(Default)]
 struct Rec {
     dispatched: Vec<(NodeId, Dispatch)>,
-    results: Vec<(JobId, TaskId, Result<Bytes, Failure>)>,
+    results: Vec<(JobId, TaskId, Result<Payload, Failure>)>,
+    freed: Vec<(NodeId, ObjectId)>,
     cancels: Vec<(NodeId, TaskId)>,
     job_infos: Vec<(NodeId, JobId, u32, usize)>,
     finished_jobs: Vec<(NodeId, JobId)>,
@@ -27,8 +28,11 @@ impl Outbox for Rec {
     fn job_finished(&mut self, node: NodeId, job: JobId) {
         self.finished_jobs.push((node, job));
     }
-    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Bytes, Failure>) {
+    fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Payload, Failure>) {
         self.results.push((job, task, outcome));
+    }
+    fn free_object(&mut self, node: NodeId, id: ObjectId) {
+        self.freed.push((node, id));
     }
     fn disconnect(&mut self, node: NodeId) {
         self.disconnected.push(node);
@@ -72,8 +76,12 @@ fn val(x: &'static [u8]) -> NewArg {
     NewArg::Value(Bytes::from_static(x))
 }
 
-fn ok(b: &'static [u8]) -> Result<Bytes, Failure> {
-    Ok(Bytes::from_static(b))
+fn ok(b: &'static [u8]) -> Result<Value, Failure> {
+    Ok(Value::Inline(Bytes::from_static(b)))
+}
+
+fn inline(b: &'static [u8]) -> Payload {
+    Payload::Inline(Bytes::from_static(b))
 }
 
 #[test]
@@ -118,7 +126,7 @@ fn fifo_dispatch_respects_credits_and_sends_job_info_once() {
     assert_eq!(out.job_infos, vec![(a, job, 0, 1)], "job info sent once, before the first task");
     assert_eq!(core.snapshot(now).tasks, TaskCounts { queued: 2, running: 3, finished: 0, failed: 0 });
     core.tasks_finished(a, ea, vec![(ids::object_id(job, 1), ok(b"r1"))], now, &mut out);
-    assert_eq!(out.results, vec![(job, ids::object_id(job, 1), ok(b"r1"))]);
+    assert_eq!(out.results, vec![(job, ids::object_id(job, 1), Ok(inline(b"r1")))]);
     out.results.clear();
     core.node_credits(a, ea, 10, now);
     core.schedule(&mut out);
@@ -150,13 +158,13 @@ fn dag_waits_for_inputs_and_resolves_them_on_the_head() {
     core.schedule(&mut out);
     let d = out.take_dispatched();
     assert_eq!(d.len(), 1);
-    assert_eq!(d[0].1.args, vec![Bytes::from_static(b"A"), Bytes::from_static(b"B")]);
+    assert_eq!(d[0].1.args, vec![inline(b"A"), inline(b"B")]);
     // The driver drops the leaves; they stay until the add finishes.
-    core.release(job, &[l1, l2]);
+    core.release(job, &[l1, l2], &mut out);
     assert_eq!(core.object_count(), 2, "the pending add has no entry yet");
     core.tasks_finished(a, ea, vec![(ids::object_id(job, 3), ok(b"AB"))], now, &mut out);
     assert_eq!(core.object_count(), 1, "inputs freed once nothing needs them");
-    core.release(job, &[ids::object_id(job, 3)]);
+    core.release(job, &[ids::object_id(job, 3)], &mut out);
     assert_eq!(core.object_count(), 0);
     assert_eq!(core.task_count(), 0);
 }
@@ -321,7 +329,7 @@ fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
     assert_eq!(out.results.pop().unwrap().2.unwrap_err().kind, FailureKind::ObjectLost);
     // Results for unknown tasks or nodes are ignored.
     core.tasks_finished(NodeId::random(), 1, vec![(42, ok(b""))], Instant::now(), &mut out);
-    core.release(job, &[12345]);
+    core.release(job, &[12345], &mut out);
     core.cancel(job, &[777], &mut out);
     out.assert_quiet();
 }
@@ -335,10 +343,10 @@ fn put_objects_serve_as_arguments() {
     core.node_credits(a, ea, 1, now);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
     let p = ids::object_id(job, 1);
-    core.put(job, p, Bytes::from_static(b"big"));
+    core.put(job, p, PutValue::Inline(Bytes::from_static(b"big")), &mut out);
     core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(p)])], &mut out);
     core.schedule(&mut out);
-    assert_eq!(out.take_dispatched()[0].1.args, vec![Bytes::from_static(b"big")]);
+    assert_eq!(out.take_dispatched()[0].1.args, vec![inline(b"big")]);
 }
 
 #[test]
@@ -354,7 +362,7 @@ fn results_nobody_references_are_not_kept() {
     core.schedule(&mut out);
     out.take_dispatched();
     // The driver drops x's ref while x runs: its result is not delivered or kept.
-    core.release(job, &[x]);
+    core.release(job, &[x], &mut out);
     core.tasks_finished(a, ea, vec![(x, ok(b"x")), (y, ok(b"y"))], now, &mut out);
     assert_eq!(out.results.iter().map(|(_, id, _)| *id).collect::<Vec<_>>(), vec![y]);
     assert_eq!(core.object_count(), 1, "only y, which the driver holds");
@@ -411,4 +419,103 @@ fn a_drained_node_gets_no_new_tasks_and_keeps_its_running_ones() {
     core.tasks_finished(a, ea, vec![(ids::object_id(job, 1), ok(b"done"))], now, &mut out);
     assert_eq!(out.results.len(), 1);
     assert!(core.drain(NodeId::random(), &mut out).is_err());
+}
+
+// ---------------------------------------------------------------- stored objects
+
+fn node_at(core: &mut Core, addr: &str, now: Instant, out: &mut Rec) -> (NodeId, u64) {
+    let reg = NodeRegistration { resources: ResourceSet::cpus(1.0), address: addr.into(), object_address: format!("{addr}:7000"), ..Default::default() };
+    core.node_registered(reg, now, out)
+}
+
+#[test]
+fn stored_results_are_passed_by_location_and_tasks_go_where_the_data_is() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
+    let (b, eb) = node_at(&mut core, "10.0.0.2", now, &mut out);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
+    let big = ids::object_id(job, 1);
+    core.put(job, big, PutValue::Stored { size: 1 << 28, node: b }, &mut out);
+    // Node a asks first, but b holds the 256 MiB input.
+    core.node_credits(a, ea, 4, now);
+    core.node_credits(b, eb, 4, now);
+    core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(big)])], &mut out);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].0, b, "placed on the node holding the data");
+    assert_eq!(d[0].1.args, vec![Payload::Stored(StoredRef { id: big, size: 1 << 28, holders: vec!["10.0.0.2:7000".into()] })]);
+    // Its result is stored on b too; the driver learns where.
+    core.tasks_finished(b, eb, vec![(ids::object_id(job, 2), Ok(Value::Stored { size: 1 << 20 }))], now, &mut out);
+    let r = out.results.pop().unwrap();
+    assert_eq!(r.2, Ok(Payload::Stored(StoredRef { id: ids::object_id(job, 2), size: 1 << 20, holders: vec!["10.0.0.2:7000".into()] })));
+    out.assert_quiet();
+}
+
+#[test]
+fn released_stored_objects_are_freed_on_every_holder() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
+    let (b, _) = node_at(&mut core, "10.0.0.2", now, &mut out);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
+    let big = ids::object_id(job, 1);
+    core.put(job, big, PutValue::Stored { size: 1000, node: b }, &mut out);
+    core.object_copied(a, ea, big, &mut out);
+    core.release(job, &[big], &mut out);
+    out.freed.sort();
+    let mut want = vec![(a, big), (b, big)];
+    want.sort();
+    assert_eq!(out.freed, want);
+    assert_eq!(core.object_count(), 0);
+    // A copy reported after the object is gone is freed at once.
+    out.freed.clear();
+    core.object_copied(a, ea, big, &mut out);
+    assert_eq!(out.freed, vec![(a, big)]);
+}
+
+#[test]
+fn unreferenced_stored_result_is_freed_and_a_late_duplicate_too() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
+    core.node_credits(a, ea, 4, now);
+    let t = ids::object_id(job, 1);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.release(job, &[t], &mut out);
+    core.tasks_finished(a, ea, vec![(t, Ok(Value::Stored { size: 5 }))], now, &mut out);
+    assert_eq!(out.freed, vec![(a, t)], "the driver dropped the ref: nobody needs the stored result");
+    out.freed.clear();
+    core.tasks_finished(a, ea, vec![(t, Ok(Value::Stored { size: 5 }))], now, &mut out);
+    assert_eq!(out.freed, vec![(a, t)], "a duplicate is freed, not recorded");
+}
+
+#[test]
+fn an_object_whose_only_holder_died_fails_its_consumers_with_object_lost() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
+    let (b, _) = node_at(&mut core, "10.0.0.2", now, &mut out);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
+    let big = ids::object_id(job, 1);
+    core.put(job, big, PutValue::Stored { size: 1000, node: b }, &mut out);
+    core.node_disconnected(b, 1, &mut out);
+    core.node_credits(a, ea, 4, now);
+    core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(big)])], &mut out);
+    core.schedule(&mut out);
+    assert!(out.dispatched.is_empty());
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!(id, ids::object_id(job, 2));
+    let f = r.unwrap_err();
+    assert_eq!(f.kind, FailureKind::ObjectLost);
+    assert!(f.message.contains(&ids::display(big)), "{}", f.message);
+    out.assert_quiet();
 }

@@ -62,6 +62,8 @@ pub enum FailureKind {
     Unschedulable,
     /// The result could not be serialized.
     ResultEncode,
+    /// The node's object store had no room for the result.
+    ObjectStoreFull,
 }
 
 /// A task failure with the details a user needs to act on it.
@@ -121,6 +123,70 @@ pub struct NewTask {
     pub max_retries: Option<u32>,
 }
 
+/// A finished value as a worker reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Small: the bytes themselves.
+    Inline(Bytes),
+    /// Large: sealed in the reporting node's object store.
+    Stored {
+        /// Size in bytes.
+        size: u64,
+    },
+}
+
+/// A driver's `put`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PutValue {
+    /// Small: the bytes themselves.
+    Inline(Bytes),
+    /// Large: already sealed in `node`'s object store.
+    Stored {
+        /// Size in bytes.
+        size: u64,
+        /// The node holding it.
+        node: NodeId,
+    },
+}
+
+/// Where a stored object can be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRef {
+    /// Object id.
+    pub id: ObjectId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Object-store addresses of the alive nodes holding a copy.
+    pub holders: Vec<String>,
+}
+
+/// A value as it leaves the head: to a driver (a result) or to a worker
+/// (an argument).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// The bytes themselves.
+    Inline(Bytes),
+    /// Read it from one of the holders' stores.
+    Stored(StoredRef),
+}
+
+/// Object store usage of a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Arena size.
+    pub capacity: u64,
+    /// Arena bytes in use.
+    pub used: u64,
+    /// Objects in the arena.
+    pub objects: u64,
+    /// Bytes spilled to disk.
+    pub spilled_bytes: u64,
+    /// Objects spilled to disk.
+    pub spilled_objects: u64,
+    /// Bytes pinned by readers.
+    pub pinned_bytes: u64,
+}
+
 /// A task sent to a worker, arguments resolved to bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dispatch {
@@ -131,7 +197,7 @@ pub struct Dispatch {
     /// Job-local function index.
     pub func: u32,
     /// Resolved argument values.
-    pub args: Vec<Bytes>,
+    pub args: Vec<Payload>,
     /// Attempt number, from 1.
     pub attempt: u32,
 }
@@ -153,6 +219,8 @@ pub struct NodeRegistration {
     pub memory_bytes: u64,
     /// Object store capacity.
     pub object_store_bytes: u64,
+    /// Where peers reach its object store (`host:port`; empty: none).
+    pub object_address: String,
 }
 
 /// A node as shown by `shoal status`.
@@ -182,6 +250,10 @@ pub struct NodeSnapshot {
     pub object_store_bytes: u64,
     /// Taking no new tasks (drained).
     pub draining: bool,
+    /// Where peers reach its object store.
+    pub object_address: String,
+    /// Object store usage, from its last heartbeat.
+    pub store: StoreUsage,
 }
 
 /// Task counts as shown by `shoal status`.

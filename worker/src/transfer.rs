@@ -1,0 +1,237 @@
+//! Moving objects between nodes: the worker's `ObjectStore` gRPC service
+//! (peers pull from it, remote drivers push to it) and the client side of
+//! both. Transfers are streams of [`OBJECT_CHUNK_BYTES`] chunks; a large
+//! object is pulled as several ranges in parallel.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use shoal_proto::OBJECT_CHUNK_BYTES;
+use shoal_proto::pb::object_store_server::{ObjectStore, ObjectStoreServer};
+use shoal_proto::pb::{ObjectChunk, PullRequest, PushReply};
+use shoal_store::{Store, StoreError};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Where pulled chunks go: `(offset, bytes)`, into a store or a buffer.
+type Sink<'a> = &'a (dyn Fn(u64, &[u8]) -> Result<(), String> + Sync);
+
+/// Objects at least this large are pulled as parallel ranges.
+const PARALLEL_FROM: u64 = 32 << 20;
+/// How many ranges a large pull is split into.
+const PARALLEL_RANGES: u64 = 4;
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Full { .. } => Status::resource_exhausted(e.to_string()),
+        StoreError::NotFound(_) => Status::not_found(e.to_string()),
+        StoreError::Exists(_) => Status::already_exists(e.to_string()),
+        StoreError::BadWrite { .. } => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// The service a worker serves its store with.
+pub struct ObjectService {
+    store: Arc<Store>,
+}
+
+type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<ObjectChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ObjectStore for ObjectService {
+    type PullStream = ChunkStream;
+
+    async fn pull(&self, req: Request<PullRequest>) -> Result<Response<ChunkStream>, Status> {
+        let r = req.into_inner();
+        let store = self.store.clone();
+        // Pinning may bring a spilled object back from disk.
+        let bytes = tokio::task::spawn_blocking(move || store.read(r.id)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
+        let size = bytes.len() as u64;
+        if r.offset > size {
+            return Err(Status::out_of_range(format!("offset {} past the end of object {:#x} ({size} bytes)", r.offset, r.id)));
+        }
+        let end = if r.len == 0 { size } else { size.min(r.offset.saturating_add(r.len)) };
+        let chunk = OBJECT_CHUNK_BYTES as u64;
+        let chunks: Vec<Result<ObjectChunk, Status>> = (r.offset..end)
+            .step_by(chunk as usize)
+            .map(|o| Ok(ObjectChunk { id: r.id, size, offset: o, data: bytes.slice(o as usize..(o + chunk).min(end) as usize) }))
+            .collect();
+        // The chunks are slices of the pinned object: no copy until gRPC
+        // encodes them, and the pin lasts until the last one is sent.
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
+    async fn push(&self, req: Request<Streaming<ObjectChunk>>) -> Result<Response<PushReply>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty push"))?;
+        let (id, size) = (first.id, first.size);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.create(id, size, 0)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
+        let result = async {
+            let mut received = 0u64;
+            let mut next = Some(first);
+            while let Some(c) = next {
+                if c.id != id || c.offset != received {
+                    return Err(Status::invalid_argument(format!("chunk of object {:#x} at {} out of order (expected {id:#x} at {received})", c.id, c.offset)));
+                }
+                self.store.write_at(id, c.offset, &c.data).map_err(store_status)?;
+                received += c.data.len() as u64;
+                next = stream.message().await?;
+            }
+            if received != size {
+                return Err(Status::invalid_argument(format!("push of object {id:#x} ended after {received} of {size} bytes")));
+            }
+            self.store.seal(id).map_err(store_status)
+        }
+        .await;
+        if result.is_err() {
+            self.store.abort(id);
+        }
+        result.map(|()| Response::new(PushReply {}))
+    }
+}
+
+/// Serves `store` on `listener` (token-checked) until the task is aborted.
+pub fn serve(store: Arc<Store>, listener: tokio::net::TcpListener, token: Option<&str>) -> tokio::task::JoinHandle<()> {
+    let svc = ObjectStoreServer::new(ObjectService { store })
+        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, shoal_proto::auth::CheckToken::new(token));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20)
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "object store service stopped");
+        }
+    })
+}
+
+/// The ranges a pull of `size` bytes is split into.
+fn ranges(size: u64) -> Vec<(u64, u64)> {
+    let n = if size >= PARALLEL_FROM { PARALLEL_RANGES } else { 1 };
+    let step = size.div_ceil(n).div_ceil(OBJECT_CHUNK_BYTES as u64).max(1) * OBJECT_CHUNK_BYTES as u64;
+    (0..size).step_by(step as usize).map(|o| (o, step.min(size - o))).collect()
+}
+
+/// Streams `[offset, offset+len)` of object `id` from `client`, handing
+/// each chunk to `sink(offset, data)`.
+async fn pull_range(
+    mut client: shoal_proto::client::StoreClient,
+    id: u64,
+    offset: u64,
+    len: u64,
+    sink: Sink<'_>,
+) -> Result<(), String> {
+    let mut s = client.pull(PullRequest { id, offset, len }).await.map_err(|e| e.message().to_string())?.into_inner();
+    let mut got = 0;
+    while let Some(c) = s.next().await {
+        let c = c.map_err(|e| e.message().to_string())?;
+        sink(c.offset, &c.data)?;
+        got += c.data.len() as u64;
+    }
+    if got != len {
+        return Err(format!("the transfer ended after {got} of {len} bytes"));
+    }
+    Ok(())
+}
+
+/// Pulls all of object `id` (`size` bytes) from the peer at `address`.
+async fn pull_from(address: &str, token: Option<&str>, id: u64, size: u64, sink: Sink<'_>) -> Result<(), String> {
+    let client = shoal_proto::client::connect_store(address, token, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let parts = ranges(size).into_iter().map(|(o, l)| pull_range(client.clone(), id, o, l, sink));
+    for r in futures::future::join_all(parts).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Pulls object `id` into the local `store` from the first holder that
+/// answers. The copy is sealed on success and dropped on failure.
+pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for h in holders {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.create(id, size, 0)).await.map_err(|e| e.to_string())? {
+            Ok(_) => {}
+            Err(StoreError::Exists(_)) if store.contains(id) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+        let sink = |off: u64, data: &[u8]| store.write_at(id, off, data).map_err(|e| e.to_string());
+        match pull_from(h, token, id, size, &sink).await {
+            Ok(()) => return store.seal(id).map_err(|e| e.to_string()),
+            Err(e) => {
+                store.abort(id);
+                tracing::warn!(object = format_args!("{id:#x}"), holder = %h, error = %e, "pull failed; trying the next holder");
+                errors.push(format!("{h}: {e}"));
+            }
+        }
+    }
+    Err(format!("no holder could send object {id:#x} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") }))
+}
+
+/// Pulls object `id` into this process's memory (a driver not on a
+/// worker node).
+pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<Bytes, String> {
+    let mut errors = Vec::new();
+    for h in holders {
+        let buf = std::sync::Mutex::new(vec![0u8; size as usize]);
+        let sink = |off: u64, data: &[u8]| {
+            let mut b = buf.lock().map_err(|_| "poisoned".to_string())?;
+            let end = off as usize + data.len();
+            if end > b.len() {
+                return Err(format!("a chunk ends at {end}, past the object's {} bytes", b.len()));
+            }
+            b[off as usize..end].copy_from_slice(data);
+            Ok(())
+        };
+        match pull_from(h, token, id, size, &sink).await {
+            Ok(()) => return Ok(Bytes::from(buf.into_inner().map_err(|_| "poisoned".to_string())?)),
+            Err(e) => errors.push(format!("{h}: {e}")),
+        }
+    }
+    Err(format!("no holder could send object {id:#x} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") }))
+}
+
+/// Writes `data` as new object `id` into the store of the worker at
+/// `address` (a remote driver's put).
+pub async fn push(address: &str, token: Option<&str>, id: u64, data: Bytes) -> Result<(), Status> {
+    let mut client = shoal_proto::client::connect_store(address, token, Duration::from_secs(5)).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let size = data.len() as u64;
+    let chunk = OBJECT_CHUNK_BYTES;
+    let mut chunks: Vec<ObjectChunk> =
+        (0..data.len()).step_by(chunk).map(|o| ObjectChunk { id, size, offset: o as u64, data: data.slice(o..(o + chunk).min(data.len())) }).collect();
+    if chunks.is_empty() {
+        chunks.push(ObjectChunk { id, size, offset: 0, data: Bytes::new() });
+    }
+    client.push(futures::stream::iter(chunks)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_the_object_once_in_chunk_multiples() {
+        assert_eq!(ranges(10), vec![(0, 10)]);
+        assert_eq!(ranges(0), vec![]);
+        let r = ranges(256 << 20);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r.iter().map(|(_, l)| l).sum::<u64>(), 256 << 20);
+        let odd = ranges((100 << 20) + 3);
+        let mut next = 0;
+        for (o, l) in &odd {
+            assert_eq!(*o, next);
+            assert_eq!(o % OBJECT_CHUNK_BYTES as u64, 0);
+            next = o + l;
+        }
+        assert_eq!(next, (100 << 20) + 3);
+    }
+}
