@@ -145,7 +145,7 @@ impl Store {
                     let n = STEP.min(target - done);
                     s.arena.prefault(done, n);
                     done += n;
-                    s.faulted.store(done, Ordering::Release);
+                    s.faulted.fetch_max(done, Ordering::AcqRel);
                 }
             })?;
         }
@@ -187,10 +187,17 @@ impl Store {
             g.objects.insert(id, Entry { size, place: Place::Arena(offset), sealed: false, owner, pins: 0, freed: false, last_use: clock });
             offset
         };
-        // Past what the background thread has reached: fault the range in
-        // now, in one call, rather than page by page during the write.
-        if offset + size > self.faulted.load(Ordering::Acquire) {
-            self.arena.prefault(offset, rounded(size));
+        // Past the pre-faulted prefix: fault the rest of the range in now,
+        // in one call, rather than page by page during the write. The
+        // allocator is first-fit, so the prefix grows and is reused.
+        let end = offset + rounded(size);
+        let faulted = self.faulted.load(Ordering::Acquire);
+        if end > faulted {
+            let start = offset.max(faulted);
+            self.arena.prefault(start, end - start);
+            if start == faulted {
+                self.faulted.fetch_max(end, Ordering::AcqRel);
+            }
         }
         Ok(offset)
     }
