@@ -59,10 +59,15 @@ impl Slot {
         Arc::new(Slot { state: Mutex::new(SlotState::Done { value, seq }), cv: Condvar::new() })
     }
 
-    /// Records the value (the first one wins) and wakes every waiter.
+    /// Records the value (the first one wins) and wakes every waiter. A
+    /// stored value may be replaced by a later one: the head sends it again
+    /// when it rebuilt the object after every copy was lost.
     pub(crate) fn complete(&self, value: Result<Val, TaskError>) {
         let mut st = self.state.lock().expect("slot lock");
-        if matches!(*st, SlotState::Done { .. }) {
+        if let SlotState::Done { value: old, .. } = &mut *st {
+            if matches!(old, Ok(Val::Stored { .. })) && value.is_ok() {
+                *old = value;
+            }
             return;
         }
         let seq = COMPLETIONS.fetch_add(1, Ordering::Relaxed);

@@ -36,8 +36,19 @@ impl Hosts {
             ip(&["netns", "exec", &ns, "ip", "addr", "add", &format!("{}/24", h.host_ip(i)), "dev", &host_if]);
             ip(&["netns", "exec", &ns, "ip", "link", "set", &host_if, "up"]);
             ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+            // Hosts reach each other through the root namespace (workers
+            // pull objects from their peers).
+            ip(&["netns", "exec", &ns, "ip", "route", "add", "default", "via", &h.root_ip(i)]);
         }
+        // Docker's FORWARD policy drops routed traffic: let this test's
+        // subnet through (removed on drop). Without iptables nothing drops.
+        let _ = Command::new("iptables").args(h.forward_rule("-I")).output();
         h
+    }
+
+    fn forward_rule(&self, op: &str) -> Vec<String> {
+        let net = format!("10.{}.0.0/16", self.net);
+        [op, "FORWARD", "-s", &net, "-d", &net, "-j", "ACCEPT"].iter().map(|s| s.to_string()).collect()
     }
 
     fn ns(&self, i: usize) -> String {
@@ -95,6 +106,7 @@ impl Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
+        let _ = Command::new("iptables").args(self.forward_rule("-D")).output();
         for i in 1..=self.count {
             self.kill(i);
             let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).output();

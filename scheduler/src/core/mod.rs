@@ -139,9 +139,18 @@ struct Task {
     dependents: Option<Box<Vec<TaskId>>>,
 }
 
+#[derive(Clone)]
 enum ArgSlot {
     Value(Bytes),
     Object(ObjectId),
+}
+
+/// How a stored result was made: enough to make it again if every copy
+/// is lost with its nodes (lineage reconstruction).
+struct Lineage {
+    func: u32,
+    args: Box<[ArgSlot]>,
+    max_retries: u32,
 }
 
 #[derive(Clone)]
@@ -186,6 +195,9 @@ struct Object {
     driver_ref: bool,
     /// Unfinished tasks that take it as an argument.
     task_refs: u32,
+    /// For a task's stored result: the task, to re-run if it is lost.
+    /// Boxed: inline results and puts (most objects) never need it.
+    lineage: Option<Box<Lineage>>,
 }
 
 /// The scheduler state. See the module docs.
@@ -342,17 +354,21 @@ impl Core {
         tracing::warn!(node = %id, reason, tasks = lost.len(), "node marked dead");
         out.disconnect(id);
         // Its store is gone: objects whose only copy it held are lost.
-        let mut lost_objects = 0;
-        for o in self.objects.values_mut() {
+        let mut lost_objects = Vec::new();
+        for (oid, o) in self.objects.iter_mut() {
             if let ObjectState::Stored { holders, .. } = &mut o.state
                 && let Some(i) = holders.iter().position(|h| *h == id)
             {
                 holders.swap_remove(i);
-                lost_objects += holders.is_empty() as usize;
+                if holders.is_empty() {
+                    lost_objects.push(*oid);
+                }
             }
         }
-        if lost_objects > 0 {
-            tracing::warn!(node = %id, objects = lost_objects, "objects lost with the node (their only copy was there)");
+        if !lost_objects.is_empty() {
+            tracing::warn!(node = %id, objects = lost_objects.len(), "objects lost with the node (their only copy was there)");
+            lost_objects.sort_unstable();
+            self.reconstruct(&lost_objects, &format!("its only copy was on node {id}, which died"));
         }
         let mut requeue = Vec::new();
         for t in lost {
@@ -481,7 +497,7 @@ impl Core {
                 ObjectState::Stored { size, holders }
             }
         };
-        self.objects.insert(id, Object { state, driver_ref: true, task_refs: 0 });
+        self.objects.insert(id, Object { state, driver_ref: true, task_refs: 0, lineage: None });
     }
 
     /// A driver submits tasks. Ids must be the job's own and fresh.
@@ -603,6 +619,7 @@ impl Core {
                 }
                 continue;
             }
+            let rebuilding = if matches!(&outcome, Err(f) if f.kind == FailureKind::ObjectLost) { self.inputs_being_rebuilt(tid) } else { Vec::new() };
             let task = self.tasks.get_mut(&tid).expect("checked");
             let job = self.jobs.get(&task.job).expect("tasks of gone jobs are removed");
             let def = &job.functions[task.func as usize];
@@ -620,6 +637,17 @@ impl Core {
                         Value::Stored { size } => ObjectState::Stored { size, holders: vec![node_id] },
                     };
                     self.settle(tid, task, state, out);
+                }
+                Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && !rebuilding.is_empty() => {
+                    tracing::info!(task = %ids::display(tid), "an input was lost while the task waited for it; it runs again once the input is rebuilt");
+                    for d in &rebuilding {
+                        self.tasks.get_mut(d).expect("listed").dependents.get_or_insert_default().push(tid);
+                    }
+                    let task = self.tasks.get_mut(&tid).expect("present");
+                    task.missing += rebuilding.len() as u32;
+                    task.state = TaskState::Waiting;
+                    self.counts.running -= 1;
+                    self.counts.queued += 1;
                 }
                 Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= task.max_retries && !task.cancel_requested => {
                     tracing::info!(task = %ids::display(tid), attempt = task.attempts, "executor died; retrying task");
@@ -717,7 +745,9 @@ impl Core {
         }
         // Keep the object only while someone can still ask for it.
         if task.driver_ref || task.result_refs > 0 {
-            self.objects.insert(id, Object { state: state.clone(), driver_ref: task.driver_ref, task_refs: task.result_refs });
+            let lineage = matches!(state, ObjectState::Stored { .. })
+                .then(|| Box::new(Lineage { func: task.func, args: task.args.clone(), max_retries: task.max_retries }));
+            self.objects.insert(id, Object { state: state.clone(), driver_ref: task.driver_ref, task_refs: task.result_refs, lineage });
         } else {
             Self::free_copies(id, &state, out);
         }
@@ -835,6 +865,120 @@ impl Core {
             self.ready.push_front(t);
         }
         self.alive = alive;
+    }
+
+    /// Re-runs the tasks that made `lost` objects (every copy gone), so the
+    /// tasks and drivers that still need them get them: the object becomes
+    /// a task again, with the same id, and what waits on it waits again.
+    /// Inputs that were lost too are rebuilt first (recursively). An
+    /// object that cannot be rebuilt (a `put`, or its inputs were already
+    /// released) stays lost: its consumers fail with `ObjectLost`.
+    fn reconstruct(&mut self, lost: &[ObjectId], why: &str) {
+        let mut rebuilt: Vec<ObjectId> = Vec::new();
+        let mut work: Vec<ObjectId> = lost.to_vec();
+        while let Some(oid) = work.pop() {
+            let Some(o) = self.objects.get(&oid) else { continue };
+            if !(o.driver_ref || o.task_refs > 0) || !self.jobs.contains_key(&ids::job_of(oid)) {
+                continue;
+            }
+            let Some(lin) = &o.lineage else {
+                tracing::warn!(object = %ids::display(oid), "a lost object has no lineage (a put): it cannot be rebuilt");
+                continue;
+            };
+            let inputs_known = lin.args.iter().all(|a| match a {
+                ArgSlot::Value(_) => true,
+                ArgSlot::Object(a) => self.tasks.contains_key(a) || self.objects.contains_key(a),
+            });
+            if !inputs_known {
+                tracing::warn!(object = %ids::display(oid), "a lost object's inputs were already released: it cannot be rebuilt");
+                continue;
+            }
+            let o = self.objects.remove(&oid).expect("present");
+            let lin = o.lineage.expect("checked");
+            // Unfinished again: it holds references to its inputs again.
+            for a in lin.args.iter() {
+                let ArgSlot::Object(a) = a else { continue };
+                if let Some(input) = self.objects.get_mut(a) {
+                    input.task_refs += 1;
+                    if matches!(&input.state, ObjectState::Stored { holders, .. } if holders.is_empty()) {
+                        work.push(*a);
+                    }
+                } else if let Some(producer) = self.tasks.get_mut(a) {
+                    producer.result_refs += 1;
+                }
+            }
+            self.tasks.insert(
+                oid,
+                Task {
+                    job: ids::job_of(oid),
+                    func: lin.func,
+                    args: lin.args,
+                    missing: 0,
+                    state: TaskState::Waiting,
+                    attempts: 0,
+                    history: Some(Box::new(vec![format!("rebuilt: {why}")])),
+                    max_retries: lin.max_retries,
+                    cancel_requested: false,
+                    driver_ref: o.driver_ref,
+                    result_refs: o.task_refs,
+                    dependents: None,
+                },
+            );
+            self.counts.queued += 1;
+            rebuilt.push(oid);
+            tracing::info!(object = %ids::display(oid), "rebuilding a lost object by re-running the task that made it");
+        }
+        if rebuilt.is_empty() {
+            return;
+        }
+        // Wire the rebuilt tasks, and every queued task that needs them, to
+        // wait for their inputs (one pass over the tasks).
+        let rebuilding: IdSet<ObjectId> = rebuilt.iter().copied().collect();
+        let mut affected: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(id, t)| !rebuilding.contains(id) && matches!(t.state, TaskState::Waiting | TaskState::Ready))
+            .filter(|(_, t)| t.args.iter().any(|a| matches!(a, ArgSlot::Object(x) if rebuilding.contains(x))))
+            .map(|(id, _)| *id)
+            .collect();
+        affected.extend(rebuilt.iter().copied());
+        for tid in affected {
+            // A rebuilt task waits on every unfinished input; a queued
+            // consumer already waits on its other producers, so only its
+            // rebuilt inputs are new waits.
+            let fresh = rebuilding.contains(&tid);
+            let deps: Vec<ObjectId> = self.tasks[&tid]
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    ArgSlot::Object(x) if self.tasks.contains_key(x) && (fresh || rebuilding.contains(x)) => Some(*x),
+                    _ => None,
+                })
+                .collect();
+            for d in &deps {
+                self.tasks.get_mut(d).expect("listed").dependents.get_or_insert_default().push(tid);
+            }
+            let t = self.tasks.get_mut(&tid).expect("listed");
+            t.missing += deps.len() as u32;
+            if t.missing > 0 {
+                t.state = TaskState::Waiting;
+            } else {
+                t.state = TaskState::Ready;
+                self.ready.push_front(tid);
+            }
+        }
+    }
+
+    /// The inputs of task `tid` that are being rebuilt (unfinished tasks).
+    fn inputs_being_rebuilt(&self, tid: TaskId) -> Vec<ObjectId> {
+        let Some(task) = self.tasks.get(&tid) else { return Vec::new() };
+        task.args
+            .iter()
+            .filter_map(|a| match a {
+                ArgSlot::Object(x) if self.tasks.contains_key(x) => Some(*x),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The alive node holding the most bytes of `task`'s stored inputs.

@@ -519,3 +519,131 @@ fn an_object_whose_only_holder_died_fails_its_consumers_with_object_lost() {
     assert!(f.message.contains(&ids::display(big)), "{}", f.message);
     out.assert_quiet();
 }
+
+// ---------------------------------------------------------------- lineage
+
+fn two_nodes(core: &mut Core, out: &mut Rec, now: Instant) -> ((NodeId, u64), (NodeId, u64)) {
+    let a = node_at(core, "10.0.0.1", now, out);
+    let b = node_at(core, "10.0.0.2", now, out);
+    (a, b)
+}
+
+#[test]
+fn a_lost_intermediate_object_is_rebuilt_and_its_consumer_still_runs() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
+    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
+    let big = ids::object_id(job, 1);
+    let gate = ids::object_id(job, 2);
+    let fin = ids::object_id(job, 3);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![task(job, 1, 0, vec![val(b"seed")])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].0, a);
+    core.tasks_finished(a, ea, vec![(big, Ok(Value::Stored { size: 1 << 20 }))], now, &mut out);
+    out.results.clear();
+    // The consumer also waits on a slow gate task.
+    core.node_credits(b, eb, 1, now);
+    core.submit(job, vec![task(job, 2, 0, vec![]), task(job, 3, 1, vec![NewArg::Object(big), NewArg::Object(gate)])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(n, d)| (*n, d.task)).collect::<Vec<_>>(), vec![(b, gate)]);
+    // The node holding the only copy of `big` dies.
+    core.node_disconnected(a, ea, &mut out);
+    assert_eq!(core.snapshot(now).tasks.queued, 2, "the producer is queued again beside the waiting consumer");
+    core.node_credits(b, eb, 2, now);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].0, d[0].1.task, d[0].1.args.clone()), (b, big, vec![inline(b"seed")]), "the producer re-runs from its lineage");
+    core.tasks_finished(b, eb, vec![(big, Ok(Value::Stored { size: 1 << 20 }))], now, &mut out);
+    let relocated = out.results.pop().unwrap();
+    assert_eq!(relocated.2, Ok(Payload::Stored(StoredRef { id: big, size: 1 << 20, holders: vec!["10.0.0.2:7000".into()] })), "the driver learns the new copy");
+    core.schedule(&mut out);
+    assert!(out.dispatched.is_empty(), "the consumer still waits for the gate");
+    core.tasks_finished(b, eb, vec![(gate, ok(b"g"))], now, &mut out);
+    out.results.clear();
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1.task, fin);
+    assert_eq!(d[0].1.args[0], Payload::Stored(StoredRef { id: big, size: 1 << 20, holders: vec!["10.0.0.2:7000".into()] }));
+    core.tasks_finished(b, eb, vec![(fin, ok(b"done"))], now, &mut out);
+    assert_eq!(out.results.pop().unwrap().2, Ok(inline(b"done")));
+    assert_eq!(core.snapshot(now).tasks.failed, 0);
+    out.assert_quiet();
+}
+
+#[test]
+fn a_running_consumer_whose_input_vanished_waits_for_the_rebuild() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
+    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
+    let big = ids::object_id(job, 1);
+    let fin = ids::object_id(job, 2);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.tasks_finished(a, ea, vec![(big, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    out.results.clear();
+    // The consumer goes to b (a has no credits) and starts pulling from a.
+    core.node_credits(b, eb, 1, now);
+    core.submit(job, vec![task(job, 2, 1, vec![NewArg::Object(big)])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].0, b);
+    core.node_disconnected(a, ea, &mut out);
+    // b's pull fails: the consumer must not fail, it waits for the rebuild.
+    core.tasks_finished(b, eb, vec![(fin, Err(Failure::new(FailureKind::ObjectLost, "pull failed")))], now, &mut out);
+    assert!(out.results.is_empty(), "no failure reaches the driver: {:?}", out.results);
+    core.node_credits(b, eb, 1, now);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d[0].1.task, big, "rebuild first");
+    core.tasks_finished(b, eb, vec![(big, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    out.results.clear();
+    core.node_credits(b, eb, 1, now);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d[0].1.task, fin, "then the consumer, again");
+    core.tasks_finished(b, eb, vec![(fin, ok(b"ok"))], now, &mut out);
+    assert_eq!(out.results.pop().unwrap().2, Ok(inline(b"ok")));
+    out.assert_quiet();
+}
+
+#[test]
+fn lost_chains_are_rebuilt_from_the_first_lost_link() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
+    let (x, y, z) = (ids::object_id(job, 1), ids::object_id(job, 2), ids::object_id(job, 3));
+    core.node_credits(a, ea, 2, now);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.tasks_finished(a, ea, vec![(x, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(x)])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.tasks_finished(a, ea, vec![(y, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    out.results.clear();
+    // z needs y; a (holding x and y) dies before z is placed.
+    core.submit(job, vec![task(job, 3, 0, vec![NewArg::Object(y)])], &mut out);
+    core.node_disconnected(a, ea, &mut out);
+    core.node_credits(b, eb, 3, now);
+    core.schedule(&mut out);
+    let order: Vec<TaskId> = out.take_dispatched().iter().map(|(_, d)| d.task).collect();
+    assert_eq!(order, vec![x]);
+    core.tasks_finished(b, eb, vec![(x, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![y]);
+    core.tasks_finished(b, eb, vec![(y, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![z]);
+    assert_eq!(core.snapshot(now).tasks.failed, 0);
+}
