@@ -142,6 +142,12 @@ struct StartArgs {
     /// Head: wait for a node that fits instead of failing tasks no node can run.
     #[arg(long)]
     wait_for_nodes: bool,
+    /// Head: where it keeps its durable log (default: head-data in the session dir). A head restarted with the same data dir (and address) resumes the work in flight; workers and drivers reconnect on their own.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Head: seconds a job waits for its driver to reconnect after losing it.
+    #[arg(long, default_value_t = 30.0)]
+    driver_grace: f64,
     /// Head: serve TLS with this PEM certificate (chain); clients then use https://.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,

@@ -81,11 +81,19 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     } else {
         None
     };
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| home.join("head-data"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    // A restarted head keeps its token, so its workers and drivers can
+    // reconnect with what they have.
+    let kept_token = data_dir.join("token");
     let token = if args.insecure_no_token {
         eprintln!("WARNING: starting the head WITHOUT a cluster token (--insecure-no-token): anyone who can reach port {} can run code on this cluster.", args.port);
+        let _ = std::fs::remove_file(&kept_token);
         None
     } else {
-        Some(explicit.unwrap_or_else(shoal_proto::auth::generate_token))
+        let t = explicit.or_else(|| config::resolve_token(None, Some(&kept_token)).ok().flatten()).unwrap_or_else(shoal_proto::auth::generate_token);
+        config::write_token_file(&kept_token, &t).with_context(|| format!("writing {}", kept_token.display()))?;
+        Some(t)
     };
     let token_file = session::token_path(home);
     match &token {
@@ -114,7 +122,12 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     cfg.heartbeat_timeout = Duration::from_secs_f64(args.heartbeat_timeout);
     cfg.heartbeat_interval = cfg.heartbeat_interval.min(cfg.heartbeat_timeout / 4);
     cfg.wait_for_feasible_nodes = args.wait_for_nodes;
-    let head = shoal_scheduler::start(cfg, listener).await?;
+    if !(args.driver_grace.is_finite() && args.driver_grace >= 0.0) {
+        bail!("--driver-grace must be >= 0 seconds");
+    }
+    cfg.driver_grace = Duration::from_secs_f64(args.driver_grace);
+    cfg.data_dir = Some(data_dir.clone());
+    let head = shoal_scheduler::start(cfg, listener).await.with_context(|| format!("starting the head (data dir {})", data_dir.display()))?;
     let port = head.addr.port();
     let ip: std::net::IpAddr = args.bind.parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     // With TLS, local clients name the host as the certificate does.

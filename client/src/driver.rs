@@ -27,6 +27,9 @@ pub(crate) enum Out {
     Put(pb::PutObject),
     Cancel(u64),
     Release(u64),
+    /// End the session cleanly (the head ends the job at once); answer
+    /// once the stream is closed.
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A connected driver (one per process).
@@ -71,6 +74,73 @@ async fn upload_binary(client: &mut Client, address: &str, hash: &str, exe: &Pat
     Ok(())
 }
 
+/// One open session with the head.
+struct Session {
+    up: mpsc::Sender<DriverToHead>,
+    down: BoxStream<pb::HeadToDriver>,
+    job: u32,
+    acked: u64,
+}
+
+/// What reopening a session needs.
+#[derive(Clone)]
+struct Endpoint {
+    address: String,
+    token: Option<String>,
+    hash: String,
+    exe: std::path::PathBuf,
+    name: String,
+    local: Option<LocalLink>,
+}
+
+/// How long a driver keeps trying to reach its head again after losing
+/// it (a head restart, a network failure) before failing what it waits for.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+
+impl Endpoint {
+    /// Opens a session: a new job, or `resume` an existing one.
+    async fn open(&self, resume: u32) -> Result<Session> {
+        let address = self.address.as_str();
+        let (up, stream_rx) = mpsc::channel::<DriverToHead>(16);
+        let hello = DriverToHead {
+            hello: Some(pb::DriverHello {
+                protocol_version: PROTOCOL_VERSION,
+                binary: self.hash.clone(),
+                name: self.name.clone(),
+                hostname: shoal_worker::config::hostname(),
+                pid: std::process::id(),
+                resume_job: resume,
+            }),
+            ..Default::default()
+        };
+        up.send(hello).await.expect("receiver alive");
+        let mut down: BoxStream<pb::HeadToDriver> = match &self.local {
+            // The embedded head shares this process's binary cache.
+            Some(link) => link.0.driver_session(Box::pin(ReceiverStream::new(stream_rx).map(Ok))).await.map_err(|s| status_to_error(address, s))?,
+            None => {
+                let mut client = connect_client(address, self.token.as_deref(), Duration::from_secs(5)).await?;
+                let present = client
+                    .has_binary(pb::BinaryId { hash: self.hash.clone() })
+                    .await
+                    .map_err(|s| status_to_error(address, s))?
+                    .into_inner()
+                    .present;
+                if !present {
+                    tracing::info!(binary = %&self.hash[..12], "uploading the program binary to the head");
+                    upload_binary(&mut client, address, &self.hash, &self.exe).await?;
+                }
+                let resp = client.driver_session(ReceiverStream::new(stream_rx)).await.map_err(|s| status_to_error(address, s))?;
+                Box::pin(resp.into_inner())
+            }
+        };
+        let first = down.next().await.transpose().map_err(|s| status_to_error(address, s))?;
+        match first {
+            Some(pb::HeadToDriver { welcome: Some(w), acked, .. }) => Ok(Session { up, down, job: w.job, acked }),
+            _ => Err(Error::Refused { address: address.to_string(), message: "the head closed the session without a welcome".into() }),
+        }
+    }
+}
+
 impl Driver {
     /// Connects, making sure the head has the program binary `hash`
     /// (uploading `exe` if not), and opens the session: over gRPC, or over
@@ -84,42 +154,9 @@ impl Driver {
         local: Option<LocalLink>,
         local_store: Option<LocalStore>,
     ) -> Result<Arc<Driver>> {
-        let (stream_tx, stream_rx) = mpsc::channel::<DriverToHead>(16);
-        let hello = DriverToHead {
-            hello: Some(pb::DriverHello {
-                protocol_version: PROTOCOL_VERSION,
-                binary: hash.to_string(),
-                name: name.to_string(),
-                hostname: shoal_worker::config::hostname(),
-                pid: std::process::id(),
-            }),
-            ..Default::default()
-        };
-        stream_tx.send(hello).await.expect("receiver alive");
-        let mut inbound: BoxStream<pb::HeadToDriver> = match &local {
-            // The embedded head shares this process's binary cache.
-            Some(link) => link.0.driver_session(Box::pin(ReceiverStream::new(stream_rx).map(Ok))).await.map_err(|s| status_to_error(address, s))?,
-            None => {
-                let mut client = connect_client(address, token.as_deref(), Duration::from_secs(5)).await?;
-                let present = client
-                    .has_binary(pb::BinaryId { hash: hash.to_string() })
-                    .await
-                    .map_err(|s| status_to_error(address, s))?
-                    .into_inner()
-                    .present;
-                if !present {
-                    tracing::info!(binary = %&hash[..12], "uploading the program binary to the head");
-                    upload_binary(&mut client, address, hash, exe).await?;
-                }
-                let resp = client.driver_session(ReceiverStream::new(stream_rx)).await.map_err(|s| status_to_error(address, s))?;
-                Box::pin(resp.into_inner())
-            }
-        };
-        let first = inbound.next().await.transpose().map_err(|s| status_to_error(address, s))?;
-        let job = match first.and_then(|m| m.welcome) {
-            Some(w) => w.job,
-            None => return Err(Error::Refused { address: address.to_string(), message: "the head closed the session without a welcome".into() }),
-        };
+        let endpoint = Endpoint { address: address.to_string(), token: token.clone(), hash: hash.to_string(), exe: exe.to_path_buf(), name: name.to_string(), local };
+        let session = endpoint.open(0).await?;
+        let job = session.job;
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = Arc::new(Driver {
             job,
@@ -134,30 +171,7 @@ impl Driver {
             local_store,
             store_target: Mutex::new(None),
         });
-        tokio::spawn(send_loop(rx, stream_tx));
-        let weak = Arc::downgrade(&driver);
-        tokio::spawn(async move {
-            let reason = loop {
-                match inbound.next().await.transpose() {
-                    Ok(Some(msg)) => {
-                        let Some(d) = weak.upgrade() else { return };
-                        for r in msg.results {
-                            if let Some(slot) = d.slots.get(&r.task).map(|s| s.clone()) {
-                                slot.complete(result_from_pb(r));
-                            }
-                        }
-                        if !msg.error.is_empty() {
-                            break msg.error;
-                        }
-                    }
-                    Ok(None) => break "the head closed the session".to_string(),
-                    Err(s) => break format!("{}: {}", s.code(), s.message()),
-                }
-            };
-            if let Some(d) = weak.upgrade() {
-                d.close(reason);
-            }
-        });
+        tokio::spawn(session_loop(Arc::downgrade(&driver), endpoint, session, rx));
         tracing::debug!(job, %address, "driver connected");
         Ok(driver)
     }
@@ -230,24 +244,125 @@ impl Driver {
     pub(crate) fn cancel(&self, id: u64) {
         let _ = self.tx.send(Out::Cancel(id));
     }
+
+    /// Ends the session cleanly and waits (briefly) until it is closed.
+    pub(crate) async fn finish(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Out::Close(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+            // Let the transport put the end of the stream on the wire.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Largest batch a driver sends in one frame.
 const BATCH_BYTES: usize = shoal_proto::BATCH_BYTES;
 
-async fn send_loop(mut rx: mpsc::UnboundedReceiver<Out>, stream: mpsc::Sender<DriverToHead>) {
-    while let Some(first) = rx.recv().await {
-        let mut msg = DriverToHead::default();
-        let mut size = add(&mut msg, first);
-        while size < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(o) => size += add(&mut msg, o),
-                Err(_) => break,
+/// Batches queued calls onto the session, completes results as they
+/// arrive, and when the connection is lost (not refused) reconnects to the
+/// same job and sends again every batch the head has not acknowledged as
+/// durable. Embedded sessions (in-process head) have nothing to reconnect.
+async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut session: Session, mut rx: mpsc::UnboundedReceiver<Out>) {
+    let mut seq: u64 = 0;
+    let mut unacked: std::collections::VecDeque<(u64, DriverToHead)> = std::collections::VecDeque::new();
+    let keep = endpoint.local.is_none();
+    let reason = 'session: loop {
+        let broken = loop {
+            tokio::select! {
+                o = rx.recv() => {
+                    let Some(first) = o else { return };
+                    let mut closing = None;
+                    let mut msg = DriverToHead::default();
+                    let mut size = match first {
+                        Out::Close(done) => {
+                            closing = Some(done);
+                            0
+                        }
+                        o => add(&mut msg, o),
+                    };
+                    while size < BATCH_BYTES && closing.is_none() {
+                        match rx.try_recv() {
+                            Ok(Out::Close(done)) => closing = Some(done),
+                            Ok(o) => size += add(&mut msg, o),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(done) = closing {
+                        if msg != DriverToHead::default() {
+                            seq += 1;
+                            msg.seq = seq;
+                            let _ = session.up.send(shoal_proto::pad::pad(msg)).await;
+                        }
+                        drop(session);
+                        let _ = done.send(());
+                        return;
+                    }
+                    seq += 1;
+                    msg.seq = seq;
+                    if keep {
+                        unacked.push_back((seq, msg.clone()));
+                    }
+                    if session.up.send(shoal_proto::pad::pad(msg)).await.is_err() {
+                        break "the session's stream closed".to_string();
+                    }
+                }
+                m = session.down.next() => match m.transpose() {
+                    Ok(Some(msg)) => {
+                        let Some(d) = weak.upgrade() else { return };
+                        for r in msg.results {
+                            if let Some(slot) = d.slots.get(&r.task).map(|s| s.clone()) {
+                                slot.complete(result_from_pb(r));
+                            }
+                        }
+                        while unacked.front().is_some_and(|(s, _)| *s <= msg.acked) {
+                            unacked.pop_front();
+                        }
+                        if !msg.error.is_empty() {
+                            break 'session msg.error;
+                        }
+                    }
+                    Ok(None) => break "the head closed the session".to_string(),
+                    Err(s) => break format!("{}: {}", s.code(), s.message()),
+                },
+            }
+        };
+        if !keep {
+            break broken;
+        }
+        // Reconnect to the same job, then replay what is not durable.
+        tracing::warn!(job = session.job, reason = %broken, "lost the head; reconnecting");
+        let deadline = tokio::time::Instant::now() + RECONNECT_WINDOW;
+        let mut backoff = Duration::from_millis(100);
+        let job = session.job;
+        session = loop {
+            if weak.upgrade().is_none() {
+                return;
+            }
+            match endpoint.open(job).await {
+                Ok(s) => break s,
+                Err(Error::Refused { message, .. }) if message.contains("not known") => break 'session format!("{broken}; the head no longer knows job {job}: {message}"),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    break 'session format!("{broken}; could not reconnect within {}s: {e}", RECONNECT_WINDOW.as_secs());
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        while unacked.front().is_some_and(|(s, _)| *s <= session.acked) {
+            unacked.pop_front();
+        }
+        tracing::info!(job, resent = unacked.len(), "reconnected to the head");
+        for (_, msg) in &unacked {
+            if session.up.send(shoal_proto::pad::pad(msg.clone())).await.is_err() {
+                break;
             }
         }
-        if stream.send(shoal_proto::pad::pad(msg)).await.is_err() {
-            return;
-        }
+    };
+    if let Some(d) = weak.upgrade() {
+        d.close(reason);
     }
 }
 
@@ -285,6 +400,7 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
             msg.release.push(id);
             8
         }
+        Out::Close(_) => unreachable!("handled by the session loop"),
     }
 }
 

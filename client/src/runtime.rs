@@ -247,6 +247,7 @@ pub async fn shutdown() {
     let driver = DRIVER.write().expect("driver lock").take();
     if let Some(d) = driver {
         d.close("shoal::shutdown() was called".into());
+        let _ = runtime().spawn(async move { d.finish().await }).await;
     }
     let embedded = EMBEDDED.lock().expect("embedded lock").take();
     if let Some(e) = embedded {
@@ -308,7 +309,11 @@ pub async fn cluster_status() -> Result<ClusterStatus> {
 /// Runs an async `main` on a multi-threaded runtime (used by `#[shoal::main]`).
 pub fn run_main<F: std::future::Future>(fut: F) -> F::Output {
     enter_main();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the main runtime").block_on(fut)
+    let out = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the main runtime").block_on(fut);
+    // Leave the cluster cleanly: the head ends the job at once instead of
+    // waiting for a driver that lost its connection to come back.
+    block_on(shutdown());
+    out
 }
 
 /// Called at the top of a `#[shoal::main]` program. Executor processes

@@ -8,6 +8,7 @@
 
 pub mod core;
 mod convert;
+mod durable;
 pub mod server;
 
 pub use server::{HeadConfig, HeadHandle, TlsIdentity, start};

@@ -38,6 +38,12 @@ pub struct HeadConfig {
     pub wait_for_feasible_nodes: bool,
     /// Serve TLS with this PEM certificate chain and key.
     pub tls: Option<TlsIdentity>,
+    /// Keep a durable log here (redb): after a crash, a head restarted
+    /// with the same data dir picks up the work where it was. `None`: the
+    /// head keeps everything in memory (an embedded cluster).
+    pub data_dir: Option<PathBuf>,
+    /// How long a job waits for its driver to reconnect after losing it.
+    pub driver_grace: Duration,
 }
 
 /// A PEM certificate chain and private key for serving TLS.
@@ -66,6 +72,8 @@ impl HeadConfig {
             heartbeat_timeout: Duration::from_secs(5),
             wait_for_feasible_nodes: false,
             tls: None,
+            data_dir: None,
+            driver_grace: Duration::from_secs(30),
         }
     }
 }
@@ -118,15 +126,31 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
     let addr = listener.local_addr()?;
     let store = BinaryStore::open(&config.binaries_dir)?;
     let (events, rx) = mpsc::unbounded_channel();
-    let core = Core::new(CoreConfig { heartbeat_timeout: config.heartbeat_timeout, wait_for_feasible_nodes: config.wait_for_feasible_nodes });
-    tokio::spawn(event_loop(core, rx, config.heartbeat_interval));
+    let mut core = Core::new(CoreConfig {
+        heartbeat_timeout: config.heartbeat_timeout,
+        wait_for_feasible_nodes: config.wait_for_feasible_nodes,
+        driver_grace: config.driver_grace,
+    });
+    let mut state = LoopState::default();
+    if let Some(dir) = &config.data_dir {
+        let ev = events.clone();
+        let (log, replay) = crate::durable::Log::open(dir, move |acks| {
+            let _ = ev.send(Cmd::Durable(acks));
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        restore(&mut core, &mut state, replay, config.heartbeat_timeout);
+        state.log = Some(log);
+    }
+    tokio::spawn(event_loop(core, state, rx, config.heartbeat_interval));
     let service = HeadService { events: events.clone(), store: store.clone() };
     let svc = HeadServer::new(service)
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::CheckToken::new(config.token.as_deref()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: small messages (a result,
+    // then an acknowledgement) must not wait for the peer's delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = tonic::transport::Server::builder();
     if let Some(id) = &config.tls {
         let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
@@ -156,9 +180,13 @@ enum Cmd {
     WorkerRegister { reg: NodeRegistration, tx: Sender<HeadToWorker>, reply: oneshot::Sender<(NodeId, u64)> },
     WorkerMsg { node: NodeId, epoch: u64, msg: pb::WorkerToHead },
     WorkerGone { node: NodeId, epoch: u64 },
-    DriverHello { binary: String, name: String, tx: Sender<HeadToDriver>, reply: oneshot::Sender<Result<JobId, Status>> },
+    DriverHello { binary: String, name: String, resume_job: JobId, tx: Sender<HeadToDriver>, reply: oneshot::Sender<Result<JobId, Status>> },
     DriverMsg { job: JobId, msg: pb::DriverToHead },
-    DriverGone { job: JobId },
+    /// `clean`: the driver closed its stream (it is done); otherwise the
+    /// connection broke and the driver may come back.
+    DriverGone { job: JobId, tx: Sender<HeadToDriver>, clean: bool },
+    /// Driver batches up to these sequence numbers are in the log.
+    Durable(Vec<(JobId, u64)>),
     Status { reply: oneshot::Sender<ClusterSnapshot> },
     Drain { node: NodeId, reply: oneshot::Sender<Result<(), crate::core::CoreError>> },
     Stop,
@@ -173,6 +201,7 @@ struct BatchingOutbox {
     workers: HashMap<NodeId, Vec<(HeadToWorker, usize)>>,
     drivers: HashMap<JobId, Vec<(HeadToDriver, usize)>>,
     disconnect: Vec<NodeId>,
+    ended: Vec<JobId>,
 }
 
 fn current<M: Default>(v: &mut Vec<(M, usize)>, add: usize) -> &mut M {
@@ -215,9 +244,81 @@ impl Outbox for BatchingOutbox {
     fn drain(&mut self, node: NodeId) {
         current(self.workers.entry(node).or_default(), 4).drain = true;
     }
+    fn job_ended(&mut self, job: JobId) {
+        self.ended.push(job);
+    }
 }
 
-async fn event_loop(mut core: Core, mut rx: mpsc::UnboundedReceiver<Cmd>, heartbeat_interval: Duration) {
+/// The event loop's state beside the core: the log, and per job the last
+/// driver batch applied and the last one durable.
+#[derive(Default)]
+struct LoopState {
+    log: Option<crate::durable::Log>,
+    applied: HashMap<JobId, u64>,
+    durable: HashMap<JobId, u64>,
+}
+
+/// Rebuilds the core from the log after a restart.
+fn restore(core: &mut Core, state: &mut LoopState, replay: crate::durable::Replay, heartbeat_timeout: Duration) {
+    let now = Instant::now();
+    // Nobody is connected yet: whatever the replay would send is dropped.
+    let mut out = BatchingOutbox::default();
+    let (mut jobs, mut batches, mut results) = (0, 0, 0);
+    for (job, records) in replay.jobs {
+        for r in records {
+            match r.kind {
+                Some(pb::log_record::Kind::Job(j)) => {
+                    core.restore_job(j.job, j.binary, j.name, now);
+                    jobs += 1;
+                }
+                Some(pb::log_record::Kind::Batch(msg)) => {
+                    state.applied.insert(job, msg.seq);
+                    state.durable.insert(job, msg.seq);
+                    apply_driver_batch(core, job, msg, &mut out);
+                    batches += 1;
+                }
+                Some(pb::log_record::Kind::Results(r)) => {
+                    let Ok(node) = r.node.parse() else { continue };
+                    for res in r.results {
+                        let (tid, outcome) = convert::result_from_pb(res);
+                        core.restore_result(NodeId(node), tid, outcome, &mut out);
+                        results += 1;
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+    core.reserve_jobs_below(replay.next_job);
+    // Nodes that held objects get two heartbeat timeouts to re-register.
+    core.recovering(now + heartbeat_timeout * 2);
+    if jobs > 0 {
+        tracing::info!(jobs, batches, results, tasks = core.task_count(), objects = core.object_count(), "restored the head's state from its log");
+    }
+}
+
+fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToHead, out: &mut BatchingOutbox) {
+    if !msg.functions.is_empty() {
+        core.define_functions(job, msg.first_function, msg.functions.into_iter().map(convert::function_from_pb).collect());
+    }
+    for p in msg.puts {
+        match convert::put_from_pb(&p) {
+            Ok(v) => core.put(job, p.id, v, out),
+            Err(e) => tracing::warn!(job, error = %e, "malformed put ignored"),
+        }
+    }
+    if !msg.submit.is_empty() {
+        core.submit(job, msg.submit.into_iter().map(convert::task_from_pb).collect(), out);
+    }
+    if !msg.cancel.is_empty() {
+        core.cancel(job, &msg.cancel, out);
+    }
+    if !msg.release.is_empty() {
+        core.release(job, &msg.release, out);
+    }
+}
+
+async fn event_loop(mut core: Core, mut state: LoopState, mut rx: mpsc::UnboundedReceiver<Cmd>, heartbeat_interval: Duration) {
     let mut out = BatchingOutbox::default();
     let mut workers: HashMap<NodeId, (u64, Sender<HeadToWorker>)> = HashMap::new();
     let mut drivers: HashMap<JobId, Sender<HeadToDriver>> = HashMap::new();
@@ -233,7 +334,7 @@ async fn event_loop(mut core: Core, mut rx: mpsc::UnboundedReceiver<Cmd>, heartb
                     if matches!(cmd, Cmd::Stop) {
                         break 'outer;
                     }
-                    handle(&mut core, cmd, &mut out, &mut workers, &mut drivers, heartbeat_interval);
+                    handle(&mut core, &mut state, cmd, &mut out, &mut workers, &mut drivers, heartbeat_interval);
                     match rx.try_recv() {
                         Ok(c) => cmd = c,
                         Err(_) => break,
@@ -243,6 +344,14 @@ async fn event_loop(mut core: Core, mut rx: mpsc::UnboundedReceiver<Cmd>, heartb
             _ = tick.tick() => core.tick(Instant::now(), &mut out),
         }
         core.schedule(&mut out);
+        for job in out.ended.drain(..) {
+            drivers.remove(&job);
+            state.applied.remove(&job);
+            state.durable.remove(&job);
+            if let Some(log) = &state.log {
+                log.end_job(job);
+            }
+        }
         for node in out.disconnect.drain(..) {
             // Dropping the sender ends the session's response stream.
             workers.remove(&node);
@@ -267,6 +376,7 @@ async fn event_loop(mut core: Core, mut rx: mpsc::UnboundedReceiver<Cmd>, heartb
 
 fn handle(
     core: &mut Core,
+    state: &mut LoopState,
     cmd: Cmd,
     out: &mut BatchingOutbox,
     workers: &mut HashMap<NodeId, (u64, Sender<HeadToWorker>)>,
@@ -299,6 +409,9 @@ fn handle(
                 core.object_copied(node, epoch, id, out);
             }
             if !msg.results.is_empty() {
+                if let Some(log) = &state.log {
+                    log_results(log, node, &msg.results);
+                }
                 let results = msg.results.into_iter().map(convert::result_from_pb).collect();
                 core.tasks_finished(node, epoch, results, now, out);
             }
@@ -312,8 +425,12 @@ fn handle(
                 workers.remove(&node);
             }
         }
-        Cmd::DriverHello { binary, name, tx, reply } => match core.job_connected(binary, name) {
+        Cmd::DriverHello { binary, name, resume_job: 0, tx, reply } => match core.job_connected(binary.clone(), name.clone()) {
             Ok(job) => {
+                if let Some(log) = &state.log {
+                    log.next_job(core.next_job());
+                    log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Job(pb::JobStarted { job, binary, name })) }, 0);
+                }
                 let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), ..Default::default() }));
                 drivers.insert(job, tx);
                 let _ = reply.send(Ok(job));
@@ -322,29 +439,61 @@ fn handle(
                 let _ = reply.send(Err(Status::resource_exhausted(e.to_string())));
             }
         },
-        Cmd::DriverMsg { job, msg } => {
-            if !msg.functions.is_empty() {
-                core.define_functions(job, msg.first_function, msg.functions.into_iter().map(convert::function_from_pb).collect());
+        Cmd::DriverHello { resume_job: job, tx, reply, .. } => match core.job_reattached(job) {
+            Some(results) => {
+                tracing::info!(job, results = results.len(), "driver reconnected");
+                let acked = state.durable.get(&job).copied().unwrap_or(0);
+                let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), acked, ..Default::default() }));
+                for (task, r) in results {
+                    out.result(job, task, r);
+                }
+                drivers.insert(job, tx);
+                let _ = reply.send(Ok(job));
             }
-            for p in msg.puts {
-                match convert::put_from_pb(&p) {
-                    Ok(v) => core.put(job, p.id, v, out),
-                    Err(e) => tracing::warn!(job, error = %e, "malformed put ignored"),
+            None => {
+                let _ = reply.send(Err(Status::not_found(format!("job {job} is not known to this head (it ended, or the head lost its state)"))));
+            }
+        },
+        Cmd::DriverMsg { job, msg } => {
+            let seq = msg.seq;
+            let last = state.applied.get(&job).copied().unwrap_or(0);
+            if seq != 0 && seq <= last {
+                // Sent again after a reconnect; applied before.
+                return;
+            }
+            if seq != 0 {
+                state.applied.insert(job, seq);
+            }
+            match &state.log {
+                Some(log) => log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Batch(msg.clone())) }, seq),
+                None if seq != 0 => {
+                    state.durable.insert(job, seq);
+                    current(out.drivers.entry(job).or_default(), 8).acked = seq;
+                }
+                None => {}
+            }
+            apply_driver_batch(core, job, msg, out);
+        }
+        Cmd::DriverGone { job, tx, clean } => {
+            // Only the current session of the job counts.
+            if drivers.get(&job).is_some_and(|t| t.same_channel(&tx)) {
+                drivers.remove(&job);
+                if clean {
+                    core.job_disconnected(job, out);
+                } else {
+                    tracing::info!(job, "driver connection lost; its job waits for it to reconnect");
+                    core.job_detached(job, now);
                 }
             }
-            if !msg.submit.is_empty() {
-                core.submit(job, msg.submit.into_iter().map(convert::task_from_pb).collect(), out);
-            }
-            if !msg.cancel.is_empty() {
-                core.cancel(job, &msg.cancel, out);
-            }
-            if !msg.release.is_empty() {
-                core.release(job, &msg.release, out);
-            }
         }
-        Cmd::DriverGone { job } => {
-            core.job_disconnected(job, out);
-            drivers.remove(&job);
+        Cmd::Durable(acks) => {
+            for (job, seq) in acks {
+                if !drivers.contains_key(&job) && !state.applied.contains_key(&job) {
+                    continue;
+                }
+                state.durable.insert(job, seq);
+                current(out.drivers.entry(job).or_default(), 8).acked = seq;
+            }
         }
         Cmd::Status { reply } => {
             let _ = reply.send(core.snapshot(now));
@@ -393,6 +542,7 @@ async fn open_worker_session(events: mpsc::UnboundedSender<Cmd>, peer: String, m
         memory_bytes: reg.memory_bytes,
         object_store_bytes: reg.object_store_bytes,
         object_address: convert::object_address(&reg.object_host, reg.object_port, &peer),
+        objects: reg.objects,
         address: peer,
     };
     let (tx, rx) = mpsc::unbounded_channel();
@@ -433,27 +583,39 @@ async fn open_driver_session(events: mpsc::UnboundedSender<Cmd>, store: &BinaryS
     let (tx, rx) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     let name = format!("{} (pid {} on {})", hello.name, hello.pid, hello.hostname);
-    events.send(Cmd::DriverHello { binary: hello.binary, name, tx, reply: reply_tx }).map_err(|_| head_gone())?;
+    let session_tx = tx.clone();
+    events.send(Cmd::DriverHello { binary: hello.binary, name, resume_job: hello.resume_job, tx, reply: reply_tx }).map_err(|_| head_gone())?;
     let job = reply_rx.await.map_err(|_| head_gone())??;
     tokio::spawn(async move {
         let _ = events.send(Cmd::DriverMsg { job, msg: first });
-        loop {
+        let clean = loop {
             match inbound.next().await {
                 Some(Ok(msg)) => {
                     if events.send(Cmd::DriverMsg { job, msg }).is_err() {
-                        break;
+                        break true;
                     }
                 }
-                None => break,
+                None => break true,
                 Some(Err(e)) => {
-                    tracing::info!(job, error = %e, "driver session ended");
-                    break;
+                    tracing::info!(job, error = %e, "driver session broken");
+                    break false;
                 }
             }
-        }
-        let _ = events.send(Cmd::DriverGone { job });
+        };
+        let _ = events.send(Cmd::DriverGone { job, tx: session_tx, clean });
     });
     Ok(Box::pin(UnboundedReceiverStream::new(rx)))
+}
+
+/// Logs the results a node reported, one record per job they belong to.
+fn log_results(log: &crate::durable::Log, node: NodeId, results: &[pb::TaskResult]) {
+    let mut by_job: HashMap<JobId, Vec<pb::TaskResult>> = HashMap::new();
+    for r in results {
+        by_job.entry(shoal_proto::ids::job_of(r.task)).or_default().push(r.clone());
+    }
+    for (job, results) in by_job {
+        log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Results(pb::NodeResults { node: node.0.to_string(), results })) }, 0);
+    }
 }
 
 /// The head as seen from its own process: sessions over channels.

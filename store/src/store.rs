@@ -406,6 +406,11 @@ impl Store {
         }
     }
 
+    /// Ids of the sealed objects held (told to the head on registering).
+    pub fn ids(&self) -> Vec<u64> {
+        self.lock().objects.iter().filter(|(_, e)| e.sealed && !e.freed).map(|(id, _)| *id).collect()
+    }
+
     /// Usage figures.
     pub fn stats(&self) -> StoreStats {
         let g = self.lock();

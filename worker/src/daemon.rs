@@ -122,7 +122,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         object_port: object_port as u32,
         object_host: config.object_host.clone().unwrap_or_default(),
     };
-    let sess = tokio::spawn(session::run(config.head.clone(), config.token.clone(), config.local_head.clone(), config.node_id.clone(), reg, events.clone()));
+    let sess = tokio::spawn(session::run(config.head.clone(), config.token.clone(), config.local_head.clone(), config.node_id.clone(), reg, store.clone(), events.clone()));
     let (node_tx, node_rx) = watch::channel(None);
     let slots = config.resources.cpus.ceil().max(1.0) as usize;
     let daemon = Daemon {
@@ -377,9 +377,10 @@ impl Daemon {
                     }
                     self.free = self.config.resources.clone();
                     self.jobs.clear();
-                    // The head forgets this node's copies when it declares
-                    // it dead: they are nobody's now.
-                    self.store.free_where(|_| true);
+                    // Stored objects stay: re-registering tells the head
+                    // which ones this node still holds (it frees those it
+                    // no longer knows). Copies pulled but not yet reported
+                    // are among them.
                     self.copied.clear();
                 }
             }

@@ -48,7 +48,15 @@ async fn open(head: &str, token: Option<&str>, local: Option<&LocalLink>, up: mp
     }
 }
 
-pub(crate) async fn run(head: String, token: Option<String>, local: Option<LocalLink>, mut node_id: Option<String>, reg: Registration, events: mpsc::UnboundedSender<Ev>) {
+pub(crate) async fn run(
+    head: String,
+    token: Option<String>,
+    local: Option<LocalLink>,
+    mut node_id: Option<String>,
+    reg: Registration,
+    store: std::sync::Arc<shoal_store::Store>,
+    events: mpsc::UnboundedSender<Ev>,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut session: u64 = 0;
     let mut logged_unreachable = false;
@@ -66,6 +74,8 @@ pub(crate) async fn run(head: String, token: Option<String>, local: Option<Local
                 pid: std::process::id(),
                 object_port: reg.object_port,
                 object_host: reg.object_host.clone(),
+                // What survived a lost connection (or a head restart).
+                objects: store.ids(),
             }),
             ..Default::default()
         });

@@ -44,6 +44,9 @@ pub trait Outbox {
     fn disconnect(&mut self, node: NodeId);
     /// `node` should finish what it holds, ask for no more, and exit.
     fn drain(&mut self, node: NodeId);
+    /// `job` ended (its driver left, or never came back): nothing of it
+    /// needs to be remembered any more.
+    fn job_ended(&mut self, _job: JobId) {}
 }
 
 /// Tunables of the core.
@@ -54,11 +57,15 @@ pub struct CoreConfig {
     /// When no alive node could ever fit a task: wait for one (`true`) or
     /// fail the task with `Unschedulable` (`false`, the default).
     pub wait_for_feasible_nodes: bool,
+    /// How long a job whose driver lost its connection (or that was
+    /// restored after a head restart) waits for the driver to come back
+    /// before its work is dropped.
+    pub driver_grace: Duration,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { heartbeat_timeout: Duration::from_secs(5), wait_for_feasible_nodes: false }
+        CoreConfig { heartbeat_timeout: Duration::from_secs(5), wait_for_feasible_nodes: false, driver_grace: Duration::from_secs(30) }
     }
 }
 
@@ -98,6 +105,8 @@ struct Job {
     binary: String,
     name: String,
     functions: Vec<FunctionDef>,
+    /// The driver's connection is gone since then; it may come back.
+    detached_since: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -216,6 +225,9 @@ pub struct Core {
     /// Alive nodes in id order, rebuilt only when membership changes.
     alive: Vec<NodeId>,
     alive_dirty: bool,
+    /// After a restart, until this time, nodes that held objects may still
+    /// be re-registering: tasks whose inputs only they hold wait for them.
+    recovering_until: Option<Instant>,
 }
 
 impl Core {
@@ -234,6 +246,7 @@ impl Core {
             total_credits: 0,
             alive: Vec::new(),
             alive_dirty: true,
+            recovering_until: None,
         }
     }
 
@@ -249,7 +262,9 @@ impl Core {
             Some(old) => {
                 let epoch = old.epoch;
                 if old.alive {
-                    self.node_dead(id, "re-registered on a new connection", out);
+                    // What it still holds is not lost.
+                    let keep: IdSet<ObjectId> = reg.objects.iter().copied().collect();
+                    self.node_dead_keeping(id, "re-registered on a new connection", &keep, out);
                 }
                 epoch + 1
             }
@@ -272,6 +287,19 @@ impl Core {
                 store: StoreUsage::default(),
             },
         );
+        // Copies it still holds (it reconnected, or the head restarted):
+        // readable again from it, or nobody's.
+        let held = std::mem::take(&mut self.nodes.get_mut(&id).expect("inserted").info.objects);
+        for oid in held {
+            match self.objects.get_mut(&oid).map(|o| &mut o.state) {
+                Some(ObjectState::Stored { holders, .. }) => {
+                    if !holders.contains(&id) {
+                        holders.push(id);
+                    }
+                }
+                _ => out.free_object(id, oid),
+            }
+        }
         (id, epoch)
     }
 
@@ -328,8 +356,23 @@ impl Core {
         }
     }
 
-    /// Periodic check: nodes silent past the heartbeat timeout are dead.
+    /// Periodic check: nodes silent past the heartbeat timeout are dead;
+    /// jobs whose driver stayed away past the grace period end.
     pub fn tick(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.recovering_until.is_some_and(|t| now >= t) {
+            self.recovering_until = None;
+        }
+        let grace = self.config.driver_grace;
+        let gone: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.detached_since.is_some_and(|t| now.saturating_duration_since(t) > grace))
+            .map(|(id, _)| *id)
+            .collect();
+        for job in gone {
+            tracing::warn!(job, grace_s = grace.as_secs_f64(), "the driver did not come back; ending its job");
+            self.job_disconnected(job, out);
+        }
         let timeout = self.config.heartbeat_timeout;
         let late: Vec<NodeId> = self
             .nodes
@@ -343,6 +386,12 @@ impl Core {
     }
 
     fn node_dead(&mut self, id: NodeId, reason: &str, out: &mut impl Outbox) {
+        self.node_dead_keeping(id, reason, &IdSet::default(), out);
+    }
+
+    /// Marks a node dead; its copies of objects in `keep` stay recorded
+    /// (it re-registered and still holds them).
+    fn node_dead_keeping(&mut self, id: NodeId, reason: &str, keep: &IdSet<ObjectId>, out: &mut impl Outbox) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         node.alive = false;
         self.alive_dirty = true;
@@ -357,6 +406,7 @@ impl Core {
         let mut lost_objects = Vec::new();
         for (oid, o) in self.objects.iter_mut() {
             if let ObjectState::Stored { holders, .. } = &mut o.state
+                && !keep.contains(oid)
                 && let Some(i) = holders.iter().position(|h| *h == id)
             {
                 holders.swap_remove(i);
@@ -423,8 +473,81 @@ impl Core {
         let job = self.next_job;
         self.next_job += 1;
         tracing::info!(job, name = %name, binary = %&binary[..binary.len().min(12)], "job started");
-        self.jobs.insert(job, Job { binary, name, functions: Vec::new() });
+        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: None });
         Ok(job)
+    }
+
+    /// The next job id `job_connected` hands out (persisted by the head so
+    /// ids are never reused across restarts).
+    pub fn next_job(&self) -> JobId {
+        self.next_job
+    }
+
+    /// Job ids below `next` were used before a restart: never hand them out.
+    pub fn reserve_jobs_below(&mut self, next: JobId) {
+        self.next_job = self.next_job.max(next);
+    }
+
+    /// Recreates job `job` from the head's log after a restart. It waits
+    /// (detached) for its driver to reconnect.
+    pub fn restore_job(&mut self, job: JobId, binary: String, name: String, now: Instant) {
+        self.next_job = self.next_job.max(job + 1);
+        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: Some(now) });
+    }
+
+    /// After a restart: for `grace`, tasks whose inputs are held only by
+    /// nodes that have not re-registered yet wait for those nodes.
+    pub fn recovering(&mut self, until: Instant) {
+        self.recovering_until = Some(until);
+    }
+
+    /// The driver of `job` lost its connection: keep its work for the
+    /// grace period in case it reconnects.
+    pub fn job_detached(&mut self, job: JobId, now: Instant) {
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.detached_since = Some(now);
+        }
+    }
+
+    /// The driver of `job` reconnected. Returns every result it may have
+    /// missed (finished objects it still references), to send again; it
+    /// ignores those it has. `None` if the job is unknown.
+    pub fn job_reattached(&mut self, job: JobId) -> Option<Vec<(TaskId, Result<Payload, Failure>)>> {
+        self.jobs.get_mut(&job)?.detached_since = None;
+        let mut out = Vec::new();
+        for (id, o) in self.objects.iter().filter(|(id, o)| ids::job_of(**id) == job && o.driver_ref) {
+            let r = match &o.state {
+                ObjectState::Ready(b) => Ok(Payload::Inline(b.clone())),
+                ObjectState::Stored { size, holders } => Ok(Payload::Stored(self.stored_ref(*id, *size, holders))),
+                ObjectState::Failed(f) => Err((**f).clone()),
+            };
+            out.push((*id, r));
+        }
+        Some(out)
+    }
+
+    /// Replays a result from the head's log: task `tid` finished on `node`
+    /// before the restart. Retryable failures are dropped (the task runs
+    /// again).
+    pub fn restore_result(&mut self, node: NodeId, tid: TaskId, outcome: Result<Value, Failure>, out: &mut impl Outbox) {
+        if !self.tasks.get(&tid).is_some_and(|t| matches!(t.state, TaskState::Ready | TaskState::Waiting)) {
+            return;
+        }
+        match outcome {
+            Ok(value) => {
+                let task = self.tasks.remove(&tid).expect("checked");
+                self.counts.queued -= 1;
+                self.counts.finished += 1;
+                self.release_args(&task, out);
+                let state = match value {
+                    Value::Inline(b) => ObjectState::Ready(b),
+                    Value::Stored { size } => ObjectState::Stored { size, holders: vec![node] },
+                };
+                self.settle(tid, task, state, out);
+            }
+            Err(f) if matches!(f.kind, FailureKind::WorkerDied | FailureKind::ObjectLost) => {}
+            Err(f) => self.fail_task(tid, f, out),
+        }
     }
 
     /// A driver declares functions `first..` (indices are per job).
@@ -476,6 +599,7 @@ impl Core {
             }
         }
         tracing::info!(job, name = %j.name, dropped_tasks = mine.len(), "job finished");
+        out.job_ended(job);
     }
 
     // ------------------------------------------------------------ objects and tasks
@@ -798,6 +922,10 @@ impl Core {
             if task.state != TaskState::Ready {
                 continue;
             }
+            if self.recovering_until.is_some() && self.inputs_on_absent_nodes(task) {
+                deferred.push(tid);
+                continue;
+            }
             let job = &self.jobs[&task.job];
             let req = &job.functions[task.func as usize].resources;
             let default_shape = req.is_default_task();
@@ -979,6 +1107,18 @@ impl Core {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Whether some stored input of `task` has holders, none of them alive
+    /// (they may still re-register after a head restart).
+    fn inputs_on_absent_nodes(&self, task: &Task) -> bool {
+        task.args.iter().any(|a| match a {
+            ArgSlot::Object(oid) => matches!(
+                self.objects.get(oid).map(|o| &o.state),
+                Some(ObjectState::Stored { holders, .. }) if !holders.is_empty() && !holders.iter().any(|h| self.nodes.get(h).is_some_and(|n| n.alive))
+            ),
+            ArgSlot::Value(_) => false,
+        })
     }
 
     /// The alive node holding the most bytes of `task`'s stored inputs.

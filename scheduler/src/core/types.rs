@@ -221,6 +221,8 @@ pub struct NodeRegistration {
     pub object_store_bytes: u64,
     /// Where peers reach its object store (`host:port`; empty: none).
     pub object_address: String,
+    /// Objects sealed in its store when it registered.
+    pub objects: Vec<ObjectId>,
 }
 
 /// A node as shown by `shoal status`.

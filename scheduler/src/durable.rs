@@ -1,0 +1,216 @@
+//! The head's durable log: what it needs to rebuild its state after a
+//! crash, in an embedded redb database under its data dir.
+//!
+//! Per job, in order: the job's start, every batch its driver sent
+//! (functions, puts, submissions, cancellations, releases) and every
+//! result a node reported. Replaying a job's records through the core
+//! rebuilds its task graph and object table; entries of a job are deleted
+//! when it ends, so the log holds only live work.
+//!
+//! Writes are grouped: a background thread commits whatever has queued in
+//! one durable transaction, then reports which driver batches are now
+//! durable. The head acknowledges a batch to its driver only then; the
+//! driver keeps unacknowledged batches and sends them again after a
+//! reconnect, so a crash between applying and committing loses nothing
+//! (the work runs again; the driver ignores results it already has).
+
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use shoal_proto::pb;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::mpsc;
+
+const LOG: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Why the log cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("the head's log at {path}: {message}")]
+pub struct LogError {
+    path: String,
+    message: String,
+}
+
+/// One write to the log.
+enum Entry {
+    Append { job: u32, record: Vec<u8>, batch: u64 },
+    EndJob(u32),
+    NextJob(u32),
+}
+
+/// What was in the log at start.
+#[derive(Default)]
+pub(crate) struct Replay {
+    /// The first job id not yet used.
+    pub next_job: u32,
+    /// Each job's records, in order.
+    pub jobs: BTreeMap<u32, Vec<pb::LogRecord>>,
+}
+
+/// The writer side of the log.
+pub(crate) struct Log {
+    tx: mpsc::Sender<Entry>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, reads what it holds, and starts
+    /// the writer thread. `durable(job, seq)` is called (on that thread)
+    /// for batches once they are committed.
+    pub(crate) fn open(dir: &Path, durable: impl Fn(Vec<(u32, u64)>) + Send + 'static) -> Result<(Log, Replay), LogError> {
+        let path = dir.join("head.redb");
+        let err = |m: String| LogError { path: path.display().to_string(), message: m };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        let replay = read(&db).map_err(err)?;
+        let mut next: BTreeMap<u32, u64> = replay.jobs.iter().map(|(j, r)| (*j, r.len() as u64)).collect();
+        let (tx, rx) = mpsc::channel::<Entry>();
+        std::thread::Builder::new()
+            .name("shoal-head-log".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    match write(&db, &mut next, batch) {
+                        Ok(acks) if !acks.is_empty() => durable(acks),
+                        Ok(_) => {}
+                        // Not acknowledging keeps drivers holding their
+                        // batches: nothing is lost while the disk is bad.
+                        Err(e) => tracing::error!(error = %e, "writing the head's log failed; batches stay unacknowledged"),
+                    }
+                }
+            })
+            .map_err(|e| err(e.to_string()))?;
+        Ok((Log { tx }, replay))
+    }
+
+    /// Records `record` for `job`; `batch` is the driver batch sequence it
+    /// carries (0 for other records).
+    pub(crate) fn append(&self, job: u32, record: &pb::LogRecord, batch: u64) {
+        let _ = self.tx.send(Entry::Append { job, record: record.encode_to_vec(), batch });
+    }
+
+    /// `job` ended: its records go.
+    pub(crate) fn end_job(&self, job: u32) {
+        let _ = self.tx.send(Entry::EndJob(job));
+    }
+
+    /// Job ids below `next` are used.
+    pub(crate) fn next_job(&self, next: u32) {
+        let _ = self.tx.send(Entry::NextJob(next));
+    }
+}
+
+fn read(db: &Database) -> Result<Replay, String> {
+    let mut replay = Replay { next_job: 1, ..Default::default() };
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    match txn.open_table(META) {
+        Ok(t) => {
+            if let Some(v) = t.get("next_job").map_err(|e| e.to_string())? {
+                replay.next_job = v.value() as u32;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    match txn.open_table(LOG) {
+        Ok(t) => {
+            for row in t.iter().map_err(|e| e.to_string())? {
+                let (k, v) = row.map_err(|e| e.to_string())?;
+                let (job, _) = k.value();
+                match pb::LogRecord::decode(v.value()) {
+                    Ok(r) => replay.jobs.entry(job).or_default().push(r),
+                    Err(e) => tracing::warn!(job, error = %e, "skipping an unreadable log record"),
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(replay)
+}
+
+fn write(db: &Database, next: &mut BTreeMap<u32, u64>, entries: Vec<Entry>) -> Result<Vec<(u32, u64)>, String> {
+    let mut acks: BTreeMap<u32, u64> = BTreeMap::new();
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        for e in entries {
+            match e {
+                Entry::Append { job, record, batch } => {
+                    let n = next.entry(job).or_insert(0);
+                    log.insert((job, *n), record.as_slice()).map_err(|e| e.to_string())?;
+                    *n += 1;
+                    if batch > 0 {
+                        let a = acks.entry(job).or_insert(0);
+                        *a = (*a).max(batch);
+                    }
+                }
+                Entry::EndJob(job) => {
+                    log.retain_in((job, 0)..=(job, u64::MAX), |_, _| false).map_err(|e| e.to_string())?;
+                    next.remove(&job);
+                    acks.remove(&job);
+                }
+                Entry::NextJob(n) => {
+                    meta.insert("next_job", n as u64).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(acks.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn started(job: u32) -> pb::LogRecord {
+        pb::LogRecord { kind: Some(pb::log_record::Kind::Job(pb::JobStarted { job, binary: "b".into(), name: "n".into() })) }
+    }
+
+    fn batch(seq: u64) -> pb::LogRecord {
+        pb::LogRecord { kind: Some(pb::log_record::Kind::Batch(pb::DriverToHead { seq, ..Default::default() })) }
+    }
+
+    #[test]
+    fn records_survive_a_reopen_in_order_and_ended_jobs_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        {
+            let a = acked.clone();
+            let (log, replay) = Log::open(dir.path(), move |acks| a.lock().unwrap().extend(acks)).unwrap();
+            assert!(replay.jobs.is_empty());
+            log.next_job(3);
+            log.append(1, &started(1), 0);
+            log.append(2, &started(2), 0);
+            for seq in 1..=3 {
+                log.append(1, &batch(seq), seq);
+            }
+            log.append(2, &batch(1), 1);
+            log.end_job(2);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !acked.lock().unwrap().contains(&(1, 3)) {
+                assert!(std::time::Instant::now() < deadline, "batches were never acknowledged");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        // The writer thread exits with its sender; reopen.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (_log, replay) = Log::open(dir.path(), |_| {}).unwrap();
+        assert_eq!(replay.next_job, 3);
+        assert_eq!(replay.jobs.keys().copied().collect::<Vec<_>>(), vec![1]);
+        let seqs: Vec<u64> = replay.jobs[&1]
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(pb::log_record::Kind::Batch(b)) => Some(b.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+    }
+}
