@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a head (--head) or a worker joining a head (--address).
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Show nodes, resources and task counts.
     Status(StatusArgs),
     /// Stop the shoal daemons started from this machine (this $SHOAL_HOME).
@@ -197,7 +197,7 @@ fn main() {
         unsafe { std::env::set_var(shoal_proto::client::ENV_TLS_CA, ca) };
     }
     let result = match cli.command {
-        Command::Start(args) => start::run(args),
+        Command::Start(args) => start::run(*args),
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
         Command::Drain(args) => status::drain(args),

@@ -51,6 +51,8 @@ pub struct Cluster {
     pub token: String,
     pub head: Child,
     pub workers: Vec<Worker>,
+    /// How the head was started, to restart it the same way.
+    head_args: Vec<String>,
 }
 
 fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
@@ -68,20 +70,46 @@ impl Cluster {
     /// A head listening on `bind` (e.g. 0.0.0.0 to serve other hosts).
     pub fn head_on(bind: &str, extra: &[&str]) -> Cluster {
         let home = tempfile::tempdir().expect("tempdir");
+        let mut args: Vec<String> = ["start", "--head", "--block", "--port", "0", "--bind", bind, "--num-cpus", "0"].iter().map(|s| s.to_string()).collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let head = Self::spawn_head(home.path(), &args, "head.log");
+        let session = Self::wait_session(home.path(), &head);
+        let address = session["address"].as_str().unwrap().to_string();
+        let token = std::fs::read_to_string(home.path().join("token")).map(|t| t.trim().to_string()).unwrap_or_default();
+        // A restart must come back on the same port.
+        let port = address.rsplit(':').next().unwrap().to_string();
+        args[4] = port;
+        Cluster { home, address, token, head, workers: Vec::new(), head_args: args }
+    }
+
+    fn spawn_head(home: &Path, args: &[String], log: &str) -> Child {
         let mut cmd = Command::new(SHOAL);
-        cmd.args(["start", "--head", "--block", "--port", "0", "--bind", bind, "--num-cpus", "0"]).args(extra);
-        cmd.env("SHOAL_HOME", home.path()).env("RUST_LOG", "info,h2=warn");
+        cmd.args(args);
+        cmd.env("SHOAL_HOME", home).env("RUST_LOG", "info,h2=warn");
         // Pre-faulting costs ~2 s of CPU per GiB here; the suite starts
         // dozens of workers on 2 cores, so they fault pages in on use.
         cmd.env("SHOAL_OBJECT_STORE_PREFAULT", "0");
-        let head = spawn_logged(cmd, &home.path().join("head.log"));
-        let session = wait_for(Duration::from_secs(20), "the head to start", || {
-            let s: Value = serde_json::from_slice(&std::fs::read(home.path().join("head.json")).ok()?).ok()?;
+        spawn_logged(cmd, &home.join(log))
+    }
+
+    fn wait_session(home: &Path, head: &Child) -> Value {
+        wait_for(Duration::from_secs(20), "the head to start", || {
+            let s: Value = serde_json::from_slice(&std::fs::read(home.join("head.json")).ok()?).ok()?;
             (s["pid"].as_u64()? == head.id() as u64).then_some(s)
-        });
-        let address = session["address"].as_str().unwrap().to_string();
-        let token = std::fs::read_to_string(home.path().join("token")).map(|t| t.trim().to_string()).unwrap_or_default();
-        Cluster { home, address, token, head, workers: Vec::new() }
+        })
+    }
+
+    /// SIGKILLs the head (a crash: nothing is flushed or said).
+    pub fn kill_head(&mut self) {
+        let _ = self.head.kill();
+        let _ = self.head.wait();
+    }
+
+    /// Starts the head again with the same arguments, port and session dir
+    /// (so the same data dir and token); its log goes to `head-2.log`, ...
+    pub fn restart_head(&mut self, n: usize) {
+        self.head = Self::spawn_head(self.home.path(), &self.head_args, &format!("head-{n}.log"));
+        Self::wait_session(self.home.path(), &self.head);
     }
 
     pub fn token_file(&self) -> PathBuf {
