@@ -465,7 +465,7 @@ fn handle(
                 state.applied.insert(job, seq);
             }
             match &state.log {
-                Some(log) => log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Batch(msg.clone())) }, seq),
+                Some(log) => log.append_batch(job, &msg),
                 None if seq != 0 => {
                     state.durable.insert(job, seq);
                     current(out.drivers.entry(job).or_default(), 8).acked = seq;

@@ -97,6 +97,8 @@ struct Node {
     functions_sent: HashMap<JobId, u32>,
     /// Drained: alive, but placement skips it.
     draining: bool,
+    /// Its index in `Core::slots` (kept across re-registrations).
+    slot: u32,
     /// Object store usage from the last heartbeat.
     store: StoreUsage,
 }
@@ -116,7 +118,9 @@ enum TaskState {
     /// In the ready queue.
     Ready,
     /// Sent to a node.
-    Dispatched(NodeId),
+    /// Sent to the node in slot `n` (see `Core::slots`): 4 bytes instead
+    /// of a 16-byte node id, in every one of a million queued tasks.
+    Dispatched(u32),
 }
 
 /// An unfinished task. Its result object gets an entry in the object
@@ -129,14 +133,14 @@ struct Task {
     args: Box<[ArgSlot]>,
     missing: u32,
     state: TaskState,
-    attempts: u32,
+    attempts: u16,
     /// Why earlier attempts died ("attempt 1 on node ab12cd34: ..."),
     /// reported with `WorkerDied` when retries run out. Boxed: most tasks
     /// never need it.
     #[allow(clippy::box_collection)]
     history: Option<Box<Vec<String>>>,
     /// Retries allowed when its worker dies.
-    max_retries: u32,
+    max_retries: u16,
     cancel_requested: bool,
     /// The driver still holds a reference to the result.
     driver_ref: bool,
@@ -159,7 +163,7 @@ enum ArgSlot {
 struct Lineage {
     func: u32,
     args: Box<[ArgSlot]>,
-    max_retries: u32,
+    max_retries: u16,
 }
 
 #[derive(Clone)]
@@ -228,6 +232,8 @@ pub struct Core {
     /// After a restart, until this time, nodes that held objects may still
     /// be re-registering: tasks whose inputs only they hold wait for them.
     recovering_until: Option<Instant>,
+    /// Every node ever registered, by slot (`TaskState::Dispatched`).
+    slots: Vec<NodeId>,
 }
 
 impl Core {
@@ -247,6 +253,7 @@ impl Core {
             alive: Vec::new(),
             alive_dirty: true,
             recovering_until: None,
+            slots: Vec::new(),
         }
     }
 
@@ -258,6 +265,13 @@ impl Core {
     /// session dying first (its tasks are requeued).
     pub fn node_registered(&mut self, reg: NodeRegistration, now: Instant, out: &mut impl Outbox) -> (NodeId, u64) {
         let id = reg.node_id.unwrap_or_else(NodeId::random);
+        let slot = match self.nodes.get(&id) {
+            Some(old) => old.slot,
+            None => {
+                self.slots.push(id);
+                (self.slots.len() - 1) as u32
+            }
+        };
         let epoch = match self.nodes.get(&id) {
             Some(old) => {
                 let epoch = old.epoch;
@@ -284,6 +298,7 @@ impl Core {
                 last_heartbeat: now,
                 functions_sent: HashMap::new(),
                 draining: false,
+                slot,
                 store: StoreUsage::default(),
             },
         );
@@ -436,7 +451,7 @@ impl Core {
                 let history = task.history.as_ref().map(|h| h.join("; ")).unwrap_or_default();
                 let mut f = Failure::new(FailureKind::WorkerDied, format!("node {id} died ({reason}) while running the task; history: {history}"));
                 f.node = id.0.to_string();
-                f.attempts = task.attempts;
+                f.attempts = task.attempts as u32;
                 self.fail_task(t, f, out);
             }
         }
@@ -572,7 +587,8 @@ impl Core {
             let task = self.tasks.remove(id).expect("listed above");
             match task.state {
                 TaskState::Waiting | TaskState::Ready => self.counts.queued -= 1,
-                TaskState::Dispatched(n) => {
+                TaskState::Dispatched(slot) => {
+                    let n = self.slots[slot as usize];
                     self.counts.running -= 1;
                     if let Some(node) = self.nodes.get_mut(&n) {
                         node.assigned.remove(id);
@@ -666,7 +682,7 @@ impl Core {
                 early = Some(Failure::new(FailureKind::FunctionNotFound, format!("function index {} was never defined by job {job}", t.func)));
             }
             let state = if missing == 0 { TaskState::Ready } else { TaskState::Waiting };
-            let max_retries = t.max_retries.unwrap_or_else(|| default_retries.get(t.func as usize).copied().unwrap_or(0));
+            let max_retries = t.max_retries.unwrap_or_else(|| default_retries.get(t.func as usize).copied().unwrap_or(0)).min(u16::MAX as u32) as u16;
             self.tasks.insert(
                 t.id,
                 Task {
@@ -718,7 +734,8 @@ impl Core {
             }
             match task.state {
                 TaskState::Waiting | TaskState::Ready => self.fail_task(*id, Failure::new(FailureKind::Cancelled, "cancelled before it started"), out),
-                TaskState::Dispatched(node) => {
+                TaskState::Dispatched(slot) => {
+                    let node = self.slots[slot as usize];
                     task.cancel_requested = true;
                     out.cancel(node, *id);
                 }
@@ -734,7 +751,8 @@ impl Core {
         };
         node.last_heartbeat = now;
         for (tid, outcome) in results {
-            let current = self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Dispatched(node_id));
+            let slot = self.nodes[&node_id].slot;
+            let current = self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Dispatched(slot));
             if !current {
                 // A late duplicate (the task was retried or cancelled):
                 // its stored copy is nobody's.
@@ -782,7 +800,7 @@ impl Core {
                     self.ready.push_front(tid);
                 }
                 Err(mut f) => {
-                    f.attempts = task.attempts;
+                    f.attempts = task.attempts as u32;
                     if f.function.is_empty() {
                         f.function = def.name.clone();
                     }
@@ -841,7 +859,8 @@ impl Core {
             let Some(task) = self.tasks.remove(&tid) else { continue };
             match task.state {
                 TaskState::Waiting | TaskState::Ready => self.counts.queued -= 1,
-                TaskState::Dispatched(n) => {
+                TaskState::Dispatched(slot) => {
+                    let n = self.slots[slot as usize];
                     self.counts.running -= 1;
                     if let Some(node) = self.nodes.get_mut(&n) {
                         node.assigned.remove(&tid);
@@ -1173,11 +1192,11 @@ impl Core {
         self.total_credits -= 1;
         node.assigned.insert(tid);
         node.in_use.add(&job.functions[task.func as usize].resources);
-        task.attempts += 1;
-        task.state = TaskState::Dispatched(node_id);
+        task.attempts = task.attempts.saturating_add(1);
+        task.state = TaskState::Dispatched(node.slot);
         self.counts.queued -= 1;
         self.counts.running += 1;
-        out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts });
+        out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32 });
     }
 
     // ------------------------------------------------------------ queries

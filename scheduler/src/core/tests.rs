@@ -647,3 +647,11 @@ fn lost_chains_are_rebuilt_from_the_first_lost_link() {
     assert_eq!(out.take_dispatched().iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![z]);
     assert_eq!(core.snapshot(now).tasks.failed, 0);
 }
+
+
+#[test]
+fn a_queued_task_costs_64_bytes_in_the_table() {
+    // A million queued tasks must fit the head in ~300 MB (the hash
+    // table's buckets are sized by this).
+    assert!(std::mem::size_of::<Task>() <= 64, "Task is {} bytes", std::mem::size_of::<Task>());
+}
