@@ -159,8 +159,11 @@ fn objects_move_worker_to_worker_when_a_task_runs_on_another_node() {
     let (got, node) = digest_on_b::remote(&made).get().unwrap();
     assert_eq!(got, want, "the task on the other node sees the same bytes");
     assert_eq!(node, c.workers[b].node_id);
-    // The driver is off the workers' processes: it pulls the result too.
-    assert_eq!(digest(&made.get().unwrap()), want, "the driver reads it byte-identical");
+    // The driver is off the workers' processes: it pulls the result too,
+    // awaited (the pull runs on Shoal's runtime) or blocking.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert_eq!(digest(&rt.block_on(made.value()).unwrap()), want, "the driver awaits it byte-identical");
+    assert_eq!(digest(&made.get().unwrap()), want, "and gets it again");
     // A put from a remote driver is streamed to a worker's store, and
     // tasks on either node read it.
     let data = pattern(256 * MIB, 12);

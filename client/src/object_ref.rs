@@ -6,7 +6,8 @@
 
 use crate::driver::Driver;
 use crate::error::TaskError;
-use crate::objects::Val;
+use crate::objects::{Source, Val};
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
 use std::fmt;
@@ -81,6 +82,14 @@ impl Slot {
             for (q, i) in queues {
                 q.push(i);
             }
+        }
+    }
+
+    /// Keeps the bytes of a stored value pulled from another node, so
+    /// later reads do not pull it again.
+    fn cache(&self, bytes: Bytes) {
+        if let SlotState::Done { value: v @ Ok(Val::Stored { .. }), .. } = &mut *self.state.lock().expect("slot lock") {
+            *v = Ok(Val::Inline(bytes));
         }
     }
 
@@ -222,6 +231,8 @@ pub(crate) struct RefInner {
     pub(crate) id: u64,
     pub(crate) slot: Arc<Slot>,
     pub(crate) driver: Option<Arc<Driver>>,
+    /// A pull of the value from another node, while an `.await` waits.
+    fetch: Mutex<Option<tokio::task::JoinHandle<Result<Bytes, TaskError>>>>,
 }
 
 impl RefInner {
@@ -273,15 +284,26 @@ impl<T> fmt::Debug for ObjectRef<T> {
 }
 
 fn decode<T: DeserializeOwned>(inner: &RefInner, r: Result<Val, TaskError>) -> Result<T, TaskError> {
-    let b = crate::objects::read(inner.driver.as_ref(), r?)?;
-    crate::buffer::decode(&b).map_err(|e| TaskError::Serialization {
+    let b = match crate::objects::locate(inner.driver.as_ref(), r?)? {
+        Source::Here(b) => b,
+        Source::Remote { id, size, holders, token } => {
+            let b = crate::runtime::block_on(crate::objects::fetch(id, size, holders, token))?;
+            inner.slot.cache(b.clone());
+            b
+        }
+    };
+    decode_bytes(&b)
+}
+
+fn decode_bytes<T: DeserializeOwned>(b: &Bytes) -> Result<T, TaskError> {
+    crate::buffer::decode(b).map_err(|e| TaskError::Serialization {
         message: format!("the value does not decode as {}: {e}", std::any::type_name::<T>()),
     })
 }
 
 impl<T> ObjectRef<T> {
     pub(crate) fn new(id: u64, slot: Arc<Slot>, driver: Option<Arc<Driver>>) -> Self {
-        ObjectRef { inner: Arc::new(RefInner { id, slot, driver }), _t: PhantomData }
+        ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None) }), _t: PhantomData }
     }
 
     pub(crate) fn failed(e: TaskError) -> Self {
@@ -330,7 +352,33 @@ impl<T: DeserializeOwned> ObjectRef<T> {
 impl<T: DeserializeOwned> Future for ObjectRef<T> {
     type Output = Result<T, TaskError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.slot.poll_value(cx).map(|v| decode(&self.inner, v))
+        let inner = &self.inner;
+        let v = match inner.slot.poll_value(cx) {
+            Poll::Ready(v) => v,
+            Poll::Pending => return Poll::Pending,
+        };
+        let mut fetch = inner.fetch.lock().expect("fetch lock");
+        if fetch.is_none() {
+            match v.and_then(|v| crate::objects::locate(inner.driver.as_ref(), v)) {
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(Source::Here(b)) => return Poll::Ready(decode_bytes(&b)),
+                // Pulled on Shoal's runtime; this task waits without
+                // blocking its thread.
+                Ok(Source::Remote { id, size, holders, token }) => {
+                    *fetch = Some(crate::runtime::runtime().spawn(crate::objects::fetch(id, size, holders, token)));
+                }
+            }
+        }
+        let handle = fetch.as_mut().expect("set above");
+        match Pin::new(handle).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                *fetch = None;
+                let b = r.map_err(|e| TaskError::ObjectLost { message: format!("pulling object {}: {e}", ObjectId(inner.id)) })??;
+                inner.slot.cache(b.clone());
+                Poll::Ready(decode_bytes(&b))
+            }
+        }
     }
 }
 

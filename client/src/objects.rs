@@ -36,25 +36,40 @@ fn full(e: StoreError) -> TaskError {
     TaskError::ObjectStoreFull { message: e.to_string() }
 }
 
-/// The bytes of `val`. A stored value in this process's store is not
+/// Where the bytes of a value are, as seen from this process.
+pub(crate) enum Source {
+    /// Here already (inline, or in this process's store: no copy).
+    Here(Bytes),
+    /// In another node's store: pull it with [`fetch`].
+    Remote { id: u64, size: u64, holders: Vec<String>, token: Option<String> },
+}
+
+fn lost(id: u64, why: impl std::fmt::Display) -> TaskError {
+    TaskError::ObjectLost { message: format!("object {}: {why}", crate::ObjectId(id)) }
+}
+
+/// Where `val`'s bytes are. A stored value in this process's store is not
 /// copied: the `Bytes` borrows the shared memory and pins it.
-pub(crate) fn read(driver: Option<&Arc<Driver>>, val: Val) -> Result<Bytes, TaskError> {
+pub(crate) fn locate(driver: Option<&Arc<Driver>>, val: Val) -> Result<Source, TaskError> {
     let (id, size, holders) = match val {
-        Val::Inline(b) => return Ok(b),
+        Val::Inline(b) => return Ok(Source::Here(b)),
         Val::Stored { id, size, holders } => (id, size, holders),
     };
-    let lost = |why: String| TaskError::ObjectLost { message: format!("object {}: {why}", crate::ObjectId(id)) };
-    let Some(driver) = driver else { return Err(lost("it belongs to a closed session".into())) };
+    let Some(driver) = driver else { return Err(lost(id, "it belongs to a closed session")) };
     if let Some(local) = &driver.local_store
         && local.store.contains(id)
     {
-        return local.store.read(id).map_err(|e| lost(e.to_string()));
+        return local.store.read(id).map(Source::Here).map_err(|e| lost(id, e));
     }
     if holders.is_empty() {
-        return Err(lost("no node holds a copy any more".into()));
+        return Err(lost(id, "no node holds a copy any more"));
     }
-    let token = driver.token.clone();
-    crate::runtime::block_on(async move { shoal_worker::transfer::fetch(token.as_deref(), id, size, &holders).await }).map_err(lost)
+    Ok(Source::Remote { id, size, holders, token: driver.token.clone() })
+}
+
+/// Pulls a remote value into this process (chunked, parallel ranges).
+pub(crate) async fn fetch(id: u64, size: u64, holders: Vec<String>, token: Option<String>) -> Result<Bytes, TaskError> {
+    shoal_worker::transfer::fetch(token.as_deref(), id, size, &holders).await.map_err(|e| lost(id, e))
 }
 
 /// Writes a value of `size` bytes (produced by `fill`) into a node's
