@@ -169,7 +169,12 @@ fn objects_move_worker_to_worker_when_a_task_runs_on_another_node() {
     let data = pattern(256 * MIB, 12);
     let want_put = digest(&data);
     let r = shoal::put(data).unwrap();
-    assert_eq!(digest(&r.get().unwrap()), want_put);
+    let (first, second) = (r.get().unwrap(), r.get().unwrap());
+    assert_eq!(digest(&first), want_put);
+    // This driver runs on the workers' machine: it maps a worker's store
+    // and reads the object in place (no copy, no transfer).
+    assert_eq!(first.as_ptr(), second.as_ptr(), "a driver beside a worker gets stored values without a copy");
+    drop((first, second));
     assert_eq!(digest_on_a::remote(&r).get().unwrap(), (want_put.clone(), c.workers[a].node_id.clone()));
     assert_eq!(digest_on_b::remote(&r).get().unwrap(), (want_put, c.workers[b].node_id.clone()));
     let store_of = |i: usize| serde_json::from_value::<shoal::status::StoreUsage>(c.node(&c.workers[i].node_id).unwrap()["store"].clone()).unwrap();

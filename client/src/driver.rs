@@ -47,8 +47,10 @@ pub(crate) struct Driver {
     /// reach the head in order.
     next_function: Mutex<u32>,
     closed: Mutex<Option<String>>,
-    /// The store of the worker in this process (embedded cluster).
-    pub(crate) local_store: Option<LocalStore>,
+    /// The store this driver reads and writes directly: the embedded
+    /// worker's (set at connect), else a same-machine worker's (found on
+    /// first use), else none.
+    pub(crate) local_store: std::sync::OnceLock<Option<Arc<LocalStore>>>,
     /// `(node id, object store address)` large puts go to, when there is
     /// no local store.
     pub(crate) store_target: Mutex<Option<(String, String)>>,
@@ -168,7 +170,10 @@ impl Driver {
             slots: DashMap::new(),
             next_function: Mutex::new(0),
             closed: Mutex::new(None),
-            local_store,
+            local_store: match local_store {
+                Some(l) => std::sync::OnceLock::from(Some(Arc::new(l))),
+                None => std::sync::OnceLock::new(),
+            },
             store_target: Mutex::new(None),
         });
         tokio::spawn(session_loop(Arc::downgrade(&driver), endpoint, session, rx));

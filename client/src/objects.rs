@@ -1,13 +1,16 @@
 //! Large values on the driver side: where a result or a put lives
-//! ([`Val`]), reading it (zero-copy from this node's store on an embedded
-//! cluster, pulled from a holder otherwise), and writing puts into a
-//! node's store.
+//! ([`Val`]), reading it and writing puts. A driver on a machine with a
+//! worker uses that worker's shared memory directly: in process on an
+//! embedded cluster, or by mapping the worker daemon's memory file (space
+//! reserved, sealed and pinned through its object store service) when the
+//! driver runs beside a CLI-started worker. Otherwise values are streamed
+//! to and from a worker over gRPC.
 
 use crate::driver::Driver;
 use crate::error::{Error, TaskError};
 use bytes::Bytes;
 use shoal_proto::pb;
-use shoal_store::{Store, StoreError};
+use shoal_store::{Arena, Store, StoreError};
 use std::sync::Arc;
 
 /// A finished value as a driver holds it.
@@ -26,10 +29,80 @@ impl Val {
     }
 }
 
-/// The store of the worker in this process (embedded cluster).
-pub(crate) struct LocalStore {
-    pub(crate) store: Arc<Store>,
-    pub(crate) node: String,
+/// A store this process reads and writes directly. (One per driver, held
+/// in an `Arc`: the size difference of the variants does not matter.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum LocalStore {
+    /// The worker in this process (embedded cluster).
+    InProcess { store: Arc<Store>, node: String },
+    /// A worker daemon on this machine: its arena mapped here.
+    Mapped { arena: Arc<Arena>, node: String, address: String, client: shoal_proto::client::StoreClient },
+}
+
+/// The store this driver can use directly, found once: the embedded
+/// worker's, or that of a worker on this machine whose memory file this
+/// process may open.
+pub(crate) fn local(driver: &Arc<Driver>) -> Option<Arc<LocalStore>> {
+    driver
+        .local_store
+        .get_or_init(|| {
+            let (address, token) = (driver.address.clone(), driver.token.clone());
+            let st = crate::runtime::block_on(async move { crate::status::fetch(&address, token.as_deref()).await }).ok()?;
+            let host = shoal_worker::config::hostname();
+            st.alive_nodes().filter(|n| n.hostname == host && n.store_fd != 0 && !n.object_address.is_empty()).find_map(|n| {
+                let arena = Arena::open_peer(n.pid, n.store_fd, n.store_ino)?;
+                let (addr, token) = (n.object_address.clone(), driver.token.clone());
+                let client = crate::runtime::block_on(async move { shoal_proto::client::connect_store(&addr, token.as_deref(), std::time::Duration::from_secs(5)).await }).ok()?;
+                tracing::debug!(node = %n.id, "using the object store of this machine's worker directly");
+                Some(Arc::new(LocalStore::Mapped { arena: Arc::new(arena), node: n.id.clone(), address: n.object_address.clone(), client }))
+            })
+        })
+        .clone()
+}
+
+/// Bytes of an object pinned in a mapped worker store.
+struct MappedBytes {
+    arena: Arc<Arena>,
+    offset: u64,
+    len: u64,
+    _pin: shoal_worker::transfer::PinnedObject,
+}
+
+impl AsRef<[u8]> for MappedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the worker pinned this sealed object for as long as
+        // `_pin` (the call) lives; sealed objects are never written.
+        unsafe { self.arena.slice(self.offset, self.len) }
+    }
+}
+
+/// Bytes of a spilled object, mapped from its file while pinned.
+struct SpilledBytes {
+    map: memmap2::Mmap,
+    _pin: shoal_worker::transfer::PinnedObject,
+}
+
+impl AsRef<[u8]> for SpilledBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+fn read_mapped(arena: &Arc<Arena>, client: &shoal_proto::client::StoreClient, id: u64) -> Option<Bytes> {
+    let client = client.clone();
+    let p = crate::runtime::block_on(async move { shoal_worker::transfer::pin(client, id).await }).ok()?;
+    let (offset, len) = (p.reply.offset, p.reply.len);
+    if !p.reply.file.is_empty() {
+        let f = std::fs::File::open(&p.reply.file).ok()?;
+        // SAFETY: spill files are written once and deleted only after the
+        // last unpin; we hold a pin.
+        let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
+        return Some(Bytes::from_owner(SpilledBytes { map, _pin: p }));
+    }
+    if offset.checked_add(len).is_none_or(|end| end > arena.len()) {
+        return None;
+    }
+    Some(Bytes::from_owner(MappedBytes { arena: arena.clone(), offset, len, _pin: p }))
 }
 
 fn full(e: StoreError) -> TaskError {
@@ -56,10 +129,16 @@ pub(crate) fn locate(driver: Option<&Arc<Driver>>, val: Val) -> Result<Source, T
         Val::Stored { id, size, holders } => (id, size, holders),
     };
     let Some(driver) = driver else { return Err(lost(id, "it belongs to a closed session")) };
-    if let Some(local) = &driver.local_store
-        && local.store.contains(id)
-    {
-        return local.store.read(id).map(Source::Here).map_err(|e| lost(id, e));
+    match local(driver).as_deref() {
+        Some(LocalStore::InProcess { store, .. }) if store.contains(id) => {
+            return store.read(id).map(Source::Here).map_err(|e| lost(id, e));
+        }
+        Some(LocalStore::Mapped { arena, address, client, .. }) if holders.contains(address) => {
+            if let Some(b) = read_mapped(arena, client, id) {
+                return Ok(Source::Here(b));
+            }
+        }
+        _ => {}
     }
     if holders.is_empty() {
         return Err(lost(id, "no node holds a copy any more"));
@@ -76,10 +155,30 @@ pub(crate) async fn fetch(id: u64, size: u64, holders: Vec<String>, token: Optio
 /// store as object `id` and tells the head. Returns where it lives.
 pub(crate) fn put_large(driver: &Arc<Driver>, id: u64, size: u64, fill: impl FnOnce(&mut [u8]) -> Result<(), String>) -> Result<Val, Error> {
     let serialization = |message: String| Error::Task(TaskError::Serialization { message });
-    let (node, val) = match &driver.local_store {
-        Some(local) => {
-            local.store.put_with(id, size, fill).map_err(full)?.map_err(serialization)?;
-            (local.node.clone(), Val::Stored { id, size, holders: Vec::new() })
+    let exhausted = |s: tonic::Status, address: &str| {
+        if s.code() == tonic::Code::ResourceExhausted {
+            Error::Task(TaskError::ObjectStoreFull { message: s.message().to_string() })
+        } else {
+            Error::Connect { address: address.to_string(), message: format!("writing to the object store: {}", s.message()) }
+        }
+    };
+    let (node, val) = match local(driver).as_deref() {
+        Some(LocalStore::InProcess { store, node }) => {
+            store.put_with(id, size, fill).map_err(full)?.map_err(serialization)?;
+            (node.clone(), Val::Stored { id, size, holders: Vec::new() })
+        }
+        Some(LocalStore::Mapped { arena, node, address, client }) => {
+            let client = client.clone();
+            let r = crate::runtime::block_on(async move { shoal_worker::transfer::reserve(client, id, size).await }).map_err(|s| exhausted(s, address))?;
+            if r.offset.checked_add(size).is_none_or(|end| end > arena.len()) {
+                return Err(Error::Connect { address: address.clone(), message: "the worker reserved a range outside its store".into() });
+            }
+            // SAFETY: the worker reserved this range for us; nobody reads
+            // it until we seal it.
+            let buf = unsafe { std::slice::from_raw_parts_mut(arena.ptr(r.offset, size), size as usize) };
+            fill(buf).map_err(serialization)?;
+            crate::runtime::block_on(r.seal()).map_err(|s| exhausted(s, address))?;
+            (node.clone(), Val::Stored { id, size, holders: vec![address.clone()] })
         }
         None => {
             let mut buf = vec![0u8; size as usize];
@@ -87,13 +186,8 @@ pub(crate) fn put_large(driver: &Arc<Driver>, id: u64, size: u64, fill: impl FnO
             let (node, address) = store_target(driver)?;
             let token = driver.token.clone();
             let addr = address.clone();
-            crate::runtime::block_on(async move { shoal_worker::transfer::push(&addr, token.as_deref(), id, Bytes::from(buf)).await }).map_err(|s| {
-                if s.code() == tonic::Code::ResourceExhausted {
-                    Error::Task(TaskError::ObjectStoreFull { message: s.message().to_string() })
-                } else {
-                    Error::Connect { address: address.clone(), message: format!("writing to the object store: {}", s.message()) }
-                }
-            })
+            crate::runtime::block_on(async move { shoal_worker::transfer::push(&addr, token.as_deref(), id, Bytes::from(buf)).await })
+                .map_err(|s| exhausted(s, &address))
             .inspect_err(|_| {
                 // Ask again next time: the node may have gone.
                 *driver.store_target.lock().expect("target lock") = None;

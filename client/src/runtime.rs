@@ -234,7 +234,7 @@ async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str)
         .await
         .map_err(|_| Error::Embedded("the embedded worker did not register within 10s".into()))?
         .map_err(|e| Error::Embedded(e.to_string()))?;
-    let local_store = crate::objects::LocalStore { store: worker.store(), node };
+    let local_store = crate::objects::LocalStore::InProcess { store: worker.store(), node };
     let driver = Driver::connect(&address, Some(token), hash, exe, name, Some(head.local_link()), Some(local_store)).await?;
     tracing::debug!(%address, "embedded cluster started");
     *EMBEDDED.lock().expect("embedded lock") = Some(Embedded { head, worker });

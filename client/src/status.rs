@@ -66,6 +66,13 @@ pub struct NodeStatus {
     /// Object store usage, from its last heartbeat.
     #[serde(default)]
     pub store: StoreUsage,
+    /// The store's memory file in the worker process (descriptor number),
+    /// for drivers on the same machine.
+    #[serde(default)]
+    pub store_fd: u32,
+    /// The store's memory file's inode.
+    #[serde(default)]
+    pub store_ino: u64,
 }
 
 /// A node's shared-memory object store usage.
@@ -141,6 +148,8 @@ impl From<pb::ClusterStatus> for ClusterStatus {
                             pinned_bytes: u.pinned_bytes,
                         })
                         .unwrap_or_default(),
+                    store_fd: n.store_fd,
+                    store_ino: n.store_ino,
                 })
                 .collect(),
             tasks: TaskCounts { queued: t.queued, running: t.running, finished: t.finished, failed: t.failed },

@@ -177,6 +177,8 @@ pub(crate) fn snapshot_to_pb(s: ClusterSnapshot) -> pb::ClusterStatus {
                 draining: n.draining,
                 object_address: n.object_address,
                 store: Some(usage_to_pb(n.store)),
+                store_fd: n.store_file.0,
+                store_ino: n.store_file.1,
             })
             .collect(),
         tasks: Some(pb::TaskCounts { queued: s.tasks.queued, running: s.tasks.running, finished: s.tasks.finished, failed: s.tasks.failed }),

@@ -543,6 +543,7 @@ async fn open_worker_session(events: mpsc::UnboundedSender<Cmd>, peer: String, m
         object_store_bytes: reg.object_store_bytes,
         object_address: convert::object_address(&reg.object_host, reg.object_port, &peer),
         objects: reg.objects,
+        store_file: (reg.store_fd, reg.store_ino),
         address: peer,
     };
     let (tx, rx) = mpsc::unbounded_channel();

@@ -82,6 +82,26 @@ impl Arena {
         self.file.as_raw_fd()
     }
 
+    /// The memory file's inode number: a process that opens the file some
+    /// other way (`/proc/PID/fd/N`) checks it has the same one.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map(|m| m.ino()).unwrap_or(0)
+    }
+
+    /// Maps the store of worker `pid` (descriptor `fd`, inode `ino`) from
+    /// another process on the same machine. `None` if it is not reachable
+    /// (another machine, another user) or not that file.
+    pub fn open_peer(pid: u32, fd: u32, ino: u64) -> Option<Arena> {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let meta = file.metadata().ok()?;
+        if meta.ino() != ino || ino == 0 {
+            return None;
+        }
+        Self::map(file, meta.len()).ok()
+    }
+
     /// Pointer to byte `offset`.
     ///
     /// # Panics

@@ -121,6 +121,8 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         object_store_bytes: store.capacity(),
         object_port: object_port as u32,
         object_host: config.object_host.clone().unwrap_or_default(),
+        store_fd: store.arena().fd() as u32,
+        store_ino: store.arena().inode(),
     };
     let sess = tokio::spawn(session::run(config.head.clone(), config.token.clone(), config.local_head.clone(), config.node_id.clone(), reg, store.clone(), events.clone()));
     let (node_tx, node_rx) = watch::channel(None);

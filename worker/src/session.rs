@@ -22,6 +22,8 @@ pub(crate) struct Registration {
     pub object_store_bytes: u64,
     pub object_port: u32,
     pub object_host: String,
+    pub store_fd: u32,
+    pub store_ino: u64,
 }
 
 enum OpenError {
@@ -76,6 +78,8 @@ pub(crate) async fn run(
                 object_host: reg.object_host.clone(),
                 // What survived a lost connection (or a head restart).
                 objects: store.ids(),
+                store_fd: reg.store_fd,
+                store_ino: reg.store_ino,
             }),
             ..Default::default()
         });

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use shoal_proto::OBJECT_CHUNK_BYTES;
 use shoal_proto::pb::object_store_server::{ObjectStore, ObjectStoreServer};
-use shoal_proto::pb::{ObjectChunk, PullRequest, PushReply};
+use shoal_proto::pb::{ObjectChunk, PinReply, PinRequest, PullRequest, PushReply, WriteReply, WriteStep};
 use shoal_store::{Store, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,9 +38,60 @@ pub struct ObjectService {
 
 type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<ObjectChunk, Status>> + Send>>;
 
+type ReplyStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl ObjectStore for ObjectService {
     type PullStream = ChunkStream;
+    type WriteStream = ReplyStream<WriteReply>;
+    type PinStream = ReplyStream<PinReply>;
+
+    async fn write(&self, req: Request<Streaming<WriteStep>>) -> Result<Response<Self::WriteStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty write"))?;
+        let (id, size) = (first.id, first.size);
+        let store = self.store.clone();
+        let offset = tokio::task::spawn_blocking(move || store.create(id, size, 0)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let _ = tx.send(Ok(WriteReply { offset, sealed: false })).await;
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            // The writer fills the range through its own mapping, then asks
+            // to seal; if it goes away first, the space is given back.
+            match inbound.message().await {
+                Ok(Some(step)) if step.seal => match store.seal(id) {
+                    Ok(()) => {
+                        let _ = tx.send(Ok(WriteReply { offset, sealed: true })).await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                    }
+                },
+                _ => store.abort(id),
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn pin(&self, req: Request<PinRequest>) -> Result<Response<Self::PinStream>, Status> {
+        let id = req.into_inner().id;
+        let store = self.store.clone();
+        let loc = tokio::task::spawn_blocking(move || store.pin(id)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
+        let reply = match loc {
+            shoal_store::Location::Arena { offset, len } => PinReply { offset, len, file: String::new() },
+            shoal_store::Location::File { path, len } => PinReply { offset: 0, len, file: path.to_string_lossy().into_owned() },
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.send(Ok(reply)).await;
+        let store = self.store.clone();
+        // The pin lasts as long as the call: when the caller drops it, the
+        // response stream (and its receiver) goes, and the object is unpinned.
+        tokio::spawn(async move {
+            tx.closed().await;
+            store.unpin(id);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
 
     async fn pull(&self, req: Request<PullRequest>) -> Result<Response<ChunkStream>, Status> {
         let r = req.into_inner();
@@ -199,6 +250,53 @@ pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) 
         }
     }
     Err(format!("no holder could send object {id:#x} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") }))
+}
+
+/// A range reserved in a same-machine worker's store: fill it through
+/// the mapping, then [`seal`](Reservation::seal). Dropping it unsealed gives
+/// the space back.
+pub struct Reservation {
+    /// Where to write in the arena.
+    pub offset: u64,
+    steps: tokio::sync::mpsc::Sender<WriteStep>,
+    replies: Streaming<WriteReply>,
+    _client: shoal_proto::client::StoreClient,
+}
+
+impl Reservation {
+    /// Makes the object complete and visible.
+    pub async fn seal(mut self) -> Result<(), Status> {
+        self.steps.send(WriteStep { seal: true, ..Default::default() }).await.map_err(|_| Status::unavailable("the worker went away"))?;
+        match self.replies.message().await? {
+            Some(r) if r.sealed => Ok(()),
+            _ => Err(Status::unavailable("the worker did not confirm the seal")),
+        }
+    }
+}
+
+/// Reserves `size` bytes for object `id` in the store of the worker that
+/// `client` talks to (on this machine).
+pub async fn reserve(mut client: shoal_proto::client::StoreClient, id: u64, size: u64) -> Result<Reservation, Status> {
+    let (steps, rx) = tokio::sync::mpsc::channel(2);
+    let _ = steps.send(WriteStep { id, size, seal: false }).await;
+    let mut replies = client.write(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let first = replies.message().await?.ok_or_else(|| Status::unavailable("the worker closed the write"))?;
+    Ok(Reservation { offset: first.offset, steps, replies, _client: client })
+}
+
+/// A sealed object pinned in a same-machine worker's store, while held.
+pub struct PinnedObject {
+    /// Where it is: in the arena at `offset` (or in `file`, spilled).
+    pub reply: PinReply,
+    _call: Streaming<PinReply>,
+    _client: shoal_proto::client::StoreClient,
+}
+
+/// Pins object `id` in the store of the worker that `client` talks to.
+pub async fn pin(mut client: shoal_proto::client::StoreClient, id: u64) -> Result<PinnedObject, Status> {
+    let mut call = client.pin(PinRequest { id }).await?.into_inner();
+    let reply = call.message().await?.ok_or_else(|| Status::unavailable("the worker closed the pin"))?;
+    Ok(PinnedObject { reply, _call: call, _client: client })
 }
 
 /// Writes `data` as new object `id` into the store of the worker at

@@ -1221,6 +1221,7 @@ impl Core {
                 draining: n.draining,
                 object_address: n.info.object_address.clone(),
                 store: n.store,
+                store_file: n.info.store_file,
             })
             .collect();
         ClusterSnapshot { nodes, tasks: self.counts, jobs: self.jobs.len() as u32 }

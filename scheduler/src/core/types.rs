@@ -223,6 +223,9 @@ pub struct NodeRegistration {
     pub object_address: String,
     /// Objects sealed in its store when it registered.
     pub objects: Vec<ObjectId>,
+    /// The store's memory file: descriptor number in the worker process
+    /// and inode, for drivers on the same machine to map it.
+    pub store_file: (u32, u64),
 }
 
 /// A node as shown by `shoal status`.
@@ -256,6 +259,8 @@ pub struct NodeSnapshot {
     pub object_address: String,
     /// Object store usage, from its last heartbeat.
     pub store: StoreUsage,
+    /// The store's memory file (descriptor number in the worker, inode).
+    pub store_file: (u32, u64),
 }
 
 /// Task counts as shown by `shoal status`.
