@@ -124,3 +124,65 @@ fn blake3_hex(data: &[u8]) -> String {
     std::fs::write(&p, data).unwrap();
     shoal_proto::binaries::hash_file(&p).unwrap()
 }
+
+#[test]
+fn the_object_store_service_refuses_bad_transfers_and_keeps_serving() {
+    let mut c = Cluster::head(&[]);
+    let w = c.add_worker(&["--num-cpus", "1", "--object-store-memory", "64MiB"]);
+    let node = c.node(&c.workers[w].node_id).unwrap();
+    let addr = node["object_address"].as_str().unwrap().to_string();
+    let used = |c: &Cluster| c.node(&c.workers[w].node_id).unwrap()["store"]["used"].as_u64().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        // Without the cluster token: refused.
+        let mut anon = client::connect_store(&addr, None, Duration::from_secs(5)).await.unwrap();
+        let e = anon.pull(pb::PullRequest { id: 1, offset: 0, len: 0 }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let mut cl = client::connect_store(&addr, Some(&c.token), Duration::from_secs(5)).await.unwrap();
+        // Objects that do not exist.
+        let e = cl.pull(pb::PullRequest { id: 12345, offset: 0, len: 0 }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        let e = cl.pin(pb::PinRequest { id: 12345 }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        let chunk = |id, size, offset, data: &'static [u8]| pb::ObjectChunk { id, size, offset, data: bytes::Bytes::from_static(data) };
+        // An object larger than the store, or than anything.
+        for size in [128 << 20, u64::MAX] {
+            let e = cl.push(futures::stream::iter(vec![chunk(7, size, 0, b"x")])).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+            assert!(e.message().contains("object store full"), "{}", e.message());
+        }
+        // Chunks out of order, a chunk past the end, a push that stops short.
+        let e = cl.push(futures::stream::iter(vec![chunk(8, 6, 0, b"abc"), chunk(8, 6, 5, b"f")])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        let e = cl.push(futures::stream::iter(vec![chunk(9, 2, 0, b"abcdef")])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        let e = cl.push(futures::stream::iter(vec![chunk(10, 6, 0, b"abc")])).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("ended after 3 of 6"), "{}", e.message());
+        // A write that reserves and then goes away without sealing.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(pb::WriteStep { id: 11, size: 1 << 20, seal: false }).await.unwrap();
+        let mut replies = cl.write(tokio_stream_wrapper_steps(rx)).await.unwrap().into_inner();
+        assert!(replies.message().await.unwrap().is_some(), "space reserved");
+        drop(tx);
+        drop(replies);
+        // A pull of a range past the end of a real object.
+        cl.push(futures::stream::iter(vec![chunk(13, 3, 0, b"abc")])).await.unwrap();
+        let e = cl.pull(pb::PullRequest { id: 13, offset: 10, len: 1 }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    });
+    // Nothing was left behind but the one object pushed whole, and the
+    // worker still runs tasks.
+    wait_for(Duration::from_secs(5), "abandoned objects to be reclaimed", || (used(&c) == 64).then_some(()));
+    c.connect();
+    assert_eq!(echo::remote(41).get().unwrap(), 41);
+}
+
+#[shoal::remote]
+fn echo(x: u64) -> u64 {
+    x
+}
+
+fn tokio_stream_wrapper_steps(rx: tokio::sync::mpsc::Receiver<pb::WriteStep>) -> impl futures::Stream<Item = pb::WriteStep> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+}

@@ -205,7 +205,8 @@ impl Store {
     /// Allocates `size` bytes, spilling least recently used unpinned
     /// objects (other than `keep`) until it fits.
     fn make_room(&self, g: &mut Inner, size: u64, keep: Option<u64>) -> Result<u64, StoreError> {
-        if rounded(size) > g.alloc.capacity() {
+        // (Compared before rounding: a size near u64::MAX must not overflow.)
+        if size > g.alloc.capacity() || rounded(size) > g.alloc.capacity() {
             return Err(StoreError::Full { size, detail: format!("the store holds {} bytes in all", g.alloc.capacity()) });
         }
         loop {
@@ -264,7 +265,7 @@ impl Store {
         let offset = {
             let g = self.lock();
             let e = g.objects.get(&id).ok_or(StoreError::NotFound(id))?;
-            if e.sealed || at + data.len() as u64 > e.size {
+            if e.sealed || at.checked_add(data.len() as u64).is_none_or(|end| end > e.size) {
                 return Err(StoreError::BadWrite { id, detail: format!("{} bytes at {at} into an object of {} bytes (sealed: {})", data.len(), e.size, e.sealed) });
             }
             let Place::Arena(offset) = e.place else { unreachable!("unsealed objects are never spilled") };
@@ -594,6 +595,16 @@ mod tests {
         drop((one, two));
         s.free(1);
         assert_eq!(s.stats().spilled_bytes, 0, "freeing a spilled object deletes its file");
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_not_overflowed() {
+        let (s, _d) = store(1 << 16);
+        assert!(matches!(s.create(1, u64::MAX, 0), Err(StoreError::Full { .. })));
+        assert!(matches!(s.create(2, u64::MAX - 10, 0), Err(StoreError::Full { .. })));
+        s.create(3, 10, 0).unwrap();
+        assert!(s.write_at(3, u64::MAX - 2, b"abc").is_err(), "a write past the end is refused");
+        assert_eq!(s.stats().used, 64);
     }
 
     #[test]
