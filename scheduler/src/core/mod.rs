@@ -550,15 +550,8 @@ impl Core {
         }
         match outcome {
             Ok(value) => {
-                let task = self.tasks.remove(&tid).expect("checked");
                 self.counts.queued -= 1;
-                self.counts.finished += 1;
-                self.release_args(&task, out);
-                let state = match value {
-                    Value::Inline(b) => ObjectState::Ready(b),
-                    Value::Stored { size } => ObjectState::Stored { size, holders: vec![node] },
-                };
-                self.settle(tid, task, state, out);
+                self.finished(tid, node, value, out);
             }
             Err(f) if matches!(f.kind, FailureKind::WorkerDied | FailureKind::ObjectLost) => {}
             Err(f) => self.fail_task(tid, f, out),
@@ -770,15 +763,8 @@ impl Core {
             node.in_use.sub(&def.resources);
             match outcome {
                 Ok(value) => {
-                    let task = self.tasks.remove(&tid).expect("present");
                     self.counts.running -= 1;
-                    self.counts.finished += 1;
-                    self.release_args(&task, out);
-                    let state = match value {
-                        Value::Inline(b) => ObjectState::Ready(b),
-                        Value::Stored { size } => ObjectState::Stored { size, holders: vec![node_id] },
-                    };
-                    self.settle(tid, task, state, out);
+                    self.finished(tid, node_id, value, out);
                 }
                 Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && !rebuilding.is_empty() => {
                     tracing::info!(task = %ids::display(tid), "an input was lost while the task waited for it; it runs again once the input is rebuilt");
@@ -813,6 +799,18 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Task `tid` produced `value` on `node`: record it and wake what waits.
+    fn finished(&mut self, tid: TaskId, node: NodeId, value: Value, out: &mut impl Outbox) {
+        let task = self.tasks.remove(&tid).expect("a finishing task exists");
+        self.counts.finished += 1;
+        self.release_args(&task, out);
+        let state = match value {
+            Value::Inline(b) => ObjectState::Ready(b),
+            Value::Stored { size } => ObjectState::Stored { size, holders: vec![node] },
+        };
+        self.settle(tid, task, state, out);
     }
 
     fn release_args(&mut self, task: &Task, out: &mut impl Outbox) {
