@@ -51,8 +51,30 @@ fn digest_on_b(data: Buffer) -> (String, String) {
 }
 
 #[shoal::remote(resources(a = 1))]
+fn ramp_on_a(n: usize) -> Buffer {
+    Buffer::from_values((0..n).map(|i| i as f64).collect::<Vec<f64>>())
+}
+
+#[shoal::remote(resources(b = 1))]
+fn sum_on_b(data: Buffer) -> f64 {
+    data.values::<f64>().expect("aligned on the pulling node too").iter().sum()
+}
+
+#[shoal::remote(resources(a = 1))]
 fn digest_on_a(data: Buffer) -> (String, String) {
     (digest(&data), shoal::context().unwrap().node_id)
+}
+
+#[shoal::remote]
+fn sum_in_place(data: Buffer) -> (f64, bool) {
+    // Read as f64 where it lies in shared memory: no copy.
+    let xs = data.values::<f64>().expect("stored values are aligned for typed views");
+    (xs.iter().sum(), shoal::context().is_some())
+}
+
+#[shoal::remote]
+fn ramp(n: usize) -> Buffer {
+    Buffer::from_values((0..n).map(|i| i as f64).collect::<Vec<f64>>())
 }
 
 fn embedded(store_bytes: u64) {
@@ -91,6 +113,18 @@ fn embedded_put_get_and_task_on_256_mib_are_byte_identical_and_dropping_frees_th
     let made = make::remote(64 * MIB, 3);
     assert_eq!(digest(&made.get().unwrap()), digest(&pattern(64 * MIB, 3)));
     assert_eq!(digest_of::remote(&made).get().unwrap().1, digest(&pattern(64 * MIB, 3)), "and passed on to another task");
+    // Numeric arrays: viewed as f64 in place by the driver and by tasks,
+    // whether put by the driver or made by a task.
+    let n = 4 << 20;
+    let want: f64 = (0..n).map(|i| i as f64).sum();
+    let arr = shoal::put(Buffer::from_values((0..n).map(|i| i as f64).collect::<Vec<f64>>())).unwrap();
+    let got = arr.get().unwrap();
+    assert_eq!(got.values::<f64>().map(|x| x.iter().sum::<f64>()), Some(want), "the driver views the array in place");
+    assert_eq!(sum_in_place::remote(&arr).get().unwrap(), (want, true));
+    let made_arr = ramp::remote(n);
+    assert_eq!(made_arr.get().unwrap().values::<f64>().map(|x| x.len()), Some(n));
+    assert_eq!(sum_in_place::remote(&made_arr).get().unwrap().0, want);
+    drop((got, arr, made_arr));
     drop((a, b, r, made));
     let after = wait_usage("the store to return to its earlier level", |u| u.used == before.used);
     assert_eq!(after.objects, before.objects);
@@ -181,6 +215,12 @@ fn objects_move_worker_to_worker_when_a_task_runs_on_another_node() {
     common::wait_for(Duration::from_secs(10), "both nodes to hold copies", || {
         (store_of(a).used >= (512 * MIB) as u64 && store_of(b).used >= (512 * MIB) as u64).then_some(())
     });
-    drop((made, r));
+    // A numeric array made on a, summed in place on b (pulled copy) and
+    // viewed by this driver.
+    let n = 1 << 20;
+    let arr = ramp_on_a::remote(n);
+    assert_eq!(sum_on_b::remote(&arr).get().unwrap(), (0..n).map(|i| i as f64).sum::<f64>());
+    assert_eq!(arr.get().unwrap().values::<f64>().map(|x| x[n - 1]), Some((n - 1) as f64));
+    drop((made, r, arr));
     common::wait_for(Duration::from_secs(10), "every copy to be freed on both nodes", || (store_of(a).used == 0 && store_of(b).used == 0).then_some(()));
 }

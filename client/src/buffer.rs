@@ -52,6 +52,44 @@ impl Buffer {
     pub fn slice(&self, range: impl std::ops::RangeBounds<usize>) -> Buffer {
         Buffer(self.0.slice(range))
     }
+
+    /// A buffer of `values`' bytes (`f64`, `u32`, ...), without a copy.
+    ///
+    /// ```
+    /// let b = shoal::Buffer::from_values(vec![1.5f64, 2.5]);
+    /// assert_eq!(b.len(), 16);
+    /// assert_eq!(b.values::<f64>(), Some(&[1.5, 2.5][..]));
+    /// ```
+    pub fn from_values<T: Pod + Send + Sync>(values: Vec<T>) -> Buffer {
+        Buffer(Bytes::from_owner(PodVec(values)))
+    }
+
+    /// The bytes as a slice of `T`, without a copy: a numeric array read in
+    /// place. `None` if the length is not a whole number of `T`s or the
+    /// bytes are not aligned for `T`. Values from the object store (every
+    /// value over 100 KiB) are laid out so the bytes are 64-byte aligned;
+    /// [`to_values`](Self::to_values) works for any.
+    pub fn values<T: Pod>(&self) -> Option<&[T]> {
+        bytemuck::try_cast_slice(&self.0).ok()
+    }
+
+    /// The bytes as a vector of `T` (copied). `None` if the length is not a
+    /// whole number of `T`s.
+    pub fn to_values<T: Pod>(&self) -> Option<Vec<T>> {
+        self.0.len().is_multiple_of(std::mem::size_of::<T>().max(1)).then(|| bytemuck::pod_collect_to_vec(&self.0))
+    }
+}
+
+/// Plain numeric types a [`Buffer`] can be viewed as (`f64`, `i32`, `u8`,
+/// arrays of them, ...): `bytemuck::Pod`.
+pub use bytemuck::Pod;
+
+struct PodVec<T>(Vec<T>);
+
+impl<T: Pod> AsRef<[u8]> for PodVec<T> {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
 }
 
 impl Deref for Buffer {
@@ -167,6 +205,17 @@ mod tests {
         assert_eq!(&buf[..], &[9u8; 1000][..]);
         let range = bytes.as_ptr() as usize..bytes.as_ptr() as usize + bytes.len();
         assert!(range.contains(&(buf.as_ptr() as usize)), "no copy: the buffer points into the encoded bytes");
+    }
+
+    #[test]
+    fn typed_views_need_alignment_and_copies_do_not() {
+        let b = Buffer::from_values((0..1000u32).collect());
+        assert_eq!(b.values::<u32>().unwrap()[999], 999);
+        let odd = b.slice(1..);
+        assert_eq!(odd.values::<u32>(), None, "misaligned and not whole");
+        let shifted = b.slice(4..);
+        assert_eq!(shifted.to_values::<u32>().unwrap()[0], 1);
+        assert_eq!(Buffer::from(vec![0u8; 7]).to_values::<u32>(), None);
     }
 
     #[test]

@@ -140,7 +140,11 @@ fn arg_bytes(arena: Option<&Arc<Arena>>, a: pb::ExecArg) -> Result<Bytes, String
         // SAFETY: spill files are written once and deleted only after the
         // worker unpins the object, which waits for our release.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("mapping {}: {e}", a.file))?;
-        return Ok(Bytes::from_owner(FileArg { map, object: a.object }));
+        let start = shoal_store::spill_offset(a.len) as usize;
+        if map.len() != start + a.len as usize {
+            return Err(format!("spilled object {} has {} bytes, expected {}", a.file, map.len(), start as u64 + a.len));
+        }
+        return Ok(Bytes::from_owner(FileArg { map, object: a.object }).slice(start..));
     }
     let arena = arena.ok_or("the object store is not mapped in this executor")?;
     if a.offset.checked_add(a.len).is_none_or(|end| end > arena.len()) {

@@ -64,7 +64,7 @@ mod runtime;
 pub mod config;
 pub mod status;
 
-pub use buffer::Buffer;
+pub use buffer::{Buffer, Pod};
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
 pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};

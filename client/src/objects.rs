@@ -97,7 +97,11 @@ fn read_mapped(arena: &Arc<Arena>, client: &shoal_proto::client::StoreClient, id
         // SAFETY: spill files are written once and deleted only after the
         // last unpin; we hold a pin.
         let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
-        return Some(Bytes::from_owner(SpilledBytes { map, _pin: p }));
+        let start = shoal_store::spill_offset(len) as usize;
+        if map.len() != start + len as usize {
+            return None;
+        }
+        return Some(Bytes::from_owner(SpilledBytes { map, _pin: p }).slice(start..));
     }
     if offset.checked_add(len).is_none_or(|end| end > arena.len()) {
         return None;

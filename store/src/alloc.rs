@@ -16,6 +16,25 @@ pub fn rounded(size: u64) -> u64 {
     size.max(1).div_ceil(ALIGN) * ALIGN
 }
 
+/// Bytes of an unsigned varint (LEB128, as postcard writes lengths).
+fn varint_len(n: u64) -> u64 {
+    (u64::from(64 - n.leading_zeros())).div_ceil(7).max(1)
+}
+
+/// Bytes placed before an object of `size` bytes so that, if it is the
+/// encoding of one byte string (a varint length, then the bytes: how a
+/// `Buffer` encodes), the bytes start on an [`ALIGN`] boundary, and typed
+/// views (`&[f64]`) of them need no copy. It depends only on the size, so
+/// every copy of an object, on any node, is laid out alike.
+pub fn payload_skew(size: u64) -> u64 {
+    (1..=10u64).find(|l| *l <= size && varint_len(size - l) == *l).map_or(0, |l| (ALIGN - l) % ALIGN)
+}
+
+/// Arena bytes an object of `size` bytes takes: skew included.
+pub fn footprint(size: u64) -> u64 {
+    size.saturating_add(payload_skew(size))
+}
+
 /// The free ranges of an arena of `capacity` bytes.
 #[derive(Debug)]
 pub struct Allocator {
@@ -128,6 +147,22 @@ mod tests {
         assert_eq!(a.alloc(200), Some(0));
         assert_eq!(a.alloc(600), None, "only 512 bytes are left at the end");
         assert_eq!(a.alloc(512), Some(512));
+    }
+
+    #[test]
+    fn a_byte_string_payload_lands_on_an_aligned_boundary() {
+        for n in [0u64, 1, 127, 128, 1000, 16383, 16384, 1 << 20, (256 << 20) + 3] {
+            let size = varint_len(n) + n;
+            assert_eq!((payload_skew(size) + varint_len(n)) % ALIGN, 0, "payload of {n} bytes");
+            assert_eq!(footprint(size), size + payload_skew(size));
+        }
+        assert_eq!(varint_len(0), 1);
+        assert_eq!(varint_len(127), 1);
+        assert_eq!(varint_len(128), 2);
+        assert_eq!(varint_len(u64::MAX), 10);
+        // Sizes no single byte string has: no skew.
+        assert_eq!(payload_skew(129), 0);
+        assert_eq!(payload_skew(0), 0);
     }
 
     #[test]

@@ -12,4 +12,4 @@ pub mod arena;
 pub mod store;
 
 pub use arena::{Arena, ENV_STORE_FD};
-pub use store::{Location, Store, StoreError, StoreStats};
+pub use store::{Location, Store, StoreError, StoreStats, spill_offset};

@@ -10,7 +10,7 @@
 //! under the spill directory, least recently used first, and brought back
 //! on the next pin.
 
-use crate::alloc::{Allocator, rounded};
+use crate::alloc::{Allocator, footprint, payload_skew, rounded};
 use crate::arena::Arena;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -190,7 +190,7 @@ impl Store {
         // Past the pre-faulted prefix: fault the rest of the range in now,
         // in one call, rather than page by page during the write. The
         // allocator is first-fit, so the prefix grows and is reused.
-        let end = offset + rounded(size);
+        let end = offset - payload_skew(size) + rounded(footprint(size));
         let faulted = self.faulted.load(Ordering::Acquire);
         if end > faulted {
             let start = offset.max(faulted);
@@ -202,16 +202,19 @@ impl Store {
         Ok(offset)
     }
 
-    /// Allocates `size` bytes, spilling least recently used unpinned
-    /// objects (other than `keep`) until it fits.
+    /// Places an object of `size` bytes, spilling least recently used
+    /// unpinned objects (other than `keep`) until it fits. Returns the
+    /// object's offset (its range starts `payload_skew(size)` bytes into
+    /// an aligned allocation).
     fn make_room(&self, g: &mut Inner, size: u64, keep: Option<u64>) -> Result<u64, StoreError> {
         // (Compared before rounding: a size near u64::MAX must not overflow.)
-        if size > g.alloc.capacity() || rounded(size) > g.alloc.capacity() {
+        let need = footprint(size);
+        if need > g.alloc.capacity() || rounded(need) > g.alloc.capacity() {
             return Err(StoreError::Full { size, detail: format!("the store holds {} bytes in all", g.alloc.capacity()) });
         }
         loop {
-            if let Some(off) = g.alloc.alloc(size) {
-                return Ok(off);
+            if let Some(base) = g.alloc.alloc(need) {
+                return Ok(base + payload_skew(size));
             }
             let victim = g
                 .objects
@@ -248,12 +251,19 @@ impl Store {
         // SAFETY: the object is sealed (immutable) and unpinned; the lock
         // keeps anyone from freeing or pinning it during the write.
         let bytes = unsafe { self.arena.slice(offset, size) };
-        if let Err(e) = std::fs::write(&path, bytes) {
+        // The file is laid out as the arena is (see `spill_offset`), so a
+        // mapping of it keeps byte strings aligned.
+        let written = std::fs::File::create(&path).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&[0u8; crate::alloc::ALIGN as usize][..spill_offset(size) as usize])?;
+            f.write_all(bytes)
+        });
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
         tracing::debug!(object = format_args!("{id:#x}"), size, path = %path.display(), "spilled object to disk");
-        g.alloc.free(offset, size);
+        Self::release(g, offset, size);
         g.spilled_bytes += size;
         g.spilled_objects += 1;
         g.objects.get_mut(&id).expect("exists").place = Place::Disk(path);
@@ -344,7 +354,7 @@ impl Store {
                     }
                     Err(err) => {
                         tracing::warn!(object = format_args!("{id:#x}"), error = %err, "could not restore a spilled object; reading it from disk");
-                        g.alloc.free(offset, size);
+                        Self::release(&mut g, offset, size);
                     }
                 }
             }
@@ -359,8 +369,9 @@ impl Store {
     }
 
     fn restore(&self, path: &Path, offset: u64, size: u64) -> io::Result<()> {
-        use std::io::Read;
+        use std::io::{Read, Seek};
         let mut f = std::fs::File::open(path)?;
+        f.seek(std::io::SeekFrom::Start(spill_offset(size)))?;
         // SAFETY: the range was just allocated under the lock we hold.
         let buf = unsafe { std::slice::from_raw_parts_mut(self.arena.ptr(offset, size), size as usize) };
         f.read_exact(buf)
@@ -395,10 +406,15 @@ impl Store {
         }
     }
 
+    /// Gives back the allocation of an object at `offset` of `size` bytes.
+    fn release(g: &mut Inner, offset: u64, size: u64) {
+        g.alloc.free(offset - payload_skew(size), footprint(size));
+    }
+
     fn remove(g: &mut Inner, id: u64) {
         let Some(e) = g.objects.remove(&id) else { return };
         match e.place {
-            Place::Arena(offset) => g.alloc.free(offset, e.size),
+            Place::Arena(offset) => Self::release(g, offset, e.size),
             Place::Disk(path) => {
                 let _ = std::fs::remove_file(path);
                 g.spilled_bytes -= e.size;
@@ -443,7 +459,10 @@ impl Store {
                     unsafe { memmap2::Mmap::map(&f) }
                 });
                 match map {
-                    Ok(map) if map.len() as u64 == len => Ok(Bytes::from_owner(FileBytes { _pin: PinGuard { store: self.clone(), id }, map })),
+                    Ok(map) if map.len() as u64 == spill_offset(len) + len => {
+                        let start = spill_offset(len) as usize;
+                        Ok(Bytes::from_owner(FileBytes { _pin: PinGuard { store: self.clone(), id }, map }).slice(start..))
+                    }
                     _ => {
                         self.unpin(id);
                         Err(StoreError::NotFound(id))
@@ -452,6 +471,13 @@ impl Store {
             }
         }
     }
+}
+
+/// Where an object of `size` bytes starts in its spill file: after the
+/// same skew as in the arena, so mapping the file keeps a byte string's
+/// payload aligned (see [`payload_skew`]).
+pub fn spill_offset(size: u64) -> u64 {
+    payload_skew(size)
 }
 
 /// Unpins its object when dropped.
@@ -504,6 +530,7 @@ impl AsRef<[u8]> for FileBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alloc::{footprint, rounded};
 
     fn store(cap: u64) -> (Arc<Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -527,10 +554,10 @@ mod tests {
         assert!(b.iter().all(|x| *x == 7));
         s.free(1);
         assert!(!s.contains(1), "freed objects are invisible at once");
-        assert_eq!(s.stats().used, 1024, "but their memory stays while a reader pins it");
+        assert_eq!(s.stats().used, rounded(footprint(1000)), "but their memory stays while a reader pins it");
         let slice = b.slice(10..20);
         drop(b);
-        assert_eq!(s.stats().used, 1024, "a slice keeps the pin");
+        assert_eq!(s.stats().used, rounded(footprint(1000)), "a slice keeps the pin");
         drop(slice);
         assert_eq!(s.stats().used, 0);
     }
@@ -548,16 +575,16 @@ mod tests {
     #[test]
     fn full_store_spills_least_recently_used_and_restores_on_pin() {
         let (s, _d) = store(4096);
-        put(&s, 1, 1, 2000).unwrap();
-        put(&s, 2, 2, 2000).unwrap();
+        put(&s, 1, 1, 1900).unwrap();
+        put(&s, 2, 2, 1900).unwrap();
         s.unpin(match s.pin(1).unwrap() {
             Location::Arena { .. } => 1,
             l => panic!("{l:?}"),
         });
         // 1 was used more recently than 2: 2 goes to disk.
-        put(&s, 3, 3, 2000).unwrap();
+        put(&s, 3, 3, 1900).unwrap();
         let st = s.stats();
-        assert_eq!((st.spilled_objects, st.spilled_bytes), (1, 2000));
+        assert_eq!((st.spilled_objects, st.spilled_bytes), (1, 1900));
         // Reading 2 brings it back (spilling another one).
         let b = s.read(2).unwrap();
         assert!(b.iter().all(|x| *x == 2));
@@ -565,7 +592,7 @@ mod tests {
         drop(b);
         for (id, byte) in [(1, 1), (2, 2), (3, 3)] {
             let b = s.read(id).unwrap();
-            assert_eq!(b.len(), 2000);
+            assert_eq!(b.len(), 1900);
             assert!(b.iter().all(|x| *x == byte), "object {id}");
         }
     }
@@ -604,7 +631,7 @@ mod tests {
         assert!(matches!(s.create(2, u64::MAX - 10, 0), Err(StoreError::Full { .. })));
         s.create(3, 10, 0).unwrap();
         assert!(s.write_at(3, u64::MAX - 2, b"abc").is_err(), "a write past the end is refused");
-        assert_eq!(s.stats().used, 64);
+        assert_eq!(s.stats().used, rounded(footprint(10)));
     }
 
     #[test]

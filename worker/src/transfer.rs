@@ -233,19 +233,25 @@ pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u
 /// worker node).
 pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<Bytes, String> {
     let mut errors = Vec::new();
+    // Laid out as in a store (see `payload_skew`), so a Buffer's bytes are
+    // aligned for typed views here too.
+    let align = shoal_store::alloc::ALIGN as usize;
+    let skew = shoal_store::alloc::payload_skew(size) as usize;
     for h in holders {
-        let buf = std::sync::Mutex::new(vec![0u8; size as usize]);
+        let v = vec![0u8; size as usize + align];
+        let start = (skew + align - v.as_ptr() as usize % align) % align;
+        let buf = std::sync::Mutex::new(v);
         let sink = |off: u64, data: &[u8]| {
             let mut b = buf.lock().map_err(|_| "poisoned".to_string())?;
             let end = off as usize + data.len();
-            if end > b.len() {
-                return Err(format!("a chunk ends at {end}, past the object's {} bytes", b.len()));
+            if end > size as usize {
+                return Err(format!("a chunk ends at {end}, past the object's {size} bytes"));
             }
-            b[off as usize..end].copy_from_slice(data);
+            b[start + off as usize..start + end].copy_from_slice(data);
             Ok(())
         };
         match pull_from(h, token, id, size, &sink).await {
-            Ok(()) => return Ok(Bytes::from(buf.into_inner().map_err(|_| "poisoned".to_string())?)),
+            Ok(()) => return Ok(Bytes::from(buf.into_inner().map_err(|_| "poisoned".to_string())?).slice(start..start + size as usize)),
             Err(e) => errors.push(format!("{h}: {e}")),
         }
     }
