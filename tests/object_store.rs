@@ -224,3 +224,58 @@ fn objects_move_worker_to_worker_when_a_task_runs_on_another_node() {
     drop((made, r, arr));
     common::wait_for(Duration::from_secs(10), "every copy to be freed on both nodes", || (store_of(a).used == 0 && store_of(b).used == 0).then_some(()));
 }
+
+/// A large value whose encoding goes wrong after its size was taken: the
+/// executor has been given space in the store by then.
+pub struct FailsWhileWriting {
+    data: Vec<u8>,
+    how: u8,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl serde::Serialize for FailsWhileWriting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            match self.how {
+                0 => panic!("boom while encoding"),
+                _ => std::process::abort(),
+            }
+        }
+        s.serialize_bytes(&self.data)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FailsWhileWriting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let b = Buffer::deserialize(d)?;
+        Ok(FailsWhileWriting { data: b.to_vec(), how: 0, calls: Default::default() })
+    }
+}
+
+#[shoal::remote(max_retries = 0)]
+fn fails_while_writing(how: u8) -> FailsWhileWriting {
+    FailsWhileWriting { data: vec![7; 8 << 20], how, calls: Default::default() }
+}
+
+#[test]
+fn a_result_that_fails_half_written_leaves_nothing_in_the_store() {
+    embedded(256 << 20);
+    let before = wait_usage("the first heartbeat", |u| u.capacity > 0);
+    // A panic while encoding into the store: a typed error, space back.
+    match fails_while_writing::remote(0).get() {
+        Err(TaskError::Panicked { message, .. }) => assert!(message.contains("boom while encoding"), "{message}"),
+        other => panic!("expected the encoding panic, got {:?}", other.map(|v| v.data.len())),
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    wait_usage("the space of the failed result to be given back", |u| u.used == before.used && u.objects == before.objects);
+    // The executor dies while writing: the unsealed object is reclaimed and
+    // nobody ever sees it.
+    match fails_while_writing::remote(1).get() {
+        Err(TaskError::WorkerDied { .. }) => {}
+        other => panic!("expected WorkerDied, got {:?}", other.map(|v| v.data.len())),
+    }
+    // Usage comes with heartbeats (every 0.5 s): let two pass first.
+    std::thread::sleep(Duration::from_millis(1200));
+    wait_usage("the half-written objects to be reclaimed", |u| u.used == before.used && u.objects == before.objects);
+    assert_eq!(digest_of::remote(pattern(1 << 20, 3)).get().unwrap().0, 1 << 20, "still serving");
+}

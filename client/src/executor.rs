@@ -9,7 +9,7 @@
 //! in normal runs, and in executors never returns. Remote functions are in
 //! a `linkme` slice, complete at link time, so they are all there already.
 
-use crate::registry::{InvokeError, REMOTE_FUNCTIONS, RemoteFunction};
+use crate::registry::{Encoded, InvokeError, REMOTE_FUNCTIONS, RemoteFunction};
 use shoal_proto::frame;
 use shoal_proto::pb::{self, ExecutorToWorker, FailureKind, WorkerToExecutor};
 use bytes::Bytes;
@@ -222,41 +222,55 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             let name = names.get(t.func as usize).cloned().unwrap_or_else(|| "?".into());
             let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(arena.as_ref(), a)).collect();
             CURRENT_TASK.with(|c| c.set(t.task));
-            let mut outcome = match args {
+            let result = match args {
                 Ok(args) => run_one(functions.get(t.func as usize).copied().flatten(), &name, &args),
-                Err(e) => fail(FailureKind::ObjectLost, &name, e, String::new()),
+                Err(e) => Err(fail(FailureKind::ObjectLost, &name, e, String::new())),
             };
             CURRENT_TASK.with(|c| c.set(0));
-            let large = matches!(&outcome, pb::task_result::Outcome::Value(v) if v.len() > shoal_proto::STORE_THRESHOLD_BYTES);
-            if large && let Some(arena) = &arena {
-                let pb::task_result::Outcome::Value(v) = &outcome else { unreachable!("checked") };
-                let size = v.len() as u64;
-                // Ask for room (sending what is ready meanwhile), then write
-                // the value straight into shared memory.
-                out.alloc = Some(pb::AllocRequest { task: t.task, size });
-                out.released = take_released();
-                frame::write_blocking(&mut writer, &out)?;
-                out = ExecutorToWorker::default();
-                out_bytes = 0;
-                let a = await_allocation(&mut reader, t.task, &mut pending, &mut names, &mut functions, &registry)?;
-                outcome = if a.error.is_empty() && a.offset.checked_add(size).is_some_and(|end| end <= arena.len()) {
-                    // SAFETY: the worker reserved this range for this task's
-                    // result; nobody reads it before we report it stored.
-                    unsafe { arena.write(a.offset, v) };
-                    pb::task_result::Outcome::Stored(pb::StoredObject { id: t.task, size, holders: Vec::new() })
-                } else {
-                    fail(FailureKind::ObjectStoreFull, &name, format!("no room for the {size}-byte result: {}", a.error), String::new())
-                };
-            } else if let pb::task_result::Outcome::Value(v) = &outcome
-                && v.len() > shoal_proto::MAX_INLINE_VALUE_BYTES
-            {
-                outcome = fail(
+            // Encoding runs user code (Serialize impls): guarded like the call.
+            let sized = result.and_then(|enc| match guarded(&name, || enc.size())? {
+                Ok(size) => Ok((enc, size)),
+                Err(m) => Err(fail(FailureKind::ResultEncode, &name, m, String::new())),
+            });
+            let outcome = match sized {
+                Err(failed) => failed,
+                Ok((enc, size)) if size > shoal_proto::STORE_THRESHOLD_BYTES && arena.is_some() => {
+                    let arena = arena.as_ref().expect("checked");
+                    let size = size as u64;
+                    // Ask for room (sending what is ready meanwhile), then
+                    // encode the value straight into shared memory.
+                    out.alloc = Some(pb::AllocRequest { task: t.task, size });
+                    out.released = take_released();
+                    frame::write_blocking(&mut writer, &out)?;
+                    out = ExecutorToWorker::default();
+                    out_bytes = 0;
+                    let a = await_allocation(&mut reader, t.task, &mut pending, &mut names, &mut functions, &registry)?;
+                    if a.error.is_empty() && a.offset.checked_add(size).is_some_and(|end| end <= arena.len()) {
+                        // SAFETY: the worker reserved this range for this
+                        // task's result; nobody reads it before we report it.
+                        let buf = unsafe { std::slice::from_raw_parts_mut(arena.ptr(a.offset, size), size as usize) };
+                        match guarded(&name, || enc.write(buf)) {
+                            Ok(Ok(())) => pb::task_result::Outcome::Stored(pb::StoredObject { id: t.task, size, holders: Vec::new() }),
+                            // The worker drops the unsealed space when it sees the failure.
+                            Ok(Err(m)) => fail(FailureKind::ResultEncode, &name, m, String::new()),
+                            Err(failed) => failed,
+                        }
+                    } else {
+                        fail(FailureKind::ObjectStoreFull, &name, format!("no room for the {size}-byte result: {}", a.error), String::new())
+                    }
+                }
+                Ok((_, size)) if size > shoal_proto::MAX_INLINE_VALUE_BYTES => fail(
                     FailureKind::ResultEncode,
                     &name,
-                    format!("the result is {} bytes, over the {} MiB limit of values sent inline, and this node has no object store", v.len(), shoal_proto::MAX_INLINE_VALUE_BYTES >> 20),
+                    format!("the result is {size} bytes, over the {} MiB limit of values sent inline, and this node has no object store", shoal_proto::MAX_INLINE_VALUE_BYTES >> 20),
                     String::new(),
-                );
-            }
+                ),
+                Ok((enc, size)) => match guarded(&name, || enc.to_vec(size)) {
+                    Ok(Ok(v)) => pb::task_result::Outcome::Value(v.into()),
+                    Ok(Err(m)) => fail(FailureKind::ResultEncode, &name, m, String::new()),
+                    Err(failed) => failed,
+                },
+            };
             if let pb::task_result::Outcome::Value(v) = &outcome {
                 out_bytes += v.len();
             }
@@ -290,31 +304,34 @@ fn fail(kind: FailureKind, function: &str, message: String, location: String) ->
     pb::task_result::Outcome::Failure(pb::TaskFailure { kind: kind as i32, message, location, function: function.to_string(), ..Default::default() })
 }
 
-fn run_one(f: Option<&'static RemoteFunction>, name: &str, args: &[Bytes]) -> pb::task_result::Outcome {
+/// Runs `f` under `catch_unwind`; a panic becomes a `Panicked` failure.
+fn guarded<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, pb::task_result::Outcome> {
+    LAST_PANIC.with(|p| p.borrow_mut().take());
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let (message, location) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
+            let m = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
+            (m.unwrap_or_else(|| "panic".into()), String::new())
+        });
+        fail(FailureKind::Panicked, name, message, location)
+    })
+}
+
+/// Runs one task: its result, not yet encoded, or why there is none.
+fn run_one(f: Option<&'static RemoteFunction>, name: &str, args: &[Bytes]) -> Result<Encoded, pb::task_result::Outcome> {
     let Some(f) = f else {
-        return fail(
+        return Err(fail(
             FailureKind::FunctionNotFound,
             name,
             format!("no remote function named {name:?} is linked into this program binary (built from different source than the driver?)"),
             String::new(),
-        );
+        ));
     };
-    LAST_PANIC.with(|p| p.borrow_mut().take());
-    match catch_unwind(AssertUnwindSafe(|| (f.invoke)(args))) {
-        Ok(Ok(v)) => pb::task_result::Outcome::Value(v.into()),
-        Ok(Err(InvokeError::Arity { expected, got })) => {
-            fail(FailureKind::ArgDecode, name, format!("expected {expected} arguments, got {got}"), String::new())
-        }
-        Ok(Err(InvokeError::ArgDecode { index, message })) => fail(FailureKind::ArgDecode, name, format!("argument {index}: {message}"), String::new()),
-        Ok(Err(InvokeError::ResultEncode(m))) => fail(FailureKind::ResultEncode, name, m, String::new()),
-        Err(payload) => {
-            let (message, location) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
-                let m = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
-                (m.unwrap_or_else(|| "panic".into()), String::new())
-            });
-            fail(FailureKind::Panicked, name, message, location)
-        }
-    }
+    Err(match guarded(name, || (f.invoke)(args))? {
+        Ok(v) => return Ok(v),
+        Err(InvokeError::Arity { expected, got }) => fail(FailureKind::ArgDecode, name, format!("expected {expected} arguments, got {got}"), String::new()),
+        Err(InvokeError::ArgDecode { index, message }) => fail(FailureKind::ArgDecode, name, format!("argument {index}: {message}"), String::new()),
+        Err(InvokeError::ResultEncode(m)) => fail(FailureKind::ResultEncode, name, m, String::new()),
+    })
 }
 
 thread_local! {

@@ -95,7 +95,7 @@ pub mod __private {
     pub use crate::executor::block_on;
     pub use crate::pool::run_chunk;
     pub use crate::registry::{
-        FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result, submit, submit_with,
+        Encoded, FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result, submit, submit_with,
     };
     pub use crate::runtime::{enter_main, run_main};
     pub use bytes::Bytes;

@@ -18,8 +18,9 @@ use std::sync::atomic::AtomicU64;
 pub struct RemoteFunction {
     /// Registered name.
     pub name: &'static str,
-    /// Decodes arguments, calls the function, encodes the result.
-    pub invoke: fn(&[Bytes]) -> Result<Vec<u8>, InvokeError>,
+    /// Decodes arguments, calls the function, returns its result ready
+    /// to encode.
+    pub invoke: fn(&[Bytes]) -> Result<Encoded, InvokeError>,
 }
 
 /// Every remote function linked into this program.
@@ -188,7 +189,48 @@ pub fn decode_arg<T: DeserializeOwned>(args: &[Bytes], i: usize) -> Result<T, In
     crate::buffer::decode(&args[i]).map_err(|e| InvokeError::ArgDecode { index: i, message: format!("as {}: {e}", std::any::type_name::<T>()) })
 }
 
-/// Encodes a result.
-pub fn encode_result<T: Serialize>(v: &T) -> Result<Vec<u8>, InvokeError> {
-    postcard::to_allocvec(v).map_err(|e| InvokeError::ResultEncode(format!("{} could not be serialized: {e}", std::any::type_name::<T>())))
+/// A function's result, not yet encoded: its size is known before any
+/// byte is written, so a large one is encoded straight into the node's
+/// object store (no intermediate buffer, whose fresh pages alone would
+/// cost more than the copy).
+pub struct Encoded(Box<dyn EncodeOut>);
+
+trait EncodeOut {
+    fn size(&self) -> Result<usize, String>;
+    fn write(&self, buf: &mut [u8]) -> Result<(), String>;
+}
+
+struct Held<T>(T);
+
+impl<T: Serialize> EncodeOut for Held<T> {
+    fn size(&self) -> Result<usize, String> {
+        postcard::experimental::serialized_size(&self.0).map_err(|e| format!("{} could not be serialized: {e}", std::any::type_name::<T>()))
+    }
+    fn write(&self, buf: &mut [u8]) -> Result<(), String> {
+        postcard::to_slice(&self.0, buf).map(|_| ()).map_err(|e| format!("{} could not be serialized: {e}", std::any::type_name::<T>()))
+    }
+}
+
+impl Encoded {
+    /// Encoded size in bytes.
+    pub(crate) fn size(&self) -> Result<usize, String> {
+        self.0.size()
+    }
+
+    /// Encodes into `buf`, exactly [`size`](Self::size) bytes long.
+    pub(crate) fn write(&self, buf: &mut [u8]) -> Result<(), String> {
+        self.0.write(buf)
+    }
+
+    /// Encodes into a new vector of `size` bytes.
+    pub(crate) fn to_vec(&self, size: usize) -> Result<Vec<u8>, String> {
+        let mut v = vec![0u8; size];
+        self.0.write(&mut v)?;
+        Ok(v)
+    }
+}
+
+/// Wraps a result for encoding (used by the macro).
+pub fn encode_result<T: Serialize + 'static>(v: T) -> Result<Encoded, InvokeError> {
+    Ok(Encoded(Box::new(Held(v))))
 }

@@ -605,6 +605,10 @@ impl Daemon {
                 funcs.push((l.d.job, l.d.func));
                 if stored && let Err(err) = self.store.seal(r.task) {
                     r.outcome = Some(pb::task_result::Outcome::Failure(failure(FailureKind::ObjectStoreFull, format!("the result could not be sealed: {err}"))));
+                } else if matches!(r.outcome, Some(pb::task_result::Outcome::Failure(_))) {
+                    // It may have failed while encoding into space it was
+                    // given: that space is nobody's now.
+                    self.store.abort(r.task);
                 }
                 done.push(r);
             } else if stored {

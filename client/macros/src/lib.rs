@@ -164,11 +164,11 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             );
 
             #[doc(hidden)]
-            pub fn __invoke(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::std::vec::Vec<u8>, ::shoal::__private::InvokeError> {
+            pub fn __invoke(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::shoal::__private::Encoded, ::shoal::__private::InvokeError> {
                 ::shoal::__private::check_arity(args, #n)?;
                 #( let #arg_names: #arg_types = ::shoal::__private::decode_arg(args, #indices)?; )*
                 let out: #ret = #call;
-                ::shoal::__private::encode_result(&out)
+                ::shoal::__private::encode_result(out)
             }
 
             #[::shoal::__private::linkme::distributed_slice(::shoal::__private::REMOTE_FUNCTIONS)]
@@ -190,7 +190,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             );
 
             #[doc(hidden)]
-            pub fn __invoke_chunk(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::std::vec::Vec<u8>, ::shoal::__private::InvokeError> {
+            pub fn __invoke_chunk(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::shoal::__private::Encoded, ::shoal::__private::InvokeError> {
                 ::shoal::__private::run_chunk::<(#(#arg_types,)*), #ret, _>(args, |(#(#arg_names,)*)| #call)
             }
 
