@@ -66,6 +66,11 @@ fn nbytes(x: shoal::Buffer) -> usize {
 }
 
 #[shoal::remote]
+fn passthrough(x: shoal::Buffer) -> shoal::Buffer {
+    x
+}
+
+#[shoal::remote]
 fn spin(ms: u64) -> u64 {
     let end = Instant::now() + Duration::from_millis(ms);
     let mut x = 0u64;
@@ -183,6 +188,13 @@ fn main() {
             let t = Instant::now();
             assert_eq!(nbytes::remote(&r).get().unwrap(), buf.len());
             out.insert("task_on_256MiB_arg_s".into(), round(t.elapsed().as_secs_f64()));
+            // A task returning 256 MiB (its argument, so nothing is
+            // generated): the result is encoded straight into the store.
+            let t = Instant::now();
+            let back = passthrough::remote(&r);
+            assert!(back.is_ready() || shoal::wait_blocking(std::slice::from_ref(&back), 1, None).0.len() == 1);
+            out.insert("task_returning_256MiB_s".into(), round(t.elapsed().as_secs_f64()));
+            drop(back);
         }
         Err(e) => {
             out.insert("put_256MiB_error".into(), json!(e.to_string()));
