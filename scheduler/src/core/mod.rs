@@ -376,6 +376,24 @@ impl Core {
     pub fn tick(&mut self, now: Instant, out: &mut impl Outbox) {
         if self.recovering_until.is_some_and(|t| now >= t) {
             self.recovering_until = None;
+            // Holders that did not come back after the restart: what only
+            // they held is lost, and rebuilt if it can be.
+            let mut lost = Vec::new();
+            for (oid, o) in self.objects.iter_mut() {
+                if let ObjectState::Stored { holders, .. } = &mut o.state
+                    && !holders.is_empty()
+                {
+                    holders.retain(|h| self.nodes.get(h).is_some_and(|n| n.alive));
+                    if holders.is_empty() {
+                        lost.push(*oid);
+                    }
+                }
+            }
+            if !lost.is_empty() {
+                tracing::warn!(objects = lost.len(), "objects whose nodes did not re-register after the restart are lost");
+                lost.sort_unstable();
+                self.reconstruct(&lost, "the nodes holding it did not come back after the head restarted");
+            }
         }
         let grace = self.config.driver_grace;
         let gone: Vec<JobId> = self

@@ -655,3 +655,31 @@ fn a_queued_task_costs_64_bytes_in_the_table() {
     // table's buckets are sized by this).
     assert!(std::mem::size_of::<Task>() <= 64, "Task is {} bytes", std::mem::size_of::<Task>());
 }
+
+#[test]
+fn after_a_restart_objects_on_nodes_that_never_return_are_rebuilt() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    // The log says: job 1's task 1 ran on a node that is not back.
+    core.restore_job(1, "ab".repeat(32), "test".into(), now);
+    core.define_functions(1, 0, vec![FunctionDef { name: "f".into(), resources: ResourceSet::cpus(1.0), max_retries: 3 }]);
+    let (x, y) = (ids::object_id(1, 1), ids::object_id(1, 2));
+    core.submit(1, vec![task(1, 1, 0, vec![val(b"in")])], &mut out);
+    let gone = NodeId::random();
+    core.restore_result(gone, x, Ok(Value::Stored { size: 10 }), &mut out);
+    core.submit(1, vec![task(1, 2, 0, vec![NewArg::Object(x)])], &mut out);
+    core.recovering(now + Duration::from_secs(4));
+    let (b, eb) = node_at(&mut core, "10.0.0.2", now, &mut out);
+    core.node_credits(b, eb, 4, now);
+    core.schedule(&mut out);
+    assert!(out.dispatched.is_empty(), "y waits while x's node may still re-register");
+    core.tick(now + Duration::from_secs(5), &mut out);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![x], "x is rebuilt from its lineage");
+    core.tasks_finished(b, eb, vec![(x, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![y]);
+    assert_eq!(core.snapshot(now).tasks.failed, 0);
+}
