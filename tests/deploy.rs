@@ -154,6 +154,12 @@ print(json.dumps(docs))
         assert_eq!(vol["secret"]["secretName"], "shoal-token", "the token comes from the Secret");
         assert!(token_file.ends_with("/token"), "the Secret's key is the file name");
     }
+    // The head's durable log is on a volume, not in the container's own
+    // filesystem, so a restarted head container resumes the work.
+    let data_dir = after(&ha, "--data-dir").expect("the head names its data dir");
+    let head_spec = &head["spec"]["template"]["spec"];
+    let mount = head_spec["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| data_dir.starts_with(m["mountPath"].as_str().unwrap())).expect("the data dir is on a volume").clone();
+    assert!(head_spec["volumes"].as_array().unwrap().iter().any(|v| v["name"] == mount["name"] && v.get("secret").is_none()), "a writable volume");
     // The shoal binary accepts exactly these arguments.
     for a in [&ha, &wa] {
         // Valid arguments plus --help print help; an unknown one is an error.
