@@ -148,6 +148,9 @@ struct StartArgs {
     /// Head: seconds a job waits for its driver to reconnect after losing it.
     #[arg(long, default_value_t = 30.0)]
     driver_grace: f64,
+    /// Head: compact a job's log to a snapshot once it holds this many bytes (tests use small values).
+    #[arg(long, default_value_t = 64 << 20, hide = true)]
+    log_compact_bytes: u64,
     /// Head: serve TLS with this PEM certificate (chain); clients then use https://.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,

@@ -1,7 +1,10 @@
 //! Conversions between generated protobuf types and core types, so the
 //! core never sees `pb::*`.
 
-use crate::core::{ClusterSnapshot, Dispatch, Failure, FailureKind, FunctionDef, NewArg, NewTask, NodeId, Payload, PutValue, StoreUsage, StoredRef, TaskId, Value};
+use crate::core::{
+    ClusterSnapshot, Dispatch, Failure, FailureKind, FunctionDef, JobSnapshot, NewArg, NewTask, NodeId, Payload, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoreUsage,
+    StoredRef, TaskId, Value,
+};
 use bytes::Bytes;
 use shoal_proto::pb;
 use shoal_proto::resources::ResourceSet;
@@ -102,6 +105,66 @@ pub(crate) fn task_from_pb(t: pb::TaskSubmit) -> NewTask {
         })
         .collect();
     NewTask { id: t.id, func: t.func, args, max_retries: t.max_retries }
+}
+
+pub(crate) fn task_to_pb(t: NewTask) -> pb::TaskSubmit {
+    let args = t
+        .args
+        .into_iter()
+        .map(|a| pb::Arg {
+            kind: Some(match a {
+                NewArg::Object(o) => pb::arg::Kind::Object(o),
+                NewArg::Value(v) => pb::arg::Kind::Value(v),
+            }),
+        })
+        .collect();
+    pb::TaskSubmit { id: t.id, func: t.func, args, max_retries: t.max_retries }
+}
+
+/// A job snapshot as the head's log stores it.
+pub(crate) fn job_snapshot_to_pb(job: u32, s: JobSnapshot, applied_seq: u64) -> pb::JobSnapshot {
+    use pb::snapshot_object::Value as V;
+    pb::JobSnapshot {
+        job: Some(pb::JobStarted { job, binary: s.binary, name: s.name }),
+        functions: s.functions.iter().map(function_to_pb).collect(),
+        objects: s
+            .objects
+            .into_iter()
+            .map(|o| pb::SnapshotObject {
+                id: o.id,
+                value: Some(match o.value {
+                    SnapshotValue::Inline(b) => V::Inline(b),
+                    SnapshotValue::Stored { size, holders } => V::Stored(pb::StoredObject { id: o.id, size, holders: holders.iter().map(|h| h.0.to_string()).collect() }),
+                    SnapshotValue::Failed(f) => V::Failed(failure_to_pb(f)),
+                }),
+                driver_ref: o.driver_ref,
+                lineage: o.lineage.map(task_to_pb),
+            })
+            .collect(),
+        tasks: s.tasks.into_iter().map(|t| pb::SnapshotTask { task: Some(task_to_pb(t.task)), driver_ref: t.driver_ref }).collect(),
+        applied_seq,
+    }
+}
+
+/// A job snapshot from the head's log: `(job, snapshot, applied_seq)`.
+pub(crate) fn job_snapshot_from_pb(s: pb::JobSnapshot) -> Option<(u32, JobSnapshot, u64)> {
+    use pb::snapshot_object::Value as V;
+    let j = s.job?;
+    let objects = s
+        .objects
+        .into_iter()
+        .filter_map(|o| {
+            let value = match o.value? {
+                V::Inline(b) => SnapshotValue::Inline(b),
+                V::Stored(st) => SnapshotValue::Stored { size: st.size, holders: st.holders.iter().filter_map(|h| h.parse().ok().map(NodeId)).collect() },
+                V::Failed(f) => SnapshotValue::Failed(failure_from_pb(f)),
+            };
+            Some(SnapshotObject { id: o.id, value, driver_ref: o.driver_ref, lineage: o.lineage.map(task_from_pb) })
+        })
+        .collect();
+    let tasks = s.tasks.into_iter().filter_map(|t| Some(SnapshotTask { task: task_from_pb(t.task?), driver_ref: t.driver_ref })).collect();
+    let snap = JobSnapshot { binary: j.binary, name: j.name, functions: s.functions.into_iter().map(function_from_pb).collect(), objects, tasks };
+    Some((j.job, snap, s.applied_seq))
 }
 
 pub(crate) fn dispatch_to_pb(d: Dispatch) -> pb::TaskDispatch {

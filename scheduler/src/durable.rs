@@ -35,6 +35,8 @@ pub struct LogError {
 /// One write to the log.
 enum Entry {
     Append { job: u32, record: Vec<u8>, batch: u64 },
+    /// Replace every record of `job` with this one (a snapshot).
+    Compact { job: u32, record: Vec<u8>, batch: u64 },
     EndJob(u32),
     NextJob(u32),
 }
@@ -89,18 +91,34 @@ impl Log {
     }
 
     /// Records `record` for `job`; `batch` is the driver batch sequence it
-    /// carries (0 for other records).
-    pub(crate) fn append(&self, job: u32, record: &pb::LogRecord, batch: u64) {
-        let _ = self.tx.send(Entry::Append { job, record: record.encode_to_vec(), batch });
+    /// carries (0 for other records). Returns its size.
+    pub(crate) fn append(&self, job: u32, record: &pb::LogRecord, batch: u64) -> usize {
+        let record = record.encode_to_vec();
+        let n = record.len();
+        let _ = self.tx.send(Entry::Append { job, record, batch });
+        n
     }
 
     /// Records a driver batch (without copying it into a `LogRecord`).
-    pub(crate) fn append_batch(&self, job: u32, msg: &pb::DriverToHead) {
+    /// Returns its size.
+    pub(crate) fn append_batch(&self, job: u32, msg: &pb::DriverToHead) -> usize {
         // A LogRecord whose `batch` field (2) holds `msg`: same bytes as
         // encoding the record, one copy fewer.
         let mut record = Vec::with_capacity(msg.encoded_len() + 8);
         prost::encoding::message::encode(2, msg, &mut record);
+        let n = record.len();
         let _ = self.tx.send(Entry::Append { job, record, batch: msg.seq });
+        n
+    }
+
+    /// Replaces `job`'s records with `snapshot` (its whole state, with
+    /// driver batches up to `applied_seq` applied). Returns its size.
+    pub(crate) fn compact(&self, job: u32, snapshot: pb::JobSnapshot) -> usize {
+        let batch = snapshot.applied_seq;
+        let record = pb::LogRecord { kind: Some(pb::log_record::Kind::Snapshot(snapshot)) }.encode_to_vec();
+        let n = record.len();
+        let _ = self.tx.send(Entry::Compact { job, record, batch });
+        n
     }
 
     /// `job` ended: its records go.
@@ -160,6 +178,15 @@ fn write(db: &Database, next: &mut BTreeMap<u32, u64>, entries: Vec<Entry>) -> R
                         *a = (*a).max(batch);
                     }
                 }
+                Entry::Compact { job, record, batch } => {
+                    log.retain_in((job, 0)..=(job, u64::MAX), |_, _| false).map_err(|e| e.to_string())?;
+                    log.insert((job, 0), record.as_slice()).map_err(|e| e.to_string())?;
+                    next.insert(job, 1);
+                    if batch > 0 {
+                        let a = acks.entry(job).or_insert(0);
+                        *a = (*a).max(batch);
+                    }
+                }
                 Entry::EndJob(job) => {
                     log.retain_in((job, 0)..=(job, u64::MAX), |_, _| false).map_err(|e| e.to_string())?;
                     next.remove(&job);
@@ -194,6 +221,39 @@ mod tests {
         let mut direct = Vec::new();
         prost::encoding::message::encode(2, &msg, &mut direct);
         assert_eq!(direct, pb::LogRecord { kind: Some(pb::log_record::Kind::Batch(msg)) }.encode_to_vec());
+    }
+
+    #[test]
+    fn compaction_replaces_a_jobs_history_with_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        {
+            let a = acked.clone();
+            let (log, _) = Log::open(dir.path(), move |acks| a.lock().unwrap().extend(acks)).unwrap();
+            log.append(1, &started(1), 0);
+            for seq in 1..=5 {
+                log.append(1, &batch(seq), seq);
+            }
+            let snap = pb::JobSnapshot { job: Some(pb::JobStarted { job: 1, binary: "b".into(), name: "n".into() }), applied_seq: 5, ..Default::default() };
+            log.compact(1, snap);
+            log.append(1, &batch(6), 6);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !acked.lock().unwrap().contains(&(1, 6)) {
+                assert!(std::time::Instant::now() < deadline, "never acknowledged");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (_log, replay) = Log::open(dir.path(), |_| {}).unwrap();
+        let kinds: Vec<&str> = replay.jobs[&1]
+            .iter()
+            .map(|r| match &r.kind {
+                Some(pb::log_record::Kind::Snapshot(_)) => "snapshot",
+                Some(pb::log_record::Kind::Batch(_)) => "batch",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, vec!["snapshot", "batch"], "the history before the snapshot is gone");
     }
 
     #[test]

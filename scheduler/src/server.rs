@@ -44,6 +44,10 @@ pub struct HeadConfig {
     pub data_dir: Option<PathBuf>,
     /// How long a job waits for its driver to reconnect after losing it.
     pub driver_grace: Duration,
+    /// A job's log is compacted to a snapshot of its state once it holds
+    /// this many bytes (and twice its last snapshot): replay time and disk
+    /// stay proportional to the live state, not the history.
+    pub compact_after_bytes: u64,
 }
 
 /// A PEM certificate chain and private key for serving TLS.
@@ -74,6 +78,7 @@ impl HeadConfig {
             tls: None,
             data_dir: None,
             driver_grace: Duration::from_secs(30),
+            compact_after_bytes: 64 << 20,
         }
     }
 }
@@ -131,7 +136,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         wait_for_feasible_nodes: config.wait_for_feasible_nodes,
         driver_grace: config.driver_grace,
     });
-    let mut state = LoopState::default();
+    let mut state = LoopState { compact_after: config.compact_after_bytes, ..Default::default() };
     if let Some(dir) = &config.data_dir {
         let ev = events.clone();
         let (log, replay) = crate::durable::Log::open(dir, move |acks| {
@@ -256,6 +261,29 @@ struct LoopState {
     log: Option<crate::durable::Log>,
     applied: HashMap<JobId, u64>,
     durable: HashMap<JobId, u64>,
+    /// Per job: bytes in its log, and in its last snapshot.
+    logged: HashMap<JobId, (u64, u64)>,
+    /// See [`HeadConfig::compact_after_bytes`].
+    compact_after: u64,
+}
+
+
+impl LoopState {
+    /// Counts `n` bytes logged for `job`, compacting its log if its history
+    /// has outgrown its state.
+    fn logged(&mut self, core: &Core, job: JobId, n: usize) {
+        let (total, snap) = self.logged.entry(job).or_default();
+        *total += n as u64;
+        if *total < self.compact_after.max(2 * *snap) {
+            return;
+        }
+        let (Some(log), Some(s)) = (&self.log, core.job_snapshot(job)) else { return };
+        let applied = self.applied.get(&job).copied().unwrap_or(0);
+        let size = log.compact(job, convert::job_snapshot_to_pb(job, s, applied)) as u64;
+        tracing::info!(job, history_bytes = *total, snapshot_bytes = size, "compacted the job's log to a snapshot");
+        *total = size;
+        *snap = size;
+    }
 }
 
 /// Rebuilds the core from the log after a restart.
@@ -276,6 +304,14 @@ fn restore(core: &mut Core, state: &mut LoopState, replay: crate::durable::Repla
                     state.durable.insert(job, msg.seq);
                     apply_driver_batch(core, job, msg, &mut out);
                     batches += 1;
+                }
+                Some(pb::log_record::Kind::Snapshot(s)) => {
+                    if let Some((j, snap, seq)) = convert::job_snapshot_from_pb(s) {
+                        core.restore_snapshot(j, snap, now, &mut out);
+                        state.applied.insert(job, seq);
+                        state.durable.insert(job, seq);
+                        jobs += 1;
+                    }
                 }
                 Some(pb::log_record::Kind::Results(r)) => {
                     let Ok(node) = r.node.parse() else { continue };
@@ -348,6 +384,7 @@ async fn event_loop(mut core: Core, mut state: LoopState, mut rx: mpsc::Unbounde
             drivers.remove(&job);
             state.applied.remove(&job);
             state.durable.remove(&job);
+            state.logged.remove(&job);
             if let Some(log) = &state.log {
                 log.end_job(job);
             }
@@ -409,11 +446,12 @@ fn handle(
                 core.object_copied(node, epoch, id, out);
             }
             if !msg.results.is_empty() {
-                if let Some(log) = &state.log {
-                    log_results(log, node, &msg.results);
-                }
+                let logged = state.log.as_ref().map(|log| log_results(log, node, &msg.results)).unwrap_or_default();
                 let results = msg.results.into_iter().map(convert::result_from_pb).collect();
                 core.tasks_finished(node, epoch, results, now, out);
+                for (job, n) in logged {
+                    state.logged(core, job, n);
+                }
             }
             if msg.credits > 0 {
                 core.node_credits(node, epoch, msg.credits, now);
@@ -464,15 +502,19 @@ fn handle(
             if seq != 0 {
                 state.applied.insert(job, seq);
             }
-            match &state.log {
+            let logged = match &state.log {
                 Some(log) => log.append_batch(job, &msg),
                 None if seq != 0 => {
                     state.durable.insert(job, seq);
                     current(out.drivers.entry(job).or_default(), 8).acked = seq;
+                    0
                 }
-                None => {}
-            }
+                None => 0,
+            };
             apply_driver_batch(core, job, msg, out);
+            if logged > 0 {
+                state.logged(core, job, logged);
+            }
         }
         Cmd::DriverGone { job, tx, clean } => {
             // Only the current session of the job counts.
@@ -609,14 +651,19 @@ async fn open_driver_session(events: mpsc::UnboundedSender<Cmd>, store: &BinaryS
 }
 
 /// Logs the results a node reported, one record per job they belong to.
-fn log_results(log: &crate::durable::Log, node: NodeId, results: &[pb::TaskResult]) {
+/// Returns the bytes logged per job.
+fn log_results(log: &crate::durable::Log, node: NodeId, results: &[pb::TaskResult]) -> Vec<(JobId, usize)> {
     let mut by_job: HashMap<JobId, Vec<pb::TaskResult>> = HashMap::new();
     for r in results {
         by_job.entry(shoal_proto::ids::job_of(r.task)).or_default().push(r.clone());
     }
-    for (job, results) in by_job {
-        log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Results(pb::NodeResults { node: node.0.to_string(), results })) }, 0);
-    }
+    by_job
+        .into_iter()
+        .map(|(job, results)| {
+            let n = log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Results(pb::NodeResults { node: node.0.to_string(), results })) }, 0);
+            (job, n)
+        })
+        .collect()
 }
 
 /// The head as seen from its own process: sessions over channels.

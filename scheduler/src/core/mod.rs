@@ -528,6 +528,80 @@ impl Core {
         self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: Some(now) });
     }
 
+    /// The whole state of `job`, to log instead of its history.
+    pub fn job_snapshot(&self, job: JobId) -> Option<JobSnapshot> {
+        let j = self.jobs.get(&job)?;
+        let args = |slots: &[ArgSlot]| -> Vec<NewArg> {
+            slots
+                .iter()
+                .map(|a| match a {
+                    ArgSlot::Value(b) => NewArg::Value(b.clone()),
+                    ArgSlot::Object(o) => NewArg::Object(*o),
+                })
+                .collect()
+        };
+        let objects = self
+            .objects
+            .iter()
+            .filter(|(id, _)| ids::job_of(**id) == job)
+            .map(|(id, o)| SnapshotObject {
+                id: *id,
+                value: match &o.state {
+                    ObjectState::Ready(b) => SnapshotValue::Inline(b.clone()),
+                    ObjectState::Stored { size, holders } => SnapshotValue::Stored { size: *size, holders: holders.clone() },
+                    ObjectState::Failed(f) => SnapshotValue::Failed((**f).clone()),
+                },
+                driver_ref: o.driver_ref,
+                lineage: o.lineage.as_ref().map(|l| NewTask { id: *id, func: l.func, args: args(&l.args), max_retries: Some(l.max_retries as u32) }),
+            })
+            .collect();
+        let mut tasks: Vec<SnapshotTask> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.job == job)
+            .map(|(id, t)| SnapshotTask { task: NewTask { id: *id, func: t.func, args: args(&t.args), max_retries: Some(t.max_retries as u32) }, driver_ref: t.driver_ref })
+            .collect();
+        tasks.sort_unstable_by_key(|t| t.task.id);
+        Some(JobSnapshot { binary: j.binary.clone(), name: j.name.clone(), functions: j.functions.clone(), objects, tasks })
+    }
+
+    /// Rebuilds `job` from a snapshot (after a restart). Unfinished tasks
+    /// are queued again; the job waits for its driver like a restored one.
+    pub fn restore_snapshot(&mut self, job: JobId, snap: JobSnapshot, now: Instant, out: &mut impl Outbox) {
+        self.restore_job(job, snap.binary, snap.name, now);
+        self.define_functions(job, 0, snap.functions);
+        let slots = |args: Vec<NewArg>| -> Box<[ArgSlot]> {
+            args.into_iter()
+                .map(|a| match a {
+                    NewArg::Value(b) => ArgSlot::Value(b),
+                    NewArg::Object(o) => ArgSlot::Object(o),
+                })
+                .collect()
+        };
+        let mut unreferenced = Vec::new();
+        for o in snap.objects {
+            if ids::job_of(o.id) != job {
+                continue;
+            }
+            let state = match o.value {
+                SnapshotValue::Inline(b) => ObjectState::Ready(b),
+                SnapshotValue::Stored { size, holders } => ObjectState::Stored { size, holders },
+                SnapshotValue::Failed(f) => ObjectState::Failed(Box::new(f)),
+            };
+            let lineage = o.lineage.map(|t| Box::new(Lineage { func: t.func, args: slots(t.args), max_retries: t.max_retries.unwrap_or(0).min(u16::MAX as u32) as u16 }));
+            if !o.driver_ref {
+                unreferenced.push(o.id);
+            }
+            self.objects.insert(o.id, Object { state, driver_ref: o.driver_ref, task_refs: 0, lineage });
+        }
+        let released: Vec<TaskId> = snap.tasks.iter().filter(|t| !t.driver_ref).map(|t| t.task.id).collect();
+        self.submit(job, snap.tasks.into_iter().map(|t| t.task).collect(), out);
+        self.release(job, &released, out);
+        for id in unreferenced {
+            self.maybe_free(id, out);
+        }
+    }
+
     /// After a restart: for `grace`, tasks whose inputs are held only by
     /// nodes that have not re-registered yet wait for those nodes.
     pub fn recovering(&mut self, until: Instant) {

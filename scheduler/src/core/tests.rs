@@ -683,3 +683,53 @@ fn after_a_restart_objects_on_nodes_that_never_return_are_rebuilt() {
     assert_eq!(out.take_dispatched().iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![y]);
     assert_eq!(core.snapshot(now).tasks.failed, 0);
 }
+
+#[test]
+fn a_job_snapshot_restores_its_graph_objects_and_references() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 2)]);
+    let id = |s| ids::object_id(job, s);
+    core.put(job, id(1), PutValue::Inline(Bytes::from_static(b"p")), &mut out);
+    core.node_credits(a, ea, 1, now);
+    // 2: finished (stored, with lineage); 3: runs on 2 and the put; 4: waits on 3.
+    core.submit(job, vec![task(job, 2, 0, vec![val(b"x")])], &mut out);
+    core.schedule(&mut out);
+    core.tasks_finished(a, ea, vec![(id(2), Ok(Value::Stored { size: 9 }))], now, &mut out);
+    core.submit(job, vec![task(job, 3, 0, vec![NewArg::Object(id(2)), NewArg::Object(id(1))]), task(job, 4, 0, vec![NewArg::Object(id(3))])], &mut out);
+    core.release(job, &[id(4)], &mut out);
+    let snap = core.job_snapshot(job).unwrap();
+    assert_eq!(snap.tasks.iter().map(|t| t.task.id).collect::<Vec<_>>(), vec![id(3), id(4)]);
+
+    // A fresh head restores it: 3 is queued (its inputs known), 4 waits on 3.
+    let mut out2 = Rec::default();
+    let mut fresh = Core::new(CoreConfig::default());
+    fresh.restore_snapshot(job, snap, now, &mut out2);
+    assert_eq!(fresh.task_count(), 2);
+    assert_eq!(fresh.object_count(), 2, "the put and the stored result");
+    assert_eq!(fresh.snapshot(now).tasks.queued, 2);
+    let reg = NodeRegistration { node_id: Some(a), resources: ResourceSet::cpus(1.0), object_address: "10.0.0.1:7000".into(), objects: vec![id(2)], ..Default::default() };
+    let (a2, ea2) = fresh.node_registered(reg, now, &mut out2);
+    fresh.node_credits(a2, ea2, 2, now);
+    fresh.schedule(&mut out2);
+    let d = out2.take_dispatched();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].1.task, id(3));
+    assert_eq!(
+        d[0].1.args,
+        vec![Payload::Stored(StoredRef { id: id(2), size: 9, holders: vec!["10.0.0.1:7000".into()] }), inline(b"p")],
+        "the stored input is read where it was"
+    );
+    fresh.tasks_finished(a2, ea2, vec![(id(3), ok(b"3"))], now, &mut out2);
+    fresh.schedule(&mut out2);
+    let d = out2.take_dispatched();
+    assert_eq!(d[0].1.task, id(4));
+    assert_eq!(d[0].1.args, vec![inline(b"3")]);
+    fresh.tasks_finished(a2, ea2, vec![(id(4), ok(b"4"))], now, &mut out2);
+    // 4 was released by the driver: its result is not kept; 3 is only
+    // referenced by the driver now.
+    assert!(out2.results.iter().all(|(_, t, _)| *t != id(4)), "no result for a released task");
+    assert_eq!(fresh.snapshot(now).tasks.failed, 0);
+}

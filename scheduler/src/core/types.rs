@@ -149,6 +149,60 @@ pub enum PutValue {
     },
 }
 
+/// A finished object as a job snapshot keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SnapshotValue {
+    /// The bytes.
+    Inline(Bytes),
+    /// In these nodes' stores.
+    Stored {
+        /// Size in bytes.
+        size: u64,
+        /// Nodes holding a copy.
+        holders: Vec<NodeId>,
+    },
+    /// The task failed.
+    Failed(Failure),
+}
+
+/// A referenced, finished object in a [`JobSnapshot`].
+#[derive(Clone, Debug)]
+pub struct SnapshotObject {
+    /// Object id.
+    pub id: ObjectId,
+    /// Its value.
+    pub value: SnapshotValue,
+    /// The driver still references it.
+    pub driver_ref: bool,
+    /// For a task's stored result: that task, to rebuild it if lost.
+    pub lineage: Option<NewTask>,
+}
+
+/// An unfinished task in a [`JobSnapshot`].
+#[derive(Clone, Debug)]
+pub struct SnapshotTask {
+    /// The task as submitted.
+    pub task: NewTask,
+    /// The driver still references its result.
+    pub driver_ref: bool,
+}
+
+/// A job's whole state: what the head's log keeps instead of the job's
+/// history once that grows much larger than the state.
+#[derive(Clone, Debug)]
+pub struct JobSnapshot {
+    /// Program binary.
+    pub binary: String,
+    /// Display name.
+    pub name: String,
+    /// Functions, by index.
+    pub functions: Vec<FunctionDef>,
+    /// Finished objects still referenced.
+    pub objects: Vec<SnapshotObject>,
+    /// Unfinished tasks, in id order (producers before consumers).
+    pub tasks: Vec<SnapshotTask>,
+}
+
 /// Where a stored object can be read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredRef {
