@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -97,6 +97,8 @@ struct Entry {
     /// Freed while pinned: dropped at the last unpin.
     freed: bool,
     last_use: u64,
+    /// Being written to a spill file (outside the lock; it holds a pin).
+    spilling: bool,
 }
 
 struct Inner {
@@ -113,6 +115,8 @@ pub struct Store {
     arena: Arena,
     spill_dir: PathBuf,
     inner: Mutex<Inner>,
+    /// Signalled when a spill ends (space may have been freed).
+    spilled: Condvar,
     /// `[0, faulted)` has been pre-faulted by the background thread.
     faulted: AtomicU64,
 }
@@ -125,7 +129,7 @@ impl Store {
         let capacity = capacity / crate::alloc::ALIGN * crate::alloc::ALIGN;
         let arena = Arena::create(capacity)?;
         let inner = Inner { alloc: Allocator::new(capacity), objects: HashMap::new(), clock: 0, spilled_bytes: 0, spilled_objects: 0 };
-        let store = Arc::new(Store { arena, spill_dir, inner: Mutex::new(inner), faulted: AtomicU64::new(0) });
+        let store = Arc::new(Store { arena, spill_dir, inner: Mutex::new(inner), spilled: Condvar::new(), faulted: AtomicU64::new(0) });
         let target = prefault.min(capacity);
         if target > 0 {
             let weak = Arc::downgrade(&store);
@@ -162,7 +166,7 @@ impl Store {
         self.arena.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent data (every
         // mutation is a few plain assignments), so poisoning is ignored.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -178,13 +182,19 @@ impl Store {
     /// arena offset to write at.
     pub fn create(&self, id: u64, size: u64, owner: u64) -> Result<u64, StoreError> {
         let offset = {
-            let mut g = self.lock();
+            let g = self.lock();
             if g.objects.contains_key(&id) {
                 return Err(StoreError::Exists(id));
             }
-            let offset = self.make_room(&mut g, size, None)?;
+            let (mut g, offset) = self.make_room(g, size, None);
+            let offset = offset?;
+            // The lock may have been let go while spilling: check again.
+            if g.objects.contains_key(&id) {
+                Self::release(&mut g, offset, size);
+                return Err(StoreError::Exists(id));
+            }
             let clock = g.clock;
-            g.objects.insert(id, Entry { size, place: Place::Arena(offset), sealed: false, owner, pins: 0, freed: false, last_use: clock });
+            g.objects.insert(id, Entry { size, place: Place::Arena(offset), sealed: false, owner, pins: 0, freed: false, last_use: clock, spilling: false });
             offset
         };
         // Past the pre-faulted prefix: fault the rest of the range in now,
@@ -205,26 +215,34 @@ impl Store {
     /// Places an object of `size` bytes, spilling least recently used
     /// unpinned objects (other than `keep`) until it fits. Returns the
     /// object's offset (its range starts `payload_skew(size)` bytes into
-    /// an aligned allocation).
-    fn make_room(&self, g: &mut Inner, size: u64, keep: Option<u64>) -> Result<u64, StoreError> {
+    /// an aligned allocation), and the lock, which is let go while a spill
+    /// writes its file: other store calls (pins, reads, stats) never wait
+    /// for the disk.
+    fn make_room<'a>(&'a self, mut g: MutexGuard<'a, Inner>, size: u64, keep: Option<u64>) -> (MutexGuard<'a, Inner>, Result<u64, StoreError>) {
         // (Compared before rounding: a size near u64::MAX must not overflow.)
         let need = footprint(size);
         if need > g.alloc.capacity() || rounded(need) > g.alloc.capacity() {
-            return Err(StoreError::Full { size, detail: format!("the store holds {} bytes in all", g.alloc.capacity()) });
+            let e = StoreError::Full { size, detail: format!("the store holds {} bytes in all", g.alloc.capacity()) };
+            return (g, Err(e));
         }
         loop {
             if let Some(base) = g.alloc.alloc(need) {
-                return Ok(base + payload_skew(size));
+                return (g, Ok(base + payload_skew(size)));
             }
             let victim = g
                 .objects
                 .iter()
-                .filter(|(id, e)| e.sealed && e.pins == 0 && matches!(e.place, Place::Arena(_)) && Some(**id) != keep)
+                .filter(|(id, e)| e.sealed && e.pins == 0 && !e.spilling && matches!(e.place, Place::Arena(_)) && Some(**id) != keep)
                 .min_by_key(|(_, e)| e.last_use)
                 .map(|(id, _)| *id);
             let Some(victim) = victim else {
+                if g.objects.values().any(|e| e.spilling) {
+                    // Another caller is spilling: its space comes soon.
+                    g = self.spilled.wait(g).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
                 let pinned: u64 = g.objects.values().filter(|e| e.pins > 0 || !e.sealed).map(|e| e.size).sum();
-                return Err(StoreError::Full {
+                let e = StoreError::Full {
                     size,
                     detail: format!(
                         "capacity {} bytes, {} bytes in use by objects being written or read, largest free range {} bytes",
@@ -232,9 +250,15 @@ impl Store {
                         pinned,
                         g.alloc.largest_free()
                     ),
-                });
+                };
+                return (g, Err(e));
             };
-            self.spill(g, victim).map_err(|e| StoreError::Full { size, detail: format!("spilling to {} failed: {e}", self.spill_dir.display()) })?;
+            let (g2, spilled) = self.spill(g, victim);
+            g = g2;
+            if let Err(e) = spilled {
+                let e = StoreError::Full { size, detail: format!("spilling to {} failed: {e}", self.spill_dir.display()) };
+                return (g, Err(e));
+            }
         }
     }
 
@@ -242,32 +266,62 @@ impl Store {
         self.spill_dir.join(format!("{id:016x}"))
     }
 
-    fn spill(&self, g: &mut Inner, id: u64) -> io::Result<()> {
-        let e = g.objects.get(&id).expect("victim exists");
-        let Place::Arena(offset) = e.place else { return Ok(()) };
+    /// Writes sealed, unpinned object `id` to its spill file and frees its
+    /// arena range. The write happens without the lock: the object is
+    /// marked spilling and pinned meanwhile, so nobody frees or reuses its
+    /// range; if someone pins it during the write it stays in the arena.
+    fn spill<'a>(&'a self, mut g: MutexGuard<'a, Inner>, id: u64) -> (MutexGuard<'a, Inner>, io::Result<()>) {
+        let e = g.objects.get_mut(&id).expect("victim exists");
+        let Place::Arena(offset) = e.place else { return (g, Ok(())) };
         let size = e.size;
-        std::fs::create_dir_all(&self.spill_dir)?;
+        e.spilling = true;
+        e.pins += 1;
+        drop(g);
         let path = self.spill_path(id);
-        // SAFETY: the object is sealed (immutable) and unpinned; the lock
-        // keeps anyone from freeing or pinning it during the write.
+        // SAFETY: the object is sealed (immutable) and pinned by us.
         let bytes = unsafe { self.arena.slice(offset, size) };
         // The file is laid out as the arena is (see `spill_offset`), so a
         // mapping of it keeps byte strings aligned.
-        let written = std::fs::File::create(&path).and_then(|mut f| {
+        let written = std::fs::create_dir_all(&self.spill_dir).and_then(|()| std::fs::File::create(&path)).and_then(|mut f| {
             use std::io::Write;
             f.write_all(&[0u8; crate::alloc::ALIGN as usize][..spill_offset(size) as usize])?;
             f.write_all(bytes)
         });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
-        tracing::debug!(object = format_args!("{id:#x}"), size, path = %path.display(), "spilled object to disk");
-        Self::release(g, offset, size);
-        g.spilled_bytes += size;
-        g.spilled_objects += 1;
-        g.objects.get_mut(&id).expect("exists").place = Place::Disk(path);
-        Ok(())
+        let mut g = self.lock();
+        let e = g.objects.get_mut(&id).expect("a spilling object stays (it is pinned)");
+        e.spilling = false;
+        e.pins -= 1;
+        let (pins, freed) = (e.pins, e.freed);
+        let result = match written {
+            Err(err) => {
+                let _ = std::fs::remove_file(&path);
+                if freed && pins == 0 {
+                    Self::remove(&mut g, id);
+                }
+                Err(err)
+            }
+            Ok(()) if freed && pins == 0 => {
+                // Freed meanwhile: nothing to keep.
+                let _ = std::fs::remove_file(&path);
+                Self::remove(&mut g, id);
+                Ok(())
+            }
+            Ok(()) if pins > 0 => {
+                // Read meanwhile: it stays where its reader sees it.
+                let _ = std::fs::remove_file(&path);
+                Ok(())
+            }
+            Ok(()) => {
+                tracing::debug!(object = format_args!("{id:#x}"), size, path = %path.display(), "spilled object to disk");
+                Self::release(&mut g, offset, size);
+                g.spilled_bytes += size;
+                g.spilled_objects += 1;
+                g.objects.get_mut(&id).expect("exists").place = Place::Disk(path);
+                Ok(())
+            }
+        };
+        self.spilled.notify_all();
+        (g, result)
     }
 
     /// Copies `data` into unsealed object `id` at byte `at`.
@@ -343,7 +397,19 @@ impl Store {
         let size = e.size;
         if let Place::Disk(path) = &e.place {
             let path = path.clone();
-            if let Ok(offset) = self.make_room(&mut g, size, Some(id)) {
+            let (g2, room) = self.make_room(g, size, Some(id));
+            g = g2;
+            // The lock may have been let go while spilling: is it still
+            // there, and still on disk?
+            let still = matches!(g.objects.get(&id), Some(e) if e.sealed && !e.freed && matches!(&e.place, Place::Disk(p) if *p == path));
+            if !still {
+                if let Ok(offset) = room {
+                    Self::release(&mut g, offset, size);
+                }
+                if !g.objects.get(&id).is_some_and(|e| e.sealed && !e.freed) {
+                    return Err(StoreError::NotFound(id));
+                }
+            } else if let Ok(offset) = room {
                 match self.restore(&path, offset, size) {
                     Ok(()) => {
                         let _ = std::fs::remove_file(&path);
@@ -632,6 +698,49 @@ mod tests {
         s.create(3, 10, 0).unwrap();
         assert!(s.write_at(3, u64::MAX - 2, b"abc").is_err(), "a write past the end is refused");
         assert_eq!(s.stats().used, rounded(footprint(10)));
+    }
+
+    #[test]
+    fn concurrent_writers_and_readers_with_spilling_see_their_own_bytes() {
+        let (s, _d) = store(96 << 10);
+        let spilled = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            for t in 0..6u64 {
+                let (s, spilled) = (&s, &spilled);
+                sc.spawn(move || {
+                    let mut mine: Vec<(u64, usize)> = Vec::new();
+                    for i in 0..150u64 {
+                        let id = t << 32 | i;
+                        let n = 1000 + ((id * 7919) % 15_000) as usize;
+                        let byte = (id % 251) as u8;
+                        match put(s, id, byte, n) {
+                            Ok(()) => mine.push((id, n)),
+                            // Everything else pinned by other readers: fine.
+                            Err(StoreError::Full { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                        if let Some(&(old, len)) = mine.get((i as usize * 31) % mine.len().max(1)) {
+                            let b = s.read(old).unwrap();
+                            assert_eq!(b.len(), len);
+                            assert!(b.iter().all(|x| *x == (old % 251) as u8), "object {old:#x} corrupted");
+                        }
+                        if s.stats().spilled_objects > 0 {
+                            spilled.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        if i % 3 == 0 && !mine.is_empty() {
+                            let (gone, _) = mine.remove(0);
+                            s.free(gone);
+                        }
+                    }
+                    for (id, _) in mine {
+                        s.free(id);
+                    }
+                });
+            }
+        });
+        assert!(spilled.into_inner(), "the store was small enough to spill");
+        let st = s.stats();
+        assert_eq!((st.used, st.objects, st.spilled_bytes, st.spilled_objects), (0, 0, 0, 0), "everything freed: {st:?}");
     }
 
     #[test]
