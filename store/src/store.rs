@@ -489,6 +489,12 @@ impl Store {
         }
     }
 
+    /// Whether sealed object `id` is spilled to disk (reading it first
+    /// brings it back: do that off any latency-sensitive thread).
+    pub fn is_spilled(&self, id: u64) -> bool {
+        self.lock().objects.get(&id).is_some_and(|e| e.sealed && matches!(e.place, Place::Disk(_)))
+    }
+
     /// Ids of the sealed objects held (told to the head on registering).
     pub fn ids(&self) -> Vec<u64> {
         self.lock().objects.iter().filter(|(_, e)| e.sealed && !e.freed).map(|(id, _)| *id).collect()

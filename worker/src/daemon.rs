@@ -29,6 +29,7 @@ pub(crate) enum Ev {
     ExecHello { hello: pb::ExecutorHello, stream: UnixStream },
     ExecMsg { exec: u64, msg: pb::ExecutorToWorker },
     Pulled { id: u64, result: Result<(), String> },
+    Restored { id: u64 },
     ExecExited { exec: u64, status: String },
     BinaryReady { job: u32, result: Result<PathBuf, String> },
     Shutdown,
@@ -260,7 +261,7 @@ struct Daemon {
     draining: bool,
     /// This node's shared-memory object store.
     store: Arc<Store>,
-    /// Objects being pulled from peers.
+    /// Objects being pulled from peers or restored from spill files.
     pulls: HashSet<u64>,
     /// Pulled objects to report to the head as local copies.
     copied: Vec<u64>,
@@ -399,6 +400,9 @@ impl Daemon {
                 }
             }
             Ev::Pulled { id, result } => self.on_pulled(id, result),
+            Ev::Restored { id } => {
+                self.pulls.remove(&id);
+            }
             Ev::ExecExited { exec, status } => self.on_exit(exec, status),
             Ev::BinaryReady { job, result } => {
                 if let Some(j) = self.jobs.get_mut(&job) {
@@ -452,6 +456,10 @@ impl Daemon {
             let missing: Vec<pb::StoredObject> = l.stored_args().filter(|s| !self.store.contains(s.id)).cloned().collect();
             for obj in missing {
                 self.start_pull(obj);
+            }
+            let spilled: Vec<u64> = l.stored_args().map(|s| s.id).filter(|id| self.store.is_spilled(*id)).collect();
+            for id in spilled {
+                self.start_restore(id);
             }
             self.queue.push_back(l);
         }
@@ -547,6 +555,23 @@ impl Daemon {
                 tracing::debug!(object = format_args!("{:#x}", obj.id), size = obj.size, secs = started.elapsed().as_secs_f64(), "pulled object from a peer");
             }
             let _ = events.send(Ev::Pulled { id: obj.id, result });
+        });
+    }
+
+    /// Brings a spilled argument back into the arena off the event loop
+    /// (reading its file), before its task is handed to an executor.
+    fn start_restore(&mut self, id: u64) {
+        if !self.pulls.insert(id) {
+            return;
+        }
+        let (store, events) = (self.store.clone(), self.events.clone());
+        tokio::task::spawn_blocking(move || {
+            // Pinning restores it if there is room; the executor's own pin
+            // keeps it then. If there is none it is read from its file.
+            if store.pin(id).is_ok() {
+                store.unpin(id);
+            }
+            let _ = events.send(Ev::Restored { id });
         });
     }
 
