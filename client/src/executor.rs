@@ -75,44 +75,13 @@ fn take_released() -> Vec<u64> {
     std::mem::take(&mut *RELEASED.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-/// An argument's bytes in the node's arena: no copy; dropping the last
-/// reference tells the worker it may unpin the object.
-struct ArenaArg {
-    arena: Arc<Arena>,
-    object: u64,
-    offset: u64,
-    len: u64,
-}
+/// Held by an argument's bytes (in the arena, or a mapped spill file):
+/// when the last reference goes, the worker is told it may unpin the object.
+struct Release(u64);
 
-impl AsRef<[u8]> for ArenaArg {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: the worker pinned this sealed (immutable) object for us
-        // and keeps it until we report it released, after this drops.
-        unsafe { self.arena.slice(self.offset, self.len) }
-    }
-}
-
-impl Drop for ArenaArg {
+impl Drop for Release {
     fn drop(&mut self) {
-        RELEASED.lock().unwrap_or_else(|p| p.into_inner()).push(self.object);
-    }
-}
-
-/// A spilled argument read from its file (mapped, so still no copy).
-struct FileArg {
-    map: memmap2::Mmap,
-    object: u64,
-}
-
-impl AsRef<[u8]> for FileArg {
-    fn as_ref(&self) -> &[u8] {
-        &self.map
-    }
-}
-
-impl Drop for FileArg {
-    fn drop(&mut self) {
-        RELEASED.lock().unwrap_or_else(|p| p.into_inner()).push(self.object);
+        RELEASED.lock().unwrap_or_else(|p| p.into_inner()).push(self.0);
     }
 }
 
@@ -136,21 +105,16 @@ fn arg_bytes(arena: Option<&Arc<Arena>>, a: pb::ExecArg) -> Result<Bytes, String
         return Ok(a.value);
     }
     if !a.file.is_empty() {
-        let f = std::fs::File::open(&a.file).map_err(|e| format!("spilled object {}: {e}", a.file))?;
-        // SAFETY: spill files are written once and deleted only after the
-        // worker unpins the object, which waits for our release.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("mapping {}: {e}", a.file))?;
-        let start = shoal_store::spill_offset(a.len) as usize;
-        if map.len() != start + a.len as usize {
-            return Err(format!("spilled object {} has {} bytes, expected {}", a.file, map.len(), start as u64 + a.len));
-        }
-        return Ok(Bytes::from_owner(FileArg { map, object: a.object }).slice(start..));
+        // The worker deletes the file only after our release.
+        return shoal_store::spilled_bytes(std::path::Path::new(&a.file), a.len, Release(a.object)).map_err(|e| format!("spilled object {}: {e}", a.file));
     }
     let arena = arena.ok_or("the object store is not mapped in this executor")?;
     if a.offset.checked_add(a.len).is_none_or(|end| end > arena.len()) {
         return Err(format!("object range {}+{} outside the store", a.offset, a.len));
     }
-    Ok(Bytes::from_owner(ArenaArg { arena: arena.clone(), object: a.object, offset: a.offset, len: a.len }))
+    // SAFETY: the worker pinned this sealed (immutable) object for us and
+    // keeps it until we report it released, when the bytes are dropped.
+    Ok(unsafe { shoal_store::arena_bytes(arena.clone(), a.offset, a.len, Release(a.object)) })
 }
 
 /// Reads frames until the answer to `task`'s allocation request arrives;

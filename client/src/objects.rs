@@ -60,53 +60,20 @@ pub(crate) fn local(driver: &Arc<Driver>) -> Option<Arc<LocalStore>> {
         .clone()
 }
 
-/// Bytes of an object pinned in a mapped worker store.
-struct MappedBytes {
-    arena: Arc<Arena>,
-    offset: u64,
-    len: u64,
-    _pin: shoal_worker::transfer::PinnedObject,
-}
-
-impl AsRef<[u8]> for MappedBytes {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: the worker pinned this sealed object for as long as
-        // `_pin` (the call) lives; sealed objects are never written.
-        unsafe { self.arena.slice(self.offset, self.len) }
-    }
-}
-
-/// Bytes of a spilled object, mapped from its file while pinned.
-struct SpilledBytes {
-    map: memmap2::Mmap,
-    _pin: shoal_worker::transfer::PinnedObject,
-}
-
-impl AsRef<[u8]> for SpilledBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.map
-    }
-}
-
 fn read_mapped(arena: &Arc<Arena>, client: &shoal_proto::client::StoreClient, id: u64) -> Option<Bytes> {
     let client = client.clone();
     let p = crate::runtime::block_on(async move { shoal_worker::transfer::pin(client, id).await }).ok()?;
     let (offset, len) = (p.reply.offset, p.reply.len);
     if !p.reply.file.is_empty() {
-        let f = std::fs::File::open(&p.reply.file).ok()?;
-        // SAFETY: spill files are written once and deleted only after the
-        // last unpin; we hold a pin.
-        let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
-        let start = shoal_store::spill_offset(len) as usize;
-        if map.len() != start + len as usize {
-            return None;
-        }
-        return Some(Bytes::from_owner(SpilledBytes { map, _pin: p }).slice(start..));
+        let path = std::path::PathBuf::from(&p.reply.file);
+        return shoal_store::spilled_bytes(&path, len, p).ok();
     }
     if offset.checked_add(len).is_none_or(|end| end > arena.len()) {
         return None;
     }
-    Some(Bytes::from_owner(MappedBytes { arena: arena.clone(), offset, len, _pin: p }))
+    // SAFETY: the worker pinned this sealed object for as long as the call
+    // `p` lives, and the bytes own it.
+    Some(unsafe { shoal_store::arena_bytes(arena.clone(), offset, len, p) })
 }
 
 fn full(e: StoreError) -> TaskError {

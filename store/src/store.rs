@@ -112,7 +112,7 @@ struct Inner {
 /// One node's object store. Shared (`Arc`) by the worker's tasks and, on
 /// an embedded cluster, the driver.
 pub struct Store {
-    arena: Arena,
+    arena: Arc<Arena>,
     spill_dir: PathBuf,
     inner: Mutex<Inner>,
     /// Signalled when a spill ends (space may have been freed).
@@ -129,7 +129,7 @@ impl Store {
         let capacity = capacity / crate::alloc::ALIGN * crate::alloc::ALIGN;
         let arena = Arena::create(capacity)?;
         let inner = Inner { alloc: Allocator::new(capacity), objects: HashMap::new(), clock: 0, spilled_bytes: 0, spilled_objects: 0 };
-        let store = Arc::new(Store { arena, spill_dir, inner: Mutex::new(inner), spilled: Condvar::new(), faulted: AtomicU64::new(0) });
+        let store = Arc::new(Store { arena: Arc::new(arena), spill_dir, inner: Mutex::new(inner), spilled: Condvar::new(), faulted: AtomicU64::new(0) });
         let target = prefault.min(capacity);
         if target > 0 {
             let weak = Arc::downgrade(&store);
@@ -519,28 +519,13 @@ impl Store {
     /// borrows the shared memory (or a mapping of the spill file) and
     /// keeps the object pinned until it and all its slices are dropped.
     pub fn read(self: &Arc<Self>, id: u64) -> Result<Bytes, StoreError> {
-        match self.pin(id)? {
-            Location::Arena { offset, len } => {
-                let ptr = self.arena.ptr(offset, len);
-                Ok(Bytes::from_owner(ArenaBytes { store: self.clone(), id, ptr, len: len as usize }))
-            }
-            Location::File { path, len } => {
-                let map = std::fs::File::open(&path).and_then(|f| {
-                    // SAFETY: spill files are written once and only deleted
-                    // (never modified) after the last unpin.
-                    unsafe { memmap2::Mmap::map(&f) }
-                });
-                match map {
-                    Ok(map) if map.len() as u64 == spill_offset(len) + len => {
-                        let start = spill_offset(len) as usize;
-                        Ok(Bytes::from_owner(FileBytes { _pin: PinGuard { store: self.clone(), id }, map }).slice(start..))
-                    }
-                    _ => {
-                        self.unpin(id);
-                        Err(StoreError::NotFound(id))
-                    }
-                }
-            }
+        let loc = self.pin(id)?;
+        let pin = PinGuard { store: self.clone(), id };
+        match loc {
+            // SAFETY: a sealed object, pinned by `pin` for as long as the bytes live.
+            Location::Arena { offset, len } => Ok(unsafe { crate::view::arena_bytes(self.arena.clone(), offset, len, pin) }),
+            // A failure drops `pin`, which unpins.
+            Location::File { path, len } => crate::view::spilled_bytes(&path, len, pin).map_err(|_| StoreError::NotFound(id)),
         }
     }
 }
@@ -561,41 +546,6 @@ struct PinGuard {
 impl Drop for PinGuard {
     fn drop(&mut self) {
         self.store.unpin(self.id);
-    }
-}
-
-struct ArenaBytes {
-    store: Arc<Store>,
-    id: u64,
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the pointer is into the store's shared mapping, which the Arc
-// keeps alive; the pinned range is immutable.
-unsafe impl Send for ArenaBytes {}
-
-impl AsRef<[u8]> for ArenaBytes {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: the range is a sealed, pinned object in a live mapping.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-impl Drop for ArenaBytes {
-    fn drop(&mut self) {
-        self.store.unpin(self.id);
-    }
-}
-
-struct FileBytes {
-    _pin: PinGuard,
-    map: memmap2::Mmap,
-}
-
-impl AsRef<[u8]> for FileBytes {
-    fn as_ref(&self) -> &[u8] {
-        &self.map
     }
 }
 
