@@ -111,6 +111,27 @@ impl Log {
         n
     }
 
+    /// Records results node `node` reported for `job` (those of `results`
+    /// whose task belongs to it), without copying them into a `LogRecord`.
+    /// Returns the record's size.
+    pub(crate) fn append_results(&self, job: u32, node: &str, results: &[pb::TaskResult]) -> usize {
+        // A LogRecord whose `results` field (3) holds NodeResults { node,
+        // results }: the same bytes as encoding those messages.
+        let node = node.to_string();
+        let mine = || results.iter().filter(|r| shoal_proto::ids::job_of(r.task) == job);
+        let body = prost::encoding::string::encoded_len(1, &node) + mine().map(|r| prost::encoding::message::encoded_len(2, r)).sum::<usize>();
+        let mut record = Vec::with_capacity(body + 8);
+        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut record);
+        prost::encoding::encode_varint(body as u64, &mut record);
+        prost::encoding::string::encode(1, &node, &mut record);
+        for r in mine() {
+            prost::encoding::message::encode(2, r, &mut record);
+        }
+        let n = record.len();
+        let _ = self.tx.send(Entry::Append { job, record, batch: 0 });
+        n
+    }
+
     /// Replaces `job`'s records with `snapshot` (its whole state, with
     /// driver batches up to `applied_seq` applied). Returns its size.
     pub(crate) fn compact(&self, job: u32, snapshot: pb::JobSnapshot) -> usize {
@@ -161,6 +182,14 @@ fn read(db: &Database) -> Result<Replay, String> {
     Ok(replay)
 }
 
+/// Driver batches of `job` up to `batch` become durable with this commit.
+fn note_durable(acks: &mut BTreeMap<u32, u64>, job: u32, batch: u64) {
+    if batch > 0 {
+        let a = acks.entry(job).or_insert(0);
+        *a = (*a).max(batch);
+    }
+}
+
 fn write(db: &Database, next: &mut BTreeMap<u32, u64>, entries: Vec<Entry>) -> Result<Vec<(u32, u64)>, String> {
     let mut acks: BTreeMap<u32, u64> = BTreeMap::new();
     let txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -173,19 +202,13 @@ fn write(db: &Database, next: &mut BTreeMap<u32, u64>, entries: Vec<Entry>) -> R
                     let n = next.entry(job).or_insert(0);
                     log.insert((job, *n), record.as_slice()).map_err(|e| e.to_string())?;
                     *n += 1;
-                    if batch > 0 {
-                        let a = acks.entry(job).or_insert(0);
-                        *a = (*a).max(batch);
-                    }
+                    note_durable(&mut acks, job, batch);
                 }
                 Entry::Compact { job, record, batch } => {
                     log.retain_in((job, 0)..=(job, u64::MAX), |_, _| false).map_err(|e| e.to_string())?;
                     log.insert((job, 0), record.as_slice()).map_err(|e| e.to_string())?;
                     next.insert(job, 1);
-                    if batch > 0 {
-                        let a = acks.entry(job).or_insert(0);
-                        *a = (*a).max(batch);
-                    }
+                    note_durable(&mut acks, job, batch);
                 }
                 Entry::EndJob(job) => {
                     log.retain_in((job, 0)..=(job, u64::MAX), |_, _| false).map_err(|e| e.to_string())?;
@@ -213,6 +236,28 @@ mod tests {
 
     fn batch(seq: u64) -> pb::LogRecord {
         pb::LogRecord { kind: Some(pb::log_record::Kind::Batch(pb::DriverToHead { seq, ..Default::default() })) }
+    }
+
+    #[test]
+    fn results_appended_directly_are_the_jobs_share_as_a_log_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = |task: u64| pb::TaskResult { task, outcome: Some(pb::task_result::Outcome::Value(bytes::Bytes::from_static(b"v"))) };
+        let all = vec![r(shoal_proto::ids::object_id(1, 1)), r(shoal_proto::ids::object_id(2, 1)), r(shoal_proto::ids::object_id(1, 2))];
+        {
+            let (log, _) = Log::open(dir.path(), |_| {}).unwrap();
+            let n = log.append_results(1, "node-a", &all);
+            let want = pb::LogRecord { kind: Some(pb::log_record::Kind::Results(pb::NodeResults { node: "node-a".into(), results: vec![all[0].clone(), all[2].clone()] })) };
+            assert_eq!(n, want.encoded_len());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (_log, replay) = Log::open(dir.path(), |_| {}).unwrap();
+        match &replay.jobs[&1][0].kind {
+            Some(pb::log_record::Kind::Results(nr)) => {
+                assert_eq!(nr.node, "node-a");
+                assert_eq!(nr.results, vec![all[0].clone(), all[2].clone()]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -650,20 +650,14 @@ async fn open_driver_session(events: mpsc::UnboundedSender<Cmd>, store: &BinaryS
     Ok(Box::pin(UnboundedReceiverStream::new(rx)))
 }
 
-/// Logs the results a node reported, one record per job they belong to.
-/// Returns the bytes logged per job.
+/// Logs the results a node reported, one record per job they belong to
+/// (encoded from the message, not copied). Returns the bytes per job.
 fn log_results(log: &crate::durable::Log, node: NodeId, results: &[pb::TaskResult]) -> Vec<(JobId, usize)> {
-    let mut by_job: HashMap<JobId, Vec<pb::TaskResult>> = HashMap::new();
-    for r in results {
-        by_job.entry(shoal_proto::ids::job_of(r.task)).or_default().push(r.clone());
-    }
-    by_job
-        .into_iter()
-        .map(|(job, results)| {
-            let n = log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Results(pb::NodeResults { node: node.0.to_string(), results })) }, 0);
-            (job, n)
-        })
-        .collect()
+    let mut jobs: Vec<JobId> = results.iter().map(|r| shoal_proto::ids::job_of(r.task)).collect();
+    jobs.sort_unstable();
+    jobs.dedup();
+    let node = node.0.to_string();
+    jobs.into_iter().map(|job| (job, log.append_results(job, &node, results))).collect()
 }
 
 /// The head as seen from its own process: sessions over channels.

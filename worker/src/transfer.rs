@@ -205,6 +205,11 @@ async fn pull_from(address: &str, token: Option<&str>, id: u64, size: u64, sink:
     Ok(())
 }
 
+/// Why no holder could send object `id`: each one's error.
+fn no_holder(id: u64, errors: &[String]) -> String {
+    format!("no holder could send object {id:#x} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") })
+}
+
 /// Pulls object `id` into the local `store` from the first holder that
 /// answers. The copy is sealed on success and dropped on failure.
 pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<(), String> {
@@ -226,7 +231,7 @@ pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u
             }
         }
     }
-    Err(format!("no holder could send object {id:#x} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") }))
+    Err(no_holder(id, &errors))
 }
 
 /// Pulls object `id` into this process's memory (a driver not on a
@@ -237,10 +242,10 @@ pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) 
     // aligned for typed views here too.
     let align = shoal_store::alloc::ALIGN as usize;
     let skew = shoal_store::alloc::payload_skew(size) as usize;
+    let v = vec![0u8; size as usize + align];
+    let start = (skew + align - v.as_ptr() as usize % align) % align;
+    let buf = std::sync::Mutex::new(v);
     for h in holders {
-        let v = vec![0u8; size as usize + align];
-        let start = (skew + align - v.as_ptr() as usize % align) % align;
-        let buf = std::sync::Mutex::new(v);
         let sink = |off: u64, data: &[u8]| {
             let mut b = buf.lock().map_err(|_| "poisoned".to_string())?;
             let end = off as usize + data.len();
@@ -255,7 +260,7 @@ pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) 
             Err(e) => errors.push(format!("{h}: {e}")),
         }
     }
-    Err(format!("no holder could send object {id:#x} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") }))
+    Err(no_holder(id, &errors))
 }
 
 /// A range reserved in a same-machine worker's store: fill it through

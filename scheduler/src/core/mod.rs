@@ -835,8 +835,8 @@ impl Core {
             return;
         };
         node.last_heartbeat = now;
+        let slot = node.slot;
         for (tid, outcome) in results {
-            let slot = self.nodes[&node_id].slot;
             let current = self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Dispatched(slot));
             if !current {
                 // A late duplicate (the task was retried or cancelled):
