@@ -435,5 +435,6 @@ pub(crate) fn failure_to_error(f: pb::TaskFailure) -> TaskError {
         FailureKind::Unschedulable => TaskError::Unschedulable { function, message },
         FailureKind::ResultEncode => TaskError::Serialization { message },
         FailureKind::ObjectStoreFull => TaskError::ObjectStoreFull { message },
+        FailureKind::Internal => TaskError::Internal { message },
     }
 }

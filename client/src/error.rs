@@ -112,6 +112,14 @@ pub enum TaskError {
         /// What did not fit, and why.
         message: String,
     },
+    /// The head found its own state inconsistent for this task and failed
+    /// it rather than stop serving: a bug in Shoal (please report it with
+    /// the message and the head's log). Retrying may help.
+    #[error("internal error in the cluster: {message}")]
+    Internal {
+        /// What the head saw.
+        message: String,
+    },
     /// The connection to the cluster was lost before the result arrived.
     /// Retrying after reconnecting may help.
     #[error("lost the connection to the cluster: {message}")]

@@ -24,6 +24,7 @@ pub(crate) fn kind_from_pb(k: i32) -> FailureKind {
         P::Unschedulable => FailureKind::Unschedulable,
         P::ResultEncode => FailureKind::ResultEncode,
         P::ObjectStoreFull => FailureKind::ObjectStoreFull,
+        P::Internal => FailureKind::Internal,
     }
 }
 
@@ -42,6 +43,7 @@ pub(crate) fn kind_to_pb(k: FailureKind) -> pb::FailureKind {
         FailureKind::Unschedulable => P::Unschedulable,
         FailureKind::ResultEncode => P::ResultEncode,
         FailureKind::ObjectStoreFull => P::ObjectStoreFull,
+        FailureKind::Internal => P::Internal,
     }
 }
 

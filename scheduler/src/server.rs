@@ -205,15 +205,18 @@ const BATCH_BYTES: usize = shoal_proto::BATCH_BYTES;
 struct BatchingOutbox {
     workers: HashMap<NodeId, Vec<(HeadToWorker, usize)>>,
     drivers: HashMap<JobId, Vec<(HeadToDriver, usize)>>,
-    disconnect: Vec<NodeId>,
+    disconnect: Vec<(NodeId, u64)>,
     ended: Vec<JobId>,
 }
 
+// The one `expect` of the crate: the vector was made non-empty on the
+// line before, in the same function, with nothing between.
+#[allow(clippy::expect_used)]
 fn current<M: Default>(v: &mut Vec<(M, usize)>, add: usize) -> &mut M {
     if v.last().is_none_or(|(_, size)| *size + add > BATCH_BYTES) {
         v.push((M::default(), 0));
     }
-    let last = v.last_mut().expect("just ensured");
+    let last = v.last_mut().expect("pushed above when empty");
     last.1 += add;
     &mut last.0
 }
@@ -240,8 +243,8 @@ impl Outbox for BatchingOutbox {
         };
         current(self.drivers.entry(job).or_default(), size).results.push(convert::result_to_pb(task, outcome));
     }
-    fn disconnect(&mut self, node: NodeId) {
-        self.disconnect.push(node);
+    fn disconnect(&mut self, node: NodeId, epoch: u64) {
+        self.disconnect.push((node, epoch));
     }
     fn free_object(&mut self, node: NodeId, id: ObjectId) {
         current(self.workers.entry(node).or_default(), 8).free_objects.push(id);
@@ -289,6 +292,9 @@ impl LoopState {
 /// Rebuilds the core from the log after a restart.
 fn restore(core: &mut Core, state: &mut LoopState, replay: crate::durable::Replay, heartbeat_timeout: Duration) {
     let now = Instant::now();
+    // Nodes that held objects get two heartbeat timeouts to re-register
+    // (set first: replayed puts and results name nodes not yet back).
+    core.recovering(now + heartbeat_timeout * 2);
     // Nobody is connected yet: whatever the replay would send is dropped.
     let mut out = BatchingOutbox::default();
     let (mut jobs, mut batches, mut results) = (0, 0, 0);
@@ -326,8 +332,6 @@ fn restore(core: &mut Core, state: &mut LoopState, replay: crate::durable::Repla
         }
     }
     core.reserve_jobs_below(replay.next_job);
-    // Nodes that held objects get two heartbeat timeouts to re-register.
-    core.recovering(now + heartbeat_timeout * 2);
     if jobs > 0 {
         tracing::info!(jobs, batches, results, tasks = core.task_count(), objects = core.object_count(), "restored the head's state from its log");
     }
@@ -348,6 +352,9 @@ fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToHead, out: &
     }
     if !msg.cancel.is_empty() {
         core.cancel(job, &msg.cancel, out);
+    }
+    if !msg.locate.is_empty() {
+        core.locate(job, &msg.locate, out);
     }
     if !msg.release.is_empty() {
         core.release(job, &msg.release, out);
@@ -389,9 +396,12 @@ async fn event_loop(mut core: Core, mut state: LoopState, mut rx: mpsc::Unbounde
                 log.end_job(job);
             }
         }
-        for node in out.disconnect.drain(..) {
-            // Dropping the sender ends the session's response stream.
-            workers.remove(&node);
+        for (node, epoch) in out.disconnect.drain(..) {
+            // Dropping the sender ends the session's response stream; a
+            // newer session of the same node (it registered again) stays.
+            if workers.get(&node).is_some_and(|(e, _)| *e == epoch) {
+                workers.remove(&node);
+            }
         }
         for (node, batches) in out.workers.drain() {
             if let Some((_, tx)) = workers.get(&node) {

@@ -11,7 +11,10 @@
 //! Handlers only change state; [`Core::schedule`] does the placement, once
 //! per batch of events.
 
+mod invariants;
 mod types;
+#[cfg(test)]
+mod schedules;
 #[cfg(test)]
 mod tests;
 
@@ -38,10 +41,11 @@ pub trait Outbox {
     fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Payload, Failure>);
     /// Nobody references stored object `id` any more: `node` frees its copy.
     fn free_object(&mut self, node: NodeId, id: ObjectId);
-    /// `node` was declared dead: end its session, so that if it is in
+    /// `node` was declared dead: end its session `epoch` (and only that
+    /// one: it may have registered again already), so that if it is in
     /// fact alive (a partition, a frozen process) it reconnects and
     /// registers again under a new epoch.
-    fn disconnect(&mut self, node: NodeId);
+    fn disconnect(&mut self, node: NodeId, epoch: u64);
     /// `node` should finish what it holds, ask for no more, and exit.
     fn drain(&mut self, node: NodeId);
     /// `job` ended (its driver left, or never came back): nothing of it
@@ -150,6 +154,14 @@ struct Task {
     /// none, and 8 bytes instead of 24 per queued task matters at 1M tasks.
     #[allow(clippy::box_collection)]
     dependents: Option<Box<Vec<TaskId>>>,
+}
+
+/// Why a ready task cannot be dispatched after all.
+enum Unready {
+    /// It must fail with this.
+    Fail(Failure),
+    /// An input is unfinished again or failed: check its inputs anew.
+    Recheck,
 }
 
 #[derive(Clone)]
@@ -263,8 +275,10 @@ impl Core {
     /// must accompany its later messages. A node re-registering while the
     /// head still thinks its old session is alive is treated as that old
     /// session dying first (its tasks are requeued).
-    pub fn node_registered(&mut self, reg: NodeRegistration, now: Instant, out: &mut impl Outbox) -> (NodeId, u64) {
+    pub fn node_registered(&mut self, mut reg: NodeRegistration, now: Instant, out: &mut impl Outbox) -> (NodeId, u64) {
         let id = reg.node_id.unwrap_or_else(NodeId::random);
+        // Copies it still holds (it reconnected, or the head restarted).
+        let held = std::mem::take(&mut reg.objects);
         let slot = match self.nodes.get(&id) {
             Some(old) => old.slot,
             None => {
@@ -277,7 +291,7 @@ impl Core {
                 let epoch = old.epoch;
                 if old.alive {
                     // What it still holds is not lost.
-                    let keep: IdSet<ObjectId> = reg.objects.iter().copied().collect();
+                    let keep: IdSet<ObjectId> = held.iter().copied().collect();
                     self.node_dead_keeping(id, "re-registered on a new connection", &keep, out);
                 }
                 epoch + 1
@@ -302,18 +316,53 @@ impl Core {
                 store: StoreUsage::default(),
             },
         );
-        // Copies it still holds (it reconnected, or the head restarted):
-        // readable again from it, or nobody's.
-        let held = std::mem::take(&mut self.nodes.get_mut(&id).expect("inserted").info.objects);
+        // What it reports is the truth about its store: copies the head
+        // believed it had (from the log, after a restart) and it does not
+        // are gone; objects left with no copy are rebuilt.
+        let reported: IdSet<ObjectId> = held.iter().copied().collect();
+        let mut lost = Vec::new();
+        for (oid, o) in self.objects.iter_mut() {
+            if let ObjectState::Stored { holders, .. } = &mut o.state
+                && !reported.contains(oid)
+                && let Some(i) = holders.iter().position(|h| *h == id)
+            {
+                holders.swap_remove(i);
+                if holders.is_empty() {
+                    lost.push(*oid);
+                }
+            }
+        }
+        // What it still holds is readable again from it, or nobody's. A
+        // driver that could not be told where an object was (no holder
+        // was back yet after a restart) is told now.
+        let mut readable_again = Vec::new();
         for oid in held {
-            match self.objects.get_mut(&oid).map(|o| &mut o.state) {
-                Some(ObjectState::Stored { holders, .. }) => {
+            let Some(o) = self.objects.get_mut(&oid) else {
+                out.free_object(id, oid);
+                continue;
+            };
+            match &mut o.state {
+                ObjectState::Stored { holders, size } => {
+                    let was_readable = holders.iter().any(|h| *h != id && self.nodes.get(h).is_some_and(|n| n.alive));
                     if !holders.contains(&id) {
                         holders.push(id);
+                    }
+                    if !was_readable && o.driver_ref {
+                        readable_again.push((oid, *size, holders.clone()));
                     }
                 }
                 _ => out.free_object(id, oid),
             }
+        }
+        for (oid, size, holders) in readable_again {
+            if self.jobs.get(&ids::job_of(oid)).is_some_and(|j| j.detached_since.is_none()) {
+                out.result(ids::job_of(oid), oid, Ok(Payload::Stored(self.stored_ref(oid, size, &holders))));
+            }
+        }
+        if !lost.is_empty() {
+            lost.sort_unstable();
+            tracing::warn!(node = %id, objects = lost.len(), "the node came back without objects only it held");
+            self.reconstruct(&lost, &format!("node {id} came back without its copy"), out);
         }
         (id, epoch)
     }
@@ -392,7 +441,7 @@ impl Core {
             if !lost.is_empty() {
                 tracing::warn!(objects = lost.len(), "objects whose nodes did not re-register after the restart are lost");
                 lost.sort_unstable();
-                self.reconstruct(&lost, "the nodes holding it did not come back after the head restarted");
+                self.reconstruct(&lost, "the nodes holding it did not come back after the head restarted", out);
             }
         }
         let grace = self.config.driver_grace;
@@ -428,13 +477,13 @@ impl Core {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         node.alive = false;
         self.alive_dirty = true;
-        self.total_credits -= node.credits as u64;
+        self.total_credits = self.total_credits.saturating_sub(node.credits as u64);
         node.credits = 0;
         node.in_use = ResourceSet::default();
         node.functions_sent.clear();
         let lost: Vec<TaskId> = node.assigned.drain().collect();
         tracing::warn!(node = %id, reason, tasks = lost.len(), "node marked dead");
-        out.disconnect(id);
+        out.disconnect(id, node.epoch);
         // Its store is gone: objects whose only copy it held are lost.
         let mut lost_objects = Vec::new();
         for (oid, o) in self.objects.iter_mut() {
@@ -451,7 +500,7 @@ impl Core {
         if !lost_objects.is_empty() {
             tracing::warn!(node = %id, objects = lost_objects.len(), "objects lost with the node (their only copy was there)");
             lost_objects.sort_unstable();
-            self.reconstruct(&lost_objects, &format!("its only copy was on node {id}, which died"));
+            self.reconstruct(&lost_objects, &format!("its only copy was on node {id}, which died"), out);
         }
         let mut requeue = Vec::new();
         for t in lost {
@@ -461,9 +510,6 @@ impl Core {
             if task.cancel_requested {
                 self.fail_task(t, Failure::new(FailureKind::Cancelled, "cancelled"), out);
             } else if task.attempts <= max_retries {
-                task.state = TaskState::Ready;
-                self.counts.running -= 1;
-                self.counts.queued += 1;
                 requeue.push(t);
             } else {
                 let history = task.history.as_ref().map(|h| h.join("; ")).unwrap_or_default();
@@ -474,11 +520,69 @@ impl Core {
             }
         }
         // Retried tasks go to the front: they were submitted before
-        // anything still queued.
+        // anything still queued. Their inputs may have been lost with the
+        // node too (and are being rebuilt): `requeue` makes them wait.
         requeue.sort_unstable();
         for t in requeue.into_iter().rev() {
-            self.ready.push_front(t);
+            self.requeue(t, out);
         }
+    }
+
+    /// Puts a task that is no longer on a node (its node died, its
+    /// executor died, or it could not read an input) back in line, at the
+    /// front: it waits for inputs that are unfinished again (lost and being
+    /// rebuilt), fails if an input failed for good, and is ready otherwise.
+    /// Nothing in the ready queue holds an input that is not there.
+    fn requeue(&mut self, tid: TaskId, out: &mut impl Outbox) {
+        let Some(task) = self.tasks.get_mut(&tid) else { return };
+        if matches!(task.state, TaskState::Dispatched(_)) {
+            self.counts.running = self.counts.running.saturating_sub(1);
+            self.counts.queued += 1;
+        }
+        task.state = TaskState::Ready;
+        task.missing = 0;
+        if self.wait_for_inputs(tid, out) {
+            self.ready.push_front(tid);
+        }
+    }
+
+    /// Checks the inputs of task `tid` (queued, not waiting on anything
+    /// yet): one that failed fails the task; unfinished ones (being
+    /// rebuilt) make it wait for them. Returns whether it is ready.
+    fn wait_for_inputs(&mut self, tid: TaskId, out: &mut impl Outbox) -> bool {
+        let Some(task) = self.tasks.get(&tid) else { return false };
+        let mut deps = Vec::new();
+        let mut failed = None;
+        for a in task.args.iter() {
+            let ArgSlot::Object(x) = a else { continue };
+            if self.tasks.contains_key(x) {
+                deps.push(*x);
+                continue;
+            }
+            match self.objects.get(x).map(|o| &o.state) {
+                Some(ObjectState::Failed(f)) => {
+                    failed.get_or_insert_with(|| (**f).clone());
+                }
+                Some(_) => {}
+                None => {
+                    tracing::error!(task = %ids::display(tid), input = %ids::display(*x), "a queued task's input is neither an object nor a task");
+                    failed.get_or_insert_with(|| Failure::new(FailureKind::Internal, format!("the head lost track of input {} of this task", ids::display(*x))));
+                }
+            }
+        }
+        if let Some(f) = failed {
+            self.fail_task(tid, f, out);
+            return false;
+        }
+        for d in &deps {
+            if let Some(p) = self.tasks.get_mut(d) {
+                p.dependents.get_or_insert_default().push(tid);
+            }
+        }
+        let Some(task) = self.tasks.get_mut(&tid) else { return false };
+        task.missing = deps.len() as u32;
+        task.state = if deps.is_empty() { TaskState::Ready } else { TaskState::Waiting };
+        deps.is_empty()
     }
 
     /// Drains a node: no new tasks go to it; it finishes what it holds and
@@ -487,7 +591,7 @@ impl Core {
         let node = self.nodes.get_mut(&id).filter(|n| n.alive).ok_or_else(|| CoreError::NoSuchNode(id.0.to_string()))?;
         if !node.draining {
             node.draining = true;
-            self.total_credits -= node.credits as u64;
+            self.total_credits = self.total_credits.saturating_sub(node.credits as u64);
             node.credits = 0;
             self.alive_dirty = true;
             tracing::info!(node = %id, running = node.assigned.len(), "draining node");
@@ -625,7 +729,15 @@ impl Core {
         for (id, o) in self.objects.iter().filter(|(id, o)| ids::job_of(**id) == job && o.driver_ref) {
             let r = match &o.state {
                 ObjectState::Ready(b) => Ok(Payload::Inline(b.clone())),
-                ObjectState::Stored { size, holders } => Ok(Payload::Stored(self.stored_ref(*id, *size, holders))),
+                ObjectState::Stored { size, holders } => {
+                    let r = self.stored_ref(*id, *size, holders);
+                    // Its holders have not re-registered yet (a restart):
+                    // the driver asks again (`locate`) when it reads it.
+                    if r.holders.is_empty() {
+                        continue;
+                    }
+                    Ok(Payload::Stored(r))
+                }
                 ObjectState::Failed(f) => Err((**f).clone()),
             };
             out.push((*id, r));
@@ -642,7 +754,7 @@ impl Core {
         }
         match outcome {
             Ok(value) => {
-                self.counts.queued -= 1;
+                self.counts.queued = self.counts.queued.saturating_sub(1);
                 self.finished(tid, node, value, out);
             }
             Err(f) if matches!(f.kind, FailureKind::WorkerDied | FailureKind::ObjectLost) => {}
@@ -669,15 +781,18 @@ impl Core {
         let Some(j) = self.jobs.remove(&job) else { return };
         let mine: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.job == job).map(|(id, _)| *id).collect();
         for id in &mine {
-            let task = self.tasks.remove(id).expect("listed above");
+            let Some(task) = self.tasks.remove(id) else { continue };
             match task.state {
-                TaskState::Waiting | TaskState::Ready => self.counts.queued -= 1,
+                TaskState::Waiting | TaskState::Ready => self.counts.queued = self.counts.queued.saturating_sub(1),
                 TaskState::Dispatched(slot) => {
-                    let n = self.slots[slot as usize];
-                    self.counts.running -= 1;
-                    if let Some(node) = self.nodes.get_mut(&n) {
+                    self.counts.running = self.counts.running.saturating_sub(1);
+                    if let Some(n) = self.slots.get(slot as usize).copied()
+                        && let Some(node) = self.nodes.get_mut(&n)
+                    {
                         node.assigned.remove(id);
-                        node.in_use.sub(&j.functions[task.func as usize].resources);
+                        if let Some(def) = j.functions.get(task.func as usize) {
+                            node.in_use.sub(&def.resources);
+                        }
                         out.cancel(n, *id);
                     }
                 }
@@ -707,22 +822,93 @@ impl Core {
 
     /// A driver stores a value (a `put`) under `id`.
     pub fn put(&mut self, job: JobId, id: ObjectId, value: PutValue, out: &mut impl Outbox) {
-        if ids::job_of(id) != job || self.objects.contains_key(&id) || !self.jobs.contains_key(&job) {
+        if ids::job_of(id) != job || self.objects.contains_key(&id) || self.tasks.contains_key(&id) || !self.jobs.contains_key(&job) {
             tracing::warn!(job, object = %ids::display(id), "put refused: foreign or duplicate id");
             if let PutValue::Stored { node, .. } = value {
                 out.free_object(node, id);
             }
             return;
         }
+        let mut dead = None;
         let state = match value {
             PutValue::Inline(b) => ObjectState::Ready(b),
             PutValue::Stored { size, node } => {
-                // A put to a node that died meanwhile is lost at once.
-                let holders = if self.nodes.get(&node).is_some_and(|n| n.alive) { vec![node] } else { Vec::new() };
-                ObjectState::Stored { size, holders }
+                // A put to a node that died meanwhile is lost at once. One
+                // this head does not know yet may still re-register if the
+                // head is recovering from a restart (a replayed put).
+                let gone = match self.nodes.get(&node) {
+                    Some(n) => !n.alive,
+                    None => self.recovering_until.is_none(),
+                };
+                if gone {
+                    dead = Some(node);
+                }
+                ObjectState::Stored { size, holders: vec![node] }
             }
         };
         self.objects.insert(id, Object { state, driver_ref: true, task_refs: 0, lineage: None });
+        if let Some(node) = dead {
+            let f = Failure::new(FailureKind::ObjectLost, format!("object {} was put into the store of node {node}, which died", ids::display(id)));
+            self.object_failed(id, f, out);
+        }
+    }
+
+    /// Object `id` is gone for good (lost, and it cannot be rebuilt): it
+    /// becomes that failure, which its driver is told of and its
+    /// consumers fail with.
+    fn object_failed(&mut self, id: ObjectId, f: Failure, out: &mut impl Outbox) {
+        let Some(o) = self.objects.get_mut(&id) else { return };
+        Self::free_copies(id, &o.state, out);
+        o.state = ObjectState::Failed(Box::new(f.clone()));
+        o.lineage = None;
+        if o.driver_ref {
+            out.result(ids::job_of(id), id, Err(f.clone()));
+        }
+        // Queued consumers fail now; running ones fail when they cannot
+        // read it.
+        let consumers: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.state, TaskState::Waiting | TaskState::Ready))
+            .filter(|(_, t)| t.args.iter().any(|a| matches!(a, ArgSlot::Object(x) if *x == id)))
+            .map(|(tid, _)| *tid)
+            .collect();
+        for c in consumers {
+            self.fail_task(c, f.clone(), out);
+        }
+    }
+
+    /// The driver of `job` could not read these objects from the holders
+    /// it was told of. Each gets its answer: where it is now, or why it is
+    /// gone; one that is being rebuilt (or not finished) gets it when it
+    /// finishes, like any result.
+    pub fn locate(&mut self, job: JobId, ids_: &[ObjectId], out: &mut impl Outbox) {
+        for &id in ids_ {
+            if ids::job_of(id) != job {
+                continue;
+            }
+            if self.tasks.contains_key(&id) {
+                continue;
+            }
+            let outcome = match self.objects.get(&id).map(|o| &o.state) {
+                Some(ObjectState::Ready(b)) => Ok(Payload::Inline(b.clone())),
+                Some(ObjectState::Stored { size, holders }) => {
+                    let r = self.stored_ref(id, *size, holders);
+                    if r.holders.is_empty() && self.recovering_until.is_some() {
+                        // Its holders may still re-register after a restart.
+                        continue;
+                    }
+                    if r.holders.is_empty() {
+                        Err(Failure::new(FailureKind::ObjectLost, format!("object {}: no node holds a copy any more", ids::display(id))))
+                    } else {
+                        Ok(Payload::Stored(r))
+                    }
+                }
+                Some(ObjectState::Failed(f)) => Err((**f).clone()),
+                None => Err(Failure::new(FailureKind::ObjectLost, format!("object {} is not known to the head (released, or its job ended)", ids::display(id)))),
+            };
+            out.result(job, id, outcome);
+        }
     }
 
     /// A driver submits tasks. Ids must be the job's own and fresh.
@@ -739,28 +925,28 @@ impl Core {
             let mut missing = 0;
             let mut early: Option<Failure> = None;
             for a in t.args {
-                match a {
-                    NewArg::Value(b) => slots.push(ArgSlot::Value(b)),
-                    NewArg::Object(oid) if ids::job_of(oid) == job && self.objects.contains_key(&oid) => {
-                        let o = self.objects.get_mut(&oid).expect("checked");
-                        o.task_refs += 1;
-                        if let ObjectState::Failed(f) = &o.state {
-                            early.get_or_insert_with(|| (**f).clone());
-                        }
-                        slots.push(ArgSlot::Object(oid));
+                let NewArg::Object(oid) = a else {
+                    if let NewArg::Value(b) = a {
+                        slots.push(ArgSlot::Value(b));
                     }
-                    NewArg::Object(oid) if ids::job_of(oid) == job && self.tasks.contains_key(&oid) => {
-                        let producer = self.tasks.get_mut(&oid).expect("checked");
-                        producer.result_refs += 1;
-                        producer.dependents.get_or_insert_default().push(t.id);
-                        missing += 1;
-                        slots.push(ArgSlot::Object(oid));
+                    continue;
+                };
+                let own = ids::job_of(oid) == job;
+                if let Some(o) = self.objects.get_mut(&oid).filter(|_| own) {
+                    o.task_refs += 1;
+                    if let ObjectState::Failed(f) = &o.state {
+                        early.get_or_insert_with(|| (**f).clone());
                     }
-                    NewArg::Object(oid) => {
-                        early.get_or_insert_with(|| {
-                            Failure::new(FailureKind::ObjectLost, format!("argument object {} does not exist (released or never created)", ids::display(oid)))
-                        });
-                    }
+                    slots.push(ArgSlot::Object(oid));
+                } else if let Some(producer) = self.tasks.get_mut(&oid).filter(|_| own) {
+                    producer.result_refs += 1;
+                    producer.dependents.get_or_insert_default().push(t.id);
+                    missing += 1;
+                    slots.push(ArgSlot::Object(oid));
+                } else {
+                    early.get_or_insert_with(|| {
+                        Failure::new(FailureKind::ObjectLost, format!("argument object {} does not exist (released or never created)", ids::display(oid)))
+                    });
                 }
             }
             if t.func as usize >= nfuncs {
@@ -820,9 +1006,10 @@ impl Core {
             match task.state {
                 TaskState::Waiting | TaskState::Ready => self.fail_task(*id, Failure::new(FailureKind::Cancelled, "cancelled before it started"), out),
                 TaskState::Dispatched(slot) => {
-                    let node = self.slots[slot as usize];
                     task.cancel_requested = true;
-                    out.cancel(node, *id);
+                    if let Some(node) = self.slots.get(slot as usize) {
+                        out.cancel(*node, *id);
+                    }
                 }
             }
         }
@@ -846,41 +1033,37 @@ impl Core {
                 }
                 continue;
             }
-            let rebuilding = if matches!(&outcome, Err(f) if f.kind == FailureKind::ObjectLost) { self.inputs_being_rebuilt(tid) } else { Vec::new() };
-            let task = self.tasks.get_mut(&tid).expect("checked");
-            let job = self.jobs.get(&task.job).expect("tasks of gone jobs are removed");
-            let def = &job.functions[task.func as usize];
-            let node = self.nodes.get_mut(&node_id).expect("checked live");
-            node.assigned.remove(&tid);
-            node.in_use.sub(&def.resources);
+            let rebuilding = matches!(&outcome, Err(f) if f.kind == FailureKind::ObjectLost) && self.inputs_being_rebuilt(tid);
+            let Some(task) = self.tasks.get_mut(&tid) else { continue };
+            let def = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize));
+            if let Some(node) = self.nodes.get_mut(&node_id) {
+                node.assigned.remove(&tid);
+                if let Some(def) = def {
+                    node.in_use.sub(&def.resources);
+                }
+            }
+            let name = def.map(|d| d.name.clone()).unwrap_or_default();
             match outcome {
                 Ok(value) => {
-                    self.counts.running -= 1;
+                    self.counts.running = self.counts.running.saturating_sub(1);
                     self.finished(tid, node_id, value, out);
                 }
-                Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && !rebuilding.is_empty() => {
+                // The task could not read an input from any holder: the
+                // input may have been lost (and be rebuilt), so it waits
+                // for it; if nothing of it is being rebuilt, it fails.
+                Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && rebuilding => {
                     tracing::info!(task = %ids::display(tid), "an input was lost while the task waited for it; it runs again once the input is rebuilt");
-                    for d in &rebuilding {
-                        self.tasks.get_mut(d).expect("listed").dependents.get_or_insert_default().push(tid);
-                    }
-                    let task = self.tasks.get_mut(&tid).expect("present");
-                    task.missing += rebuilding.len() as u32;
-                    task.state = TaskState::Waiting;
-                    self.counts.running -= 1;
-                    self.counts.queued += 1;
+                    self.requeue(tid, out);
                 }
                 Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= task.max_retries && !task.cancel_requested => {
                     tracing::info!(task = %ids::display(tid), attempt = task.attempts, "executor died; retrying task");
                     task.history.get_or_insert_default().push(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
-                    task.state = TaskState::Ready;
-                    self.counts.running -= 1;
-                    self.counts.queued += 1;
-                    self.ready.push_front(tid);
+                    self.requeue(tid, out);
                 }
                 Err(mut f) => {
                     f.attempts = task.attempts as u32;
                     if f.function.is_empty() {
-                        f.function = def.name.clone();
+                        f.function = name;
                     }
                     if f.kind == FailureKind::WorkerDied
                         && let Some(h) = &task.history
@@ -895,7 +1078,7 @@ impl Core {
 
     /// Task `tid` produced `value` on `node`: record it and wake what waits.
     fn finished(&mut self, tid: TaskId, node: NodeId, value: Value, out: &mut impl Outbox) {
-        let task = self.tasks.remove(&tid).expect("a finishing task exists");
+        let Some(task) = self.tasks.remove(&tid) else { return };
         self.counts.finished += 1;
         self.release_args(&task, out);
         let state = match value {
@@ -919,11 +1102,9 @@ impl Core {
     }
 
     fn maybe_free(&mut self, id: ObjectId, out: &mut impl Outbox) {
-        if let Some(o) = self.objects.get(&id)
-            && !o.driver_ref
-            && o.task_refs == 0
+        if self.objects.get(&id).is_some_and(|o| !o.driver_ref && o.task_refs == 0)
+            && let Some(o) = self.objects.remove(&id)
         {
-            let o = self.objects.remove(&id).expect("present");
             Self::free_copies(id, &o.state, out);
         }
     }
@@ -948,12 +1129,14 @@ impl Core {
         while let Some((tid, f)) = work.pop() {
             let Some(task) = self.tasks.remove(&tid) else { continue };
             match task.state {
-                TaskState::Waiting | TaskState::Ready => self.counts.queued -= 1,
+                TaskState::Waiting | TaskState::Ready => self.counts.queued = self.counts.queued.saturating_sub(1),
                 TaskState::Dispatched(slot) => {
-                    let n = self.slots[slot as usize];
-                    self.counts.running -= 1;
-                    if let Some(node) = self.nodes.get_mut(&n) {
-                        node.assigned.remove(&tid);
+                    self.counts.running = self.counts.running.saturating_sub(1);
+                    if let Some(node) = self.slots.get(slot as usize).and_then(|n| self.nodes.get_mut(n))
+                        && node.assigned.remove(&tid)
+                        && let Some(def) = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize))
+                    {
+                        node.in_use.sub(&def.resources);
                     }
                 }
             }
@@ -989,7 +1172,7 @@ impl Core {
             let Some(t) = self.tasks.get_mut(&d) else { continue };
             match &state {
                 ObjectState::Ready(_) | ObjectState::Stored { .. } => {
-                    t.missing -= 1;
+                    t.missing = t.missing.saturating_sub(1);
                     if t.missing == 0 && t.state == TaskState::Waiting {
                         t.state = TaskState::Ready;
                         self.ready.push_back(d);
@@ -1035,8 +1218,12 @@ impl Core {
                 deferred.push(tid);
                 continue;
             }
-            let job = &self.jobs[&task.job];
-            let req = &job.functions[task.func as usize].resources;
+            let Some(def) = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize)) else {
+                tracing::error!(task = %ids::display(tid), job = task.job, func = task.func, "a ready task's job or function is unknown");
+                self.fail_task(tid, Failure::new(FailureKind::Internal, "the head lost track of this task's job or function"), out);
+                continue;
+            };
+            let req = &def.resources;
             let default_shape = req.is_default_task();
             let look_for_room = !(default_shape && saturated);
             let mut feasible = false;
@@ -1045,8 +1232,8 @@ impl Core {
             // task's stored inputs, if it fits and has room now.
             if let Some(pref) = self.preferred_node(task)
                 && let Ok(idx) = alive.binary_search(&pref)
+                && let Some(node) = self.nodes.get(&pref)
             {
-                let node = &self.nodes[&pref];
                 let mut used = node.in_use.clone();
                 used.add(req);
                 if node.credits > 0 && req.fits_in(&node.info.resources) && used.fits_in(&node.info.resources) {
@@ -1056,7 +1243,7 @@ impl Core {
             }
             for k in 0..if best.is_some() { 0 } else { n } {
                 let idx = (self.rr + k) % n;
-                let node = &self.nodes[&alive[idx]];
+                let Some(node) = alive.get(idx).and_then(|id| self.nodes.get(id)) else { continue };
                 if !req.fits_in(&node.info.resources) {
                     continue;
                 }
@@ -1078,21 +1265,18 @@ impl Core {
                     best = Some((false, idx));
                 }
             }
-            match best {
-                Some((room, idx)) => {
+            match best.and_then(|(room, idx)| Some((room, idx, *alive.get(idx)?))) {
+                Some((room, idx, node)) => {
                     if !room && default_shape {
                         saturated = true;
                     }
                     // Spread over nodes with room; otherwise stay on this
                     // node until its credits run out.
                     self.rr = if room { idx + 1 } else { idx };
-                    self.dispatch(tid, alive[idx], out);
+                    self.dispatch(tid, node, out);
                 }
                 None if !feasible && n > 0 && !self.config.wait_for_feasible_nodes => {
-                    let f = Failure::new(
-                        FailureKind::Unschedulable,
-                        format!("no node of the cluster offers {req} (needed by {})", job.functions[task.func as usize].name),
-                    );
+                    let f = Failure::new(FailureKind::Unschedulable, format!("no node of the cluster offers {req} (needed by {})", def.name));
                     self.fail_task(tid, f, out);
                 }
                 None => deferred.push(tid),
@@ -1110,28 +1294,38 @@ impl Core {
     /// Inputs that were lost too are rebuilt first (recursively). An
     /// object that cannot be rebuilt (a `put`, or its inputs were already
     /// released) stays lost: its consumers fail with `ObjectLost`.
-    fn reconstruct(&mut self, lost: &[ObjectId], why: &str) {
+    fn reconstruct(&mut self, lost: &[ObjectId], why: &str, out: &mut impl Outbox) {
         let mut rebuilt: Vec<ObjectId> = Vec::new();
         let mut work: Vec<ObjectId> = lost.to_vec();
         while let Some(oid) = work.pop() {
             let Some(o) = self.objects.get(&oid) else { continue };
+            if !matches!(&o.state, ObjectState::Stored { holders, .. } if holders.is_empty()) {
+                continue;
+            }
             if !(o.driver_ref || o.task_refs > 0) || !self.jobs.contains_key(&ids::job_of(oid)) {
+                if let Some(o) = self.objects.remove(&oid) {
+                    Self::free_copies(oid, &o.state, out);
+                }
                 continue;
             }
-            let Some(lin) = &o.lineage else {
-                tracing::warn!(object = %ids::display(oid), "a lost object has no lineage (a put): it cannot be rebuilt");
-                continue;
+            let cannot = match &o.lineage {
+                None => Some("it was put by the driver, so there is no task to run again"),
+                Some(lin) => {
+                    let inputs_known = lin.args.iter().all(|a| match a {
+                        ArgSlot::Value(_) => true,
+                        ArgSlot::Object(a) => self.tasks.contains_key(a) || self.objects.contains_key(a),
+                    });
+                    (!inputs_known).then_some("the inputs of the task that made it were already released")
+                }
             };
-            let inputs_known = lin.args.iter().all(|a| match a {
-                ArgSlot::Value(_) => true,
-                ArgSlot::Object(a) => self.tasks.contains_key(a) || self.objects.contains_key(a),
-            });
-            if !inputs_known {
-                tracing::warn!(object = %ids::display(oid), "a lost object's inputs were already released: it cannot be rebuilt");
+            if let Some(cannot) = cannot {
+                tracing::warn!(object = %ids::display(oid), why, "a lost object cannot be rebuilt: {cannot}");
+                let f = Failure::new(FailureKind::ObjectLost, format!("object {} is lost ({why}) and cannot be rebuilt: {cannot}", ids::display(oid)));
+                self.object_failed(oid, f, out);
                 continue;
             }
-            let o = self.objects.remove(&oid).expect("present");
-            let lin = o.lineage.expect("checked");
+            let Some(o) = self.objects.remove(&oid) else { continue };
+            let Some(lin) = o.lineage else { continue };
             // Unfinished again: it holds references to its inputs again.
             for a in lin.args.iter() {
                 let ArgSlot::Object(a) = a else { continue };
@@ -1184,7 +1378,20 @@ impl Core {
             // consumer already waits on its other producers, so only its
             // rebuilt inputs are new waits.
             let fresh = rebuilding.contains(&tid);
-            let deps: Vec<ObjectId> = self.tasks[&tid]
+            let Some(t) = self.tasks.get(&tid) else { continue };
+            // An input found lost for good while rebuilding fails it.
+            let failed = t.args.iter().find_map(|a| match a {
+                ArgSlot::Object(x) => match self.objects.get(x).map(|o| &o.state) {
+                    Some(ObjectState::Failed(f)) => Some((**f).clone()),
+                    _ => None,
+                },
+                ArgSlot::Value(_) => None,
+            });
+            if let Some(f) = failed {
+                self.fail_task(tid, f, out);
+                continue;
+            }
+            let deps: Vec<ObjectId> = t
                 .args
                 .iter()
                 .filter_map(|a| match a {
@@ -1193,9 +1400,11 @@ impl Core {
                 })
                 .collect();
             for d in &deps {
-                self.tasks.get_mut(d).expect("listed").dependents.get_or_insert_default().push(tid);
+                if let Some(p) = self.tasks.get_mut(d) {
+                    p.dependents.get_or_insert_default().push(tid);
+                }
             }
-            let t = self.tasks.get_mut(&tid).expect("listed");
+            let Some(t) = self.tasks.get_mut(&tid) else { continue };
             t.missing += deps.len() as u32;
             if t.missing > 0 {
                 t.state = TaskState::Waiting;
@@ -1206,16 +1415,10 @@ impl Core {
         }
     }
 
-    /// The inputs of task `tid` that are being rebuilt (unfinished tasks).
-    fn inputs_being_rebuilt(&self, tid: TaskId) -> Vec<ObjectId> {
-        let Some(task) = self.tasks.get(&tid) else { return Vec::new() };
-        task.args
-            .iter()
-            .filter_map(|a| match a {
-                ArgSlot::Object(x) if self.tasks.contains_key(x) => Some(*x),
-                _ => None,
-            })
-            .collect()
+    /// Whether some input of task `tid` is being rebuilt (an unfinished
+    /// task again).
+    fn inputs_being_rebuilt(&self, tid: TaskId) -> bool {
+        self.tasks.get(&tid).is_some_and(|task| task.args.iter().any(|a| matches!(a, ArgSlot::Object(x) if self.tasks.contains_key(x))))
     }
 
     /// Whether some stored input of `task` has holders, none of them alive
@@ -1246,8 +1449,8 @@ impl Core {
         bytes.into_iter().max_by_key(|(_, b)| *b).map(|(n, _)| n)
     }
 
-    fn dispatch(&mut self, tid: TaskId, node_id: NodeId, out: &mut impl Outbox) {
-        let task = &self.tasks[&tid];
+    /// The values of a ready task's arguments, or why it cannot run now.
+    fn resolve_args(&self, task: &Task) -> Result<Vec<Payload>, Unready> {
         let mut args = Vec::with_capacity(task.args.len());
         for a in task.args.iter() {
             match a {
@@ -1257,34 +1460,55 @@ impl Core {
                     Some(ObjectState::Stored { size, holders }) => {
                         let r = self.stored_ref(*oid, *size, holders);
                         if r.holders.is_empty() {
-                            let f = Failure::new(
+                            return Err(Unready::Fail(Failure::new(
                                 FailureKind::ObjectLost,
                                 format!("argument object {} was lost: every node holding a copy died", ids::display(*oid)),
-                            );
-                            self.fail_task(tid, f, out);
-                            return;
+                            )));
                         }
                         args.push(Payload::Stored(r));
                     }
-                    _ => unreachable!("a ready task's inputs are ready and referenced"),
+                    // Lost and being rebuilt, or failed for good:
+                    // `wait_for_inputs` sorts it out.
+                    Some(ObjectState::Failed(_)) | None => return Err(Unready::Recheck),
                 },
             }
         }
-        let task = self.tasks.get_mut(&tid).expect("ready task exists");
-        let job = &self.jobs[&task.job];
-        let node = self.nodes.get_mut(&node_id).expect("alive node exists");
+        Ok(args)
+    }
+
+    fn dispatch(&mut self, tid: TaskId, node_id: NodeId, out: &mut impl Outbox) {
+        let Some(task) = self.tasks.get(&tid) else { return };
+        let args = match self.resolve_args(task) {
+            Ok(args) => args,
+            Err(Unready::Fail(f)) => return self.fail_task(tid, f, out),
+            Err(Unready::Recheck) => {
+                // Not ready after all: waits for what is being rebuilt (or
+                // fails with its input's error).
+                if let Some(t) = self.tasks.get_mut(&tid) {
+                    t.missing = 0;
+                }
+                if self.wait_for_inputs(tid, out) {
+                    tracing::error!(task = %ids::display(tid), "a ready task's inputs could not be resolved");
+                    self.fail_task(tid, Failure::new(FailureKind::Internal, "the head could not resolve this task's inputs"), out);
+                }
+                return;
+            }
+        };
+        let (Some(task), Some(node)) = (self.tasks.get_mut(&tid), self.nodes.get_mut(&node_id)) else { return };
+        let Some(job) = self.jobs.get(&task.job) else { return };
+        let Some(def) = job.functions.get(task.func as usize) else { return };
         let sent = node.functions_sent.entry(task.job).or_insert(0);
         if task.func >= *sent {
-            out.job_info(node_id, task.job, &job.binary, *sent, &job.functions[*sent as usize..]);
+            out.job_info(node_id, task.job, &job.binary, *sent, job.functions.get(*sent as usize..).unwrap_or_default());
             *sent = job.functions.len() as u32;
         }
-        node.credits -= 1;
-        self.total_credits -= 1;
+        node.credits = node.credits.saturating_sub(1);
+        self.total_credits = self.total_credits.saturating_sub(1);
         node.assigned.insert(tid);
-        node.in_use.add(&job.functions[task.func as usize].resources);
+        node.in_use.add(&def.resources);
         task.attempts = task.attempts.saturating_add(1);
         task.state = TaskState::Dispatched(node.slot);
-        self.counts.queued -= 1;
+        self.counts.queued = self.counts.queued.saturating_sub(1);
         self.counts.running += 1;
         out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32 });
     }

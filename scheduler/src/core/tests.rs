@@ -34,7 +34,7 @@ impl Outbox for Rec {
     fn free_object(&mut self, node: NodeId, id: ObjectId) {
         self.freed.push((node, id));
     }
-    fn disconnect(&mut self, node: NodeId) {
+    fn disconnect(&mut self, node: NodeId, _epoch: u64) {
         self.disconnected.push(node);
     }
     fn drain(&mut self, node: NodeId) {
@@ -517,6 +517,12 @@ fn an_object_whose_only_holder_died_fails_its_consumers_with_object_lost() {
     let f = r.unwrap_err();
     assert_eq!(f.kind, FailureKind::ObjectLost);
     assert!(f.message.contains(&ids::display(big)), "{}", f.message);
+    // The driver was told first that its put is gone, and why.
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!(id, big);
+    let f = r.unwrap_err();
+    assert_eq!(f.kind, FailureKind::ObjectLost);
+    assert!(f.message.contains("cannot be rebuilt") && f.message.contains("put by the driver"), "{}", f.message);
     out.assert_quiet();
 }
 
@@ -732,4 +738,175 @@ fn a_job_snapshot_restores_its_graph_objects_and_references() {
     // referenced by the driver now.
     assert!(out2.results.iter().all(|(_, t, _)| *t != id(4)), "no result for a released task");
     assert_eq!(fresh.snapshot(now).tasks.failed, 0);
+}
+
+// ---------------------------------------------------------------- found by the fault schedules
+
+/// The user's program of issue 12: a consumer of a stored result is sent
+/// to the node holding it (data locality), and that node dies. The
+/// consumer goes back to the queue while its input is being rebuilt: it
+/// must wait for the rebuild, not be dispatched with an input that is no
+/// object any more (which panicked the head).
+#[test]
+fn a_consumer_on_the_node_that_died_with_its_input_waits_for_the_rebuild() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
+    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
+    let big = ids::object_id(job, 1);
+    let fin = ids::object_id(job, 2);
+    core.node_credits(a, ea, 2, now);
+    core.submit(job, vec![task(job, 1, 0, vec![val(b"seed")])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.tasks_finished(a, ea, vec![(big, Ok(Value::Stored { size: 256 << 10 }))], now, &mut out);
+    out.results.clear();
+    core.submit(job, vec![task(job, 2, 1, vec![NewArg::Object(big)])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].0, a, "the consumer goes where its input is");
+    core.node_disconnected(a, ea, &mut out);
+    core.check_invariants().unwrap();
+    core.node_credits(b, eb, 2, now);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.iter().map(|(n, d)| (*n, d.task)).collect::<Vec<_>>(), vec![(b, big)], "the input is rebuilt first; the consumer waits for it");
+    core.tasks_finished(b, eb, vec![(big, Ok(Value::Stored { size: 256 << 10 }))], now, &mut out);
+    out.results.clear();
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.iter().map(|(n, d)| (*n, d.task)).collect::<Vec<_>>(), vec![(b, fin)]);
+    core.tasks_finished(b, eb, vec![(fin, ok(b"done"))], now, &mut out);
+    assert_eq!(out.results.pop().unwrap().2, Ok(inline(b"done")));
+    core.check_invariants().unwrap();
+    out.assert_quiet();
+}
+
+/// The same with an executor that dies while its input is being rebuilt:
+/// the retry waits for the input too.
+#[test]
+fn a_retried_task_whose_input_is_being_rebuilt_waits_for_it() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
+    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
+    let big = ids::object_id(job, 1);
+    let fin = ids::object_id(job, 2);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.tasks_finished(a, ea, vec![(big, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    out.results.clear();
+    core.node_credits(b, eb, 1, now);
+    core.submit(job, vec![task(job, 2, 1, vec![NewArg::Object(big)])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].0, b);
+    core.node_disconnected(a, ea, &mut out);
+    core.tasks_finished(b, eb, vec![(fin, Err(Failure::new(FailureKind::WorkerDied, "executor killed")))], now, &mut out);
+    core.check_invariants().unwrap();
+    core.node_credits(b, eb, 2, now);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![big]);
+    out.assert_quiet();
+}
+
+/// A driver that could not read a stored value asks where it is: it gets
+/// the live holders, the failure of an object lost for good, or (being
+/// rebuilt) the result once it is made again.
+#[test]
+fn locate_answers_with_holders_a_verdict_or_the_rebuilt_result() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
+    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3)]);
+    let made = ids::object_id(job, 1);
+    let put = ids::object_id(job, 2);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.tasks_finished(a, ea, vec![(made, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    core.put(job, put, PutValue::Stored { size: 10, node: a }, &mut out);
+    out.results.clear();
+    core.locate(job, &[made], &mut out);
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!((id, r), (made, Ok(Payload::Stored(StoredRef { id: made, size: 10, holders: vec!["10.0.0.1:7000".into()] }))));
+    core.node_disconnected(a, ea, &mut out);
+    // The put cannot be rebuilt: its driver is told at once, and again if it asks.
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!(id, put);
+    assert_eq!(r.unwrap_err().kind, FailureKind::ObjectLost);
+    core.locate(job, &[put, made], &mut out);
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!(id, put);
+    let f = r.unwrap_err();
+    assert!(f.message.contains("put by the driver") && f.message.contains(&a.to_string()), "{}", f.message);
+    assert!(out.results.is_empty(), "the task's result is being rebuilt: no answer yet");
+    core.node_credits(b, eb, 1, now);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].1.task, made);
+    core.tasks_finished(b, eb, vec![(made, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!((id, r), (made, Ok(Payload::Stored(StoredRef { id: made, size: 10, holders: vec!["10.0.0.2:7000".into()] }))));
+    out.assert_quiet();
+}
+
+/// After a head restart the log says a node holds an object; the node
+/// comes back without it (it crashed meanwhile). Its report is the truth:
+/// the object is rebuilt instead of being read from a node that lacks it.
+#[test]
+fn a_node_that_comes_back_without_a_copy_gets_it_rebuilt() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
+    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3)]);
+    let made = ids::object_id(job, 1);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.tasks_finished(a, ea, vec![(made, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    let snap = core.job_snapshot(job).unwrap();
+    let mut core = Core::new(CoreConfig::default());
+    core.recovering(now + Duration::from_secs(10));
+    core.restore_snapshot(job, snap, now, &mut out);
+    core.job_reattached(job).unwrap();
+    out.results.clear();
+    let reg = NodeRegistration { node_id: Some(a), resources: ResourceSet::cpus(1.0), address: "10.0.0.1".into(), object_address: "10.0.0.1:7000".into(), ..Default::default() };
+    let (_, ea) = core.node_registered(reg, now, &mut out);
+    core.node_credits(a, ea, 1, now);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![made], "rebuilt, not read from a node without it");
+    core.check_invariants().unwrap();
+}
+
+/// A node that registers again while the head still thinks its old
+/// session is alive: only the old session is ended, not the new one.
+#[test]
+fn re_registering_while_alive_ends_only_the_old_session() {
+    #[derive(Default)]
+    struct Epochs(Vec<(NodeId, u64)>);
+    impl Outbox for Epochs {
+        fn job_info(&mut self, _: NodeId, _: JobId, _: &str, _: u32, _: &[FunctionDef]) {}
+        fn dispatch(&mut self, _: NodeId, _: Dispatch) {}
+        fn cancel(&mut self, _: NodeId, _: TaskId) {}
+        fn job_finished(&mut self, _: NodeId, _: JobId) {}
+        fn result(&mut self, _: JobId, _: TaskId, _: Result<Payload, Failure>) {}
+        fn free_object(&mut self, _: NodeId, _: ObjectId) {}
+        fn disconnect(&mut self, node: NodeId, epoch: u64) {
+            self.0.push((node, epoch));
+        }
+        fn drain(&mut self, _: NodeId) {}
+    }
+    let now = t0();
+    let mut out = Epochs::default();
+    let mut core = Core::new(CoreConfig::default());
+    let (a, e1) = core.node_registered(NodeRegistration { resources: ResourceSet::cpus(1.0), ..Default::default() }, now, &mut out);
+    let (_, e2) = core.node_registered(NodeRegistration { node_id: Some(a), resources: ResourceSet::cpus(1.0), ..Default::default() }, now, &mut out);
+    assert_eq!(out.0, vec![(a, e1)]);
+    assert_ne!(e1, e2);
 }

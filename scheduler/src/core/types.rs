@@ -64,6 +64,9 @@ pub enum FailureKind {
     ResultEncode,
     /// The node's object store had no room for the result.
     ObjectStoreFull,
+    /// The head found its own state inconsistent for this task (a bug):
+    /// the task fails, everything else goes on.
+    Internal,
 }
 
 /// A task failure with the details a user needs to act on it.
