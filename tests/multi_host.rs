@@ -12,23 +12,6 @@ use std::collections::HashMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// `n` bytes that depend on `seed`.
-fn pattern(n: usize, seed: u64) -> shoal::Buffer {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = vec![0u8; n];
-    for c in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-    }
-    shoal::Buffer::from(v)
-}
-
-fn digest(b: &[u8]) -> String {
-    blake3::hash(b).to_hex().to_string()
-}
-
 #[shoal::remote]
 fn produce(n: usize, seed: u64) -> shoal::Buffer {
     pattern(n, seed)

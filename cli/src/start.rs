@@ -171,7 +171,15 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     } else {
         None
     };
-    terminated().await;
+    tokio::select! {
+        _ = terminated() => {}
+        why = head.loop_ended() => {
+            // Never expected; exit so a supervisor restarts the head, which
+            // resumes from its durable log.
+            tracing::error!(%why, "the head's event loop ended; exiting");
+            std::process::exit(70);
+        }
+    }
     tracing::info!("stopping the head");
     if let Some(w) = worker {
         let _ = w.shutdown().await;

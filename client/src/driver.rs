@@ -27,6 +27,8 @@ pub(crate) enum Out {
     Put(pb::PutObject),
     Cancel(u64),
     Release(u64),
+    /// Ask where a stored object is now (its holders could not send it).
+    Locate(u64),
     /// End the session cleanly (the head ends the job at once); answer
     /// once the stream is closed.
     Close(tokio::sync::oneshot::Sender<()>),
@@ -250,6 +252,12 @@ impl Driver {
         let _ = self.tx.send(Out::Cancel(id));
     }
 
+    /// Asks the head where stored object `id` is now; the answer arrives
+    /// as a result for `id`.
+    pub(crate) fn locate(&self, id: u64) {
+        let _ = self.tx.send(Out::Locate(id));
+    }
+
     /// Ends the session cleanly and waits (briefly) until it is closed.
     pub(crate) async fn finish(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
@@ -403,6 +411,10 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
         }
         Out::Release(id) => {
             msg.release.push(id);
+            8
+        }
+        Out::Locate(id) => {
+            msg.locate.push(id);
             8
         }
         Out::Close(_) => unreachable!("handled by the session loop"),

@@ -41,7 +41,9 @@ static COMPLETIONS: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) enum SlotState {
     Pending { wakers: Vec<Waker>, queues: Vec<(Arc<CompletionQueue>, usize)> },
-    Done { value: Result<Val, TaskError>, seq: u64 },
+    /// `version` counts the times a stored value was replaced by a newer
+    /// answer of the head (rebuilt, relocated, lost for good).
+    Done { value: Result<Val, TaskError>, seq: u64, version: u32 },
 }
 
 /// Where a result lands when it arrives.
@@ -57,22 +59,24 @@ impl Slot {
 
     pub(crate) fn done(value: Result<Val, TaskError>) -> Arc<Slot> {
         let seq = COMPLETIONS.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Slot { state: Mutex::new(SlotState::Done { value, seq }), cv: Condvar::new() })
+        Arc::new(Slot { state: Mutex::new(SlotState::Done { value, seq, version: 0 }), cv: Condvar::new() })
     }
 
     /// Records the value (the first one wins) and wakes every waiter. A
-    /// stored value may be replaced by a later one: the head sends it again
-    /// when it rebuilt the object after every copy was lost.
+    /// stored value may be replaced by a later answer: the head sends one
+    /// when it rebuilt the object after every copy was lost, when a driver
+    /// asked where it is now, or when it is lost for good.
     pub(crate) fn complete(&self, value: Result<Val, TaskError>) {
         let mut st = self.state.lock().expect("slot lock");
-        if let SlotState::Done { value: old, .. } = &mut *st {
-            if matches!(old, Ok(Val::Stored { .. })) && value.is_ok() {
+        if let SlotState::Done { value: old, version, .. } = &mut *st {
+            if matches!(old, Ok(Val::Stored { .. })) {
                 *old = value;
+                *version += 1;
             }
             return;
         }
         let seq = COMPLETIONS.fetch_add(1, Ordering::Relaxed);
-        let old = std::mem::replace(&mut *st, SlotState::Done { value, seq });
+        let old = std::mem::replace(&mut *st, SlotState::Done { value, seq, version: 0 });
         drop(st);
         self.cv.notify_all();
         if let SlotState::Pending { wakers, queues } = old {
@@ -87,9 +91,17 @@ impl Slot {
 
     /// Keeps the bytes of a stored value pulled from another node, so
     /// later reads do not pull it again.
-    fn cache(&self, bytes: Bytes) {
+    pub(crate) fn cache(&self, bytes: Bytes) {
         if let SlotState::Done { value: v @ Ok(Val::Stored { .. }), .. } = &mut *self.state.lock().expect("slot lock") {
             *v = Ok(Val::Inline(bytes));
+        }
+    }
+
+    /// The current answer and its version, once there is one.
+    pub(crate) fn answer(&self) -> Option<(Result<Val, TaskError>, u32)> {
+        match &*self.state.lock().expect("slot lock") {
+            SlotState::Done { value, version, .. } => Some((value.clone(), *version)),
+            SlotState::Pending { .. } => None,
         }
     }
 
@@ -284,13 +296,12 @@ impl<T> fmt::Debug for ObjectRef<T> {
 }
 
 fn decode<T: DeserializeOwned>(inner: &RefInner, r: Result<Val, TaskError>) -> Result<T, TaskError> {
-    let b = match crate::objects::locate(inner.driver.as_ref(), r?)? {
-        Source::Here(b) => b,
-        Source::Remote { id, size, holders, token } => {
-            let b = crate::runtime::block_on(crate::objects::fetch(id, size, holders, token))?;
-            inner.slot.cache(b.clone());
-            b
-        }
+    // The common cases (inline, or in this machine's store) need no
+    // runtime; a value on another node is pulled, asking the head again
+    // if its holders cannot send it.
+    let b = match crate::objects::locate(inner.driver.as_ref(), r?) {
+        Ok(Source::Here(b)) => b,
+        _ => crate::runtime::block_on(crate::objects::read(inner.driver.clone(), inner.slot.clone(), inner.id))?,
     };
     decode_bytes(&b)
 }
@@ -359,13 +370,14 @@ impl<T: DeserializeOwned> Future for ObjectRef<T> {
         };
         let mut fetch = inner.fetch.lock().expect("fetch lock");
         if fetch.is_none() {
-            match v.and_then(|v| crate::objects::locate(inner.driver.as_ref(), v)) {
+            match v.map(|v| crate::objects::locate(inner.driver.as_ref(), v)) {
                 Err(e) => return Poll::Ready(Err(e)),
-                Ok(Source::Here(b)) => return Poll::Ready(decode_bytes(&b)),
-                // Pulled on Shoal's runtime; this task waits without
+                Ok(Ok(Source::Here(b))) => return Poll::Ready(decode_bytes(&b)),
+                // Pulled on Shoal's runtime (asking the head again if its
+                // holders cannot send it); this task waits without
                 // blocking its thread.
-                Ok(Source::Remote { id, size, holders, token }) => {
-                    *fetch = Some(crate::runtime::runtime().spawn(crate::objects::fetch(id, size, holders, token)));
+                Ok(_) => {
+                    *fetch = Some(crate::runtime::runtime().spawn(crate::objects::read(inner.driver.clone(), inner.slot.clone(), inner.id)));
                 }
             }
         }
@@ -375,7 +387,6 @@ impl<T: DeserializeOwned> Future for ObjectRef<T> {
             Poll::Ready(r) => {
                 *fetch = None;
                 let b = r.map_err(|e| TaskError::ObjectLost { message: format!("pulling object {}: {e}", ObjectId(inner.id)) })??;
-                inner.slot.cache(b.clone());
                 Poll::Ready(decode_bytes(&b))
             }
         }

@@ -122,6 +122,70 @@ pub(crate) async fn fetch(id: u64, size: u64, holders: Vec<String>, token: Optio
     shoal_worker::transfer::fetch(token.as_deref(), id, size, &holders).await.map_err(|e| lost(id, e))
 }
 
+/// How long a driver keeps asking when the head names holders that cannot
+/// send an object (the head has not yet noticed they are gone: it does
+/// within its heartbeat timeout, then rebuilds the object).
+const UNREACHABLE_HOLDERS_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads the bytes of the finished value in `slot` (object `id`). A
+/// stored value whose holders cannot send it (a holder died) is not an
+/// error yet: the driver asks the head where it is now (`locate`) and
+/// waits for its answer, which comes at once (new holders, or why it is
+/// gone for good) or once the object is rebuilt from its lineage. Fails
+/// with `ObjectLost` only when the head says so, or when the holders it
+/// names stay unreachable for [`UNREACHABLE_HOLDERS_WINDOW`].
+pub(crate) async fn read(driver: Option<Arc<Driver>>, slot: Arc<crate::object_ref::Slot>, id: u64) -> Result<Bytes, TaskError> {
+    use std::time::{Duration, Instant};
+    let mut unreachable_since: Option<(Instant, Vec<String>)> = None;
+    loop {
+        let Some((answer, version)) = slot.answer() else {
+            return Err(lost(id, "read before its value arrived"));
+        };
+        let answer = answer?;
+        let named = match &answer {
+            Val::Stored { holders, .. } => holders.clone(),
+            Val::Inline(_) => Vec::new(),
+        };
+        // The window starts when these holders first failed; holders the
+        // head names anew (a rebuilt or moved copy) start it again.
+        if unreachable_since.as_ref().is_some_and(|(_, h)| *h != named) {
+            unreachable_since = None;
+        }
+        let why = match locate(driver.as_ref(), answer) {
+            Ok(Source::Here(b)) => return Ok(b),
+            Ok(Source::Remote { id, size, holders, token }) => match fetch(id, size, holders, token).await {
+                Ok(b) => {
+                    slot.cache(b.clone());
+                    return Ok(b);
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let Some(d) = driver.as_ref() else { return Err(why) };
+        let since = unreachable_since.get_or_insert_with(|| (Instant::now(), named)).0;
+        if since.elapsed() > UNREACHABLE_HOLDERS_WINDOW {
+            return Err(why);
+        }
+        tracing::debug!(object = %crate::ObjectId(id), error = %why, "cannot read a stored value; asking the head where it is now");
+        d.locate(id);
+        // Wait for a newer answer; ask again now and then (an object being
+        // rebuilt is answered only when it is made again).
+        let asked = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        while slot.answer().is_some_and(|(_, v)| v == version) {
+            if d.closed_reason().is_some() {
+                return Err(why);
+            }
+            if asked.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+}
+
 /// Writes a value of `size` bytes (produced by `fill`) into a node's
 /// store as object `id` and tells the head. Returns where it lives.
 pub(crate) fn put_large(driver: &Arc<Driver>, id: u64, size: u64, fill: impl FnOnce(&mut [u8]) -> Result<(), String>) -> Result<Val, Error> {

@@ -18,7 +18,7 @@ pub type StoreClient = ObjectStoreClient<InterceptedService<Channel, AttachToken
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The address does not parse as `host:port`.
-    #[error("invalid head address {address:?}: {reason}")]
+    #[error("invalid address {address:?}: {reason}")]
     BadAddress {
         /// What was given.
         address: String,
@@ -36,8 +36,8 @@ pub enum ConnectError {
         /// What is missing or wrong.
         reason: String,
     },
-    /// Nothing answered.
-    #[error("cannot reach the head at {address}: {source}")]
+    /// Nothing answered (the head, or a worker's object store).
+    #[error("cannot reach {address}: {source}")]
     Unreachable {
         /// Address tried.
         address: String,

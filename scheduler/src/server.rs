@@ -91,9 +91,23 @@ pub struct HeadHandle {
     server: tokio::task::JoinHandle<()>,
     events: mpsc::UnboundedSender<Cmd>,
     store: BinaryStore,
+    /// Why the event loop ended, once it has.
+    loop_ended: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl HeadHandle {
+    /// Resolves if the head's event loop ends while it should be serving
+    /// (a bug: the head never stops by itself). The process should then
+    /// exit, so that a supervisor restarts it and its durable log resumes
+    /// the work, rather than linger answering "shutting down".
+    pub async fn loop_ended(&self) -> String {
+        let mut rx = self.loop_ended.clone();
+        match rx.wait_for(|w| w.is_some()).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => "the event loop is gone".to_string(),
+        }
+    }
+
     /// An in-process link to this head, for a worker or driver in the same
     /// process (no sockets, no encoding).
     pub fn local_link(&self) -> LocalLink {
@@ -146,7 +160,18 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         restore(&mut core, &mut state, replay, config.heartbeat_timeout);
         state.log = Some(log);
     }
-    tokio::spawn(event_loop(core, state, rx, config.heartbeat_interval));
+    let event_loop = tokio::spawn(event_loop(core, state, rx, config.heartbeat_interval));
+    let (ended_tx, loop_ended) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let why = match event_loop.await {
+            Ok(()) => "the event loop stopped".to_string(),
+            Err(e) => match e.try_into_panic() {
+                Ok(p) => format!("the event loop panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()),
+                Err(e) => format!("the event loop was cancelled: {e}"),
+            },
+        };
+        let _ = ended_tx.send(Some(why));
+    });
     let service = HeadService { events: events.clone(), store: store.clone() };
     let svc = HeadServer::new(service)
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
@@ -176,7 +201,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         }
     });
     tracing::info!(%addr, token = config.token.is_some(), tls = config.tls.is_some(), "head listening");
-    Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events, store })
+    Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events, store, loop_ended })
 }
 
 type Sender<T> = mpsc::UnboundedSender<Result<T, Status>>;

@@ -181,6 +181,24 @@ impl Drop for Cluster {
     }
 }
 
+/// `n` bytes that depend on `seed`.
+pub fn pattern(n: usize, seed: u64) -> shoal::Buffer {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = vec![0u8; n];
+    for c in v.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    shoal::Buffer::from(v)
+}
+
+/// A hex digest of `b`, to compare large values cheaply.
+pub fn digest(b: &[u8]) -> String {
+    blake3::hash(b).to_hex().to_string()
+}
+
 /// Sends a signal to a process.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: plain syscall on a child we started.

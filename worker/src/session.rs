@@ -43,7 +43,7 @@ async fn open(head: &str, token: Option<&str>, local: Option<&LocalLink>, up: mp
     match local {
         Some(link) => link.0.worker_session(Box::pin(UnboundedReceiverStream::new(up).map(Ok))).await.map_err(refused),
         None => {
-            let mut client = client::connect(head, token, Duration::from_secs(3)).await.map_err(|e| OpenError::Transient(e.to_string()))?;
+            let mut client = client::connect(head, token, Duration::from_secs(3)).await.map_err(|e| OpenError::Transient(format!("the head: {e}")))?;
             let resp = client.worker_session(UnboundedReceiverStream::new(up)).await.map_err(refused)?;
             Ok(Box::pin(resp.into_inner()))
         }

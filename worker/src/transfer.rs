@@ -197,7 +197,10 @@ async fn pull_range(
 
 /// Pulls all of object `id` (`size` bytes) from the peer at `address`.
 async fn pull_from(address: &str, token: Option<&str>, id: u64, size: u64, sink: Sink<'_>) -> Result<(), String> {
-    let client = shoal_proto::client::connect_store(address, token, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    let client = shoal_proto::client::connect_store(address, token, Duration::from_secs(5)).await.map_err(|e| match e {
+        shoal_proto::client::ConnectError::Unreachable { source, .. } => format!("its object store does not answer ({source})"),
+        e => e.to_string(),
+    })?;
     let parts = ranges(size).into_iter().map(|(o, l)| pull_range(client.clone(), id, o, l, sink));
     for r in futures::future::join_all(parts).await {
         r?;
@@ -207,7 +210,8 @@ async fn pull_from(address: &str, token: Option<&str>, id: u64, size: u64, sink:
 
 /// Why no holder could send object `id`: each one's error.
 fn no_holder(id: u64, errors: &[String]) -> String {
-    format!("no holder could send object {id:#x} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") })
+    let id = shoal_proto::ids::display(id);
+    format!("no holder could send object {id} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") })
 }
 
 /// Pulls object `id` into the local `store` from the first holder that

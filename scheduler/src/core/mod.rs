@@ -145,6 +145,9 @@ struct Task {
     history: Option<Box<Vec<String>>>,
     /// Retries allowed when its worker dies.
     max_retries: u16,
+    /// Times it could not read an input from holders the head believed
+    /// alive (one that just died, before the head heard of it).
+    unreadable: u8,
     cancel_requested: bool,
     /// The driver still holds a reference to the result.
     driver_ref: bool,
@@ -155,6 +158,10 @@ struct Task {
     #[allow(clippy::box_collection)]
     dependents: Option<Box<Vec<TaskId>>>,
 }
+
+/// How often a task may fail to read an input that nobody is rebuilding
+/// before it fails with `ObjectLost`.
+const MAX_UNREADABLE: u8 = 3;
 
 /// Why a ready task cannot be dispatched after all.
 enum Unready {
@@ -964,6 +971,7 @@ impl Core {
                     state,
                     attempts: 0,
                     max_retries,
+                    unreadable: 0,
                     cancel_requested: false,
                     history: None,
                     driver_ref: true,
@@ -1053,6 +1061,15 @@ impl Core {
                 // for it; if nothing of it is being rebuilt, it fails.
                 Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && rebuilding => {
                     tracing::info!(task = %ids::display(tid), "an input was lost while the task waited for it; it runs again once the input is rebuilt");
+                    self.requeue(tid, out);
+                }
+                // No input is being rebuilt: a holder may have died just
+                // before its death reached the head. Try again (bounded):
+                // by then its copies are rebuilt or read from another node.
+                Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && task.unreadable < MAX_UNREADABLE => {
+                    task.unreadable += 1;
+                    tracing::info!(task = %ids::display(tid), error = %f.message, "the task could not read an input; trying again");
+                    task.history.get_or_insert_default().push(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
                     self.requeue(tid, out);
                 }
                 Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= task.max_retries && !task.cancel_requested => {
@@ -1349,6 +1366,7 @@ impl Core {
                     attempts: 0,
                     history: Some(Box::new(vec![format!("rebuilt: {why}")])),
                     max_retries: lin.max_retries,
+                    unreadable: 0,
                     cancel_requested: false,
                     driver_ref: o.driver_ref,
                     result_refs: o.task_refs,

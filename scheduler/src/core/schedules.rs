@@ -593,10 +593,8 @@ impl World {
             for id in &j.held {
                 match j.answers.get(id) {
                     None if j.tasks.contains(id) => self.fail(format!("job {}: task {} ended without the driver hearing of it", j.id, ids::display(*id))),
-                    Some(Ok(Payload::Stored(r))) => {
-                        if !self.readable(r) {
-                            self.fail(format!("job {}: the driver was told {} is at {:?}, but no such copy exists", j.id, ids::display(*id), r.holders));
-                        }
+                    Some(Ok(Payload::Stored(r))) if !self.readable(r) => {
+                        self.fail(format!("job {}: the driver was told {} is at {:?}, but no such copy exists", j.id, ids::display(*id), r.holders))
                     }
                     _ => {}
                 }
