@@ -14,11 +14,12 @@ fn hits(seed: u64, n: u64) -> u64 {
         s ^= s << 17;
         (s >> 11) as f64 / (1u64 << 53) as f64
     };
-    (0..n).filter(|_| {
-        let (x, y) = (next(), next());
-        x * x + y * y <= 1.0
-    })
-    .count() as u64
+    (0..n)
+        .filter(|_| {
+            let (x, y) = (next(), next());
+            x * x + y * y <= 1.0
+        })
+        .count() as u64
 }
 
 fn main() -> shoal::Result<()> {

@@ -62,10 +62,7 @@ fn wrong_or_missing_token_is_refused_and_the_head_keeps_serving() {
     assert!(msg.contains("refused the cluster token") && msg.contains("missing"), "{msg}");
 
     // A worker with a wrong token is refused and exits with a clear error.
-    let w = shoal(
-        elsewhere.path(),
-        &["start", "--block", "--address", &c.address, "--token", "not-the-token", "--num-cpus", "1"],
-    );
+    let w = shoal(elsewhere.path(), &["start", "--block", "--address", &c.address, "--token", "not-the-token", "--num-cpus", "1"]);
     assert!(!w.status.success());
     let msg = String::from_utf8_lossy(&w.stderr);
     assert!(msg.contains("refused this worker") && msg.contains("wrong cluster token"), "{msg}");
@@ -109,9 +106,7 @@ fn daemon_mode_start_status_stop() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["nodes"].as_array().unwrap().len(), 1, "the head runs a local worker: {st:#}");
-    let pid: u32 = serde_json::from_slice::<serde_json::Value>(&std::fs::read(home.path().join("head.json")).unwrap()).unwrap()["pid"]
-        .as_u64()
-        .unwrap() as u32;
+    let pid: u32 = serde_json::from_slice::<serde_json::Value>(&std::fs::read(home.path().join("head.json")).unwrap()).unwrap()["pid"].as_u64().unwrap() as u32;
     let logs = shoal(home.path(), &["logs", "--role", "head", "-n", "500"]);
     let text = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.status.success() && text.contains("head listening") && text.contains("node registered"), "{text}");

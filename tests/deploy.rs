@@ -63,11 +63,7 @@ fn container_image_and_compose_cluster_run_tasks() {
     let pid = std::process::id();
     let image = format!("shoal-test:{pid}");
     let me = std::env::current_exe().unwrap();
-    let build = Command::new(format!("{root}/deploy/docker/build-image"))
-        .args(["-t", &image, env!("CARGO_BIN_EXE_shoal")])
-        .arg(&me)
-        .output()
-        .unwrap();
+    let build = Command::new(format!("{root}/deploy/docker/build-image")).args(["-t", &image, env!("CARGO_BIN_EXE_shoal")]).arg(&me).output().unwrap();
     assert!(build.status.success(), "image build failed: {}", String::from_utf8_lossy(&build.stderr));
     let dir = tempfile::tempdir().unwrap();
     let token = shoal_proto::auth::generate_token();
@@ -127,7 +123,8 @@ print(json.dumps(docs))
     let out = Command::new("python3").args(["-c", script, &format!("{root}/deploy/k8s/shoal.yaml")]).output().expect("python3 with PyYAML");
     assert!(out.status.success(), "manifests do not parse: {}", String::from_utf8_lossy(&out.stderr));
     let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let find = |kind: &str, name: &str| docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name}")).clone();
+    let find =
+        |kind: &str, name: &str| docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name}")).clone();
     let secret = find("Secret", "shoal-token");
     assert!(secret["stringData"]["token"].is_string());
     let service = find("Service", "shoal-head");
@@ -149,7 +146,13 @@ print(json.dumps(docs))
     for (d, a) in [(&head, &ha), (&worker, &wa)] {
         let token_file = after(a, "--token-file").unwrap();
         let spec = &d["spec"]["template"]["spec"];
-        let mount = spec["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| token_file.starts_with(m["mountPath"].as_str().unwrap())).expect("the token file is mounted").clone();
+        let mount = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| token_file.starts_with(m["mountPath"].as_str().unwrap()))
+            .expect("the token file is mounted")
+            .clone();
         let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap().clone();
         assert_eq!(vol["secret"]["secretName"], "shoal-token", "the token comes from the Secret");
         assert!(token_file.ends_with("/token"), "the Secret's key is the file name");
@@ -158,7 +161,13 @@ print(json.dumps(docs))
     // filesystem, so a restarted head container resumes the work.
     let data_dir = after(&ha, "--data-dir").expect("the head names its data dir");
     let head_spec = &head["spec"]["template"]["spec"];
-    let mount = head_spec["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| data_dir.starts_with(m["mountPath"].as_str().unwrap())).expect("the data dir is on a volume").clone();
+    let mount = head_spec["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| data_dir.starts_with(m["mountPath"].as_str().unwrap()))
+        .expect("the data dir is on a volume")
+        .clone();
     assert!(head_spec["volumes"].as_array().unwrap().iter().any(|v| v["name"] == mount["name"] && v.get("secret").is_none()), "a writable volume");
     // The shoal binary accepts exactly these arguments.
     for a in [&ha, &wa] {
@@ -182,7 +191,10 @@ impl Slurm {
 
     fn start() -> Slurm {
         for tool in ["slurmctld", "slurmd", "sbatch", "munged"] {
-            assert!(Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success(), "{tool} is needed (Debian packages slurm-wlm, munge)");
+            assert!(
+                Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success(),
+                "{tool} is needed (Debian packages slurm-wlm, munge)"
+            );
         }
         // munge authenticates Slurm's messages; start it if it is not running.
         let munge_ok = || Command::new("sh").args(["-c", "munge -n | unmunge >/dev/null 2>&1"]).status().unwrap().success();
@@ -212,7 +224,13 @@ impl Slurm {
         std::fs::write(dir.path().join("slurm.conf"), conf).unwrap();
         let mut s = Slurm { dir, daemons: Vec::new() };
         for daemon in ["slurmctld", "slurmd"] {
-            let child = Command::new(daemon).arg("-D").env("SLURM_CONF", s.conf()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+            let child = Command::new(daemon)
+                .arg("-D")
+                .env("SLURM_CONF", s.conf())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
             s.daemons.push(child);
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -221,7 +239,11 @@ impl Slurm {
             if String::from_utf8_lossy(&out.stdout).trim() == "idle" {
                 return s;
             }
-            assert!(std::time::Instant::now() < deadline, "slurm did not come up: {}", std::fs::read_to_string(s.dir.path().join("slurmctld.log")).unwrap_or_default());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "slurm did not come up: {}",
+                std::fs::read_to_string(s.dir.path().join("slurmctld.log")).unwrap_or_default()
+            );
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }

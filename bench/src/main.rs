@@ -165,7 +165,8 @@ fn main() {
         drop(warm);
         let rt = tokio_rt();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && rt.block_on(shoal::cluster_status()).map(|s| s.nodes.iter().map(|n| n.store.used).sum::<u64>() > 0).unwrap_or(false) {
+        while Instant::now() < deadline && rt.block_on(shoal::cluster_status()).map(|s| s.nodes.iter().map(|n| n.store.used).sum::<u64>() > 0).unwrap_or(false)
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -282,10 +283,8 @@ fn queued_head_rss() -> Result<f64, String> {
     let (mut head, _home, address, token) = start_head(&[])?;
     let result = (|| {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let status = std::process::Command::new(&exe)
-            .args(["--rss-probe", "1000000", "--address", &address, "--token", &token])
-            .status()
-            .map_err(|e| e.to_string())?;
+        let status =
+            std::process::Command::new(&exe).args(["--rss-probe", "1000000", "--address", &address, "--token", &token]).status().map_err(|e| e.to_string())?;
         if !status.success() {
             return Err(format!("probe failed: {status}"));
         }
@@ -452,11 +451,8 @@ mod sim {
             if msg.tasks.is_empty() {
                 continue;
             }
-            let results: Vec<pb::TaskResult> = msg
-                .tasks
-                .iter()
-                .map(|t| pb::TaskResult { task: t.task, outcome: Some(pb::task_result::Outcome::Value(Default::default())) })
-                .collect();
+            let results: Vec<pb::TaskResult> =
+                msg.tasks.iter().map(|t| pb::TaskResult { task: t.task, outcome: Some(pb::task_result::Outcome::Value(Default::default())) }).collect();
             let credits = results.len() as u32;
             if tx.send(shoal_proto::pad::pad(WorkerToHead { results, credits, ..Default::default() })).is_err() {
                 return Err("session closed".into());

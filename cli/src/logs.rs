@@ -17,9 +17,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<()> {
         bail!("--role is head or worker, not {r:?}");
     }
     let dir = session::log_dir(&shoal::config::shoal_home());
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     logs.retain(|p| {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         name.ends_with(".log") && args.role.as_ref().is_none_or(|r| name.starts_with(&format!("{r}-")))

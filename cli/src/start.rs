@@ -18,9 +18,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
     }
     init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async {
-        if args.head { run_head(args, &home).await } else { run_worker(args, &home).await }
-    })
+    rt.block_on(async { if args.head { run_head(args, &home).await } else { run_worker(args, &home).await } })
 }
 
 fn parse_resources(args: &StartArgs) -> anyhow::Result<ResourceSet> {
@@ -87,7 +85,10 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     // reconnect with what they have.
     let kept_token = data_dir.join("token");
     let token = if args.insecure_no_token {
-        eprintln!("WARNING: starting the head WITHOUT a cluster token (--insecure-no-token): anyone who can reach port {} can run code on this cluster.", args.port);
+        eprintln!(
+            "WARNING: starting the head WITHOUT a cluster token (--insecure-no-token): anyone who can reach port {} can run code on this cluster.",
+            args.port
+        );
         let _ = std::fs::remove_file(&kept_token);
         None
     } else {
@@ -258,7 +259,8 @@ fn daemonize(args: &StartArgs, home: &Path) -> anyhow::Result<()> {
             bail!("the {role} exited during start-up ({status}); its log {}:\n{}", log_path.display(), tail.join("\n"));
         }
         let ready = if args.head {
-            config::read_head_session(home).is_some_and(|s| s.pid == pid) && std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("Programs on this machine"))
+            config::read_head_session(home).is_some_and(|s| s.pid == pid)
+                && std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("Programs on this machine"))
         } else {
             session::ready_file(home, pid).exists()
         };

@@ -14,9 +14,9 @@ fn head_and_token(address: Option<&str>, token: &crate::TokenArgs) -> anyhow::Re
 
 fn explain(e: shoal::Error) -> anyhow::Error {
     match e {
-        shoal::Error::Unauthenticated { address, message } => anyhow!(
-            "the head at {address} refused the cluster token ({message}). Pass --token or --token-file, or set SHOAL_TOKEN / SHOAL_TOKEN_FILE."
-        ),
+        shoal::Error::Unauthenticated { address, message } => {
+            anyhow!("the head at {address} refused the cluster token ({message}). Pass --token or --token-file, or set SHOAL_TOKEN / SHOAL_TOKEN_FILE.")
+        }
         other => anyhow!(other),
     }
 }
@@ -90,14 +90,7 @@ fn fmt_bytes(b: u64) -> String {
 }
 
 fn fmt_store(s: &shoal::status::StoreUsage) -> String {
-    format!(
-        "{}/{} ({} obj), {} ({} obj)",
-        fmt_bytes(s.used),
-        fmt_bytes(s.capacity),
-        s.objects,
-        fmt_bytes(s.spilled_bytes),
-        s.spilled_objects
-    )
+    format!("{}/{} ({} obj), {} ({} obj)", fmt_bytes(s.used), fmt_bytes(s.capacity), s.objects, fmt_bytes(s.spilled_bytes), s.spilled_objects)
 }
 
 fn print_table(address: &str, st: &ClusterStatus) {

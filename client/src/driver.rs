@@ -11,7 +11,6 @@ use dashmap::DashMap;
 use futures::StreamExt;
 use shoal_proto::client::{Client, ConnectError};
 use shoal_proto::local::{BoxStream, LocalLink};
-use tokio_stream::wrappers::ReceiverStream;
 use shoal_proto::pb::{self, DriverToHead, FailureKind};
 use shoal_proto::{PROTOCOL_VERSION, ids};
 use std::path::Path;
@@ -19,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// What a driver sends, before batching.
 pub(crate) enum Out {
@@ -123,12 +123,7 @@ impl Endpoint {
             Some(link) => link.0.driver_session(Box::pin(ReceiverStream::new(stream_rx).map(Ok))).await.map_err(|s| status_to_error(address, s))?,
             None => {
                 let mut client = connect_client(address, self.token.as_deref(), Duration::from_secs(5)).await?;
-                let present = client
-                    .has_binary(pb::BinaryId { hash: self.hash.clone() })
-                    .await
-                    .map_err(|s| status_to_error(address, s))?
-                    .into_inner()
-                    .present;
+                let present = client.has_binary(pb::BinaryId { hash: self.hash.clone() }).await.map_err(|s| status_to_error(address, s))?.into_inner().present;
                 if !present {
                     tracing::info!(binary = %&self.hash[..12], "uploading the program binary to the head");
                     upload_binary(&mut client, address, &self.hash, &self.exe).await?;
@@ -158,7 +153,8 @@ impl Driver {
         local: Option<LocalLink>,
         local_store: Option<LocalStore>,
     ) -> Result<Arc<Driver>> {
-        let endpoint = Endpoint { address: address.to_string(), token: token.clone(), hash: hash.to_string(), exe: exe.to_path_buf(), name: name.to_string(), local };
+        let endpoint =
+            Endpoint { address: address.to_string(), token: token.clone(), hash: hash.to_string(), exe: exe.to_path_buf(), name: name.to_string(), local };
         let session = endpoint.open(0).await?;
         let job = session.job;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -354,7 +350,9 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
             }
             match endpoint.open(job).await {
                 Ok(s) => break s,
-                Err(Error::Refused { message, .. }) if message.contains("not known") => break 'session format!("{broken}; the head no longer knows job {job}: {message}"),
+                Err(Error::Refused { message, .. }) if message.contains("not known") => {
+                    break 'session format!("{broken}; the head no longer knows job {job}: {message}");
+                }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     break 'session format!("{broken}; could not reconnect within {}s: {e}", RECONNECT_WINDOW.as_secs());
                 }

@@ -10,16 +10,16 @@
 //! a `linkme` slice, complete at link time, so they are all there already.
 
 use crate::registry::{Encoded, InvokeError, REMOTE_FUNCTIONS, RemoteFunction};
+use bytes::Bytes;
 use shoal_proto::frame;
 use shoal_proto::pb::{self, ExecutorToWorker, FailureKind, WorkerToExecutor};
-use bytes::Bytes;
 use shoal_store::Arena;
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
-use std::sync::{Arc, Mutex};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[used]
@@ -226,7 +226,10 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
                 Ok((_, size)) if size > shoal_proto::MAX_INLINE_VALUE_BYTES => fail(
                     FailureKind::ResultEncode,
                     &name,
-                    format!("the result is {size} bytes, over the {} MiB limit of values sent inline, and this node has no object store", shoal_proto::MAX_INLINE_VALUE_BYTES >> 20),
+                    format!(
+                        "the result is {size} bytes, over the {} MiB limit of values sent inline, and this node has no object store",
+                        shoal_proto::MAX_INLINE_VALUE_BYTES >> 20
+                    ),
                     String::new(),
                 ),
                 Ok((enc, size)) => match guarded(&name, || enc.to_vec(size)) {

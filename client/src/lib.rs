@@ -68,7 +68,9 @@ pub use buffer::{Buffer, Pod};
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
 pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};
-pub use pool::{AsyncResult, MAX_AUTO_CHUNK, Call, MapIter, MapResult, MapStats, Parallel, Pool, PoolError, Process, RemoteFn, UnaryFn, UnaryMapIter, parallel};
+pub use pool::{
+    AsyncResult, Call, MAX_AUTO_CHUNK, MapIter, MapResult, MapStats, Parallel, Pool, PoolError, Process, RemoteFn, UnaryFn, UnaryMapIter, parallel,
+};
 pub use registry::{Arg, CallOptions, IntoArg};
 pub use runtime::{InitConfig, cancel, cluster_status, init, init_blocking, init_blocking_with, init_with, put, shutdown};
 pub use status::ClusterStatus;

@@ -40,10 +40,17 @@ impl fmt::Debug for ObjectId {
 static COMPLETIONS: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) enum SlotState {
-    Pending { wakers: Vec<Waker>, queues: Vec<(Arc<CompletionQueue>, usize)> },
+    Pending {
+        wakers: Vec<Waker>,
+        queues: Vec<(Arc<CompletionQueue>, usize)>,
+    },
     /// `version` counts the times a stored value was replaced by a newer
     /// answer of the head (rebuilt, relocated, lost for good).
-    Done { value: Result<Val, TaskError>, seq: u64, version: u32 },
+    Done {
+        value: Result<Val, TaskError>,
+        seq: u64,
+        version: u32,
+    },
 }
 
 /// Where a result lands when it arrives.
@@ -307,9 +314,7 @@ fn decode<T: DeserializeOwned>(inner: &RefInner, r: Result<Val, TaskError>) -> R
 }
 
 fn decode_bytes<T: DeserializeOwned>(b: &Bytes) -> Result<T, TaskError> {
-    crate::buffer::decode(b).map_err(|e| TaskError::Serialization {
-        message: format!("the value does not decode as {}: {e}", std::any::type_name::<T>()),
-    })
+    crate::buffer::decode(b).map_err(|e| TaskError::Serialization { message: format!("the value does not decode as {}: {e}", std::any::type_name::<T>()) })
 }
 
 impl<T> ObjectRef<T> {

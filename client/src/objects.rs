@@ -52,7 +52,11 @@ pub(crate) fn local(driver: &Arc<Driver>) -> Option<Arc<LocalStore>> {
             st.alive_nodes().filter(|n| n.hostname == host && n.store_fd != 0 && !n.object_address.is_empty()).find_map(|n| {
                 let arena = Arena::open_peer(n.pid, n.store_fd, n.store_ino)?;
                 let (addr, token) = (n.object_address.clone(), driver.token.clone());
-                let client = crate::runtime::block_on(async move { shoal_proto::client::connect_store(&addr, token.as_deref(), std::time::Duration::from_secs(5)).await }).ok()?;
+                let client =
+                    crate::runtime::block_on(
+                        async move { shoal_proto::client::connect_store(&addr, token.as_deref(), std::time::Duration::from_secs(5)).await },
+                    )
+                    .ok()?;
                 tracing::debug!(node = %n.id, "using the object store of this machine's worker directly");
                 Some(Arc::new(LocalStore::Mapped { arena: Arc::new(arena), node: n.id.clone(), address: n.object_address.clone(), client }))
             })
@@ -223,19 +227,14 @@ pub(crate) fn put_large(driver: &Arc<Driver>, id: u64, size: u64, fill: impl FnO
             let addr = address.clone();
             crate::runtime::block_on(async move { shoal_worker::transfer::push(&addr, token.as_deref(), id, Bytes::from(buf)).await })
                 .map_err(|s| exhausted(s, &address))
-            .inspect_err(|_| {
-                // Ask again next time: the node may have gone.
-                *driver.store_target.lock().expect("target lock") = None;
-            })?;
+                .inspect_err(|_| {
+                    // Ask again next time: the node may have gone.
+                    *driver.store_target.lock().expect("target lock") = None;
+                })?;
             (node, Val::Stored { id, size, holders: vec![address] })
         }
     };
-    driver.send(crate::driver::Out::Put(pb::PutObject {
-        id,
-        value: Bytes::new(),
-        stored: Some(pb::StoredObject { id, size, holders: Vec::new() }),
-        node,
-    }));
+    driver.send(crate::driver::Out::Put(pb::PutObject { id, value: Bytes::new(), stored: Some(pb::StoredObject { id, size, holders: Vec::new() }), node }));
     Ok(val)
 }
 

@@ -73,7 +73,10 @@ pub struct ChunkOutput<R> {
 
 /// Runs a chunk: each item under its own panic guard (used by the macro).
 #[doc(hidden)]
-pub fn run_chunk<A: DeserializeOwned, R: Serialize + 'static, F: Fn(A) -> R>(args: &[bytes::Bytes], f: F) -> Result<crate::registry::Encoded, crate::registry::InvokeError> {
+pub fn run_chunk<A: DeserializeOwned, R: Serialize + 'static, F: Fn(A) -> R>(
+    args: &[bytes::Bytes],
+    f: F,
+) -> Result<crate::registry::Encoded, crate::registry::InvokeError> {
     crate::registry::check_arity(args, 1)?;
     let items: Vec<A> = crate::registry::decode_arg(args, 0)?;
     let t = Instant::now();
@@ -88,7 +91,8 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize + 'static, F: Fn(A) -> R>(arg
         })
         .collect();
     let ctx = crate::executor::context();
-    let output = ChunkOutput { items: out, elapsed_ns: t.elapsed().as_nanos() as u64, pid: std::process::id(), node: ctx.map(|c| c.node_id).unwrap_or_default() };
+    let output =
+        ChunkOutput { items: out, elapsed_ns: t.elapsed().as_nanos() as u64, pid: std::process::id(), node: ctx.map(|c| c.node_id).unwrap_or_default() };
     crate::registry::encode_result(output)
 }
 

@@ -158,7 +158,9 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
                     if let Some(e) = r.local_error() {
                         return ObjectRef::failed(e);
                     }
-                    return ObjectRef::failed(TaskError::ObjectLost { message: format!("object {} belongs to another cluster session", crate::ObjectId(r.id)) });
+                    return ObjectRef::failed(TaskError::ObjectLost {
+                        message: format!("object {} belongs to another cluster session", crate::ObjectId(r.id)),
+                    });
                 }
                 pb::Arg { kind: Some(pb::arg::Kind::Object(r.id)) }
             }

@@ -88,12 +88,7 @@ static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 /// uses, so blocking `get()` works from anywhere.
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("shoal")
-            .enable_all()
-            .build()
-            .expect("building the shoal runtime")
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("shoal").enable_all().build().expect("building the shoal runtime")
     })
 }
 
@@ -174,9 +169,10 @@ async fn do_init(config: InitConfig) -> Result<()> {
     let address = match (&config.local, config.address.as_deref()) {
         (true, _) => None,
         // `auto` = the head recorded in the local session dir.
-        (false, Some(a)) => Some(config::resolve_address(Some(a)).ok_or_else(|| {
-            Error::Config(format!("address {a:?}: no head session found in {}", config::shoal_home().display()))
-        })?),
+        (false, Some(a)) => Some(
+            config::resolve_address(Some(a))
+                .ok_or_else(|| Error::Config(format!("address {a:?}: no head session found in {}", config::shoal_home().display())))?,
+        ),
         (false, None) => config::resolve_address_env_only(),
     };
     let driver = match address {
@@ -228,7 +224,8 @@ async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str)
     if let Some(n) = config.object_store_memory.or(env_size(shoal_worker::config::ENV_STORE_MEMORY)?) {
         wc.object_store_bytes = n;
     }
-    wc.object_store_prefault = env_size(shoal_worker::config::ENV_PREFAULT)?.unwrap_or(shoal_worker::config::DEFAULT_EMBEDDED_PREFAULT).min(wc.object_store_bytes);
+    wc.object_store_prefault =
+        env_size(shoal_worker::config::ENV_PREFAULT)?.unwrap_or(shoal_worker::config::DEFAULT_EMBEDDED_PREFAULT).min(wc.object_store_bytes);
     let mut worker = shoal_worker::start(wc).await.map_err(|e| Error::Embedded(e.to_string()))?;
     let node = tokio::time::timeout(Duration::from_secs(10), worker.registered())
         .await

@@ -20,9 +20,7 @@ pub fn generate_token() -> String {
 
 fn getrandom(buf: &mut [u8]) {
     use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .expect("reading /dev/urandom");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("reading /dev/urandom");
 }
 
 /// Client side: attaches the token (if any) to every request.
@@ -43,11 +41,7 @@ impl AttachToken {
     /// Attaches `token` (or nothing when `None`, for `--insecure-no-token` heads).
     pub fn new(token: Option<&str>) -> Result<Self, TokenError> {
         let value = match token {
-            Some(t) => Some(
-                format!("Bearer {}", t.trim())
-                    .parse()
-                    .map_err(|_| TokenError::InvalidCharacters)?,
-            ),
+            Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| TokenError::InvalidCharacters)?),
             None => None,
         };
         Ok(Self { value })
@@ -72,9 +66,7 @@ pub struct CheckToken {
 impl CheckToken {
     /// Expects `token`; `None` accepts every request (insecure mode).
     pub fn new(token: Option<&str>) -> Self {
-        Self {
-            expected: token.map(|t| std::sync::Arc::new(format!("Bearer {}", t.trim()).into_bytes())),
-        }
+        Self { expected: token.map(|t| std::sync::Arc::new(format!("Bearer {}", t.trim()).into_bytes())) }
     }
 }
 

@@ -42,11 +42,8 @@ pub fn read_chunks(path: &Path, hash: &str, mut send: impl FnMut(crate::pb::Bina
             return Ok(());
         }
         buf.truncate(n);
-        let chunk = crate::pb::BinaryChunk {
-            hash: if first { hash.to_string() } else { String::new() },
-            total_size: if first { total } else { 0 },
-            data: buf.into(),
-        };
+        let chunk =
+            crate::pb::BinaryChunk { hash: if first { hash.to_string() } else { String::new() }, total_size: if first { total } else { 0 }, data: buf.into() };
         first = false;
         if !send(chunk) || n == 0 {
             return Ok(());

@@ -2,8 +2,8 @@
 //! core never sees `pb::*`.
 
 use crate::core::{
-    ClusterSnapshot, Dispatch, Failure, FailureKind, FunctionDef, JobSnapshot, NewArg, NewTask, NodeId, Payload, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoreUsage,
-    StoredRef, TaskId, Value,
+    ClusterSnapshot, Dispatch, Failure, FailureKind, FunctionDef, JobSnapshot, NewArg, NewTask, NodeId, Payload, PutValue, SnapshotObject, SnapshotTask,
+    SnapshotValue, StoreUsage, StoredRef, TaskId, Value,
 };
 use bytes::Bytes;
 use shoal_proto::pb;
@@ -52,14 +52,7 @@ pub(crate) fn failure_from_pb(f: pb::TaskFailure) -> Failure {
 }
 
 pub(crate) fn failure_to_pb(f: Failure) -> pb::TaskFailure {
-    pb::TaskFailure {
-        kind: kind_to_pb(f.kind) as i32,
-        message: f.message,
-        location: f.location,
-        node: f.node,
-        function: f.function,
-        attempts: f.attempts,
-    }
+    pb::TaskFailure { kind: kind_to_pb(f.kind) as i32, message: f.message, location: f.location, node: f.node, function: f.function, attempts: f.attempts }
 }
 
 pub(crate) fn result_from_pb(r: pb::TaskResult) -> (TaskId, Result<Value, Failure>) {
@@ -136,7 +129,9 @@ pub(crate) fn job_snapshot_to_pb(job: u32, s: JobSnapshot, applied_seq: u64) -> 
                 id: o.id,
                 value: Some(match o.value {
                     SnapshotValue::Inline(b) => V::Inline(b),
-                    SnapshotValue::Stored { size, holders } => V::Stored(pb::StoredObject { id: o.id, size, holders: holders.iter().map(|h| h.0.to_string()).collect() }),
+                    SnapshotValue::Stored { size, holders } => {
+                        V::Stored(pb::StoredObject { id: o.id, size, holders: holders.iter().map(|h| h.0.to_string()).collect() })
+                    }
                     SnapshotValue::Failed(f) => V::Failed(failure_to_pb(f)),
                 }),
                 driver_ref: o.driver_ref,
@@ -195,11 +190,25 @@ pub(crate) fn put_from_pb(p: &pb::PutObject) -> Result<PutValue, String> {
 }
 
 pub(crate) fn usage_from_pb(u: pb::StoreUsage) -> StoreUsage {
-    StoreUsage { capacity: u.capacity, used: u.used, objects: u.objects, spilled_bytes: u.spilled_bytes, spilled_objects: u.spilled_objects, pinned_bytes: u.pinned_bytes }
+    StoreUsage {
+        capacity: u.capacity,
+        used: u.used,
+        objects: u.objects,
+        spilled_bytes: u.spilled_bytes,
+        spilled_objects: u.spilled_objects,
+        pinned_bytes: u.pinned_bytes,
+    }
 }
 
 fn usage_to_pb(u: StoreUsage) -> pb::StoreUsage {
-    pb::StoreUsage { capacity: u.capacity, used: u.used, objects: u.objects, spilled_bytes: u.spilled_bytes, spilled_objects: u.spilled_objects, pinned_bytes: u.pinned_bytes }
+    pb::StoreUsage {
+        capacity: u.capacity,
+        used: u.used,
+        objects: u.objects,
+        spilled_bytes: u.spilled_bytes,
+        spilled_objects: u.spilled_objects,
+        pinned_bytes: u.pinned_bytes,
+    }
 }
 
 /// Where peers reach a worker's object store: the host it names, else the

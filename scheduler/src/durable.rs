@@ -34,9 +34,17 @@ pub struct LogError {
 
 /// One write to the log.
 enum Entry {
-    Append { job: u32, record: Vec<u8>, batch: u64 },
+    Append {
+        job: u32,
+        record: Vec<u8>,
+        batch: u64,
+    },
     /// Replace every record of `job` with this one (a snapshot).
-    Compact { job: u32, record: Vec<u8>, batch: u64 },
+    Compact {
+        job: u32,
+        record: Vec<u8>,
+        batch: u64,
+    },
     EndJob(u32),
     NextJob(u32),
 }
@@ -246,7 +254,9 @@ mod tests {
         {
             let (log, _) = Log::open(dir.path(), |_| {}).unwrap();
             let n = log.append_results(1, "node-a", &all);
-            let want = pb::LogRecord { kind: Some(pb::log_record::Kind::Results(pb::NodeResults { node: "node-a".into(), results: vec![all[0].clone(), all[2].clone()] })) };
+            let want = pb::LogRecord {
+                kind: Some(pb::log_record::Kind::Results(pb::NodeResults { node: "node-a".into(), results: vec![all[0].clone(), all[2].clone()] })),
+            };
             assert_eq!(n, want.encoded_len());
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

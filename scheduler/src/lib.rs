@@ -16,8 +16,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented, clippy::indexing_slicing)
 )]
 
-pub mod core;
 mod convert;
+pub mod core;
 mod durable;
 pub mod server;
 

@@ -4,15 +4,15 @@
 //! event, runs one scheduling pass, then flushes the outbox, so dispatches
 //! and results leave in batches.
 
-use shoal_proto::binaries::{BinaryStore, valid_hash};
 use crate::convert;
 use crate::core::{ClusterSnapshot, Core, CoreConfig, Dispatch, Failure, FunctionDef, JobId, NodeId, NodeRegistration, ObjectId, Outbox, Payload, TaskId};
 use futures::StreamExt;
+use shoal_proto::binaries::{BinaryStore, valid_hash};
 use shoal_proto::local::{BoxStream, LocalHead, LocalLink, SessionFuture};
+use shoal_proto::pad::pad;
 use shoal_proto::pb::head_server::{Head, HeadServer};
 use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
 use shoal_proto::resources::ResourceSet;
-use shoal_proto::pad::pad;
 use shoal_proto::{PROTOCOL_VERSION, auth};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -166,16 +166,17 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         let why = match event_loop.await {
             Ok(()) => "the event loop stopped".to_string(),
             Err(e) => match e.try_into_panic() {
-                Ok(p) => format!("the event loop panicked: {}", p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()),
+                Ok(p) => format!(
+                    "the event loop panicked: {}",
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                ),
                 Err(e) => format!("the event loop was cancelled: {e}"),
             },
         };
         let _ = ended_tx.send(Some(why));
     });
     let service = HeadService { events: events.clone(), store: store.clone() };
-    let svc = HeadServer::new(service)
-        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+    let svc = HeadServer::new(service).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES).max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::CheckToken::new(config.token.as_deref()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     // TCP_NODELAY on every accepted connection: small messages (a result,
@@ -207,18 +208,47 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
 type Sender<T> = mpsc::UnboundedSender<Result<T, Status>>;
 
 enum Cmd {
-    WorkerRegister { reg: NodeRegistration, tx: Sender<HeadToWorker>, reply: oneshot::Sender<(NodeId, u64)> },
-    WorkerMsg { node: NodeId, epoch: u64, msg: pb::WorkerToHead },
-    WorkerGone { node: NodeId, epoch: u64 },
-    DriverHello { binary: String, name: String, resume_job: JobId, tx: Sender<HeadToDriver>, reply: oneshot::Sender<Result<JobId, Status>> },
-    DriverMsg { job: JobId, msg: pb::DriverToHead },
+    WorkerRegister {
+        reg: NodeRegistration,
+        tx: Sender<HeadToWorker>,
+        reply: oneshot::Sender<(NodeId, u64)>,
+    },
+    WorkerMsg {
+        node: NodeId,
+        epoch: u64,
+        msg: pb::WorkerToHead,
+    },
+    WorkerGone {
+        node: NodeId,
+        epoch: u64,
+    },
+    DriverHello {
+        binary: String,
+        name: String,
+        resume_job: JobId,
+        tx: Sender<HeadToDriver>,
+        reply: oneshot::Sender<Result<JobId, Status>>,
+    },
+    DriverMsg {
+        job: JobId,
+        msg: pb::DriverToHead,
+    },
     /// `clean`: the driver closed its stream (it is done); otherwise the
     /// connection broke and the driver may come back.
-    DriverGone { job: JobId, tx: Sender<HeadToDriver>, clean: bool },
+    DriverGone {
+        job: JobId,
+        tx: Sender<HeadToDriver>,
+        clean: bool,
+    },
     /// Driver batches up to these sequence numbers are in the log.
     Durable(Vec<(JobId, u64)>),
-    Status { reply: oneshot::Sender<ClusterSnapshot> },
-    Drain { node: NodeId, reply: oneshot::Sender<Result<(), crate::core::CoreError>> },
+    Status {
+        reply: oneshot::Sender<ClusterSnapshot>,
+    },
+    Drain {
+        node: NodeId,
+        reply: oneshot::Sender<Result<(), crate::core::CoreError>>,
+    },
     Stop,
 }
 
@@ -262,10 +292,11 @@ impl Outbox for BatchingOutbox {
         current(self.workers.entry(node).or_default(), 4).jobs_finished.push(job);
     }
     fn result(&mut self, job: JobId, task: TaskId, outcome: Result<Payload, Failure>) {
-        let size = 16 + match &outcome {
-            Ok(Payload::Inline(b)) => b.len(),
-            _ => 64,
-        };
+        let size = 16
+            + match &outcome {
+                Ok(Payload::Inline(b)) => b.len(),
+                _ => 64,
+            };
         current(self.drivers.entry(job).or_default(), size).results.push(convert::result_to_pb(task, outcome));
     }
     fn disconnect(&mut self, node: NodeId, epoch: u64) {
@@ -294,7 +325,6 @@ struct LoopState {
     /// See [`HeadConfig::compact_after_bytes`].
     compact_after: u64,
 }
-
 
 impl LoopState {
     /// Counts `n` bytes logged for `job`, compacting its log if its history
@@ -587,7 +617,6 @@ struct HeadService {
     store: BinaryStore,
 }
 
-
 fn head_gone() -> Status {
     Status::unavailable("the head is shutting down")
 }
@@ -602,7 +631,11 @@ fn check_version(v: u32, who: &str) -> Result<(), Status> {
 }
 
 /// Opens a worker session on `inbound` (a tonic stream or a channel).
-async fn open_worker_session(events: mpsc::UnboundedSender<Cmd>, peer: String, mut inbound: BoxStream<pb::WorkerToHead>) -> Result<BoxStream<HeadToWorker>, Status> {
+async fn open_worker_session(
+    events: mpsc::UnboundedSender<Cmd>,
+    peer: String,
+    mut inbound: BoxStream<pb::WorkerToHead>,
+) -> Result<BoxStream<HeadToWorker>, Status> {
     let mut first = inbound.next().await.ok_or_else(|| Status::invalid_argument("worker session closed before registering"))??;
     let reg = first.register.take().ok_or_else(|| Status::invalid_argument("the first message of a worker session must carry `register`"))?;
     check_version(reg.protocol_version, "this worker")?;
@@ -651,7 +684,11 @@ async fn open_worker_session(events: mpsc::UnboundedSender<Cmd>, peer: String, m
 }
 
 /// Opens a driver session on `inbound` (a tonic stream or a channel).
-async fn open_driver_session(events: mpsc::UnboundedSender<Cmd>, store: &BinaryStore, mut inbound: BoxStream<pb::DriverToHead>) -> Result<BoxStream<HeadToDriver>, Status> {
+async fn open_driver_session(
+    events: mpsc::UnboundedSender<Cmd>,
+    store: &BinaryStore,
+    mut inbound: BoxStream<pb::DriverToHead>,
+) -> Result<BoxStream<HeadToDriver>, Status> {
     let mut first = inbound.next().await.ok_or_else(|| Status::invalid_argument("driver session closed before hello"))??;
     let hello = first.hello.take().ok_or_else(|| Status::invalid_argument("the first message of a driver session must carry `hello`"))?;
     check_version(hello.protocol_version, "this program's shoal library")?;

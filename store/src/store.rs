@@ -330,7 +330,10 @@ impl Store {
             let g = self.lock();
             let e = g.objects.get(&id).ok_or(StoreError::NotFound(id))?;
             if e.sealed || at.checked_add(data.len() as u64).is_none_or(|end| end > e.size) {
-                return Err(StoreError::BadWrite { id, detail: format!("{} bytes at {at} into an object of {} bytes (sealed: {})", data.len(), e.size, e.sealed) });
+                return Err(StoreError::BadWrite {
+                    id,
+                    detail: format!("{} bytes at {at} into an object of {} bytes (sealed: {})", data.len(), e.size, e.sealed),
+                });
             }
             let Place::Arena(offset) = e.place else { unreachable!("unsealed objects are never spilled") };
             offset
@@ -503,7 +506,13 @@ impl Store {
     /// Usage figures.
     pub fn stats(&self) -> StoreStats {
         let g = self.lock();
-        let mut s = StoreStats { capacity: g.alloc.capacity(), used: g.alloc.used(), spilled_bytes: g.spilled_bytes, spilled_objects: g.spilled_objects, ..Default::default() };
+        let mut s = StoreStats {
+            capacity: g.alloc.capacity(),
+            used: g.alloc.used(),
+            spilled_bytes: g.spilled_bytes,
+            spilled_objects: g.spilled_objects,
+            ..Default::default()
+        };
         for e in g.objects.values() {
             if matches!(e.place, Place::Arena(_)) {
                 s.objects += 1;

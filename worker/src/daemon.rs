@@ -14,8 +14,8 @@ use shoal_proto::pb::{self, FailureKind, WorkerToExecutor, WorkerToHead};
 use shoal_proto::resources::ResourceSet;
 use shoal_store::{Location, Store};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
@@ -125,7 +125,15 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         store_fd: store.arena().fd() as u32,
         store_ino: store.arena().inode(),
     };
-    let sess = tokio::spawn(session::run(config.head.clone(), config.token.clone(), config.local_head.clone(), config.node_id.clone(), reg, store.clone(), events.clone()));
+    let sess = tokio::spawn(session::run(
+        config.head.clone(),
+        config.token.clone(),
+        config.local_head.clone(),
+        config.node_id.clone(),
+        reg,
+        store.clone(),
+        events.clone(),
+    ));
     let (node_tx, node_rx) = watch::channel(None);
     let slots = config.resources.cpus.ceil().max(1.0) as usize;
     let daemon = Daemon {
@@ -427,7 +435,8 @@ impl Daemon {
         for ji in msg.jobs {
             let job = self.jobs.entry(ji.job).or_insert_with(|| {
                 let events = self.events.clone();
-                let (cache, head, token, hash, id) = (self.config.cache_dir.clone(), self.config.head.clone(), self.config.token.clone(), ji.binary.clone(), ji.job);
+                let (cache, head, token, hash, id) =
+                    (self.config.cache_dir.clone(), self.config.head.clone(), self.config.token.clone(), ji.binary.clone(), ji.job);
                 tokio::spawn(async move {
                     let result = binary_cache::ensure(&cache, &hash, &head, token.as_deref()).await;
                     let _ = events.send(Ev::BinaryReady { job: id, result });
@@ -629,7 +638,8 @@ impl Daemon {
                 let l = e.inflight.remove(i).expect("index valid");
                 funcs.push((l.d.job, l.d.func));
                 if stored && let Err(err) = self.store.seal(r.task) {
-                    r.outcome = Some(pb::task_result::Outcome::Failure(failure(FailureKind::ObjectStoreFull, format!("the result could not be sealed: {err}"))));
+                    r.outcome =
+                        Some(pb::task_result::Outcome::Failure(failure(FailureKind::ObjectStoreFull, format!("the result could not be sealed: {err}"))));
                 } else if matches!(r.outcome, Some(pb::task_result::Outcome::Failure(_))) {
                     // It may have failed while encoding into space it was
                     // given: that space is nobody's now.

@@ -33,7 +33,12 @@ enum OpenError {
     Refused(String),
 }
 
-async fn open(head: &str, token: Option<&str>, local: Option<&LocalLink>, up: mpsc::UnboundedReceiver<WorkerToHead>) -> Result<BoxStream<HeadToWorker>, OpenError> {
+async fn open(
+    head: &str,
+    token: Option<&str>,
+    local: Option<&LocalLink>,
+    up: mpsc::UnboundedReceiver<WorkerToHead>,
+) -> Result<BoxStream<HeadToWorker>, OpenError> {
     let refused = |s: tonic::Status| match s.code() {
         tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
             OpenError::Refused(format!("the head at {head} refused this worker: {}", s.message()))

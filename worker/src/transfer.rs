@@ -51,7 +51,8 @@ impl ObjectStore for ObjectService {
         let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty write"))?;
         let (id, size) = (first.id, first.size);
         let store = self.store.clone();
-        let offset = tokio::task::spawn_blocking(move || store.create(id, size, 0)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
+        let offset =
+            tokio::task::spawn_blocking(move || store.create(id, size, 0)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let _ = tx.send(Ok(WriteReply { offset, sealed: false })).await;
         let store = self.store.clone();
@@ -175,13 +176,7 @@ fn ranges(size: u64) -> Vec<(u64, u64)> {
 
 /// Streams `[offset, offset+len)` of object `id` from `client`, handing
 /// each chunk to `sink(offset, data)`.
-async fn pull_range(
-    mut client: shoal_proto::client::StoreClient,
-    id: u64,
-    offset: u64,
-    len: u64,
-    sink: Sink<'_>,
-) -> Result<(), String> {
+async fn pull_range(mut client: shoal_proto::client::StoreClient, id: u64, offset: u64, len: u64, sink: Sink<'_>) -> Result<(), String> {
     let mut s = client.pull(PullRequest { id, offset, len }).await.map_err(|e| e.message().to_string())?.into_inner();
     let mut got = 0;
     while let Some(c) = s.next().await {

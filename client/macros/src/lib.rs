@@ -98,7 +98,10 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             FnArg::Receiver(r) => return Err(syn::Error::new_spanned(r, "remote functions cannot take self")),
             FnArg::Typed(pt) => {
                 if let Type::Reference(r) = &*pt.ty {
-                    return Err(syn::Error::new_spanned(r, "remote function parameters must be owned, serializable types (e.g. String, Vec<u8>), not references"));
+                    return Err(syn::Error::new_spanned(
+                        r,
+                        "remote function parameters must be owned, serializable types (e.g. String, Vec<u8>), not references",
+                    ));
                 }
                 let name = match &*pt.pat {
                     Pat::Ident(pi) => pi.ident.clone(),
@@ -123,11 +126,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
     let max_retries = opts.max_retries.unwrap_or(3);
     let res_names: Vec<&String> = opts.resources.iter().map(|(k, _)| k).collect();
     let res_amounts: Vec<f64> = opts.resources.iter().map(|(_, v)| *v).collect();
-    let call = if is_async {
-        quote!(::shoal::__private::block_on(super::#ident(#(#arg_names),*)))
-    } else {
-        quote!(super::#ident(#(#arg_names),*))
-    };
+    let call = if is_async { quote!(::shoal::__private::block_on(super::#ident(#(#arg_names),*))) } else { quote!(super::#ident(#(#arg_names),*)) };
     let doc = format!("Remote form of [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` runs it on the cluster and returns an `ObjectRef` at once.");
     let slice_ident = format_ident!("__SHOAL_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
     let chunk_ident = format_ident!("__SHOAL_CHUNK_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());

@@ -12,11 +12,11 @@
 //! per batch of events.
 
 mod invariants;
-mod types;
 #[cfg(test)]
 mod schedules;
 #[cfg(test)]
 mod tests;
+mod types;
 
 pub use types::*;
 
@@ -189,7 +189,10 @@ struct Lineage {
 enum ObjectState {
     Ready(Bytes),
     /// In the object stores of these nodes (empty: every copy was lost).
-    Stored { size: u64, holders: Vec<NodeId> },
+    Stored {
+        size: u64,
+        holders: Vec<NodeId>,
+    },
     /// Boxed: failures are rare, and the table holds one entry per object.
     Failed(Box<Failure>),
 }
@@ -452,23 +455,15 @@ impl Core {
             }
         }
         let grace = self.config.driver_grace;
-        let gone: Vec<JobId> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.detached_since.is_some_and(|t| now.saturating_duration_since(t) > grace))
-            .map(|(id, _)| *id)
-            .collect();
+        let gone: Vec<JobId> =
+            self.jobs.iter().filter(|(_, j)| j.detached_since.is_some_and(|t| now.saturating_duration_since(t) > grace)).map(|(id, _)| *id).collect();
         for job in gone {
             tracing::warn!(job, grace_s = grace.as_secs_f64(), "the driver did not come back; ending its job");
             self.job_disconnected(job, out);
         }
         let timeout = self.config.heartbeat_timeout;
-        let late: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.alive && now.saturating_duration_since(n.last_heartbeat) > timeout)
-            .map(|(id, _)| *id)
-            .collect();
+        let late: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, n)| n.alive && now.saturating_duration_since(n.last_heartbeat) > timeout).map(|(id, _)| *id).collect();
         for id in late {
             self.node_dead(id, &format!("missed heartbeats for {:.1}s", timeout.as_secs_f64()), out);
         }
@@ -573,7 +568,8 @@ impl Core {
                 Some(_) => {}
                 None => {
                     tracing::error!(task = %ids::display(tid), input = %ids::display(*x), "a queued task's input is neither an object nor a task");
-                    failed.get_or_insert_with(|| Failure::new(FailureKind::Internal, format!("the head lost track of input {} of this task", ids::display(*x))));
+                    failed
+                        .get_or_insert_with(|| Failure::new(FailureKind::Internal, format!("the head lost track of input {} of this task", ids::display(*x))));
                 }
             }
         }
@@ -670,7 +666,10 @@ impl Core {
             .tasks
             .iter()
             .filter(|(_, t)| t.job == job)
-            .map(|(id, t)| SnapshotTask { task: NewTask { id: *id, func: t.func, args: args(&t.args), max_retries: Some(t.max_retries as u32) }, driver_ref: t.driver_ref })
+            .map(|(id, t)| SnapshotTask {
+                task: NewTask { id: *id, func: t.func, args: args(&t.args), max_retries: Some(t.max_retries as u32) },
+                driver_ref: t.driver_ref,
+            })
             .collect();
         tasks.sort_unstable_by_key(|t| t.task.id);
         Some(JobSnapshot { binary: j.binary.clone(), name: j.name.clone(), functions: j.functions.clone(), objects, tasks })
@@ -699,7 +698,8 @@ impl Core {
                 SnapshotValue::Stored { size, holders } => ObjectState::Stored { size, holders },
                 SnapshotValue::Failed(f) => ObjectState::Failed(Box::new(f)),
             };
-            let lineage = o.lineage.map(|t| Box::new(Lineage { func: t.func, args: slots(t.args), max_retries: t.max_retries.unwrap_or(0).min(u16::MAX as u32) as u16 }));
+            let lineage =
+                o.lineage.map(|t| Box::new(Lineage { func: t.func, args: slots(t.args), max_retries: t.max_retries.unwrap_or(0).min(u16::MAX as u32) as u16 }));
             if !o.driver_ref {
                 unreferenced.push(o.id);
             }
@@ -912,7 +912,9 @@ impl Core {
                     }
                 }
                 Some(ObjectState::Failed(f)) => Err((**f).clone()),
-                None => Err(Failure::new(FailureKind::ObjectLost, format!("object {} is not known to the head (released, or its job ended)", ids::display(id)))),
+                None => {
+                    Err(Failure::new(FailureKind::ObjectLost, format!("object {} is not known to the head (released, or its job ended)", ids::display(id))))
+                }
             };
             out.result(job, id, outcome);
         }

@@ -143,11 +143,18 @@ impl World {
 
     fn new_job(&mut self) {
         let Ok(job) = self.core.job_connected("ab".repeat(32), "schedule".into()) else { return };
-        let defs = (0..FUNCS)
-            .map(|i| FunctionDef { name: format!("f{i}"), resources: ResourceSet::cpus([1.0, 0.5, 2.0][i]), max_retries: i as u32 })
-            .collect();
+        let defs = (0..FUNCS).map(|i| FunctionDef { name: format!("f{i}"), resources: ResourceSet::cpus([1.0, 0.5, 2.0][i]), max_retries: i as u32 }).collect();
         self.core.define_functions(job, 0, defs);
-        self.jobs.push(SimJob { id: job, attached: true, ended: false, next_seq: 1, held: Vec::new(), tasks: HashSet::new(), made: HashSet::new(), answers: HashMap::new() });
+        self.jobs.push(SimJob {
+            id: job,
+            attached: true,
+            ended: false,
+            next_seq: 1,
+            held: Vec::new(),
+            tasks: HashSet::new(),
+            made: HashSet::new(),
+            answers: HashMap::new(),
+        });
     }
 
     fn register(&mut self, i: usize) {
@@ -481,11 +488,15 @@ impl World {
                 _ => Err(Failure::new(FailureKind::ObjectLost, "a pull failed")),
             }
         };
-        let desc = format!("node {i} reports {} -> {}", ids::display(d.task), match &outcome {
-            Ok(Value::Inline(_)) => "inline".to_string(),
-            Ok(Value::Stored { .. }) => "stored".to_string(),
-            Err(f) => format!("{:?}", f.kind),
-        });
+        let desc = format!(
+            "node {i} reports {} -> {}",
+            ids::display(d.task),
+            match &outcome {
+                Ok(Value::Inline(_)) => "inline".to_string(),
+                Ok(Value::Stored { .. }) => "stored".to_string(),
+                Err(f) => format!("{:?}", f.kind),
+            }
+        );
         let n = &self.nodes[i];
         self.core.tasks_finished(n.id, n.epoch, vec![(d.task, outcome)], self.now, out);
         desc
@@ -579,12 +590,17 @@ impl World {
             if j.ended {
                 continue;
             }
-            let stale: Vec<ObjectId> = j.held.iter().filter(|id| matches!(j.answers.get(id), Some(Ok(Payload::Stored(r))) if !self.readable(r))).copied().collect();
+            let stale: Vec<ObjectId> =
+                j.held.iter().filter(|id| matches!(j.answers.get(id), Some(Ok(Payload::Stored(r))) if !self.readable(r))).copied().collect();
             self.core.locate(j.id, &stale, &mut out);
         }
         self.deliver(out);
         if !self.core.is_idle() {
-            self.fail(format!("{} tasks never ended though every node is up and asks for work:\n  {}", self.core.task_count(), self.core.describe_tasks().join("\n  ")));
+            self.fail(format!(
+                "{} tasks never ended though every node is up and asks for work:\n  {}",
+                self.core.task_count(),
+                self.core.describe_tasks().join("\n  ")
+            ));
         }
         for j in &self.jobs {
             if j.ended {

@@ -143,11 +143,7 @@ fn dag_waits_for_inputs_and_resolves_them_on_the_head() {
     core.node_credits(a, ea, 100, now);
     let job = job_with(&mut core, &[("leaf", ResourceSet::cpus(1.0), 0), ("add", ResourceSet::cpus(1.0), 0)]);
     let (l1, l2) = (ids::object_id(job, 1), ids::object_id(job, 2));
-    core.submit(
-        job,
-        vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![]), task(job, 3, 1, vec![NewArg::Object(l1), NewArg::Object(l2)])],
-        &mut out,
-    );
+    core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![]), task(job, 3, 1, vec![NewArg::Object(l1), NewArg::Object(l2)])], &mut out);
     core.schedule(&mut out);
     let d = out.take_dispatched();
     assert_eq!(d.len(), 2, "the add waits for both leaves");
@@ -220,7 +216,11 @@ fn dead_node_tasks_are_retried_elsewhere_then_fail_past_max_retries() {
     let (_, _, r) = out.results.pop().unwrap();
     let f = r.unwrap_err();
     assert_eq!((f.kind, f.attempts, f.function.as_str()), (FailureKind::WorkerDied, 2, "once"));
-    assert!(f.message.contains("executor killed") && f.message.contains(&format!("attempt 1 on node {a}: the node died")), "the history names each attempt: {}", f.message);
+    assert!(
+        f.message.contains("executor killed") && f.message.contains(&format!("attempt 1 on node {a}: the node died")),
+        "the history names each attempt: {}",
+        f.message
+    );
     out.assert_quiet();
 }
 
@@ -654,7 +654,6 @@ fn lost_chains_are_rebuilt_from_the_first_lost_link() {
     assert_eq!(core.snapshot(now).tasks.failed, 0);
 }
 
-
 #[test]
 fn a_queued_task_costs_64_bytes_in_the_table() {
     // A million queued tasks must fit the head in ~300 MB (the hash
@@ -716,7 +715,13 @@ fn a_job_snapshot_restores_its_graph_objects_and_references() {
     assert_eq!(fresh.task_count(), 2);
     assert_eq!(fresh.object_count(), 2, "the put and the stored result");
     assert_eq!(fresh.snapshot(now).tasks.queued, 2);
-    let reg = NodeRegistration { node_id: Some(a), resources: ResourceSet::cpus(1.0), object_address: "10.0.0.1:7000".into(), objects: vec![id(2)], ..Default::default() };
+    let reg = NodeRegistration {
+        node_id: Some(a),
+        resources: ResourceSet::cpus(1.0),
+        object_address: "10.0.0.1:7000".into(),
+        objects: vec![id(2)],
+        ..Default::default()
+    };
     let (a2, ea2) = fresh.node_registered(reg, now, &mut out2);
     fresh.node_credits(a2, ea2, 2, now);
     fresh.schedule(&mut out2);
@@ -876,7 +881,13 @@ fn a_node_that_comes_back_without_a_copy_gets_it_rebuilt() {
     core.restore_snapshot(job, snap, now, &mut out);
     core.job_reattached(job).unwrap();
     out.results.clear();
-    let reg = NodeRegistration { node_id: Some(a), resources: ResourceSet::cpus(1.0), address: "10.0.0.1".into(), object_address: "10.0.0.1:7000".into(), ..Default::default() };
+    let reg = NodeRegistration {
+        node_id: Some(a),
+        resources: ResourceSet::cpus(1.0),
+        address: "10.0.0.1".into(),
+        object_address: "10.0.0.1:7000".into(),
+        ..Default::default()
+    };
     let (_, ea) = core.node_registered(reg, now, &mut out);
     core.node_credits(a, ea, 1, now);
     core.schedule(&mut out);
