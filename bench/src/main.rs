@@ -1,4 +1,4 @@
-//! Shoal's benchmark: the workloads of `shared/anchors` (same metric keys,
+//! Shoal's benchmark: the workloads of `bench/anchors` (same metric keys,
 //! so `bench/compare` can put Shoal beside Ray, Dask and multiprocessing),
 //! plus Shoal-only ones. Prints one JSON object.
 //!
