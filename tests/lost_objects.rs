@@ -27,9 +27,23 @@ fn digest_of(data: Buffer) -> String {
     digest(&data)
 }
 
+#[shoal::remote]
+fn slow_digest(data: Buffer, ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(ms));
+    digest(&data)
+}
+
 /// The cluster with every result stored, and the worker killed: the one
 /// holding the most of them.
 fn stored_results_then_kill_a_worker() -> (Cluster, Vec<ObjectRef<Buffer>>) {
+    let (mut c, refs, victim) = stored_results();
+    c.kill_worker(victim);
+    (c, refs)
+}
+
+/// The cluster with every result stored, and the worker holding the most
+/// of them.
+fn stored_results() -> (Cluster, Vec<ObjectRef<Buffer>>, usize) {
     let mut c = Cluster::head(&["--heartbeat-timeout", "2"]);
     for _ in 0..3 {
         c.add_worker(&["--num-cpus", "1"]);
@@ -45,8 +59,7 @@ fn stored_results_then_kill_a_worker() -> (Cluster, Vec<ObjectRef<Buffer>>) {
     });
     let victim = (0..held.len()).max_by_key(|i| held[*i]).unwrap();
     assert!(held[victim] > 0, "the victim holds results: {held:?}");
-    c.kill_worker(victim);
-    (c, refs)
+    (c, refs, victim)
 }
 
 fn want(seed: u64) -> String {
@@ -83,6 +96,25 @@ fn consumers_submitted_after_a_holder_died_get_rebuilt_inputs() {
     direct_gets_return_every_result(&refs);
     assert_head_alive(&mut c);
     assert!(c.head_log().contains("rebuilding a lost object"), "the lost results were rebuilt from lineage");
+}
+
+/// The ordering that panicked the head: consumers already sent to the
+/// holder (data locality) when it dies come back to the queue while their
+/// inputs are being rebuilt.
+#[test]
+fn consumers_running_on_a_holder_when_it_dies_wait_for_their_rebuilt_inputs() {
+    let (mut c, refs, victim) = stored_results();
+    let ds: Vec<ObjectRef<String>> = refs.iter().map(|r| slow_digest::remote(r, 300)).collect();
+    let victim_id = c.workers[victim].node_id.clone();
+    wait_for(Duration::from_secs(10), "consumers running on the victim", || {
+        c.node(&victim_id).and_then(|n| (n["tasks_running"].as_u64()? > 0).then_some(()))
+    });
+    c.kill_worker(victim);
+    for (s, d) in ds.iter().enumerate() {
+        let got = d.get_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("consumer {s}: {e}"));
+        assert_eq!(got, want(s as u64), "consumer {s} read the right bytes");
+    }
+    assert_head_alive(&mut c);
 }
 
 #[test]
