@@ -106,9 +106,7 @@ fn consumers_running_on_a_holder_when_it_dies_wait_for_their_rebuilt_inputs() {
     let (mut c, refs, victim) = stored_results();
     let ds: Vec<ObjectRef<String>> = refs.iter().map(|r| slow_digest::remote(r, 300)).collect();
     let victim_id = c.workers[victim].node_id.clone();
-    wait_for(Duration::from_secs(10), "consumers running on the victim", || {
-        c.node(&victim_id).and_then(|n| (n["tasks_running"].as_u64()? > 0).then_some(()))
-    });
+    wait_for(Duration::from_secs(10), "consumers running on the victim", || c.node(&victim_id).and_then(|n| (n["tasks_running"].as_u64()? > 0).then_some(())));
     c.kill_worker(victim);
     for (s, d) in ds.iter().enumerate() {
         let got = d.get_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("consumer {s}: {e}"));

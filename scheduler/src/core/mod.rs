@@ -330,18 +330,7 @@ impl Core {
         // believed it had (from the log, after a restart) and it does not
         // are gone; objects left with no copy are rebuilt.
         let reported: IdSet<ObjectId> = held.iter().copied().collect();
-        let mut lost = Vec::new();
-        for (oid, o) in self.objects.iter_mut() {
-            if let ObjectState::Stored { holders, .. } = &mut o.state
-                && !reported.contains(oid)
-                && let Some(i) = holders.iter().position(|h| *h == id)
-            {
-                holders.swap_remove(i);
-                if holders.is_empty() {
-                    lost.push(*oid);
-                }
-            }
-        }
+        let lost = self.drop_holder(id, &reported);
         // What it still holds is readable again from it, or nobody's. A
         // driver that could not be told where an object was (no holder
         // was back yet after a restart) is told now.
@@ -370,7 +359,6 @@ impl Core {
             }
         }
         if !lost.is_empty() {
-            lost.sort_unstable();
             tracing::warn!(node = %id, objects = lost.len(), "the node came back without objects only it held");
             self.reconstruct(&lost, &format!("node {id} came back without its copy"), out);
         }
@@ -487,21 +475,9 @@ impl Core {
         tracing::warn!(node = %id, reason, tasks = lost.len(), "node marked dead");
         out.disconnect(id, node.epoch);
         // Its store is gone: objects whose only copy it held are lost.
-        let mut lost_objects = Vec::new();
-        for (oid, o) in self.objects.iter_mut() {
-            if let ObjectState::Stored { holders, .. } = &mut o.state
-                && !keep.contains(oid)
-                && let Some(i) = holders.iter().position(|h| *h == id)
-            {
-                holders.swap_remove(i);
-                if holders.is_empty() {
-                    lost_objects.push(*oid);
-                }
-            }
-        }
+        let lost_objects = self.drop_holder(id, keep);
         if !lost_objects.is_empty() {
             tracing::warn!(node = %id, objects = lost_objects.len(), "objects lost with the node (their only copy was there)");
-            lost_objects.sort_unstable();
             self.reconstruct(&lost_objects, &format!("its only copy was on node {id}, which died"), out);
         }
         let mut requeue = Vec::new();
@@ -586,6 +562,26 @@ impl Core {
         task.missing = deps.len() as u32;
         task.state = if deps.is_empty() { TaskState::Ready } else { TaskState::Waiting };
         deps.is_empty()
+    }
+
+    /// Node `id` no longer holds any stored object except those in `keep`.
+    /// Returns the objects left with no copy, in id order (producers
+    /// before consumers, for rebuilding).
+    fn drop_holder(&mut self, id: NodeId, keep: &IdSet<ObjectId>) -> Vec<ObjectId> {
+        let mut lost = Vec::new();
+        for (oid, o) in self.objects.iter_mut() {
+            if let ObjectState::Stored { holders, .. } = &mut o.state
+                && !keep.contains(oid)
+                && let Some(i) = holders.iter().position(|h| *h == id)
+            {
+                holders.swap_remove(i);
+                if holders.is_empty() {
+                    lost.push(*oid);
+                }
+            }
+        }
+        lost.sort_unstable();
+        lost
     }
 
     /// Drains a node: no new tasks go to it; it finishes what it holds and
