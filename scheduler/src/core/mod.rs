@@ -341,21 +341,22 @@ impl Core {
                 continue;
             };
             match &mut o.state {
-                ObjectState::Stored { holders, size } => {
+                ObjectState::Stored { holders, .. } => {
                     let was_readable = holders.iter().any(|h| *h != id && self.nodes.get(h).is_some_and(|n| n.alive));
                     if !holders.contains(&id) {
                         holders.push(id);
                     }
                     if !was_readable && o.driver_ref {
-                        readable_again.push((oid, *size, holders.clone()));
+                        readable_again.push(oid);
                     }
                 }
                 _ => out.free_object(id, oid),
             }
         }
-        for (oid, size, holders) in readable_again {
-            if self.jobs.get(&ids::job_of(oid)).is_some_and(|j| j.detached_since.is_none()) {
-                out.result(ids::job_of(oid), oid, Ok(Payload::Stored(self.stored_ref(oid, size, &holders))));
+        for oid in readable_again {
+            let attached = self.jobs.get(&ids::job_of(oid)).is_some_and(|j| j.detached_since.is_none());
+            if attached && let Some(r) = self.objects.get(&oid).and_then(|o| self.answer(oid, &o.state)) {
+                out.result(ids::job_of(oid), oid, r);
             }
         }
         if !lost.is_empty() {
@@ -518,7 +519,6 @@ impl Core {
             self.counts.queued += 1;
         }
         task.state = TaskState::Ready;
-        task.missing = 0;
         if self.wait_for_inputs(tid, out) {
             self.ready.push_front(tid);
         }
@@ -729,21 +729,13 @@ impl Core {
     pub fn job_reattached(&mut self, job: JobId) -> Option<Vec<(TaskId, Result<Payload, Failure>)>> {
         self.jobs.get_mut(&job)?.detached_since = None;
         let mut out = Vec::new();
+        // A stored object whose holders have not re-registered yet (a
+        // restart) is left out: the driver is told when one does, or asks
+        // (`locate`) when it reads it.
         for (id, o) in self.objects.iter().filter(|(id, o)| ids::job_of(**id) == job && o.driver_ref) {
-            let r = match &o.state {
-                ObjectState::Ready(b) => Ok(Payload::Inline(b.clone())),
-                ObjectState::Stored { size, holders } => {
-                    let r = self.stored_ref(*id, *size, holders);
-                    // Its holders have not re-registered yet (a restart):
-                    // the driver asks again (`locate`) when it reads it.
-                    if r.holders.is_empty() {
-                        continue;
-                    }
-                    Ok(Payload::Stored(r))
-                }
-                ObjectState::Failed(f) => Err((**f).clone()),
-            };
-            out.push((*id, r));
+            if let Some(r) = self.answer(*id, &o.state) {
+                out.push((*id, r));
+            }
         }
         Some(out)
     }
@@ -893,21 +885,13 @@ impl Core {
             if self.tasks.contains_key(&id) {
                 continue;
             }
-            let outcome = match self.objects.get(&id).map(|o| &o.state) {
-                Some(ObjectState::Ready(b)) => Ok(Payload::Inline(b.clone())),
-                Some(ObjectState::Stored { size, holders }) => {
-                    let r = self.stored_ref(id, *size, holders);
-                    if r.holders.is_empty() && self.recovering_until.is_some() {
-                        // Its holders may still re-register after a restart.
-                        continue;
-                    }
-                    if r.holders.is_empty() {
-                        Err(Failure::new(FailureKind::ObjectLost, format!("object {}: no node holds a copy any more", ids::display(id))))
-                    } else {
-                        Ok(Payload::Stored(r))
-                    }
-                }
-                Some(ObjectState::Failed(f)) => Err((**f).clone()),
+            let outcome = match self.objects.get(&id) {
+                Some(o) => match self.answer(id, &o.state) {
+                    Some(r) => r,
+                    // Its holders may still re-register after a restart.
+                    None if self.recovering_until.is_some() => continue,
+                    None => Err(Failure::new(FailureKind::ObjectLost, format!("object {}: no node holds a copy any more", ids::display(id)))),
+                },
                 None => {
                     Err(Failure::new(FailureKind::ObjectLost, format!("object {} is not known to the head (released, or its job ended)", ids::display(id))))
                 }
@@ -1054,9 +1038,8 @@ impl Core {
                     self.counts.running = self.counts.running.saturating_sub(1);
                     self.finished(tid, node_id, value, out);
                 }
-                // The task could not read an input from any holder: the
-                // input may have been lost (and be rebuilt), so it waits
-                // for it; if nothing of it is being rebuilt, it fails.
+                // The task could not read an input from any holder, and an
+                // input is being rebuilt: it waits for it.
                 Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && rebuilding => {
                     tracing::info!(task = %ids::display(tid), "an input was lost while the task waited for it; it runs again once the input is rebuilt");
                     self.requeue(tid, out);
@@ -1132,6 +1115,20 @@ impl Core {
         }
     }
 
+    /// What a driver is told of a finished object: its value, the alive
+    /// nodes it can be read from, or its failure. `None` for a stored
+    /// object that no alive node holds.
+    fn answer(&self, id: ObjectId, state: &ObjectState) -> Option<Result<Payload, Failure>> {
+        match state {
+            ObjectState::Ready(b) => Some(Ok(Payload::Inline(b.clone()))),
+            ObjectState::Stored { size, holders } => {
+                let r = self.stored_ref(id, *size, holders);
+                (!r.holders.is_empty()).then_some(Ok(Payload::Stored(r)))
+            }
+            ObjectState::Failed(f) => Some(Err((**f).clone())),
+        }
+    }
+
     fn stored_ref(&self, id: ObjectId, size: u64, holders: &[NodeId]) -> StoredRef {
         let holders = holders.iter().filter_map(|h| self.nodes.get(h)).filter(|n| n.alive).map(|n| n.info.object_address.clone()).collect();
         StoredRef { id, size, holders }
@@ -1166,12 +1163,9 @@ impl Core {
     /// Records an object's final state, tells its driver, and wakes or
     /// dooms its dependents. Returns the dependents that must now fail.
     fn settle(&mut self, id: ObjectId, task: Task, state: ObjectState, out: &mut impl Outbox) -> Vec<TaskId> {
-        if task.driver_ref {
-            let outcome = match &state {
-                ObjectState::Ready(b) => Ok(Payload::Inline(b.clone())),
-                ObjectState::Stored { size, holders } => Ok(Payload::Stored(self.stored_ref(id, *size, holders))),
-                ObjectState::Failed(f) => Err((**f).clone()),
-            };
+        if task.driver_ref
+            && let Some(outcome) = self.answer(id, &state)
+        {
             out.result(ids::job_of(id), id, outcome);
         }
         // Keep the object only while someone can still ask for it.
@@ -1311,6 +1305,9 @@ impl Core {
     /// released) stays lost: its consumers fail with `ObjectLost`.
     fn reconstruct(&mut self, lost: &[ObjectId], why: &str, out: &mut impl Outbox) {
         let mut rebuilt: Vec<ObjectId> = Vec::new();
+        // Failed only once everything rebuilt is wired, so the failure
+        // reaches every consumer through the usual path.
+        let mut unrebuildable: Vec<(ObjectId, Failure)> = Vec::new();
         let mut work: Vec<ObjectId> = lost.to_vec();
         while let Some(oid) = work.pop() {
             let Some(o) = self.objects.get(&oid) else { continue };
@@ -1336,7 +1333,7 @@ impl Core {
             if let Some(cannot) = cannot {
                 tracing::warn!(object = %ids::display(oid), why, "a lost object cannot be rebuilt: {cannot}");
                 let f = Failure::new(FailureKind::ObjectLost, format!("object {} is lost ({why}) and cannot be rebuilt: {cannot}", ids::display(oid)));
-                self.object_failed(oid, f, out);
+                unrebuildable.push((oid, f));
                 continue;
             }
             let Some(o) = self.objects.remove(&oid) else { continue };
@@ -1375,11 +1372,20 @@ impl Core {
             rebuilt.push(oid);
             tracing::info!(object = %ids::display(oid), "rebuilding a lost object by re-running the task that made it");
         }
-        if rebuilt.is_empty() {
-            return;
+        if !rebuilt.is_empty() {
+            self.wire_rebuilt(&rebuilt, out);
         }
-        // Wire the rebuilt tasks, and every queued task that needs them, to
-        // wait for their inputs (one pass over the tasks).
+        // An object may have been reached from several rebuilt tasks.
+        unrebuildable.sort_unstable_by_key(|(id, _)| *id);
+        unrebuildable.dedup_by_key(|(id, _)| *id);
+        for (oid, f) in unrebuildable {
+            self.object_failed(oid, f, out);
+        }
+    }
+
+    /// Wires the `rebuilt` tasks, and every queued task that needs them,
+    /// to wait for their inputs (one pass over the tasks).
+    fn wire_rebuilt(&mut self, rebuilt: &[ObjectId], out: &mut impl Outbox) {
         let rebuilding: IdSet<ObjectId> = rebuilt.iter().copied().collect();
         let mut affected: Vec<TaskId> = self
             .tasks
@@ -1390,28 +1396,22 @@ impl Core {
             .collect();
         affected.extend(rebuilt.iter().copied());
         for tid in affected {
-            // A rebuilt task waits on every unfinished input; a queued
-            // consumer already waits on its other producers, so only its
-            // rebuilt inputs are new waits.
-            let fresh = rebuilding.contains(&tid);
             let Some(t) = self.tasks.get(&tid) else { continue };
-            // An input found lost for good while rebuilding fails it.
-            let failed = t.args.iter().find_map(|a| match a {
-                ArgSlot::Object(x) => match self.objects.get(x).map(|o| &o.state) {
-                    Some(ObjectState::Failed(f)) => Some((**f).clone()),
-                    _ => None,
-                },
-                ArgSlot::Value(_) => None,
-            });
-            if let Some(f) = failed {
-                self.fail_task(tid, f, out);
+            // A rebuilt task, or a consumer that was ready, waits on
+            // nothing yet: its inputs are checked from scratch.
+            if rebuilding.contains(&tid) || t.state == TaskState::Ready {
+                if self.wait_for_inputs(tid, out) {
+                    self.ready.push_front(tid);
+                }
                 continue;
             }
+            // A waiting consumer already waits on its other producers:
+            // only its rebuilt inputs are new waits.
             let deps: Vec<ObjectId> = t
                 .args
                 .iter()
                 .filter_map(|a| match a {
-                    ArgSlot::Object(x) if self.tasks.contains_key(x) && (fresh || rebuilding.contains(x)) => Some(*x),
+                    ArgSlot::Object(x) if rebuilding.contains(x) && self.tasks.contains_key(x) => Some(*x),
                     _ => None,
                 })
                 .collect();
@@ -1420,13 +1420,8 @@ impl Core {
                     p.dependents.get_or_insert_default().push(tid);
                 }
             }
-            let Some(t) = self.tasks.get_mut(&tid) else { continue };
-            t.missing += deps.len() as u32;
-            if t.missing > 0 {
-                t.state = TaskState::Waiting;
-            } else {
-                t.state = TaskState::Ready;
-                self.ready.push_front(tid);
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                t.missing += deps.len() as u32;
             }
         }
     }
@@ -1500,9 +1495,6 @@ impl Core {
             Err(Unready::Recheck) => {
                 // Not ready after all: waits for what is being rebuilt (or
                 // fails with its input's error).
-                if let Some(t) = self.tasks.get_mut(&tid) {
-                    t.missing = 0;
-                }
                 if self.wait_for_inputs(tid, out) {
                     tracing::error!(task = %ids::display(tid), "a ready task's inputs could not be resolved");
                     self.fail_task(tid, Failure::new(FailureKind::Internal, "the head could not resolve this task's inputs"), out);

@@ -464,14 +464,19 @@ impl World {
         self.nodes.iter().any(|n| n.up && !n.partitioned && n.store.contains(&r.id) && r.holders.contains(&n.address))
     }
 
+    /// Whether the node running `d` could read every stored argument.
+    fn inputs_readable(&self, d: &Dispatch) -> bool {
+        d.args.iter().all(|a| match a {
+            Payload::Inline(_) => true,
+            Payload::Stored(r) => self.readable(r),
+        })
+    }
+
     fn complete(&mut self, out: &mut Sent) -> String {
         let Some(i) = self.pick_node(|n| n.reachable() && !n.running.is_empty()) else { return "nothing running".into() };
         let k = self.rng.random_range(0..self.nodes[i].running.len());
         let (d, cancelled) = self.nodes[i].running.swap_remove(k);
-        let inputs_ok = d.args.iter().all(|a| match a {
-            Payload::Inline(_) => true,
-            Payload::Stored(r) => self.readable(r),
-        });
+        let inputs_ok = self.inputs_readable(&d);
         let outcome = if cancelled {
             Err(Failure::new(FailureKind::Cancelled, "cancelled while running"))
         } else if !inputs_ok {
@@ -555,10 +560,7 @@ impl World {
             self.core.tick(self.now, &mut out);
             for i in 0..self.nodes.len() {
                 while let Some((d, cancelled)) = self.nodes[i].running.pop() {
-                    let inputs_ok = d.args.iter().all(|a| match a {
-                        Payload::Inline(_) => true,
-                        Payload::Stored(r) => self.readable(r),
-                    });
+                    let inputs_ok = self.inputs_readable(&d);
                     let outcome = if cancelled {
                         Err(Failure::new(FailureKind::Cancelled, "cancelled"))
                     } else if !inputs_ok {
