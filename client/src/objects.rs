@@ -126,9 +126,11 @@ pub(crate) async fn fetch(id: u64, size: u64, holders: Vec<String>, token: Optio
     shoal_worker::transfer::fetch(token.as_deref(), id, size, &holders).await.map_err(|e| lost(id, e))
 }
 
-/// How long a driver keeps asking when the head names holders that cannot
-/// send an object (the head has not yet noticed they are gone: it does
-/// within its heartbeat timeout, then rebuilds the object).
+/// How long a driver keeps asking while the head keeps naming the same
+/// holders and none can send the object (the head has not yet noticed
+/// they are gone: it does within its heartbeat timeout, then rebuilds).
+/// A head that does not answer is rebuilding the object: that wait has no
+/// limit, as waiting for any task has none.
 const UNREACHABLE_HOLDERS_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads the bytes of the finished value in `slot` (object `id`). A
@@ -136,11 +138,14 @@ const UNREACHABLE_HOLDERS_WINDOW: std::time::Duration = std::time::Duration::fro
 /// error yet: the driver asks the head where it is now (`locate`) and
 /// waits for its answer, which comes at once (new holders, or why it is
 /// gone for good) or once the object is rebuilt from its lineage. Fails
-/// with `ObjectLost` only when the head says so, or when the holders it
-/// names stay unreachable for [`UNREACHABLE_HOLDERS_WINDOW`].
+/// with `ObjectLost` only when the head says so, or when it keeps naming
+/// holders that cannot send it for [`UNREACHABLE_HOLDERS_WINDOW`].
 pub(crate) async fn read(driver: Option<Arc<Driver>>, slot: Arc<crate::object_ref::Slot>, id: u64) -> Result<Bytes, TaskError> {
     use std::time::{Duration, Instant};
-    let mut unreachable_since: Option<(Instant, Vec<String>)> = None;
+    // The answer (version, holders) whose holders last failed, and since
+    // when the head has kept confirming those same holders.
+    let mut failed: Option<(u32, Vec<String>)> = None;
+    let mut confirmed_since: Option<Instant> = None;
     loop {
         let Some((answer, version)) = slot.answer() else {
             return Err(lost(id, "read before its value arrived"));
@@ -150,11 +155,6 @@ pub(crate) async fn read(driver: Option<Arc<Driver>>, slot: Arc<crate::object_re
             Val::Stored { holders, .. } => holders.clone(),
             Val::Inline(_) => Vec::new(),
         };
-        // The window starts when these holders first failed; holders the
-        // head names anew (a rebuilt or moved copy) start it again.
-        if unreachable_since.as_ref().is_some_and(|(_, h)| *h != named) {
-            unreachable_since = None;
-        }
         let why = match locate(driver.as_ref(), answer) {
             Ok(Source::Here(b)) => return Ok(b),
             Ok(Source::Remote { id, size, holders, token }) => match fetch(id, size, holders, token).await {
@@ -167,10 +167,20 @@ pub(crate) async fn read(driver: Option<Arc<Driver>>, slot: Arc<crate::object_re
             Err(e) => e,
         };
         let Some(d) = driver.as_ref() else { return Err(why) };
-        let since = unreachable_since.get_or_insert_with(|| (Instant::now(), named)).0;
-        if since.elapsed() > UNREACHABLE_HOLDERS_WINDOW {
-            return Err(why);
+        match &failed {
+            // A newer answer naming the same holders: the head still
+            // believes in them.
+            Some((v, h)) if *h == named && *v != version => {
+                if confirmed_since.get_or_insert_with(Instant::now).elapsed() > UNREACHABLE_HOLDERS_WINDOW {
+                    return Err(why);
+                }
+            }
+            // No newer answer: the head is rebuilding it (or restarting).
+            Some((_, h)) if *h == named => {}
+            // Holders named anew (a rebuilt or moved copy), or the first failure.
+            _ => confirmed_since = None,
         }
+        failed = Some((version, named));
         tracing::debug!(object = %crate::ObjectId(id), error = %why, "cannot read a stored value; asking the head where it is now");
         d.locate(id);
         // Wait for a newer answer; ask again now and then (an object being
