@@ -58,7 +58,7 @@ fn garbage_and_malformed_sessions_are_refused_and_the_head_keeps_serving() {
         let e = cl.upload_binary(futures::stream::iter(vec![chunk])).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         // An oversized message.
-        let huge = pb::BinaryChunk { hash: "b".repeat(64), total_size: 1, data: bytes::Bytes::from(vec![0u8; shoal_proto::MAX_MESSAGE_BYTES + 10]) };
+        let huge = pb::BinaryChunk { hash: "b".repeat(64), total_size: 1, data: bytes::Bytes::from(vec![0u8; shoal_domain::limits::MAX_MESSAGE_BYTES + 10]) };
         let mut small = client::connect(&c.address, Some(&c.token), Duration::from_secs(5)).await.unwrap();
         assert!(small.upload_binary(futures::stream::iter(vec![huge])).await.is_err());
     });
@@ -90,7 +90,7 @@ fn a_binary_that_cannot_run_fails_tasks_with_binary_incompatible() {
         .unwrap();
         let mut inbound = cl.driver_session(tokio_stream_wrapper(rx)).await.unwrap().into_inner();
         let welcome = inbound.next().await.unwrap().unwrap().welcome.unwrap();
-        let task = shoal_proto::ids::object_id(welcome.job, 1);
+        let task = shoal_domain::ids::object_id(welcome.job, 1);
         tx.send(DriverToHead {
             first_function: 0,
             functions: vec![pb::FunctionDef { name: "f".into(), resources: Some(pb::Resources { num_cpus: 1.0, ..Default::default() }), max_retries: 0 }],
@@ -122,7 +122,7 @@ fn blake3_hex(data: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("f");
     std::fs::write(&p, data).unwrap();
-    shoal_proto::binaries::hash_file(&p).unwrap()
+    shoal_store::binaries::hash_file(&p).unwrap()
 }
 
 #[test]

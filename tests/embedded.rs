@@ -45,7 +45,7 @@ fn values_over_the_message_limit_travel_through_the_object_store() {
     unsafe { std::env::set_var("SHOAL_HOME", home.path()) };
     shoal::init_blocking_with(shoal::InitConfig::default().local()).unwrap();
     // Larger than any gRPC message Shoal accepts: only the store can carry it.
-    let over = shoal_proto::MAX_MESSAGE_BYTES + 1;
+    let over = shoal_domain::limits::MAX_MESSAGE_BYTES + 1;
     let big = filled::remote(over);
     assert_eq!(big.get().unwrap().len(), over, "a result over the message limit arrives whole");
     assert_eq!(len_of::remote(&big).get().unwrap(), over, "and is passed on to another task");

@@ -6,7 +6,7 @@ use crate::session::{self, is_shoal_process};
 use crate::{StartArgs, init_tracing, net};
 use anyhow::{Context, bail};
 use shoal::config::{self, HeadSession};
-use shoal_proto::resources::ResourceSet;
+use shoal_domain::ResourceSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -19,7 +19,7 @@ pub const ENV_HOME: &str = "SHOAL_HOME";
 
 /// The session directory: `$SHOAL_HOME`, else `~/.shoal`.
 pub fn shoal_home() -> PathBuf {
-    shoal_proto::session_home()
+    shoal_domain::paths::session_home()
 }
 
 /// Shared cache of program binaries under a session directory.

@@ -9,10 +9,11 @@ use crate::object_ref::Slot;
 use crate::objects::{LocalStore, Val};
 use dashmap::DashMap;
 use futures::StreamExt;
+use shoal_domain::ids;
+use shoal_proto::PROTOCOL_VERSION;
 use shoal_proto::client::{Client, ConnectError};
 use shoal_proto::local::{BoxStream, LocalLink};
 use shoal_proto::pb::{self, DriverToHead, FailureKind};
-use shoal_proto::{PROTOCOL_VERSION, ids};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -266,7 +267,7 @@ impl Driver {
 }
 
 /// Largest batch a driver sends in one frame.
-const BATCH_BYTES: usize = shoal_proto::BATCH_BYTES;
+const BATCH_BYTES: usize = shoal_domain::limits::BATCH_BYTES;
 
 /// Batches queued calls onto the session, completes results as they
 /// arrive, and when the connection is lost (not refused) reconnects to the

@@ -51,13 +51,7 @@ thread_local! {
 
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let message = if let Some(s) = info.payload().downcast_ref::<&str>() {
-            s.to_string()
-        } else if let Some(s) = info.payload().downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "panic with a non-string payload".to_string()
-        };
+        let message = shoal_domain::panic::message(info.payload());
         let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())).unwrap_or_default();
         eprintln!("shoal task panicked at {location}: {message}");
         LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
@@ -198,7 +192,7 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             });
             let outcome = match sized {
                 Err(failed) => failed,
-                Ok((enc, size)) if size > shoal_proto::STORE_THRESHOLD_BYTES && arena.is_some() => {
+                Ok((enc, size)) if size > shoal_domain::limits::STORE_THRESHOLD_BYTES && arena.is_some() => {
                     let arena = arena.as_ref().expect("checked");
                     let size = size as u64;
                     // Ask for room (sending what is ready meanwhile), then
@@ -223,12 +217,12 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
                         fail(FailureKind::ObjectStoreFull, &name, format!("no room for the {size}-byte result: {}", a.error), String::new())
                     }
                 }
-                Ok((_, size)) if size > shoal_proto::MAX_INLINE_VALUE_BYTES => fail(
+                Ok((_, size)) if size > shoal_domain::limits::MAX_INLINE_VALUE_BYTES => fail(
                     FailureKind::ResultEncode,
                     &name,
                     format!(
                         "the result is {size} bytes, over the {} MiB limit of values sent inline, and this node has no object store",
-                        shoal_proto::MAX_INLINE_VALUE_BYTES >> 20
+                        shoal_domain::limits::MAX_INLINE_VALUE_BYTES >> 20
                     ),
                     String::new(),
                 ),
@@ -242,7 +236,7 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
                 out_bytes += v.len();
             }
             out.results.push(pb::TaskResult { task: t.task, outcome: Some(outcome) });
-            if last_flush.elapsed() >= FLUSH_AFTER || out_bytes >= shoal_proto::BATCH_BYTES {
+            if last_flush.elapsed() >= FLUSH_AFTER || out_bytes >= shoal_domain::limits::BATCH_BYTES {
                 out_bytes = 0;
                 out.released = take_released();
                 frame::write_blocking(&mut writer, &out)?;
@@ -275,10 +269,7 @@ fn fail(kind: FailureKind, function: &str, message: String, location: String) ->
 fn guarded<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, pb::task_result::Outcome> {
     LAST_PANIC.with(|p| p.borrow_mut().take());
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let (message, location) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
-            let m = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
-            (m.unwrap_or_else(|| "panic".into()), String::new())
-        });
+        let (message, location) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| (shoal_domain::panic::message(&*payload), String::new()));
         fail(FailureKind::Panicked, name, message, location)
     })
 }
@@ -347,6 +338,6 @@ pub fn context() -> Option<TaskContext> {
         pid: std::process::id(),
         // SAFETY: getppid has no preconditions.
         parent_pid: unsafe { libc::getppid() } as u32,
-        job_id: shoal_proto::ids::job_of(task),
+        job_id: shoal_domain::ids::job_of(task),
     })
 }

@@ -25,7 +25,7 @@ pub struct ObjectId(pub u64);
 
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&shoal_proto::ids::display(self.0))
+        f.write_str(&shoal_domain::ids::display(self.0))
     }
 }
 

@@ -135,7 +135,7 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
     let mut auto_put = Vec::new();
     for a in &args {
         wire.push(match &a.0 {
-            ArgInner::Value(b) if b.len() > shoal_proto::STORE_THRESHOLD_BYTES => {
+            ArgInner::Value(b) if b.len() > shoal_domain::limits::STORE_THRESHOLD_BYTES => {
                 let id = driver.next_id();
                 let val = match crate::objects::put_large(&driver, id, b.len() as u64, |buf| {
                     buf.copy_from_slice(b);

@@ -9,9 +9,9 @@ use crate::objects::Val;
 use crate::status::ClusterStatus;
 use crate::{config, executor};
 use serde::Serialize;
-use shoal_proto::binaries::{BinaryStore, hash_file};
+use shoal_domain::ResourceSet;
 use shoal_proto::pb;
-use shoal_proto::resources::ResourceSet;
+use shoal_store::binaries::{BinaryStore, hash_file};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -276,7 +276,7 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(driver: &Arc<Driver>, value: &T) 
     let ser = |e: postcard::Error| TaskError::Serialization { message: format!("{} could not be serialized: {e}", std::any::type_name::<T>()) };
     let size = postcard::experimental::serialized_size(value).map_err(ser)?;
     let id = driver.next_id();
-    let val = if size <= shoal_proto::STORE_THRESHOLD_BYTES {
+    let val = if size <= shoal_domain::limits::STORE_THRESHOLD_BYTES {
         let bytes = bytes::Bytes::from(postcard::to_allocvec(value).map_err(ser)?);
         driver.send(Out::Put(pb::PutObject { id, value: bytes.clone(), ..Default::default() }));
         Val::Inline(bytes)

@@ -76,21 +76,7 @@ pub struct NodeStatus {
 }
 
 /// A node's shared-memory object store usage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoreUsage {
-    /// Arena size in bytes.
-    pub capacity: u64,
-    /// Bytes in use in the arena.
-    pub used: u64,
-    /// Objects in the arena.
-    pub objects: u64,
-    /// Bytes of objects spilled to disk.
-    pub spilled_bytes: u64,
-    /// Objects spilled to disk.
-    pub spilled_objects: u64,
-    /// Bytes pinned by running tasks and readers.
-    pub pinned_bytes: u64,
-}
+pub use shoal_domain::StoreUsage;
 
 /// Task counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,17 +123,7 @@ impl From<pb::ClusterStatus> for ClusterStatus {
                     object_store_bytes: n.object_store_bytes,
                     draining: n.draining,
                     object_address: n.object_address,
-                    store: n
-                        .store
-                        .map(|u| StoreUsage {
-                            capacity: u.capacity,
-                            used: u.used,
-                            objects: u.objects,
-                            spilled_bytes: u.spilled_bytes,
-                            spilled_objects: u.spilled_objects,
-                            pinned_bytes: u.pinned_bytes,
-                        })
-                        .unwrap_or_default(),
+                    store: n.store.map(StoreUsage::from).unwrap_or_default(),
                     store_fd: n.store_fd,
                     store_ino: n.store_ino,
                 })

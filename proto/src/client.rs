@@ -60,7 +60,7 @@ pub fn tls_ca_path() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os(ENV_TLS_CA).filter(|p| !p.is_empty()) {
         return Some(p.into());
     }
-    Some(crate::session_home().join("tls-ca.pem")).filter(|p| p.is_file())
+    Some(shoal_domain::paths::session_home().join("tls-ca.pem")).filter(|p| p.is_file())
 }
 
 /// Connects to the head at `address`: `host:port` or `http://host:port`
@@ -69,16 +69,16 @@ pub fn tls_ca_path() -> Option<std::path::PathBuf> {
 pub async fn connect(address: &str, token: Option<&str>, timeout: Duration) -> Result<Client, ConnectError> {
     let channel = channel(address, timeout).await?;
     Ok(HeadClient::with_interceptor(channel, AttachToken::new(token)?)
-        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES))
 }
 
 /// Connects to the object store of the worker at `address` (`host:port`).
 pub async fn connect_store(address: &str, token: Option<&str>, timeout: Duration) -> Result<StoreClient, ConnectError> {
     let channel = channel(address, timeout).await?;
     Ok(ObjectStoreClient::with_interceptor(channel, AttachToken::new(token)?)
-        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES))
 }
 
 async fn channel(address: &str, timeout: Duration) -> Result<Channel, ConnectError> {

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest frame accepted; anything larger is a protocol error, not an
 /// allocation.
-pub const MAX_FRAME: usize = crate::MAX_MESSAGE_BYTES;
+pub const MAX_FRAME: usize = shoal_domain::limits::MAX_MESSAGE_BYTES;
 
 /// The length a frame header announces, refused past [`MAX_FRAME`].
 fn frame_len(header: [u8; 4]) -> io::Result<usize> {

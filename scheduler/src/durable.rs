@@ -126,7 +126,7 @@ impl Log {
         // A LogRecord whose `results` field (3) holds NodeResults { node,
         // results }: the same bytes as encoding those messages.
         let node = node.to_string();
-        let mine = || results.iter().filter(|r| shoal_proto::ids::job_of(r.task) == job);
+        let mine = || results.iter().filter(|r| shoal_domain::ids::job_of(r.task) == job);
         let body = prost::encoding::string::encoded_len(1, &node) + mine().map(|r| prost::encoding::message::encoded_len(2, r)).sum::<usize>();
         let mut record = Vec::with_capacity(body + 8);
         prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut record);
@@ -250,7 +250,7 @@ mod tests {
     fn results_appended_directly_are_the_jobs_share_as_a_log_record() {
         let dir = tempfile::tempdir().unwrap();
         let r = |task: u64| pb::TaskResult { task, outcome: Some(pb::task_result::Outcome::Value(bytes::Bytes::from_static(b"v"))) };
-        let all = vec![r(shoal_proto::ids::object_id(1, 1)), r(shoal_proto::ids::object_id(2, 1)), r(shoal_proto::ids::object_id(1, 2))];
+        let all = vec![r(shoal_domain::ids::object_id(1, 1)), r(shoal_domain::ids::object_id(2, 1)), r(shoal_domain::ids::object_id(1, 2))];
         {
             let (log, _) = Log::open(dir.path(), |_| {}).unwrap();
             let n = log.append_results(1, "node-a", &all);

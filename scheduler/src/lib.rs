@@ -16,7 +16,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented, clippy::indexing_slicing)
 )]
 
-mod convert;
+mod address;
 pub mod core;
 mod durable;
 pub mod server;

@@ -4,16 +4,19 @@
 //! event, runs one scheduling pass, then flushes the outbox, so dispatches
 //! and results leave in batches.
 
-use crate::convert;
-use crate::core::{ClusterSnapshot, Core, CoreConfig, Dispatch, Failure, FunctionDef, JobId, NodeId, NodeRegistration, ObjectId, Outbox, Payload, TaskId};
+use crate::core::{
+    ClusterSnapshot, Core, CoreConfig, Dispatch, Failure, FunctionDef, JobId, NewTask, NodeId, NodeRegistration, ObjectId, Outbox, Payload, PutValue,
+    StoreUsage, TaskId,
+};
 use futures::StreamExt;
-use shoal_proto::binaries::{BinaryStore, valid_hash};
+use shoal_domain::ResourceSet;
+use shoal_proto::convert;
 use shoal_proto::local::{BoxStream, LocalHead, LocalLink, SessionFuture};
 use shoal_proto::pad::pad;
 use shoal_proto::pb::head_server::{Head, HeadServer};
 use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
-use shoal_proto::resources::ResourceSet;
 use shoal_proto::{PROTOCOL_VERSION, auth};
+use shoal_store::binaries::{BinaryStore, valid_hash};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -166,17 +169,16 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         let why = match event_loop.await {
             Ok(()) => "the event loop stopped".to_string(),
             Err(e) => match e.try_into_panic() {
-                Ok(p) => format!(
-                    "the event loop panicked: {}",
-                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
-                ),
+                Ok(p) => format!("the event loop panicked: {}", shoal_domain::panic::message(&*p)),
                 Err(e) => format!("the event loop was cancelled: {e}"),
             },
         };
         let _ = ended_tx.send(Some(why));
     });
     let service = HeadService { events: events.clone(), store: store.clone() };
-    let svc = HeadServer::new(service).max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES).max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+    let svc = HeadServer::new(service)
+        .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::CheckToken::new(config.token.as_deref()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     // TCP_NODELAY on every accepted connection: small messages (a result,
@@ -254,7 +256,7 @@ enum Cmd {
 
 /// Bytes after which an outgoing batch is closed and a new one started,
 /// so no single frame grows without bound.
-const BATCH_BYTES: usize = shoal_proto::BATCH_BYTES;
+const BATCH_BYTES: usize = shoal_domain::limits::BATCH_BYTES;
 
 #[derive(Default)]
 struct BatchingOutbox {
@@ -279,14 +281,14 @@ fn current<M: Default>(v: &mut Vec<(M, usize)>, add: usize) -> &mut M {
 impl Outbox for BatchingOutbox {
     fn job_info(&mut self, node: NodeId, job: JobId, binary: &str, first: u32, functions: &[FunctionDef]) {
         let m = current(self.workers.entry(node).or_default(), 64);
-        m.jobs.push(pb::JobInfo { job, binary: binary.to_string(), first_function: first, functions: functions.iter().map(convert::function_to_pb).collect() });
+        m.jobs.push(pb::JobInfo { job, binary: binary.to_string(), first_function: first, functions: functions.iter().map(pb::FunctionDef::from).collect() });
     }
     fn dispatch(&mut self, node: NodeId, task: Dispatch) {
         let size = 24 + task.args.iter().map(|a| if let Payload::Inline(b) = a { b.len() + 4 } else { 64 }).sum::<usize>();
-        current(self.workers.entry(node).or_default(), size).tasks.push(convert::dispatch_to_pb(task));
+        current(self.workers.entry(node).or_default(), size).tasks.push(pb::TaskDispatch::from(task));
     }
     fn cancel(&mut self, node: NodeId, task: TaskId) {
-        current(self.workers.entry(node).or_default(), 8).cancel.push(task);
+        current(self.workers.entry(node).or_default(), 8).cancel.push(task.0);
     }
     fn job_finished(&mut self, node: NodeId, job: JobId) {
         current(self.workers.entry(node).or_default(), 4).jobs_finished.push(job);
@@ -297,13 +299,13 @@ impl Outbox for BatchingOutbox {
                 Ok(Payload::Inline(b)) => b.len(),
                 _ => 64,
             };
-        current(self.drivers.entry(job).or_default(), size).results.push(convert::result_to_pb(task, outcome));
+        current(self.drivers.entry(job).or_default(), size).results.push(convert::delivery_to_wire(task, outcome));
     }
     fn disconnect(&mut self, node: NodeId, epoch: u64) {
         self.disconnect.push((node, epoch));
     }
     fn free_object(&mut self, node: NodeId, id: ObjectId) {
-        current(self.workers.entry(node).or_default(), 8).free_objects.push(id);
+        current(self.workers.entry(node).or_default(), 8).free_objects.push(id.0);
     }
     fn drain(&mut self, node: NodeId) {
         current(self.workers.entry(node).or_default(), 4).drain = true;
@@ -337,7 +339,7 @@ impl LoopState {
         }
         let (Some(log), Some(s)) = (&self.log, core.job_snapshot(job)) else { return };
         let applied = self.applied.get(&job).copied().unwrap_or(0);
-        let size = log.compact(job, convert::job_snapshot_to_pb(job, s, applied)) as u64;
+        let size = log.compact(job, convert::job_snapshot_to_wire(job, s, applied)) as u64;
         tracing::info!(job, history_bytes = *total, snapshot_bytes = size, "compacted the job's log to a snapshot");
         *total = size;
         *snap = size;
@@ -367,7 +369,7 @@ fn restore(core: &mut Core, state: &mut LoopState, replay: crate::durable::Repla
                     batches += 1;
                 }
                 Some(pb::log_record::Kind::Snapshot(s)) => {
-                    if let Some((j, snap, seq)) = convert::job_snapshot_from_pb(s) {
+                    if let Ok((j, snap, seq)) = convert::job_snapshot_from_wire(s) {
                         core.restore_snapshot(j, snap, now, &mut out);
                         state.applied.insert(job, seq);
                         state.durable.insert(job, seq);
@@ -377,7 +379,7 @@ fn restore(core: &mut Core, state: &mut LoopState, replay: crate::durable::Repla
                 Some(pb::log_record::Kind::Results(r)) => {
                     let Ok(node) = r.node.parse() else { continue };
                     for res in r.results {
-                        let (tid, outcome) = convert::result_from_pb(res);
+                        let (tid, outcome) = convert::result_from_wire(res);
                         core.restore_result(NodeId(node), tid, outcome, &mut out);
                         results += 1;
                     }
@@ -392,27 +394,32 @@ fn restore(core: &mut Core, state: &mut LoopState, replay: crate::durable::Repla
     }
 }
 
+/// Wire ids as object ids.
+fn ids_of(raw: &[u64]) -> Vec<ObjectId> {
+    raw.iter().map(|r| ObjectId(*r)).collect()
+}
+
 fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToHead, out: &mut BatchingOutbox) {
     if !msg.functions.is_empty() {
-        core.define_functions(job, msg.first_function, msg.functions.into_iter().map(convert::function_from_pb).collect());
+        core.define_functions(job, msg.first_function, msg.functions.into_iter().map(FunctionDef::from).collect());
     }
     for p in msg.puts {
-        match convert::put_from_pb(&p) {
-            Ok(v) => core.put(job, p.id, v, out),
+        match PutValue::try_from(&p) {
+            Ok(v) => core.put(job, ObjectId(p.id), v, out),
             Err(e) => tracing::warn!(job, error = %e, "malformed put ignored"),
         }
     }
     if !msg.submit.is_empty() {
-        core.submit(job, msg.submit.into_iter().map(convert::task_from_pb).collect(), out);
+        core.submit(job, msg.submit.into_iter().map(NewTask::from).collect(), out);
     }
     if !msg.cancel.is_empty() {
-        core.cancel(job, &msg.cancel, out);
+        core.cancel(job, &ids_of(&msg.cancel), out);
     }
     if !msg.locate.is_empty() {
-        core.locate(job, &msg.locate, out);
+        core.locate(job, &ids_of(&msg.locate), out);
     }
     if !msg.release.is_empty() {
-        core.release(job, &msg.release, out);
+        core.release(job, &ids_of(&msg.release), out);
     }
 }
 
@@ -505,14 +512,14 @@ fn handle(
                 core.node_heartbeat(node, epoch, now);
             }
             if let Some(u) = msg.store {
-                core.node_store_usage(node, epoch, convert::usage_from_pb(u));
+                core.node_store_usage(node, epoch, StoreUsage::from(u));
             }
             for id in msg.copied {
-                core.object_copied(node, epoch, id, out);
+                core.object_copied(node, epoch, ObjectId(id), out);
             }
             if !msg.results.is_empty() {
                 let logged = state.log.as_ref().map(|log| log_results(log, node, &msg.results)).unwrap_or_default();
-                let results = msg.results.into_iter().map(convert::result_from_pb).collect();
+                let results = msg.results.into_iter().map(convert::result_from_wire).collect();
                 core.tasks_finished(node, epoch, results, now, out);
                 for (job, n) in logged {
                     state.logged(core, job, n);
@@ -651,8 +658,8 @@ async fn open_worker_session(
         pid: reg.pid,
         memory_bytes: reg.memory_bytes,
         object_store_bytes: reg.object_store_bytes,
-        object_address: convert::object_address(&reg.object_host, reg.object_port, &peer),
-        objects: reg.objects,
+        object_address: crate::address::object_address(&reg.object_host, reg.object_port, &peer),
+        objects: ids_of(&reg.objects),
         store_file: (reg.store_fd, reg.store_ino),
         address: peer,
     };
@@ -725,7 +732,7 @@ async fn open_driver_session(
 /// Logs the results a node reported, one record per job they belong to
 /// (encoded from the message, not copied). Returns the bytes per job.
 fn log_results(log: &crate::durable::Log, node: NodeId, results: &[pb::TaskResult]) -> Vec<(JobId, usize)> {
-    let mut jobs: Vec<JobId> = results.iter().map(|r| shoal_proto::ids::job_of(r.task)).collect();
+    let mut jobs: Vec<JobId> = results.iter().map(|r| shoal_domain::ids::job_of(r.task)).collect();
     jobs.sort_unstable();
     jobs.dedup();
     let node = node.0.to_string();
@@ -821,6 +828,6 @@ impl Head for HeadService {
         let (tx, rx) = oneshot::channel();
         self.events.send(Cmd::Status { reply: tx }).map_err(|_| head_gone())?;
         let snap = rx.await.map_err(|_| head_gone())?;
-        Ok(Response::new(convert::snapshot_to_pb(snap)))
+        Ok(Response::new(pb::ClusterStatus::from(snap)))
     }
 }

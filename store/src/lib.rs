@@ -10,6 +10,7 @@
 
 pub mod alloc;
 pub mod arena;
+pub mod binaries;
 pub mod store;
 pub mod view;
 

@@ -66,21 +66,7 @@ pub enum Location {
 }
 
 /// Usage figures, as shown by `shoal status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
-    /// Arena size.
-    pub capacity: u64,
-    /// Arena bytes allocated (sealed and being written).
-    pub used: u64,
-    /// Objects in the arena.
-    pub objects: u64,
-    /// Bytes of objects spilled to disk.
-    pub spilled_bytes: u64,
-    /// Objects spilled to disk.
-    pub spilled_objects: u64,
-    /// Bytes of objects pinned by readers (running tasks, gets, transfers).
-    pub pinned_bytes: u64,
-}
+pub type StoreStats = shoal_domain::StoreUsage;
 
 enum Place {
     Arena(u64),

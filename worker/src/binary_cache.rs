@@ -3,8 +3,8 @@
 //! (an ELF executable for this machine's architecture) so an incompatible
 //! binary fails with a clear error instead of a confusing exec failure.
 
-use shoal_proto::binaries::BinaryStore;
 use shoal_proto::{client, pb};
+use shoal_store::binaries::BinaryStore;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Worker configuration, independent of the CLI.
 
-use shoal_proto::resources::ResourceSet;
+use shoal_domain::ResourceSet;
 use std::path::PathBuf;
 
 /// How a worker runs.

@@ -9,9 +9,9 @@ use crate::config::{self, WorkerConfig};
 use crate::executors::{self, StderrTail};
 use crate::pipeline::{self, ServiceTime};
 use crate::session;
+use shoal_domain::ResourceSet;
 use shoal_proto::pad::pad;
 use shoal_proto::pb::{self, FailureKind, WorkerToExecutor, WorkerToHead};
-use shoal_proto::resources::ResourceSet;
 use shoal_store::{Location, Store};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -339,15 +339,7 @@ impl Daemon {
     fn on_tick(&mut self) {
         if let Some((_, tx)) = &self.session {
             self.heartbeat_seq += 1;
-            let st = self.store.stats();
-            let store = pb::StoreUsage {
-                capacity: st.capacity,
-                used: st.used,
-                objects: st.objects,
-                spilled_bytes: st.spilled_bytes,
-                spilled_objects: st.spilled_objects,
-                pinned_bytes: st.pinned_bytes,
-            };
+            let store = pb::StoreUsage::from(self.store.stats());
             let _ = tx.send(pad(WorkerToHead { heartbeat: self.heartbeat_seq, store: Some(store), ..Default::default() }));
         }
         let now = Instant::now();
@@ -483,7 +475,7 @@ impl Daemon {
             for id in ids {
                 self.remove_exec(id, true);
             }
-            self.store.free_where(|id| shoal_proto::ids::job_of(id) == job);
+            self.store.free_where(|id| shoal_domain::ids::job_of(id) == job);
         }
     }
 
@@ -594,7 +586,7 @@ impl Daemon {
                 while i < self.queue.len() {
                     if self.queue[i].stored_args().any(|s| s.id == id) {
                         let l = self.queue.remove(i).expect("index valid");
-                        let msg = format!("argument object {} could not be fetched: {e}", shoal_proto::ids::display(id));
+                        let msg = format!("argument object {} could not be fetched: {e}", shoal_domain::ids::display(id));
                         self.result(l.d.task, Err(failure(FailureKind::ObjectLost, msg)));
                     } else {
                         i += 1;
@@ -861,7 +853,7 @@ impl Daemon {
                         for p in pinned {
                             self.store.unpin(p);
                         }
-                        return Err(format!("argument object {} is not on this node: {e}", shoal_proto::ids::display(s.id)));
+                        return Err(format!("argument object {} is not on this node: {e}", shoal_domain::ids::display(s.id)));
                     }
                 },
                 Some(pb::task_arg::Kind::Value(v)) => pb::ExecArg { value: v.clone(), ..Default::default() },
@@ -938,7 +930,7 @@ impl Daemon {
                 Some(pb::task_result::Outcome::Value(v)) => v.len(),
                 _ => 64,
             };
-            if !batch.is_empty() && size + len > shoal_proto::BATCH_BYTES {
+            if !batch.is_empty() && size + len > shoal_domain::limits::BATCH_BYTES {
                 let _ = tx.send(pad(WorkerToHead { results: std::mem::take(&mut batch), ..Default::default() }));
                 size = 0;
             }

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use shoal_proto::OBJECT_CHUNK_BYTES;
+use shoal_domain::limits::OBJECT_CHUNK_BYTES;
 use shoal_proto::pb::object_store_server::{ObjectStore, ObjectStoreServer};
 use shoal_proto::pb::{ObjectChunk, PinReply, PinRequest, PullRequest, PushReply, WriteReply, WriteStep};
 use shoal_store::{Store, StoreError};
@@ -147,8 +147,8 @@ impl ObjectStore for ObjectService {
 /// Serves `store` on `listener` (token-checked) until the task is aborted.
 pub fn serve(store: Arc<Store>, listener: tokio::net::TcpListener, token: Option<&str>) -> tokio::task::JoinHandle<()> {
     let svc = ObjectStoreServer::new(ObjectService { store })
-        .max_decoding_message_size(shoal_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(shoal_proto::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, shoal_proto::auth::CheckToken::new(token));
     // TCP_NODELAY on every accepted connection: small messages (a result,
     // then an acknowledgement) must not wait for the peer's delayed ACK.
@@ -205,7 +205,7 @@ async fn pull_from(address: &str, token: Option<&str>, id: u64, size: u64, sink:
 
 /// Why no holder could send object `id`: each one's error.
 fn no_holder(id: u64, errors: &[String]) -> String {
-    let id = shoal_proto::ids::display(id);
+    let id = shoal_domain::ids::display(id);
     format!("no holder could send object {id} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") })
 }
 

@@ -20,7 +20,7 @@ impl Core {
     ///   window after a restart);
     /// - task counters match the tables.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let d = ids::display;
+        let d = |id: ObjectId| id.to_string();
         let in_queue: IdSet<TaskId> = self.ready.iter().copied().collect();
         let mut refs: IdMap<ObjectId, u32> = IdMap::default();
         let (mut queued, mut running) = (0u64, 0u64);
@@ -125,7 +125,7 @@ impl Core {
             }
         }
         for (id, o) in &self.objects {
-            if !self.jobs.contains_key(&ids::job_of(*id)) {
+            if !self.jobs.contains_key(&id.job()) {
                 return Err(format!("object {} belongs to a gone job", d(*id)));
             }
             let want = refs.get(id).copied().unwrap_or(0);
@@ -160,12 +160,12 @@ impl Core {
                     .iter()
                     .map(|a| match a {
                         ArgSlot::Value(_) => "value".to_string(),
-                        ArgSlot::Object(x) if self.tasks.contains_key(x) => format!("task {}", ids::display(*x)),
-                        ArgSlot::Object(x) => format!("object {}", ids::display(*x)),
+                        ArgSlot::Object(x) if self.tasks.contains_key(x) => format!("task {}", *x),
+                        ArgSlot::Object(x) => format!("object {}", *x),
                     })
                     .collect();
                 let queued = self.ready.contains(id);
-                (*id, format!("{} {:?} missing={} in_queue={queued} args={args:?}", ids::display(*id), t.state, t.missing))
+                (*id, format!("{} {:?} missing={} in_queue={queued} args={args:?}", *id, t.state, t.missing))
             })
             .collect();
         v.sort_unstable();

@@ -21,8 +21,8 @@ mod types;
 pub use types::*;
 
 use bytes::Bytes;
-use shoal_proto::ids;
-use shoal_proto::resources::ResourceSet;
+use shoal_domain::failure::{self, Retry, RetryState};
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -159,9 +159,18 @@ struct Task {
     dependents: Option<Box<Vec<TaskId>>>,
 }
 
-/// How often a task may fail to read an input that nobody is rebuilding
-/// before it fails with `ObjectLost`.
-const MAX_UNREADABLE: u8 = 3;
+impl Task {
+    /// What the retry policy needs to know of it.
+    fn retry_state(&self, inputs_rebuilding: bool) -> RetryState {
+        RetryState {
+            attempts: self.attempts as u32,
+            max_retries: self.max_retries as u32,
+            unreadable: self.unreadable as u32,
+            cancel_requested: self.cancel_requested,
+            inputs_rebuilding,
+        }
+    }
+}
 
 /// Why a ready task cannot be dispatched after all.
 enum Unready {
@@ -354,9 +363,9 @@ impl Core {
             }
         }
         for oid in readable_again {
-            let attached = self.jobs.get(&ids::job_of(oid)).is_some_and(|j| j.detached_since.is_none());
+            let attached = self.jobs.get(&oid.job()).is_some_and(|j| j.detached_since.is_none());
             if attached && let Some(r) = self.objects.get(&oid).and_then(|o| self.answer(oid, &o.state)) {
-                out.result(ids::job_of(oid), oid, r);
+                out.result(oid.job(), oid, r);
             }
         }
         if !lost.is_empty() {
@@ -484,11 +493,13 @@ impl Core {
         let mut requeue = Vec::new();
         for t in lost {
             let Some(task) = self.tasks.get_mut(&t) else { continue };
-            let max_retries = task.max_retries;
             task.history.get_or_insert_default().push(format!("attempt {} on node {id}: the node died ({reason})", task.attempts));
+            // The node died under it: the policy decides as for an
+            // executor death (the task's inputs are requeued as needed).
+            let decision = failure::decide(FailureKind::WorkerDied, task.retry_state(false));
             if task.cancel_requested {
                 self.fail_task(t, Failure::new(FailureKind::Cancelled, "cancelled"), out);
-            } else if task.attempts <= max_retries {
+            } else if decision == Retry::Again {
                 requeue.push(t);
             } else {
                 let history = task.history.as_ref().map(|h| h.join("; ")).unwrap_or_default();
@@ -543,9 +554,8 @@ impl Core {
                 }
                 Some(_) => {}
                 None => {
-                    tracing::error!(task = %ids::display(tid), input = %ids::display(*x), "a queued task's input is neither an object nor a task");
-                    failed
-                        .get_or_insert_with(|| Failure::new(FailureKind::Internal, format!("the head lost track of input {} of this task", ids::display(*x))));
+                    tracing::error!(task = %tid, input = %*x, "a queued task's input is neither an object nor a task");
+                    failed.get_or_insert_with(|| Failure::new(FailureKind::Internal, format!("the head lost track of input {} of this task", *x)));
                 }
             }
         }
@@ -646,7 +656,7 @@ impl Core {
         let objects = self
             .objects
             .iter()
-            .filter(|(id, _)| ids::job_of(**id) == job)
+            .filter(|(id, _)| id.job() == job)
             .map(|(id, o)| SnapshotObject {
                 id: *id,
                 value: match &o.state {
@@ -686,7 +696,7 @@ impl Core {
         };
         let mut unreferenced = Vec::new();
         for o in snap.objects {
-            if ids::job_of(o.id) != job {
+            if o.id.job() != job {
                 continue;
             }
             let state = match o.value {
@@ -732,7 +742,7 @@ impl Core {
         // A stored object whose holders have not re-registered yet (a
         // restart) is left out: the driver is told when one does, or asks
         // (`locate`) when it reads it.
-        for (id, o) in self.objects.iter().filter(|(id, o)| ids::job_of(**id) == job && o.driver_ref) {
+        for (id, o) in self.objects.iter().filter(|(id, o)| id.job() == job && o.driver_ref) {
             if let Some(r) = self.answer(*id, &o.state) {
                 out.push((*id, r));
             }
@@ -752,7 +762,7 @@ impl Core {
                 self.counts.queued = self.counts.queued.saturating_sub(1);
                 self.finished(tid, node, value, out);
             }
-            Err(f) if matches!(f.kind, FailureKind::WorkerDied | FailureKind::ObjectLost) => {}
+            Err(f) if f.kind.is_infrastructure() => {}
             Err(f) => self.fail_task(tid, f, out),
         }
     }
@@ -794,7 +804,7 @@ impl Core {
             }
         }
         self.objects.retain(|id, o| {
-            if ids::job_of(*id) != job {
+            if id.job() != job {
                 return true;
             }
             if let ObjectState::Stored { holders, .. } = &o.state {
@@ -817,8 +827,8 @@ impl Core {
 
     /// A driver stores a value (a `put`) under `id`.
     pub fn put(&mut self, job: JobId, id: ObjectId, value: PutValue, out: &mut impl Outbox) {
-        if ids::job_of(id) != job || self.objects.contains_key(&id) || self.tasks.contains_key(&id) || !self.jobs.contains_key(&job) {
-            tracing::warn!(job, object = %ids::display(id), "put refused: foreign or duplicate id");
+        if id.job() != job || self.objects.contains_key(&id) || self.tasks.contains_key(&id) || !self.jobs.contains_key(&job) {
+            tracing::warn!(job, object = %id, "put refused: foreign or duplicate id");
             if let PutValue::Stored { node, .. } = value {
                 out.free_object(node, id);
             }
@@ -843,7 +853,7 @@ impl Core {
         };
         self.objects.insert(id, Object { state, driver_ref: true, task_refs: 0, lineage: None });
         if let Some(node) = dead {
-            let f = Failure::new(FailureKind::ObjectLost, format!("object {} was put into the store of node {node}, which died", ids::display(id)));
+            let f = Failure::new(FailureKind::ObjectLost, format!("object {} was put into the store of node {node}, which died", id));
             self.object_failed(id, f, out);
         }
     }
@@ -857,7 +867,7 @@ impl Core {
         o.state = ObjectState::Failed(Box::new(f.clone()));
         o.lineage = None;
         if o.driver_ref {
-            out.result(ids::job_of(id), id, Err(f.clone()));
+            out.result(id.job(), id, Err(f.clone()));
         }
         // Queued consumers fail now; running ones fail when they cannot
         // read it.
@@ -879,7 +889,7 @@ impl Core {
     /// finishes, like any result.
     pub fn locate(&mut self, job: JobId, ids_: &[ObjectId], out: &mut impl Outbox) {
         for &id in ids_ {
-            if ids::job_of(id) != job {
+            if id.job() != job {
                 continue;
             }
             if self.tasks.contains_key(&id) {
@@ -890,11 +900,9 @@ impl Core {
                     Some(r) => r,
                     // Its holders may still re-register after a restart.
                     None if self.recovering_until.is_some() => continue,
-                    None => Err(Failure::new(FailureKind::ObjectLost, format!("object {}: no node holds a copy any more", ids::display(id)))),
+                    None => Err(Failure::new(FailureKind::ObjectLost, format!("object {}: no node holds a copy any more", id))),
                 },
-                None => {
-                    Err(Failure::new(FailureKind::ObjectLost, format!("object {} is not known to the head (released, or its job ended)", ids::display(id))))
-                }
+                None => Err(Failure::new(FailureKind::ObjectLost, format!("object {} is not known to the head (released, or its job ended)", id))),
             };
             out.result(job, id, outcome);
         }
@@ -906,8 +914,8 @@ impl Core {
         let default_retries: Vec<u32> = j.functions.iter().map(|f| f.max_retries).collect();
         let nfuncs = default_retries.len();
         for t in tasks {
-            if ids::job_of(t.id) != job || self.objects.contains_key(&t.id) || self.tasks.contains_key(&t.id) {
-                tracing::warn!(job, task = %ids::display(t.id), "submission refused: foreign or duplicate id");
+            if t.id.job() != job || self.objects.contains_key(&t.id) || self.tasks.contains_key(&t.id) {
+                tracing::warn!(job, task = %t.id, "submission refused: foreign or duplicate id");
                 continue;
             }
             let mut slots = Vec::with_capacity(t.args.len());
@@ -920,7 +928,7 @@ impl Core {
                     }
                     continue;
                 };
-                let own = ids::job_of(oid) == job;
+                let own = oid.job() == job;
                 if let Some(o) = self.objects.get_mut(&oid).filter(|_| own) {
                     o.task_refs += 1;
                     if let ObjectState::Failed(f) = &o.state {
@@ -934,7 +942,7 @@ impl Core {
                     slots.push(ArgSlot::Object(oid));
                 } else {
                     early.get_or_insert_with(|| {
-                        Failure::new(FailureKind::ObjectLost, format!("argument object {} does not exist (released or never created)", ids::display(oid)))
+                        Failure::new(FailureKind::ObjectLost, format!("argument object {} does not exist (released or never created)", oid))
                     });
                 }
             }
@@ -973,7 +981,7 @@ impl Core {
     /// The driver dropped its last reference to these objects.
     pub fn release(&mut self, job: JobId, ids_: &[ObjectId], out: &mut impl Outbox) {
         for id in ids_ {
-            if ids::job_of(*id) != job {
+            if id.job() != job {
                 continue;
             }
             if let Some(o) = self.objects.get_mut(id) {
@@ -1024,6 +1032,10 @@ impl Core {
                 continue;
             }
             let rebuilding = matches!(&outcome, Err(f) if f.kind == FailureKind::ObjectLost) && self.inputs_being_rebuilt(tid);
+            let decision = match &outcome {
+                Ok(_) => Retry::Fail,
+                Err(f) => self.tasks.get(&tid).map_or(Retry::Fail, |t| failure::decide(f.kind, t.retry_state(rebuilding))),
+            };
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             let def = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize));
             if let Some(node) = self.nodes.get_mut(&node_id) {
@@ -1040,21 +1052,21 @@ impl Core {
                 }
                 // The task could not read an input from any holder, and an
                 // input is being rebuilt: it waits for it.
-                Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && rebuilding => {
-                    tracing::info!(task = %ids::display(tid), "an input was lost while the task waited for it; it runs again once the input is rebuilt");
+                Err(_) if decision == Retry::WaitForInputs => {
+                    tracing::info!(task = %tid, "an input was lost while the task waited for it; it runs again once the input is rebuilt");
                     self.requeue(tid, out);
                 }
                 // No input is being rebuilt: a holder may have died just
                 // before its death reached the head. Try again (bounded):
                 // by then its copies are rebuilt or read from another node.
-                Err(f) if f.kind == FailureKind::ObjectLost && !task.cancel_requested && task.unreadable < MAX_UNREADABLE => {
+                Err(f) if decision == Retry::AgainUnreadable => {
                     task.unreadable += 1;
-                    tracing::info!(task = %ids::display(tid), error = %f.message, "the task could not read an input; trying again");
+                    tracing::info!(task = %tid, error = %f.message, "the task could not read an input; trying again");
                     task.history.get_or_insert_default().push(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
                     self.requeue(tid, out);
                 }
-                Err(f) if f.kind == FailureKind::WorkerDied && task.attempts <= task.max_retries && !task.cancel_requested => {
-                    tracing::info!(task = %ids::display(tid), attempt = task.attempts, "executor died; retrying task");
+                Err(f) if decision == Retry::Again => {
+                    tracing::info!(task = %tid, attempt = task.attempts, "executor died; retrying task");
                     task.history.get_or_insert_default().push(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
                     self.requeue(tid, out);
                 }
@@ -1166,7 +1178,7 @@ impl Core {
         if task.driver_ref
             && let Some(outcome) = self.answer(id, &state)
         {
-            out.result(ids::job_of(id), id, outcome);
+            out.result(id.job(), id, outcome);
         }
         // Keep the object only while someone can still ask for it.
         if task.driver_ref || task.result_refs > 0 {
@@ -1228,7 +1240,7 @@ impl Core {
                 continue;
             }
             let Some(def) = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize)) else {
-                tracing::error!(task = %ids::display(tid), job = task.job, func = task.func, "a ready task's job or function is unknown");
+                tracing::error!(task = %tid, job = task.job, func = task.func, "a ready task's job or function is unknown");
                 self.fail_task(tid, Failure::new(FailureKind::Internal, "the head lost track of this task's job or function"), out);
                 continue;
             };
@@ -1314,7 +1326,7 @@ impl Core {
             if !matches!(&o.state, ObjectState::Stored { holders, .. } if holders.is_empty()) {
                 continue;
             }
-            if !(o.driver_ref || o.task_refs > 0) || !self.jobs.contains_key(&ids::job_of(oid)) {
+            if !(o.driver_ref || o.task_refs > 0) || !self.jobs.contains_key(&oid.job()) {
                 if let Some(o) = self.objects.remove(&oid) {
                     Self::free_copies(oid, &o.state, out);
                 }
@@ -1331,8 +1343,8 @@ impl Core {
                 }
             };
             if let Some(cannot) = cannot {
-                tracing::warn!(object = %ids::display(oid), why, "a lost object cannot be rebuilt: {cannot}");
-                let f = Failure::new(FailureKind::ObjectLost, format!("object {} is lost ({why}) and cannot be rebuilt: {cannot}", ids::display(oid)));
+                tracing::warn!(object = %oid, why, "a lost object cannot be rebuilt: {cannot}");
+                let f = Failure::new(FailureKind::ObjectLost, format!("object {} is lost ({why}) and cannot be rebuilt: {cannot}", oid));
                 unrebuildable.push((oid, f));
                 continue;
             }
@@ -1353,7 +1365,7 @@ impl Core {
             self.tasks.insert(
                 oid,
                 Task {
-                    job: ids::job_of(oid),
+                    job: oid.job(),
                     func: lin.func,
                     args: lin.args,
                     missing: 0,
@@ -1370,7 +1382,7 @@ impl Core {
             );
             self.counts.queued += 1;
             rebuilt.push(oid);
-            tracing::info!(object = %ids::display(oid), "rebuilding a lost object by re-running the task that made it");
+            tracing::info!(object = %oid, "rebuilding a lost object by re-running the task that made it");
         }
         if !rebuilt.is_empty() {
             self.wire_rebuilt(&rebuilt, out);
@@ -1473,7 +1485,7 @@ impl Core {
                         if r.holders.is_empty() {
                             return Err(Unready::Fail(Failure::new(
                                 FailureKind::ObjectLost,
-                                format!("argument object {} was lost: every node holding a copy died", ids::display(*oid)),
+                                format!("argument object {} was lost: every node holding a copy died", *oid),
                             )));
                         }
                         args.push(Payload::Stored(r));
@@ -1496,7 +1508,7 @@ impl Core {
                 // Not ready after all: waits for what is being rebuilt (or
                 // fails with its input's error).
                 if self.wait_for_inputs(tid, out) {
-                    tracing::error!(task = %ids::display(tid), "a ready task's inputs could not be resolved");
+                    tracing::error!(task = %tid, "a ready task's inputs could not be resolved");
                     self.fail_task(tid, Failure::new(FailureKind::Internal, "the head could not resolve this task's inputs"), out);
                 }
                 return;

@@ -105,7 +105,7 @@ const FUNCS: usize = 3;
 /// The value task `id` returns (inline): deterministic, so a re-run
 /// after a restart gives the same answer.
 fn value_of(id: TaskId) -> Bytes {
-    Bytes::copy_from_slice(&id.to_le_bytes())
+    Bytes::copy_from_slice(&id.0.to_le_bytes())
 }
 
 impl World {
@@ -226,13 +226,13 @@ impl World {
     /// anything.
     fn hear(&mut self, job: JobId, id: ObjectId, r: Result<Payload, Failure>) -> Option<String> {
         let Some(j) = self.jobs.iter_mut().find(|j| j.id == job) else {
-            return Some(format!("a result for {} went to unknown job {job}", ids::display(id)));
+            return Some(format!("a result for {} went to unknown job {job}", id));
         };
         if !j.attached {
             return None;
         }
         if !j.made.contains(&id) {
-            return Some(format!("job {job} got a result for {}, which it never made", ids::display(id)));
+            return Some(format!("job {job} got a result for {}, which it never made", id));
         }
         if let Some(prev) = j.answers.get(&id) {
             let changed = match (prev, &r) {
@@ -244,14 +244,14 @@ impl World {
                 _ => true,
             };
             if changed {
-                return Some(format!("job {job}: the answer for {} changed from {prev:?} to {r:?}", ids::display(id)));
+                return Some(format!("job {job}: the answer for {} changed from {prev:?} to {r:?}", id));
             }
         }
         if let Ok(Payload::Inline(b)) = &r
             && j.tasks.contains(&id)
             && *b != value_of(id)
         {
-            return Some(format!("job {job}: task {} returned {b:?}, not its value", ids::display(id)));
+            return Some(format!("job {job}: task {} returned {b:?}, not its value", id));
         }
         j.answers.insert(id, r);
         None
@@ -291,21 +291,21 @@ impl World {
                 self.jobs[j].held.retain(|h| *h != id);
                 let job = self.jobs[j].id;
                 self.core.release(job, &[id], &mut out);
-                format!("job {job} releases {}", ids::display(id))
+                format!("job {job} releases {}", id)
             }
             30..=32 => {
                 let Some(j) = self.pick_job() else { return "no job".into() };
                 let Some(id) = self.pick_held(j) else { return "nothing held".into() };
                 let job = self.jobs[j].id;
                 self.core.cancel(job, &[id], &mut out);
-                format!("job {job} cancels {}", ids::display(id))
+                format!("job {job} cancels {}", id)
             }
             33..=35 => {
                 let Some(j) = self.pick_job() else { return "no job".into() };
                 let Some(id) = self.pick_held(j) else { return "nothing held".into() };
                 let job = self.jobs[j].id;
                 self.core.locate(job, &[id], &mut out);
-                format!("job {job} locates {}", ids::display(id))
+                format!("job {job} locates {}", id)
             }
             36..=47 => {
                 let Some(i) = self.pick_node(|n| n.reachable()) else { return "no reachable node".into() };
@@ -410,7 +410,7 @@ impl World {
         let job = self.jobs[j].id;
         let mut tasks = Vec::new();
         for _ in 0..self.rng.random_range(1..=4) {
-            let id = ids::object_id(job, self.jobs[j].next_seq);
+            let id = ObjectId::new(job, self.jobs[j].next_seq);
             self.jobs[j].next_seq += 1;
             let mut args = Vec::new();
             for _ in 0..self.rng.random_range(0..=3) {
@@ -421,7 +421,7 @@ impl World {
                     args.push(NewArg::Object(x));
                 } else if r == 19 {
                     // A reference the driver never had.
-                    args.push(NewArg::Object(ids::object_id(job, 1 << 30)));
+                    args.push(NewArg::Object(ObjectId::new(job, 1 << 30)));
                 } else {
                     args.push(NewArg::Value(Bytes::from_static(b"v")));
                 }
@@ -434,7 +434,7 @@ impl World {
             tasks.push(NewTask { id, func, args, max_retries });
         }
         let n = tasks.len();
-        let desc = format!("job {job} submits {n} tasks: {:?}", tasks.iter().map(|t| (ids::display(t.id), t.func, t.args.len())).collect::<Vec<_>>());
+        let desc = format!("job {job} submits {n} tasks: {:?}", tasks.iter().map(|t| (t.id, t.func, t.args.len())).collect::<Vec<_>>());
         self.core.submit(job, tasks, out);
         desc
     }
@@ -442,7 +442,7 @@ impl World {
     fn put(&mut self, out: &mut Sent) -> String {
         let Some(j) = self.pick_job() else { return "no job".into() };
         let job = self.jobs[j].id;
-        let id = ids::object_id(job, self.jobs[j].next_seq);
+        let id = ObjectId::new(job, self.jobs[j].next_seq);
         self.jobs[j].next_seq += 1;
         let value = match self.pick_node(|n| n.up && !n.partitioned).filter(|_| self.rng.random_bool(0.6)) {
             Some(i) => {
@@ -453,7 +453,7 @@ impl World {
         };
         self.jobs[j].held.push(id);
         self.jobs[j].made.insert(id);
-        let desc = format!("job {job} puts {} ({value:?})", ids::display(id));
+        let desc = format!("job {job} puts {} ({value:?})", id);
         self.core.put(job, id, value, out);
         desc
     }
@@ -495,7 +495,7 @@ impl World {
         };
         let desc = format!(
             "node {i} reports {} -> {}",
-            ids::display(d.task),
+            d.task,
             match &outcome {
                 Ok(Value::Inline(_)) => "inline".to_string(),
                 Ok(Value::Stored { .. }) => "stored".to_string(),
@@ -565,7 +565,7 @@ impl World {
                         Err(Failure::new(FailureKind::Cancelled, "cancelled"))
                     } else if !inputs_ok {
                         Err(Failure::new(FailureKind::ObjectLost, "no holder could send an input"))
-                    } else if d.task % 2 == 0 {
+                    } else if d.task.0 % 2 == 0 {
                         self.nodes[i].store.insert(d.task);
                         Ok(Value::Stored { size: 1000 })
                     } else {
@@ -610,9 +610,9 @@ impl World {
             }
             for id in &j.held {
                 match j.answers.get(id) {
-                    None if j.tasks.contains(id) => self.fail(format!("job {}: task {} ended without the driver hearing of it", j.id, ids::display(*id))),
+                    None if j.tasks.contains(id) => self.fail(format!("job {}: task {} ended without the driver hearing of it", j.id, *id)),
                     Some(Ok(Payload::Stored(r))) if !self.readable(r) => {
-                        self.fail(format!("job {}: the driver was told {} is at {:?}, but no such copy exists", j.id, ids::display(*id), r.holders))
+                        self.fail(format!("job {}: the driver was told {} is at {:?}, but no such copy exists", j.id, *id, r.holders))
                     }
                     _ => {}
                 }
@@ -640,7 +640,7 @@ impl World {
         }
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.store.is_empty() {
-                let mut left: Vec<String> = n.store.iter().map(|o| ids::display(*o)).collect();
+                let mut left: Vec<String> = n.store.iter().map(|o| o.to_string()).collect();
                 left.sort();
                 self.fail(format!("node {i} still stores {left:?} after every reference was released"));
             }
@@ -671,7 +671,7 @@ fn random_fault_schedules_keep_the_core_consistent() {
     for seed in seeds {
         let steps = 50 + (seed % 7) as usize * 40;
         if let Err(e) = std::panic::catch_unwind(|| run(seed, steps)) {
-            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = shoal_domain::panic::message(&*e);
             panic!("fault schedule failed: rerun with SHOAL_SCHEDULE_SEED={seed}\n{msg}");
         }
     }

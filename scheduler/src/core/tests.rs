@@ -69,7 +69,7 @@ fn job_with(core: &mut Core, funcs: &[(&str, ResourceSet, u32)]) -> JobId {
 }
 
 fn task(job: JobId, seq: u64, func: u32, args: Vec<NewArg>) -> NewTask {
-    NewTask { id: ids::object_id(job, seq), func, args, max_retries: None }
+    NewTask { id: ObjectId::new(job, seq), func, args, max_retries: None }
 }
 
 fn val(x: &'static [u8]) -> NewArg {
@@ -122,11 +122,11 @@ fn fifo_dispatch_respects_credits_and_sends_job_info_once() {
     core.node_credits(a, ea, 3, now);
     core.schedule(&mut out);
     let d = out.take_dispatched();
-    assert_eq!(d.iter().map(|(_, t)| ids::seq_of(t.task)).collect::<Vec<_>>(), vec![1, 2, 3], "FIFO order");
+    assert_eq!(d.iter().map(|(_, t)| t.task.seq()).collect::<Vec<_>>(), vec![1, 2, 3], "FIFO order");
     assert_eq!(out.job_infos, vec![(a, job, 0, 1)], "job info sent once, before the first task");
     assert_eq!(core.snapshot(now).tasks, TaskCounts { queued: 2, running: 3, finished: 0, failed: 0 });
-    core.tasks_finished(a, ea, vec![(ids::object_id(job, 1), ok(b"r1"))], now, &mut out);
-    assert_eq!(out.results, vec![(job, ids::object_id(job, 1), Ok(inline(b"r1")))]);
+    core.tasks_finished(a, ea, vec![(ObjectId::new(job, 1), ok(b"r1"))], now, &mut out);
+    assert_eq!(out.results, vec![(job, ObjectId::new(job, 1), Ok(inline(b"r1")))]);
     out.results.clear();
     core.node_credits(a, ea, 10, now);
     core.schedule(&mut out);
@@ -142,7 +142,7 @@ fn dag_waits_for_inputs_and_resolves_them_on_the_head() {
     let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
     core.node_credits(a, ea, 100, now);
     let job = job_with(&mut core, &[("leaf", ResourceSet::cpus(1.0), 0), ("add", ResourceSet::cpus(1.0), 0)]);
-    let (l1, l2) = (ids::object_id(job, 1), ids::object_id(job, 2));
+    let (l1, l2) = (ObjectId::new(job, 1), ObjectId::new(job, 2));
     core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![]), task(job, 3, 1, vec![NewArg::Object(l1), NewArg::Object(l2)])], &mut out);
     core.schedule(&mut out);
     let d = out.take_dispatched();
@@ -158,9 +158,9 @@ fn dag_waits_for_inputs_and_resolves_them_on_the_head() {
     // The driver drops the leaves; they stay until the add finishes.
     core.release(job, &[l1, l2], &mut out);
     assert_eq!(core.object_count(), 2, "the pending add has no entry yet");
-    core.tasks_finished(a, ea, vec![(ids::object_id(job, 3), ok(b"AB"))], now, &mut out);
+    core.tasks_finished(a, ea, vec![(ObjectId::new(job, 3), ok(b"AB"))], now, &mut out);
     assert_eq!(core.object_count(), 1, "inputs freed once nothing needs them");
-    core.release(job, &[ids::object_id(job, 3)], &mut out);
+    core.release(job, &[ObjectId::new(job, 3)], &mut out);
     assert_eq!(core.object_count(), 0);
     assert_eq!(core.task_count(), 0);
 }
@@ -173,7 +173,7 @@ fn failure_propagates_through_the_graph_with_its_cause() {
     let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
     core.node_credits(a, ea, 100, now);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
-    let (x, y, z) = (ids::object_id(job, 1), ids::object_id(job, 2), ids::object_id(job, 3));
+    let (x, y, z) = (ObjectId::new(job, 1), ObjectId::new(job, 2), ObjectId::new(job, 3));
     core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![NewArg::Object(x)]), task(job, 3, 0, vec![NewArg::Object(y)])], &mut out);
     core.schedule(&mut out);
     out.take_dispatched();
@@ -210,9 +210,9 @@ fn dead_node_tasks_are_retried_elsewhere_then_fail_past_max_retries() {
     let d = out.take_dispatched();
     assert_eq!((d[0].0, d[0].1.attempt), (b, 2), "retried on the other node");
     // Results from the dead session are ignored.
-    core.tasks_finished(a, ea, vec![(ids::object_id(job, 1), ok(b"stale"))], now, &mut out);
+    core.tasks_finished(a, ea, vec![(ObjectId::new(job, 1), ok(b"stale"))], now, &mut out);
     assert!(out.results.is_empty());
-    core.tasks_finished(b, eb, vec![(ids::object_id(job, 1), Err(Failure::new(FailureKind::WorkerDied, "executor killed")))], now, &mut out);
+    core.tasks_finished(b, eb, vec![(ObjectId::new(job, 1), Err(Failure::new(FailureKind::WorkerDied, "executor killed")))], now, &mut out);
     let (_, _, r) = out.results.pop().unwrap();
     let f = r.unwrap_err();
     assert_eq!((f.kind, f.attempts, f.function.as_str()), (FailureKind::WorkerDied, 2, "once"));
@@ -241,7 +241,7 @@ fn resources_decide_placement_and_impossible_tasks_fail_clearly() {
     assert_eq!(d.len(), 3);
     assert!(d.iter().all(|(n, _)| *n == gpu), "gpu tasks only on the gpu node");
     let (_, id, r) = out.results.pop().unwrap();
-    assert_eq!(id, ids::object_id(job, 4));
+    assert_eq!(id, ObjectId::new(job, 4));
     let f = r.unwrap_err();
     assert_eq!(f.kind, FailureKind::Unschedulable);
     assert!(f.message.contains("gpu=9"), "{}", f.message);
@@ -273,7 +273,7 @@ fn cancel_queued_never_runs_and_cancel_running_asks_the_node() {
     core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![])], &mut out);
     core.schedule(&mut out);
     assert_eq!(out.take_dispatched().len(), 1);
-    let (running, queued) = (ids::object_id(job, 1), ids::object_id(job, 2));
+    let (running, queued) = (ObjectId::new(job, 1), ObjectId::new(job, 2));
     core.cancel(job, &[queued, running], &mut out);
     assert_eq!(out.results.len(), 1);
     assert_eq!(out.results[0].2.clone().unwrap_err().kind, FailureKind::Cancelled);
@@ -302,7 +302,7 @@ fn job_disconnect_drops_its_work_and_frees_executors() {
     core.schedule(&mut out);
     out.take_dispatched();
     core.job_disconnected(job, &mut out);
-    assert_eq!(out.cancels, vec![(a, ids::object_id(job, 1))]);
+    assert_eq!(out.cancels, vec![(a, ObjectId::new(job, 1))]);
     assert_eq!(out.finished_jobs, vec![(a, job)]);
     assert_eq!(core.snapshot(now).tasks, TaskCounts { queued: 1, running: 0, finished: 0, failed: 0 });
     assert_eq!(core.task_count(), 1, "the other job's task is untouched");
@@ -319,18 +319,18 @@ fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
     let mut out = Rec::default();
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
     // A task with another job's id is ignored.
-    core.submit(job, vec![NewTask { id: ids::object_id(job + 1, 1), func: 0, args: vec![], max_retries: None }], &mut out);
+    core.submit(job, vec![NewTask { id: ObjectId::new(job + 1, 1), func: 0, args: vec![], max_retries: None }], &mut out);
     assert_eq!(core.task_count(), 0);
     // An undefined function fails the task.
     core.submit(job, vec![task(job, 1, 7, vec![])], &mut out);
     assert_eq!(out.results.pop().unwrap().2.unwrap_err().kind, FailureKind::FunctionNotFound);
     // A reference to an unknown object fails with ObjectLost.
-    core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(ids::object_id(job, 99))])], &mut out);
+    core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(ObjectId::new(job, 99))])], &mut out);
     assert_eq!(out.results.pop().unwrap().2.unwrap_err().kind, FailureKind::ObjectLost);
     // Results for unknown tasks or nodes are ignored.
-    core.tasks_finished(NodeId::random(), 1, vec![(42, ok(b""))], Instant::now(), &mut out);
-    core.release(job, &[12345], &mut out);
-    core.cancel(job, &[777], &mut out);
+    core.tasks_finished(NodeId::random(), 1, vec![(ObjectId(42), ok(b""))], Instant::now(), &mut out);
+    core.release(job, &[ObjectId(12345)], &mut out);
+    core.cancel(job, &[ObjectId(777)], &mut out);
     out.assert_quiet();
 }
 
@@ -342,7 +342,7 @@ fn put_objects_serve_as_arguments() {
     let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
     core.node_credits(a, ea, 1, now);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
-    let p = ids::object_id(job, 1);
+    let p = ObjectId::new(job, 1);
     core.put(job, p, PutValue::Inline(Bytes::from_static(b"big")), &mut out);
     core.submit(job, vec![task(job, 2, 0, vec![NewArg::Object(p)])], &mut out);
     core.schedule(&mut out);
@@ -357,7 +357,7 @@ fn results_nobody_references_are_not_kept() {
     let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
     core.node_credits(a, ea, 10, now);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
-    let (x, y) = (ids::object_id(job, 1), ids::object_id(job, 2));
+    let (x, y) = (ObjectId::new(job, 1), ObjectId::new(job, 2));
     core.submit(job, vec![task(job, 1, 0, vec![]), task(job, 2, 0, vec![])], &mut out);
     core.schedule(&mut out);
     out.take_dispatched();
@@ -416,7 +416,7 @@ fn a_drained_node_gets_no_new_tasks_and_keeps_its_running_ones() {
     core.schedule(&mut out);
     assert!(out.take_dispatched().iter().all(|(n, _)| *n == b));
     // Its running task still completes normally.
-    core.tasks_finished(a, ea, vec![(ids::object_id(job, 1), ok(b"done"))], now, &mut out);
+    core.tasks_finished(a, ea, vec![(ObjectId::new(job, 1), ok(b"done"))], now, &mut out);
     assert_eq!(out.results.len(), 1);
     assert!(core.drain(NodeId::random(), &mut out).is_err());
 }
@@ -436,7 +436,7 @@ fn stored_results_are_passed_by_location_and_tasks_go_where_the_data_is() {
     let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
     let (b, eb) = node_at(&mut core, "10.0.0.2", now, &mut out);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
-    let big = ids::object_id(job, 1);
+    let big = ObjectId::new(job, 1);
     core.put(job, big, PutValue::Stored { size: 1 << 28, node: b }, &mut out);
     // Node a asks first, but b holds the 256 MiB input.
     core.node_credits(a, ea, 4, now);
@@ -448,9 +448,9 @@ fn stored_results_are_passed_by_location_and_tasks_go_where_the_data_is() {
     assert_eq!(d[0].0, b, "placed on the node holding the data");
     assert_eq!(d[0].1.args, vec![Payload::Stored(StoredRef { id: big, size: 1 << 28, holders: vec!["10.0.0.2:7000".into()] })]);
     // Its result is stored on b too; the driver learns where.
-    core.tasks_finished(b, eb, vec![(ids::object_id(job, 2), Ok(Value::Stored { size: 1 << 20 }))], now, &mut out);
+    core.tasks_finished(b, eb, vec![(ObjectId::new(job, 2), Ok(Value::Stored { size: 1 << 20 }))], now, &mut out);
     let r = out.results.pop().unwrap();
-    assert_eq!(r.2, Ok(Payload::Stored(StoredRef { id: ids::object_id(job, 2), size: 1 << 20, holders: vec!["10.0.0.2:7000".into()] })));
+    assert_eq!(r.2, Ok(Payload::Stored(StoredRef { id: ObjectId::new(job, 2), size: 1 << 20, holders: vec!["10.0.0.2:7000".into()] })));
     out.assert_quiet();
 }
 
@@ -462,7 +462,7 @@ fn released_stored_objects_are_freed_on_every_holder() {
     let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
     let (b, _) = node_at(&mut core, "10.0.0.2", now, &mut out);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
-    let big = ids::object_id(job, 1);
+    let big = ObjectId::new(job, 1);
     core.put(job, big, PutValue::Stored { size: 1000, node: b }, &mut out);
     core.object_copied(a, ea, big, &mut out);
     core.release(job, &[big], &mut out);
@@ -485,7 +485,7 @@ fn unreferenced_stored_result_is_freed_and_a_late_duplicate_too() {
     let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
     core.node_credits(a, ea, 4, now);
-    let t = ids::object_id(job, 1);
+    let t = ObjectId::new(job, 1);
     core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
     core.schedule(&mut out);
     out.take_dispatched();
@@ -505,7 +505,7 @@ fn an_object_whose_only_holder_died_fails_its_consumers_with_object_lost() {
     let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
     let (b, _) = node_at(&mut core, "10.0.0.2", now, &mut out);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
-    let big = ids::object_id(job, 1);
+    let big = ObjectId::new(job, 1);
     core.put(job, big, PutValue::Stored { size: 1000, node: b }, &mut out);
     core.node_disconnected(b, 1, &mut out);
     core.node_credits(a, ea, 4, now);
@@ -513,10 +513,10 @@ fn an_object_whose_only_holder_died_fails_its_consumers_with_object_lost() {
     core.schedule(&mut out);
     assert!(out.dispatched.is_empty());
     let (_, id, r) = out.results.pop().unwrap();
-    assert_eq!(id, ids::object_id(job, 2));
+    assert_eq!(id, ObjectId::new(job, 2));
     let f = r.unwrap_err();
     assert_eq!(f.kind, FailureKind::ObjectLost);
-    assert!(f.message.contains(&ids::display(big)), "{}", f.message);
+    assert!(f.message.contains(&big.to_string()), "{}", f.message);
     // The driver was told first that its put is gone, and why.
     let (_, id, r) = out.results.pop().unwrap();
     assert_eq!(id, big);
@@ -541,9 +541,9 @@ fn a_lost_intermediate_object_is_rebuilt_and_its_consumer_still_runs() {
     let mut core = Core::new(CoreConfig::default());
     let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
     let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
-    let big = ids::object_id(job, 1);
-    let gate = ids::object_id(job, 2);
-    let fin = ids::object_id(job, 3);
+    let big = ObjectId::new(job, 1);
+    let gate = ObjectId::new(job, 2);
+    let fin = ObjectId::new(job, 3);
     core.node_credits(a, ea, 1, now);
     core.submit(job, vec![task(job, 1, 0, vec![val(b"seed")])], &mut out);
     core.schedule(&mut out);
@@ -588,8 +588,8 @@ fn a_running_consumer_whose_input_vanished_waits_for_the_rebuild() {
     let mut core = Core::new(CoreConfig::default());
     let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
     let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
-    let big = ids::object_id(job, 1);
-    let fin = ids::object_id(job, 2);
+    let big = ObjectId::new(job, 1);
+    let fin = ObjectId::new(job, 2);
     core.node_credits(a, ea, 1, now);
     core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
     core.schedule(&mut out);
@@ -627,7 +627,7 @@ fn lost_chains_are_rebuilt_from_the_first_lost_link() {
     let mut core = Core::new(CoreConfig::default());
     let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
-    let (x, y, z) = (ids::object_id(job, 1), ids::object_id(job, 2), ids::object_id(job, 3));
+    let (x, y, z) = (ObjectId::new(job, 1), ObjectId::new(job, 2), ObjectId::new(job, 3));
     core.node_credits(a, ea, 2, now);
     core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
     core.schedule(&mut out);
@@ -669,7 +669,7 @@ fn after_a_restart_objects_on_nodes_that_never_return_are_rebuilt() {
     // The log says: job 1's task 1 ran on a node that is not back.
     core.restore_job(1, "ab".repeat(32), "test".into(), now);
     core.define_functions(1, 0, vec![FunctionDef { name: "f".into(), resources: ResourceSet::cpus(1.0), max_retries: 3 }]);
-    let (x, y) = (ids::object_id(1, 1), ids::object_id(1, 2));
+    let (x, y) = (ObjectId::new(1, 1), ObjectId::new(1, 2));
     core.submit(1, vec![task(1, 1, 0, vec![val(b"in")])], &mut out);
     let gone = NodeId::random();
     core.restore_result(gone, x, Ok(Value::Stored { size: 10 }), &mut out);
@@ -696,7 +696,7 @@ fn a_job_snapshot_restores_its_graph_objects_and_references() {
     let mut core = Core::new(CoreConfig::default());
     let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 2)]);
-    let id = |s| ids::object_id(job, s);
+    let id = |s| ObjectId::new(job, s);
     core.put(job, id(1), PutValue::Inline(Bytes::from_static(b"p")), &mut out);
     core.node_credits(a, ea, 1, now);
     // 2: finished (stored, with lineage); 3: runs on 2 and the put; 4: waits on 3.
@@ -759,8 +759,8 @@ fn a_consumer_on_the_node_that_died_with_its_input_waits_for_the_rebuild() {
     let mut core = Core::new(CoreConfig::default());
     let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
     let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
-    let big = ids::object_id(job, 1);
-    let fin = ids::object_id(job, 2);
+    let big = ObjectId::new(job, 1);
+    let fin = ObjectId::new(job, 2);
     core.node_credits(a, ea, 2, now);
     core.submit(job, vec![task(job, 1, 0, vec![val(b"seed")])], &mut out);
     core.schedule(&mut out);
@@ -796,8 +796,8 @@ fn a_retried_task_whose_input_is_being_rebuilt_waits_for_it() {
     let mut core = Core::new(CoreConfig::default());
     let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
     let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
-    let big = ids::object_id(job, 1);
-    let fin = ids::object_id(job, 2);
+    let big = ObjectId::new(job, 1);
+    let fin = ObjectId::new(job, 2);
     core.node_credits(a, ea, 1, now);
     core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
     core.schedule(&mut out);
@@ -827,8 +827,8 @@ fn locate_answers_with_holders_a_verdict_or_the_rebuilt_result() {
     let mut core = Core::new(CoreConfig::default());
     let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
     let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3)]);
-    let made = ids::object_id(job, 1);
-    let put = ids::object_id(job, 2);
+    let made = ObjectId::new(job, 1);
+    let put = ObjectId::new(job, 2);
     core.node_credits(a, ea, 1, now);
     core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
     core.schedule(&mut out);
@@ -869,7 +869,7 @@ fn a_node_that_comes_back_without_a_copy_gets_it_rebuilt() {
     let mut core = Core::new(CoreConfig::default());
     let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
     let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3)]);
-    let made = ids::object_id(job, 1);
+    let made = ObjectId::new(job, 1);
     core.node_credits(a, ea, 1, now);
     core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
     core.schedule(&mut out);

@@ -2,7 +2,6 @@
 //! apart from custom resources (`gpu=2`) because nearly every task uses only
 //! CPUs and the fast path should not touch a map.
 
-use crate::pb;
 use std::fmt;
 
 /// A set of resources: CPUs plus named custom resources.
@@ -38,9 +37,14 @@ impl ResourceSet {
         self
     }
 
-    fn set(&mut self, name: &str, amount: f64) {
+    /// Sets a custom resource (an amount of 0 removes it).
+    pub fn set(&mut self, name: &str, amount: f64) {
         match self.custom.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
-            Ok(i) => self.custom[i].1 = amount,
+            Ok(i) => {
+                if let Some(slot) = self.custom.get_mut(i) {
+                    slot.1 = amount;
+                }
+            }
             Err(i) => self.custom.insert(i, (name.to_string(), amount)),
         }
         self.custom.retain(|(_, a)| *a > EPS);
@@ -106,6 +110,12 @@ impl ResourceSet {
         out
     }
 
+    /// True when it holds nothing: no CPU and no custom resource (a task
+    /// of this shape waits on I/O and takes no slot).
+    pub fn is_empty(&self) -> bool {
+        self.cpus <= 0.0 && self.custom.is_empty()
+    }
+
     /// Is this exactly one CPU and nothing else (the default task shape)?
     pub fn is_default_task(&self) -> bool {
         (self.cpus - 1.0).abs() < EPS && self.custom.is_empty()
@@ -119,24 +129,6 @@ impl fmt::Display for ResourceSet {
             write!(f, ",{n}={a}")?;
         }
         Ok(())
-    }
-}
-
-impl From<&pb::Resources> for ResourceSet {
-    fn from(r: &pb::Resources) -> Self {
-        let mut set = ResourceSet::cpus(if r.num_cpus.is_finite() { r.num_cpus.max(0.0) } else { 0.0 });
-        for (n, a) in &r.custom {
-            if a.is_finite() && *a > 0.0 {
-                set.set(n, *a);
-            }
-        }
-        set
-    }
-}
-
-impl From<&ResourceSet> for pb::Resources {
-    fn from(r: &ResourceSet) -> Self {
-        pb::Resources { num_cpus: r.cpus, custom: r.custom.iter().cloned().collect() }
     }
 }
 
@@ -169,7 +161,5 @@ mod tests {
         assert_eq!(avail.custom.len(), 1, "names of the total are kept");
         used.sub(&ResourceSet::cpus(5.0).with("gpu", 1.0));
         assert_eq!(used, ResourceSet::default());
-        let back: ResourceSet = (&pb::Resources::from(&total)).into();
-        assert_eq!(back, total);
     }
 }

@@ -1,0 +1,157 @@
+//! Tasks and values as they travel: a function's declaration, a task as
+//! submitted and as dispatched, a value as a worker reports it, a put, and
+//! the job snapshot the head's log keeps.
+
+use crate::failure::Failure;
+use crate::ids::{JobId, NodeId, ObjectId, TaskId};
+use crate::resources::ResourceSet;
+use bytes::Bytes;
+
+/// A remote function as the driver declared it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionDef {
+    /// Stable registered name (`crate::module::fn`).
+    pub name: String,
+    /// Resources one call needs.
+    pub resources: ResourceSet,
+    /// How many times a call is retried when its worker dies.
+    pub max_retries: u32,
+}
+
+/// One argument of a submitted task.
+#[derive(Clone, Debug)]
+pub enum NewArg {
+    /// A serialized value.
+    Value(Bytes),
+    /// A reference to an object of the same job.
+    Object(ObjectId),
+}
+
+/// A task as submitted by a driver.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    /// Driver-allocated id (also its result object's id).
+    pub id: TaskId,
+    /// Job-local function index.
+    pub func: u32,
+    /// Arguments.
+    pub args: Vec<NewArg>,
+    /// Overrides the function's retry count for this call.
+    pub max_retries: Option<u32>,
+}
+
+/// A finished value as a worker reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Small: the bytes themselves.
+    Inline(Bytes),
+    /// Large: sealed in the reporting node's object store.
+    Stored {
+        /// Size in bytes.
+        size: u64,
+    },
+}
+
+/// A driver's `put`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PutValue {
+    /// Small: the bytes themselves.
+    Inline(Bytes),
+    /// Large: already sealed in `node`'s object store.
+    Stored {
+        /// Size in bytes.
+        size: u64,
+        /// The node holding it.
+        node: NodeId,
+    },
+}
+
+/// A finished object as a job snapshot keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SnapshotValue {
+    /// The bytes.
+    Inline(Bytes),
+    /// In these nodes' stores.
+    Stored {
+        /// Size in bytes.
+        size: u64,
+        /// Nodes holding a copy.
+        holders: Vec<NodeId>,
+    },
+    /// The task failed.
+    Failed(Failure),
+}
+
+/// A referenced, finished object in a [`JobSnapshot`].
+#[derive(Clone, Debug)]
+pub struct SnapshotObject {
+    /// Object id.
+    pub id: ObjectId,
+    /// Its value.
+    pub value: SnapshotValue,
+    /// The driver still references it.
+    pub driver_ref: bool,
+    /// For a task's stored result: that task, to rebuild it if lost.
+    pub lineage: Option<NewTask>,
+}
+
+/// An unfinished task in a [`JobSnapshot`].
+#[derive(Clone, Debug)]
+pub struct SnapshotTask {
+    /// The task as submitted.
+    pub task: NewTask,
+    /// The driver still references its result.
+    pub driver_ref: bool,
+}
+
+/// A job's whole state: what the head's log keeps instead of the job's
+/// history once that grows much larger than the state.
+#[derive(Clone, Debug)]
+pub struct JobSnapshot {
+    /// Program binary.
+    pub binary: String,
+    /// Display name.
+    pub name: String,
+    /// Functions, by index.
+    pub functions: Vec<FunctionDef>,
+    /// Finished objects still referenced.
+    pub objects: Vec<SnapshotObject>,
+    /// Unfinished tasks, in id order (producers before consumers).
+    pub tasks: Vec<SnapshotTask>,
+}
+
+/// Where a stored object can be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRef {
+    /// Object id.
+    pub id: ObjectId,
+    /// Size in bytes.
+    pub size: u64,
+    /// Object-store addresses of the alive nodes holding a copy.
+    pub holders: Vec<String>,
+}
+
+/// A value as it leaves the head: to a driver (a result) or to a worker
+/// (an argument).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// The bytes themselves.
+    Inline(Bytes),
+    /// Read it from one of the holders' stores.
+    Stored(StoredRef),
+}
+
+/// A task sent to a worker, arguments resolved to bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatch {
+    /// Task id.
+    pub task: TaskId,
+    /// Owning job.
+    pub job: JobId,
+    /// Job-local function index.
+    pub func: u32,
+    /// Resolved argument values.
+    pub args: Vec<Payload>,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
