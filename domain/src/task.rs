@@ -155,3 +155,55 @@ pub struct Dispatch {
     /// Attempt number, from 1.
     pub attempt: u32,
 }
+
+/// What a worker needs to run a job's tasks: its program binary and its
+/// functions `first_function..` (sent incrementally as the driver
+/// declares them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobInfo {
+    /// The job.
+    pub job: JobId,
+    /// Content hash of its program binary.
+    pub binary: String,
+    /// Index of the first function in `functions`.
+    pub first_function: u32,
+    /// Functions `first_function..`.
+    pub functions: Vec<FunctionDef>,
+}
+
+/// An argument as an executor receives it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecArg {
+    /// The bytes themselves.
+    Inline(Bytes),
+    /// A sealed object in the node's arena, pinned for the executor until
+    /// it reports it released.
+    Arena {
+        /// The object.
+        object: ObjectId,
+        /// Offset in the arena.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// A spilled object, read from its file (pinned the same way).
+    File {
+        /// The object.
+        object: ObjectId,
+        /// The spill file.
+        path: std::path::PathBuf,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+/// A task as an executor runs it: its arguments ready to read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecTask {
+    /// Task id.
+    pub task: TaskId,
+    /// Job-local function index.
+    pub func: u32,
+    /// Arguments.
+    pub args: Vec<ExecArg>,
+}

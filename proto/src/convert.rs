@@ -10,7 +10,8 @@ use crate::pb;
 use bytes::Bytes;
 use shoal_domain::cluster::ClusterSnapshot;
 use shoal_domain::task::{
-    Dispatch, FunctionDef, JobSnapshot, NewArg, NewTask, Payload, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoredRef, Value,
+    Dispatch, ExecArg, ExecTask, FunctionDef, JobInfo, JobSnapshot, NewArg, NewTask, Payload, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoredRef,
+    Value,
 };
 use shoal_domain::{Failure, FailureKind, JobId, NodeId, ObjectId, ResourceSet, StoreUsage, TaskId};
 
@@ -285,6 +286,27 @@ impl TryFrom<&pb::PutObject> for PutValue {
                 Ok(PutValue::Stored { size: s.size, node })
             }
         }
+    }
+}
+
+impl From<pb::JobInfo> for JobInfo {
+    fn from(j: pb::JobInfo) -> Self {
+        JobInfo { job: j.job, binary: j.binary, first_function: j.first_function, functions: j.functions.into_iter().map(FunctionDef::from).collect() }
+    }
+}
+
+impl From<ExecTask> for pb::ExecTask {
+    fn from(t: ExecTask) -> Self {
+        let args = t
+            .args
+            .into_iter()
+            .map(|a| match a {
+                ExecArg::Inline(value) => pb::ExecArg { value, ..Default::default() },
+                ExecArg::Arena { object, offset, len } => pb::ExecArg { object: object.0, offset, len, ..Default::default() },
+                ExecArg::File { object, path, len } => pb::ExecArg { object: object.0, len, file: path.to_string_lossy().into_owned(), ..Default::default() },
+            })
+            .collect();
+        pb::ExecTask { task: t.task.0, func: t.func, args }
     }
 }
 

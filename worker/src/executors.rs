@@ -64,11 +64,12 @@ pub(crate) fn spawn(
                 // stderr: the terminal for an embedded cluster, the log
                 // file for a daemon.
                 eprintln!("{line}");
-                let mut t = tail.lock().expect("tail lock");
-                if t.len() == TAIL_LINES {
-                    t.pop_front();
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
                 }
-                t.push_back(line);
             }
         });
     }

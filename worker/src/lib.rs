@@ -12,12 +12,20 @@
 //! - `session`: the connection to the head, with reconnect and backoff.
 //! - `binary_cache`: fetching and checking program binaries.
 //! - `executors`: starting executor processes and talking to them.
+//! - [`core`]: every decision, as a state machine (events in, effects out),
+//!   driven by unit tests without sockets or processes.
 //! - `pipeline`: pure sizing rules (pipeline depth, credits).
 //! - [`transfer`]: the object store's gRPC service and object transfers.
-//! - `daemon`: the event loop that ties them together.
+//! - `daemon`: the I/O shell: turns sockets and processes into core
+//!   events and the core's effects into messages and processes.
+
+// The daemon never dies of its own state: no panicking shortcut on a path
+// that peers, timing or faults can reach.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing, clippy::todo))]
 
 mod binary_cache;
 pub mod config;
+pub mod core;
 mod daemon;
 mod executors;
 mod pipeline;

@@ -90,8 +90,7 @@ pub(crate) async fn run(
         });
         match open(&head, token.as_deref(), local.as_ref(), rx).await {
             Ok(mut inbound) => match inbound.next().await {
-                Some(Ok(first)) if first.registered.is_some() => {
-                    let r = first.registered.expect("checked");
+                Some(Ok(pb::HeadToWorker { registered: Some(r), .. })) => {
                     node_id = Some(r.node_id.clone());
                     logged_unreachable = false;
                     backoff = Duration::from_millis(50);

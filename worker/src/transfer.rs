@@ -251,7 +251,8 @@ pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) 
             if end > size as usize {
                 return Err(format!("a chunk ends at {end}, past the object's {size} bytes"));
             }
-            b[start + off as usize..start + end].copy_from_slice(data);
+            let dst = b.get_mut(start + off as usize..start + end).ok_or_else(|| format!("a chunk at {off} does not fit the buffer"))?;
+            dst.copy_from_slice(data);
             Ok(())
         };
         match pull_from(h, token, id, size, &sink).await {
