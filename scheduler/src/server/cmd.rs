@@ -1,0 +1,55 @@
+//! The events gRPC handlers and the durable log send to the event loop.
+
+use crate::core::{ClusterSnapshot, CoreError, JobId, NodeId, NodeRegistration};
+use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+/// The sending half of a session's reply stream.
+pub(crate) type Sender<T> = mpsc::UnboundedSender<Result<T, Status>>;
+
+/// An event for the loop.
+pub(crate) enum Cmd {
+    WorkerRegister {
+        reg: NodeRegistration,
+        tx: Sender<HeadToWorker>,
+        reply: oneshot::Sender<(NodeId, u64)>,
+    },
+    WorkerMsg {
+        node: NodeId,
+        epoch: u64,
+        msg: pb::WorkerToHead,
+    },
+    WorkerGone {
+        node: NodeId,
+        epoch: u64,
+    },
+    DriverHello {
+        binary: String,
+        name: String,
+        resume_job: JobId,
+        tx: Sender<HeadToDriver>,
+        reply: oneshot::Sender<Result<JobId, Status>>,
+    },
+    DriverMsg {
+        job: JobId,
+        msg: pb::DriverToHead,
+    },
+    /// `clean`: the driver closed its stream (it is done); otherwise the
+    /// connection broke and the driver may come back.
+    DriverGone {
+        job: JobId,
+        tx: Sender<HeadToDriver>,
+        clean: bool,
+    },
+    /// Driver batches up to these sequence numbers are in the log.
+    Durable(Vec<(JobId, u64)>),
+    Status {
+        reply: oneshot::Sender<ClusterSnapshot>,
+    },
+    Drain {
+        node: NodeId,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
+    Stop,
+}

@@ -1,0 +1,378 @@
+//! The event loop: the one task that owns the core. It drains every
+//! queued event, runs one scheduling pass, then flushes the outbox, so
+//! dispatches and results leave in batches.
+
+use super::cmd::{Cmd, Sender};
+use super::outbox::{BatchingOutbox, current};
+use super::persistence::{LoopState, apply_driver_batch};
+use crate::core::{Core, JobId, NodeId, ObjectId, Outbox, StoreUsage};
+use shoal_proto::pad::pad;
+use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
+use shoal_proto::{PROTOCOL_VERSION, convert};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// The loop's state: the core, what lies beside it (log, dedup, acks), the
+/// outbox, and the reply stream of every open session.
+pub(super) struct Loop {
+    core: Core,
+    state: LoopState,
+    out: BatchingOutbox,
+    /// Per node: its session's epoch and reply stream.
+    workers: HashMap<NodeId, (u64, Sender<HeadToWorker>)>,
+    /// Per job: its driver's reply stream.
+    drivers: HashMap<JobId, Sender<HeadToDriver>>,
+    heartbeat_interval: Duration,
+}
+
+impl Loop {
+    pub(super) fn new(core: Core, state: LoopState, heartbeat_interval: Duration) -> Self {
+        Loop { core, state, out: BatchingOutbox::default(), workers: HashMap::new(), drivers: HashMap::new(), heartbeat_interval }
+    }
+
+    /// Runs until [`Cmd::Stop`] or until every sender is gone.
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'outer: loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(mut cmd) = cmd else { break };
+                    // Drain everything already queued: one scheduling pass
+                    // and one flush for the whole burst.
+                    for _ in 0..65_536 {
+                        if matches!(cmd, Cmd::Stop) {
+                            break 'outer;
+                        }
+                        self.handle(cmd, Instant::now());
+                        match rx.try_recv() {
+                            Ok(c) => cmd = c,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.core.tick(Instant::now(), &mut self.out),
+            }
+            self.flush();
+        }
+        tracing::info!("head event loop stopped");
+    }
+
+    /// One scheduling pass, then everything the outbox holds goes out.
+    pub(super) fn flush(&mut self) {
+        self.core.schedule(&mut self.out);
+        for job in self.out.ended.drain(..) {
+            self.drivers.remove(&job);
+            self.state.job_ended(job);
+        }
+        for (node, epoch) in self.out.disconnect.drain(..) {
+            // Dropping the sender ends the session's response stream; a
+            // newer session of the same node (it registered again) stays.
+            if self.workers.get(&node).is_some_and(|(e, _)| *e == epoch) {
+                self.workers.remove(&node);
+            }
+        }
+        for (node, batches) in self.out.workers.drain() {
+            if let Some((_, tx)) = self.workers.get(&node) {
+                for (m, _) in batches {
+                    let _ = tx.send(Ok(pad(m)));
+                }
+            }
+        }
+        for (job, batches) in self.out.drivers.drain() {
+            if let Some(tx) = self.drivers.get(&job) {
+                for (m, _) in batches {
+                    let _ = tx.send(Ok(pad(m)));
+                }
+            }
+        }
+    }
+
+    fn ack(&mut self, job: JobId, seq: u64) {
+        current(self.out.drivers.entry(job).or_default(), 8).acked = seq;
+    }
+
+    /// Applies one event.
+    pub(super) fn handle(&mut self, cmd: Cmd, now: Instant) {
+        let (core, out) = (&mut self.core, &mut self.out);
+        match cmd {
+            Cmd::WorkerRegister { reg, tx, reply } => {
+                let (id, epoch) = core.node_registered(reg, now, out);
+                let _ = tx.send(Ok(HeadToWorker {
+                    registered: Some(pb::Registered {
+                        node_id: id.0.to_string(),
+                        protocol_version: PROTOCOL_VERSION,
+                        heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
+                    }),
+                    ..Default::default()
+                }));
+                self.workers.insert(id, (epoch, tx));
+                let _ = reply.send((id, epoch));
+            }
+            Cmd::WorkerMsg { node, epoch, msg } => {
+                if msg.heartbeat != 0 {
+                    core.node_heartbeat(node, epoch, now);
+                }
+                if let Some(u) = msg.store {
+                    core.node_store_usage(node, epoch, StoreUsage::from(u));
+                }
+                for id in msg.copied {
+                    core.object_copied(node, epoch, ObjectId(id), out);
+                }
+                if !msg.results.is_empty() {
+                    let logged = self.state.log_results(node, &msg.results);
+                    let results = msg.results.into_iter().map(convert::result_from_wire).collect();
+                    core.tasks_finished(node, epoch, results, now, out);
+                    for (job, n) in logged {
+                        self.state.count(core, job, n);
+                    }
+                }
+                if msg.credits > 0 {
+                    core.node_credits(node, epoch, msg.credits, now);
+                }
+            }
+            Cmd::WorkerGone { node, epoch } => {
+                core.node_disconnected(node, epoch, out);
+                if self.workers.get(&node).is_some_and(|(e, _)| *e == epoch) {
+                    self.workers.remove(&node);
+                }
+            }
+            Cmd::DriverHello { binary, name, resume_job: 0, tx, reply } => match core.job_connected(binary.clone(), name.clone()) {
+                Ok(job) => {
+                    self.state.job_started(core, job, binary, name);
+                    let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), ..Default::default() }));
+                    self.drivers.insert(job, tx);
+                    let _ = reply.send(Ok(job));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(Status::resource_exhausted(e.to_string())));
+                }
+            },
+            Cmd::DriverHello { resume_job: job, tx, reply, .. } => match core.job_reattached(job) {
+                Some(results) => {
+                    tracing::info!(job, results = results.len(), "driver reconnected");
+                    let acked = self.state.acked(job);
+                    let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), acked, ..Default::default() }));
+                    for (task, r) in results {
+                        out.result(job, task, r);
+                    }
+                    self.drivers.insert(job, tx);
+                    let _ = reply.send(Ok(job));
+                }
+                None => {
+                    let _ = reply.send(Err(Status::not_found(format!("job {job} is not known to this head (it ended, or the head lost its state)"))));
+                }
+            },
+            Cmd::DriverMsg { job, msg } => {
+                if !self.state.admit(job, msg.seq) {
+                    // Sent again after a reconnect; applied before.
+                    return;
+                }
+                let (logged, ack) = self.state.record_batch(job, &msg);
+                apply_driver_batch(core, job, msg, out);
+                if logged > 0 {
+                    self.state.count(core, job, logged);
+                }
+                if let Some(seq) = ack {
+                    self.ack(job, seq);
+                }
+            }
+            Cmd::DriverGone { job, tx, clean } => {
+                // Only the current session of the job counts.
+                if self.drivers.get(&job).is_some_and(|t| t.same_channel(&tx)) {
+                    self.drivers.remove(&job);
+                    if clean {
+                        core.job_disconnected(job, out);
+                    } else {
+                        tracing::info!(job, "driver connection lost; its job waits for it to reconnect");
+                        core.job_detached(job, now);
+                    }
+                }
+            }
+            Cmd::Durable(acks) => {
+                let drivers = &self.drivers;
+                for (job, seq) in self.state.committed(acks, |j| drivers.contains_key(&j)) {
+                    self.ack(job, seq);
+                }
+            }
+            Cmd::Status { reply } => {
+                let _ = reply.send(core.snapshot(now));
+            }
+            Cmd::Drain { node, reply } => {
+                let _ = reply.send(core.drain(node, out));
+            }
+            Cmd::Stop => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's own logic (deduplication of resent batches, when a batch
+    //! is acknowledged, compaction), driven with real cores and logs but
+    //! channels instead of sockets.
+
+    use super::*;
+    use crate::core::{CoreConfig, NodeRegistration};
+    use crate::durable::Log;
+    use shoal_domain::{ObjectId, ResourceSet};
+    use tokio::sync::oneshot;
+
+    type Rx<T> = mpsc::UnboundedReceiver<Result<T, Status>>;
+
+    fn new_loop(state: LoopState) -> Loop {
+        Loop::new(Core::new(CoreConfig::default()), state, Duration::from_millis(500))
+    }
+
+    fn worker(l: &mut Loop) -> Rx<HeadToWorker> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reply, mut got) = oneshot::channel();
+        let reg = NodeRegistration { resources: ResourceSet::cpus(4.0), ..Default::default() };
+        l.handle(Cmd::WorkerRegister { reg, tx, reply }, Instant::now());
+        let (node, epoch) = got.try_recv().unwrap();
+        l.handle(Cmd::WorkerMsg { node, epoch, msg: pb::WorkerToHead { credits: 10_000, ..Default::default() } }, Instant::now());
+        rx
+    }
+
+    fn driver(l: &mut Loop) -> (JobId, Sender<HeadToDriver>, Rx<HeadToDriver>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reply, mut got) = oneshot::channel();
+        l.handle(Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: 0, tx: tx.clone(), reply }, Instant::now());
+        let job = got.try_recv().unwrap().unwrap();
+        (job, tx, rx)
+    }
+
+    /// Driver batch `seq`: submits tasks `seqs` of `job` (and, first,
+    /// declares its one function).
+    fn batch(job: JobId, seq: u64, seqs: std::ops::Range<u64>) -> pb::DriverToHead {
+        let functions = if seq == 1 { vec![pb::FunctionDef { name: "f".into(), resources: None, max_retries: 0 }] } else { Vec::new() };
+        let submit = seqs.map(|s| pb::TaskSubmit { id: ObjectId::new(job, s).0, func: 0, args: Vec::new(), max_retries: None }).collect();
+        pb::DriverToHead { seq, first_function: 0, functions, submit, ..Default::default() }
+    }
+
+    fn dispatched(rx: &mut Rx<HeadToWorker>) -> Vec<u64> {
+        let mut v = Vec::new();
+        while let Ok(Ok(m)) = rx.try_recv() {
+            v.extend(m.tasks.iter().map(|t| t.task));
+        }
+        v
+    }
+
+    fn acks(rx: &mut Rx<HeadToDriver>) -> Vec<u64> {
+        let mut v = Vec::new();
+        while let Ok(Ok(m)) = rx.try_recv() {
+            if m.acked > 0 {
+                v.push(m.acked);
+            }
+        }
+        v
+    }
+
+    fn log_in(dir: &std::path::Path) -> (Log, crate::durable::Replay, std::sync::mpsc::Receiver<Vec<(JobId, u64)>>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (log, replay) = Log::open(dir, move |a| {
+            let _ = tx.send(a);
+        })
+        .unwrap();
+        (log, replay, rx)
+    }
+
+    #[test]
+    fn a_batch_sent_again_after_a_reconnect_is_applied_once() {
+        let mut l = new_loop(LoopState::new(None, u64::MAX));
+        let mut w = worker(&mut l);
+        let (job, ..) = driver(&mut l);
+        l.handle(Cmd::DriverMsg { job, msg: batch(job, 1, 1..3) }, Instant::now());
+        l.handle(Cmd::DriverMsg { job, msg: batch(job, 1, 1..3) }, Instant::now());
+        l.flush();
+        assert_eq!(dispatched(&mut w), vec![ObjectId::new(job, 1).0, ObjectId::new(job, 2).0], "each task once");
+        l.handle(Cmd::DriverMsg { job, msg: batch(job, 2, 3..4) }, Instant::now());
+        l.handle(Cmd::DriverMsg { job, msg: batch(job, 1, 1..3) }, Instant::now());
+        l.flush();
+        assert_eq!(dispatched(&mut w), vec![ObjectId::new(job, 3).0], "the next batch applies; an older one does not");
+    }
+
+    #[test]
+    fn without_a_log_a_batch_is_acknowledged_as_it_is_applied() {
+        let mut l = new_loop(LoopState::new(None, u64::MAX));
+        let (job, _tx, mut d) = driver(&mut l);
+        l.handle(Cmd::DriverMsg { job, msg: batch(job, 1, 1..2) }, Instant::now());
+        l.flush();
+        assert_eq!(acks(&mut d), vec![1]);
+    }
+
+    #[test]
+    fn with_a_log_a_batch_is_acknowledged_only_once_committed_and_a_reconnect_learns_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, committed) = log_in(dir.path());
+        let mut l = new_loop(LoopState::new(Some(log), u64::MAX));
+        let (job, tx, mut d) = driver(&mut l);
+        l.handle(Cmd::DriverMsg { job, msg: batch(job, 1, 1..2) }, Instant::now());
+        l.flush();
+        assert!(acks(&mut d).is_empty(), "applied but not yet durable: no acknowledgement");
+        let done = committed.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(done, vec![(job, 1)]);
+        l.handle(Cmd::Durable(done), Instant::now());
+        l.flush();
+        assert_eq!(acks(&mut d), vec![1]);
+        // A commit for a job nobody knows (it ended) sends nothing.
+        l.handle(Cmd::Durable(vec![(job + 7, 3)]), Instant::now());
+        l.flush();
+        assert!(l.out.drivers.is_empty());
+        // The connection breaks; the driver comes back and is told what
+        // the head has, so it resends only what came after.
+        l.handle(Cmd::DriverGone { job, tx, clean: false }, Instant::now());
+        let (tx2, mut d2) = mpsc::unbounded_channel();
+        let (reply, mut got) = oneshot::channel();
+        l.handle(Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: job, tx: tx2, reply }, Instant::now());
+        assert_eq!(got.try_recv().unwrap().unwrap(), job);
+        let welcome = d2.try_recv().unwrap().unwrap();
+        assert_eq!((welcome.welcome.map(|w| w.job), welcome.acked), (Some(job), 1));
+    }
+
+    #[test]
+    fn a_jobs_log_is_compacted_once_its_history_outgrows_its_state_and_replays_to_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, committed) = log_in(dir.path());
+        let mut l = new_loop(LoopState::new(Some(log), 4 << 10));
+        let (job, ..) = driver(&mut l);
+        // 200 batches of 5 tasks: about 40 KB of history for 1000 tasks.
+        for seq in 1..=200u64 {
+            l.handle(Cmd::DriverMsg { job, msg: batch(job, seq, seq * 5..seq * 5 + 5) }, Instant::now());
+        }
+        l.flush();
+        let (history, snapshot) = l.state.log_size(job);
+        assert!(snapshot > 0, "the log was compacted");
+        assert!(history < 2 * snapshot + (4 << 10), "history since the last snapshot stays bounded: {history} vs snapshot {snapshot}");
+        let tasks = l.core.task_count();
+        assert_eq!(tasks, 1000);
+        // Wait for the last batch to be committed, then read the log back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !committed.recv_timeout(Duration::from_secs(10)).unwrap().iter().any(|(_, s)| *s == 200) {
+            assert!(Instant::now() < deadline, "batch 200 never committed");
+        }
+        drop(l);
+        let replay = loop {
+            // The writer thread lets go of the database once it has seen
+            // the log dropped.
+            let (tx, _rx) = std::sync::mpsc::channel();
+            match Log::open(dir.path(), move |a| {
+                let _ = tx.send(a);
+            }) {
+                Ok((_, replay)) => break replay,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let records = replay.jobs.get(&job).map_or(0, |r| r.len());
+        assert!(records < 200, "the replay reads a snapshot and a tail, not every batch ({records} records)");
+        let mut core = Core::new(CoreConfig::default());
+        let mut state = LoopState::new(None, u64::MAX);
+        super::super::persistence::restore(&mut core, &mut state, replay, Duration::from_secs(1));
+        assert_eq!(core.task_count(), tasks, "the same tasks after a restart");
+        assert!(!state.admit(job, 200), "batches in the snapshot count as applied");
+        assert!(state.admit(job, 201));
+    }
+}
