@@ -51,3 +51,26 @@ fn a_restarted_head_resumes_from_a_compacted_log() {
     assert!(queued > 0, "the head died with work left, and got it back from the log: {restored}");
     assert_eq!(c.status()["tasks"]["failed"], 0);
 }
+
+#[shoal::remote]
+fn slow(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    x
+}
+
+#[test]
+fn a_head_restarted_without_its_log_tells_the_driver_its_job_is_gone() {
+    let mut c = Cluster::head(&["--heartbeat-timeout", "2"]);
+    c.add_worker(&["--num-cpus", "1"]);
+    c.connect();
+    let pending: Vec<_> = (0..20u64).map(slow::remote).collect();
+    c.kill_head();
+    // The log goes (a new machine, a wiped disk); the token stays.
+    std::fs::remove_file(c.home.path().join("head-data").join("head.redb")).unwrap();
+    c.restart_head(2);
+    let started = std::time::Instant::now();
+    let err = pending[19].get_timeout(Duration::from_secs(50)).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("no longer knows job"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the driver stops retrying at the head's answer, not at its reconnect deadline");
+}

@@ -4,6 +4,7 @@ use crate::{DrainArgs, StatusArgs, SubmitArgs};
 use anyhow::anyhow;
 use shoal::config;
 use shoal::status::ClusterStatus;
+use shoal_domain::size::format_size;
 use std::collections::BTreeMap;
 
 fn head_and_token(address: Option<&str>, token: &crate::TokenArgs) -> anyhow::Result<(String, Option<String>)> {
@@ -77,48 +78,42 @@ fn fmt_res(total: &BTreeMap<String, f64>, avail: &BTreeMap<String, f64>) -> Stri
     total.iter().map(|(k, t)| format!("{k} {}/{}", avail.get(k).copied().unwrap_or(0.0), t)).collect::<Vec<_>>().join(", ")
 }
 
-/// `1.5 GiB`-style sizes.
-fn fmt_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
 fn fmt_store(s: &shoal::status::StoreUsage) -> String {
-    format!("{}/{} ({} obj), {} ({} obj)", fmt_bytes(s.used), fmt_bytes(s.capacity), s.objects, fmt_bytes(s.spilled_bytes), s.spilled_objects)
+    format!("{}/{} ({} obj), {} ({} obj)", format_size(s.used), format_size(s.capacity), s.objects, format_size(s.spilled_bytes), s.spilled_objects)
 }
 
 fn print_table(address: &str, st: &ClusterStatus) {
+    use comfy_table::{CellAlignment, ContentArrangement, Table, presets::NOTHING};
     let alive = st.alive_nodes().count();
     println!("Shoal cluster at {address} (head {})", st.version);
     println!("Nodes: {alive} alive, {} dead", st.nodes.len() - alive);
-    println!(
-        "  {:<36}  {:<15}  {:<5}  {:>7}  {:>9}  {:<34}  RESOURCES (available/total)",
-        "ID", "ADDRESS", "STATE", "RUNNING", "HEARTBEAT", "OBJECT STORE (used/capacity, spilled)"
-    );
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_content_arrangement(ContentArrangement::Dynamic);
+    table.set_header(["ID", "ADDRESS", "STATE", "RUNNING", "HEARTBEAT", "OBJECT STORE (used/capacity, spilled)", "RESOURCES (available/total)"]);
     for n in &st.nodes {
-        println!(
-            "  {:<36}  {:<15}  {:<5}  {:>7}  {:>8.1}s  {:<34}  {}",
-            n.id,
-            n.address,
-            if !n.alive {
-                "dead"
-            } else if n.draining {
-                "drain"
-            } else {
-                "alive"
-            },
-            n.tasks_running,
-            n.last_heartbeat_age_s,
+        let state = if !n.alive {
+            "dead"
+        } else if n.draining {
+            "drain"
+        } else {
+            "alive"
+        };
+        table.add_row([
+            n.id.clone(),
+            n.address.clone(),
+            state.to_string(),
+            n.tasks_running.to_string(),
+            format!("{:.1}s", n.last_heartbeat_age_s),
             fmt_store(&n.store),
-            fmt_res(&n.resources, &n.available)
-        );
+            fmt_res(&n.resources, &n.available),
+        ]);
     }
+    for col in [3, 4] {
+        if let Some(c) = table.column_mut(col) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    println!("{table}");
     let t = &st.tasks;
     println!("Tasks: queued {}, running {}, finished {}, failed {}", t.queued, t.running, t.finished, t.failed);
     println!("Drivers connected: {}", st.jobs);

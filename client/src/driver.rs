@@ -118,10 +118,16 @@ impl Endpoint {
             }),
             ..Default::default()
         };
-        up.send(hello).await.expect("receiver alive");
+        up.send(hello).await.map_err(|_| Error::Refused { address: address.to_string(), message: "the session closed before its hello was sent".into() })?;
+        // The head answers a resume of a job it does not know with
+        // NotFound: a typed error, so the reconnect loop stops at once.
+        let refused = |s: tonic::Status| match s.code() {
+            tonic::Code::NotFound if resume != 0 => Error::JobUnknown { address: address.to_string(), job: resume, message: s.message().to_string() },
+            _ => status_to_error(address, s),
+        };
         let mut down: BoxStream<pb::HeadToDriver> = match &self.local {
             // The embedded head shares this process's binary cache.
-            Some(link) => link.0.driver_session(Box::pin(ReceiverStream::new(stream_rx).map(Ok))).await.map_err(|s| status_to_error(address, s))?,
+            Some(link) => link.0.driver_session(Box::pin(ReceiverStream::new(stream_rx).map(Ok))).await.map_err(refused)?,
             None => {
                 let mut client = connect_client(address, self.token.as_deref(), Duration::from_secs(5)).await?;
                 let present = client.has_binary(pb::BinaryId { hash: self.hash.clone() }).await.map_err(|s| status_to_error(address, s))?.into_inner().present;
@@ -129,11 +135,11 @@ impl Endpoint {
                     tracing::info!(binary = %&self.hash[..12], "uploading the program binary to the head");
                     upload_binary(&mut client, address, &self.hash, &self.exe).await?;
                 }
-                let resp = client.driver_session(ReceiverStream::new(stream_rx)).await.map_err(|s| status_to_error(address, s))?;
+                let resp = client.driver_session(ReceiverStream::new(stream_rx)).await.map_err(refused)?;
                 Box::pin(resp.into_inner())
             }
         };
-        let first = down.next().await.transpose().map_err(|s| status_to_error(address, s))?;
+        let first = down.next().await.transpose().map_err(refused)?;
         match first {
             Some(pb::HeadToDriver { welcome: Some(w), acked, .. }) => Ok(Session { up, down, job: w.job, acked }),
             _ => Err(Error::Refused { address: address.to_string(), message: "the head closed the session without a welcome".into() }),
@@ -343,7 +349,7 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
         // Reconnect to the same job, then replay what is not durable.
         tracing::warn!(job = session.job, reason = %broken, "lost the head; reconnecting");
         let deadline = tokio::time::Instant::now() + RECONNECT_WINDOW;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = shoal_proto::client::reconnect_delays(Duration::from_millis(100), Duration::from_secs(2));
         let job = session.job;
         session = loop {
             if weak.upgrade().is_none() {
@@ -351,15 +357,14 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
             }
             match endpoint.open(job).await {
                 Ok(s) => break s,
-                Err(Error::Refused { message, .. }) if message.contains("not known") => {
-                    break 'session format!("{broken}; the head no longer knows job {job}: {message}");
+                Err(e @ Error::JobUnknown { .. }) => {
+                    break 'session format!("{broken}; {e}");
                 }
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     break 'session format!("{broken}; could not reconnect within {}s: {e}", RECONNECT_WINDOW.as_secs());
                 }
                 Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(2))).await;
                 }
             }
         };

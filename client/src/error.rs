@@ -167,6 +167,18 @@ pub enum Error {
         /// Head's message.
         message: String,
     },
+    /// The head does not know the job this driver tried to resume: it
+    /// ended (its driver was away past the grace period), or the head was
+    /// restarted without its log. Its results are gone; start again.
+    #[error("the head at {address} no longer knows job {job}: {message}")]
+    JobUnknown {
+        /// Head address.
+        address: String,
+        /// The job.
+        job: u32,
+        /// Head's message.
+        message: String,
+    },
     /// Invalid configuration (address, token file, resources).
     #[error("configuration error: {0}")]
     Config(String),

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod panic;
 pub mod paths;
 pub mod resources;
+pub mod size;
 pub mod store;
 pub mod task;
 

@@ -105,3 +105,29 @@ async fn channel(address: &str, timeout: Duration) -> Result<Channel, ConnectErr
         .initial_connection_window_size(32 << 20);
     endpoint.connect().await.map_err(|source| ConnectError::Unreachable { address: address.to_string(), source })
 }
+
+/// Delays between attempts to reach a head again: exponential from
+/// `first` up to `max`, with jitter, never giving up (the caller decides
+/// when to stop). With jitter, the hundreds of workers and drivers that
+/// lose a head at the same moment (a restart) do not come back in
+/// lockstep.
+pub fn reconnect_delays(first: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default().with_min_delay(first).with_max_delay(max).with_jitter().without_max_times().build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_to_the_cap_with_jitter_and_never_end() {
+        let d: Vec<Duration> = reconnect_delays(Duration::from_millis(50), Duration::from_secs(2)).take(50).collect();
+        assert_eq!(d.len(), 50, "never gives up");
+        assert!(d[0] >= Duration::from_millis(50) && d[0] < Duration::from_millis(150), "{:?}", d[0]);
+        assert!(d.iter().all(|x| *x <= Duration::from_secs(4)), "capped (jitter adds at most one more delay): {d:?}");
+        assert!(d[20..].iter().any(|x| *x >= Duration::from_secs(2)), "reaches the cap: {d:?}");
+        let again: Vec<Duration> = reconnect_delays(Duration::from_millis(50), Duration::from_secs(2)).take(50).collect();
+        assert_ne!(d, again, "two callers do not retry in lockstep");
+    }
+}

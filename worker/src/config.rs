@@ -82,44 +82,70 @@ pub fn default_store_bytes(memory: u64) -> u64 {
     (memory * 3 / 10).max(64 << 20)
 }
 
-/// Parses a size: `1073741824`, `512MiB`, `2GiB`, `1.5G`, `64M`, `10%`
-/// (of `memory`).
-pub fn parse_size(s: &str, memory: u64) -> Result<u64, String> {
-    let t = s.trim();
-    let err = || format!("{s:?} is not a size (examples: 2GiB, 512MiB, 1073741824, 25%)");
-    if let Some(p) = t.strip_suffix('%') {
-        let p: f64 = p.trim().parse().map_err(|_| err())?;
-        if !(0.0..=100.0).contains(&p) {
-            return Err(err());
-        }
-        return Ok((memory as f64 * p / 100.0) as u64);
-    }
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| err())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(err()),
-    };
-    Ok((n * mult as f64) as u64)
-}
+/// Parses a size (`2GiB`, `1.5GB`, `25%` of `memory`); see
+/// [`shoal_domain::size`].
+pub use shoal_domain::size::{SizeError, parse_size};
 
 /// CPUs this process may use.
 pub fn detect_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Total memory of the machine, from `/proc/meminfo` (0 when unknown).
+/// Memory this process may use: the machine's (`/proc/meminfo`), or less
+/// when its cgroup (a container, a systemd slice, a Slurm allocation)
+/// limits it. 0 when unknown.
 pub fn detect_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+    let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok())))
         .map(|kb| kb * 1024)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    match cgroup_memory_limit(std::path::Path::new("/sys/fs/cgroup"), &own) {
+        Some(limit) if total == 0 || limit < total => limit,
+        _ => total,
+    }
+}
+
+/// The memory limit of the cgroup described by `own` (the text of
+/// `/proc/self/cgroup`) under the cgroup mount `root`, the tightest of it
+/// and its parents; `None` when unlimited or unknown. Reads cgroup v2
+/// (`memory.max`) and v1 (`memory/memory.limit_in_bytes`). Inside a
+/// container the process's path may not exist (the container's cgroup is
+/// the mount's root), so the root's own limit counts too.
+pub fn cgroup_memory_limit(root: &std::path::Path, own: &str) -> Option<u64> {
+    let read = |p: std::path::PathBuf| -> Option<u64> {
+        let v = std::fs::read_to_string(p).ok()?;
+        // v1 says "unlimited" with a huge number, v2 with "max".
+        v.trim().parse::<u64>().ok().filter(|n| *n < (1 << 62))
+    };
+    let mut best: Option<u64> = None;
+    let mut consider = |v: Option<u64>| {
+        if let Some(v) = v {
+            best = Some(best.map_or(v, |b| b.min(v)));
+        }
+    };
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let rel = path.trim_start_matches('/');
+        let (base, file) = if controllers.is_empty() {
+            (root.to_path_buf(), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = base.join(rel);
+        loop {
+            consider(read(dir.join(file)));
+            if dir == base || !dir.pop() {
+                break;
+            }
+        }
+        consider(read(base.join(file)));
+    }
+    best
 }
 
 /// The machine's host name.
@@ -131,15 +157,30 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
 
+    fn write(root: &std::path::Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
     #[test]
-    fn sizes_parse_with_units_and_percentages() {
-        assert_eq!(parse_size("1024", 0), Ok(1024));
-        assert_eq!(parse_size("512MiB", 0), Ok(512 << 20));
-        assert_eq!(parse_size("2G", 0), Ok(2 << 30));
-        assert_eq!(parse_size("1.5 GiB", 0), Ok(3 << 29));
-        assert_eq!(parse_size("25%", 1000), Ok(250));
-        assert!(parse_size("lots", 0).is_err());
-        assert!(parse_size("5 parsecs", 0).is_err());
-        assert!(parse_size("150%", 10).is_err());
+    fn a_cgroup_v2_limit_counts_and_the_tightest_ancestor_wins() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "memory.max", "max\n");
+        write(d.path(), "slice/memory.max", "8589934592\n");
+        write(d.path(), "slice/job/memory.max", "max\n");
+        assert_eq!(cgroup_memory_limit(d.path(), "0::/slice/job\n"), Some(8 << 30));
+        assert_eq!(cgroup_memory_limit(d.path(), "0::/\n"), None, "unlimited");
+    }
+
+    #[test]
+    fn a_containers_cgroup_v1_limit_counts_even_when_its_path_is_not_visible() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "memory/memory.limit_in_bytes", "2147483648\n");
+        let own = "5:devices:/\n4:memory:/docker/abc123\n0::/\n";
+        assert_eq!(cgroup_memory_limit(d.path(), own), Some(2 << 30));
+        write(d.path(), "memory/memory.limit_in_bytes", "9223372036854771712\n");
+        assert_eq!(cgroup_memory_limit(d.path(), own), None, "v1's unlimited");
+        assert_eq!(cgroup_memory_limit(d.path(), "garbage"), None);
     }
 }

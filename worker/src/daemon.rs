@@ -267,7 +267,7 @@ impl Effects for Io {
         let (store, token, events) = (self.store.clone(), self.config.token.clone(), self.events.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = crate::transfer::pull_into(&store, token.as_deref(), obj.id.0, obj.size, &obj.holders).await;
+            let result = crate::transfer::pull_into(&store, token.as_deref(), obj.id.0, obj.size, &obj.holders).await.map_err(|e| e.to_string());
             if result.is_ok() {
                 tracing::debug!(object = %obj.id, size = obj.size, secs = started.elapsed().as_secs_f64(), "pulled object from a peer");
             }

@@ -64,7 +64,8 @@ pub(crate) async fn run(
     store: std::sync::Arc<shoal_store::Store>,
     events: mpsc::UnboundedSender<Ev>,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let delays = || client::reconnect_delays(Duration::from_millis(50), Duration::from_secs(2));
+    let mut backoff = delays();
     let mut session: u64 = 0;
     let mut logged_unreachable = false;
     loop {
@@ -93,7 +94,7 @@ pub(crate) async fn run(
                 Some(Ok(pb::HeadToWorker { registered: Some(r), .. })) => {
                     node_id = Some(r.node_id.clone());
                     logged_unreachable = false;
-                    backoff = Duration::from_millis(50);
+                    backoff = delays();
                     let heartbeat = Duration::from_millis(r.heartbeat_interval_ms.max(50) as u64);
                     if events.send(Ev::Connected { session, tx, node_id: r.node_id, heartbeat }).is_err() {
                         return;
@@ -135,7 +136,6 @@ pub(crate) async fn run(
         if events.is_closed() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(2))).await;
     }
 }

@@ -203,26 +203,54 @@ async fn pull_from(address: &str, token: Option<&str>, id: u64, size: u64, sink:
     Ok(())
 }
 
-/// Why no holder could send object `id`: each one's error.
-fn no_holder(id: u64, errors: &[String]) -> String {
-    let id = shoal_domain::ids::display(id);
-    format!("no holder could send object {id} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") })
+/// Why an object could not be brought here.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// Every holder was tried and none could send it.
+    #[error("no holder could send object {id} ({})", if errors.is_empty() { "none known".to_string() } else { errors.join("; ") })]
+    NoHolder {
+        /// The object.
+        id: shoal_domain::ObjectId,
+        /// Each holder's error, as `address: why`.
+        errors: Vec<String>,
+    },
+    /// The local store could not take it.
+    #[error("the local object store cannot take object {id}: {source}")]
+    Store {
+        /// The object.
+        id: shoal_domain::ObjectId,
+        /// Why.
+        source: StoreError,
+    },
+    /// The copy could not be set up (a runtime failure).
+    #[error("object {id}: {message}")]
+    Local {
+        /// The object.
+        id: shoal_domain::ObjectId,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn no_holder(id: u64, errors: Vec<String>) -> TransferError {
+    TransferError::NoHolder { id: shoal_domain::ObjectId(id), errors }
 }
 
 /// Pulls object `id` into the local `store` from the first holder that
 /// answers. The copy is sealed on success and dropped on failure.
-pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<(), String> {
+pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<(), TransferError> {
+    let oid = shoal_domain::ObjectId(id);
     let mut errors = Vec::new();
     for h in holders {
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.create(id, size, 0)).await.map_err(|e| e.to_string())? {
+        match tokio::task::spawn_blocking(move || s.create(id, size, 0)).await.map_err(|e| TransferError::Local { id: oid, message: e.to_string() })? {
             Ok(_) => {}
             Err(StoreError::Exists(_)) if store.contains(id) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(source) => return Err(TransferError::Store { id: oid, source }),
         }
         let sink = |off: u64, data: &[u8]| store.write_at(id, off, data).map_err(|e| e.to_string());
         match pull_from(h, token, id, size, &sink).await {
-            Ok(()) => return store.seal(id).map_err(|e| e.to_string()),
+            Ok(()) => return store.seal(id).map_err(|source| TransferError::Store { id: oid, source }),
             Err(e) => {
                 store.abort(id);
                 tracing::warn!(object = format_args!("{id:#x}"), holder = %h, error = %e, "pull failed; trying the next holder");
@@ -230,12 +258,12 @@ pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u
             }
         }
     }
-    Err(no_holder(id, &errors))
+    Err(no_holder(id, errors))
 }
 
 /// Pulls object `id` into this process's memory (a driver not on a
 /// worker node).
-pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<Bytes, String> {
+pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<Bytes, TransferError> {
     let mut errors = Vec::new();
     // Laid out as in a store (see `payload_skew`), so a Buffer's bytes are
     // aligned for typed views here too.
@@ -256,11 +284,14 @@ pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) 
             Ok(())
         };
         match pull_from(h, token, id, size, &sink).await {
-            Ok(()) => return Ok(Bytes::from(buf.into_inner().map_err(|_| "poisoned".to_string())?).slice(start..start + size as usize)),
+            Ok(()) => {
+                let v = buf.into_inner().map_err(|_| TransferError::Local { id: shoal_domain::ObjectId(id), message: "a writer panicked".into() })?;
+                return Ok(Bytes::from(v).slice(start..start + size as usize));
+            }
             Err(e) => errors.push(format!("{h}: {e}")),
         }
     }
-    Err(no_holder(id, &errors))
+    Err(no_holder(id, errors))
 }
 
 /// A range reserved in a same-machine worker's store: fill it through
