@@ -131,7 +131,11 @@ fn submit_runs_a_program_against_the_cluster() {
     let out = shoal(c.home.path(), &["submit", "--", quickstart.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("sum of squares (tree reduce on the cluster): 385"), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(c.status()["tasks"]["finished"].as_u64().unwrap() > 10_000, "the tasks ran on this cluster");
+    let st = c.status();
+    assert!(st["tasks"]["finished"].as_u64().unwrap() > 10_000, "the tasks ran on this cluster");
+    // A program that returned from main left cleanly: its job ended at
+    // once, not after the grace period the head gives a lost driver.
+    assert_eq!(st["jobs"], 0, "the finished program's job is gone: {st}");
     // The program's exit code comes back.
     let fail = shoal(c.home.path(), &["submit", "--", "sh", "-c", "exit 7"]);
     assert_eq!(fail.status.code(), Some(7));

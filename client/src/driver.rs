@@ -5,8 +5,8 @@
 //! task completes result slots.
 
 use crate::error::{Error, Result, TaskError, status_to_error};
-use crate::object_ref::Slot;
-use crate::objects::{LocalStore, Val};
+use crate::slot::Slot;
+use crate::values::Val;
 use dashmap::DashMap;
 use futures::StreamExt;
 use shoal_domain::ids;
@@ -50,13 +50,6 @@ pub(crate) struct Driver {
     /// reach the head in order.
     next_function: Mutex<u32>,
     closed: Mutex<Option<String>>,
-    /// The store this driver reads and writes directly: the embedded
-    /// worker's (set at connect), else a same-machine worker's (found on
-    /// first use), else none.
-    pub(crate) local_store: std::sync::OnceLock<Option<Arc<LocalStore>>>,
-    /// `(node id, object store address)` large puts go to, when there is
-    /// no local store.
-    pub(crate) store_target: Mutex<Option<(String, String)>>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -151,15 +144,7 @@ impl Driver {
     /// Connects, making sure the head has the program binary `hash`
     /// (uploading `exe` if not), and opens the session: over gRPC, or over
     /// channels when the head is in this process (`local`).
-    pub(crate) async fn connect(
-        address: &str,
-        token: Option<String>,
-        hash: &str,
-        exe: &Path,
-        name: &str,
-        local: Option<LocalLink>,
-        local_store: Option<LocalStore>,
-    ) -> Result<Arc<Driver>> {
+    pub(crate) async fn connect(address: &str, token: Option<String>, hash: &str, exe: &Path, name: &str, local: Option<LocalLink>) -> Result<Arc<Driver>> {
         let endpoint =
             Endpoint { address: address.to_string(), token: token.clone(), hash: hash.to_string(), exe: exe.to_path_buf(), name: name.to_string(), local };
         let session = endpoint.open(0).await?;
@@ -175,11 +160,6 @@ impl Driver {
             slots: DashMap::new(),
             next_function: Mutex::new(0),
             closed: Mutex::new(None),
-            local_store: match local_store {
-                Some(l) => std::sync::OnceLock::from(Some(Arc::new(l))),
-                None => std::sync::OnceLock::new(),
-            },
-            store_target: Mutex::new(None),
         });
         tokio::spawn(session_loop(Arc::downgrade(&driver), endpoint, session, rx));
         tracing::debug!(job, %address, "driver connected");
@@ -205,7 +185,7 @@ impl Driver {
     }
 
     /// The job-local index of a function, defining it on first use.
-    pub(crate) fn function_index(&self, meta: &crate::registry::FunctionMeta) -> u32 {
+    pub(crate) fn function_index(&self, meta: &crate::functions::FunctionMeta) -> u32 {
         let cached = meta.cached_index.load(Ordering::Acquire);
         if (cached >> 32) as u32 == self.generation {
             return cached as u32;
@@ -261,13 +241,12 @@ impl Driver {
         let _ = self.tx.send(Out::Locate(id));
     }
 
-    /// Ends the session cleanly and waits (briefly) until it is closed.
+    /// Ends the session cleanly and waits (at most about a second) until
+    /// the head has closed it.
     pub(crate) async fn finish(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(Out::Close(done)).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
-            // Let the transport put the end of the stream on the wire.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
         }
     }
 }
@@ -310,7 +289,13 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                             msg.seq = seq;
                             let _ = session.up.send(shoal_proto::pad::pad(msg)).await;
                         }
-                        drop(session);
+                        // The end of our stream reaches the head as a clean
+                        // close; it answers by ending its stream. Waiting
+                        // for that (not for a fixed time) means the head
+                        // has seen the job end.
+                        let Session { up, mut down, .. } = session;
+                        drop(up);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = down.next().await {} }).await;
                         let _ = done.send(());
                         return;
                     }
@@ -421,7 +406,8 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
             msg.locate.push(id);
             8
         }
-        Out::Close(_) => unreachable!("handled by the session loop"),
+        // Handled by the session loop before batching.
+        Out::Close(_) => 0,
     }
 }
 

@@ -9,7 +9,7 @@
 //! in normal runs, and in executors never returns. Remote functions are in
 //! a `linkme` slice, complete at link time, so they are all there already.
 
-use crate::registry::{Encoded, InvokeError, REMOTE_FUNCTIONS, RemoteFunction};
+use crate::functions::{Encoded, InvokeError, REMOTE_FUNCTIONS, RemoteFunction};
 use bytes::Bytes;
 use shoal_proto::frame;
 use shoal_proto::pb::{self, ExecutorToWorker, FailureKind, WorkerToExecutor};

@@ -41,7 +41,10 @@
 //! - `object_ref`: [`ObjectRef`], [`get_all`], [`wait`], [`as_completed`].
 //! - `buffer`: [`Buffer`], bytes read without a copy from the object store.
 //! - `objects`: where large values live, reading and writing them (internal).
-//! - `runtime`: [`init`], [`put`], [`cancel`], [`cluster_status`], [`shutdown`].
+//! - `init`: [`init`], [`put`], [`cancel`], [`cluster_status`], [`shutdown`].
+//! - `calls`: [`Arg`], [`IntoArg`], [`CallOptions`]: what a remote call takes.
+//! - `functions`: the link-time table of remote functions (internal).
+//! - `slot`, `values`, `runtime`: result slots, held values, Shoal's tokio runtime (internal).
 //! - `pool`: [`Pool`], [`Process`], [`Parallel`]: the `multiprocessing` / joblib shapes.
 //! - [`config`]: where addresses and tokens come from.
 //! - [`status`]: the cluster status types.
@@ -51,28 +54,40 @@
 
 #![warn(missing_docs)]
 
+// Layers, each using only those above it:
+//   leaves:   error, buffer, values, runtime (tokio, block_on), functions
+//   session:  slot, driver (the batched stream with the head), status
+//   objects:  objects (Cluster: the session plus the object stores)
+//   refs:     object_ref
+//   calls:    init (init, put, cancel, shutdown), calls (submit)
+//   shapes:   pool (Pool, Process, Parallel)
+// executor (the other role of the same binary) uses only the leaves.
 mod buffer;
+mod calls;
 mod driver;
 mod error;
 mod executor;
+mod functions;
+mod init;
 mod object_ref;
 mod objects;
 mod pool;
-mod registry;
 mod runtime;
+mod slot;
+mod values;
 
 pub mod config;
 pub mod status;
 
 pub use buffer::{Buffer, Pod};
+pub use calls::{Arg, CallOptions, IntoArg};
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
+pub use init::{InitConfig, cancel, cluster_status, init, init_blocking, init_blocking_with, init_with, put, shutdown};
 pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};
 pub use pool::{
     AsyncResult, Call, MAX_AUTO_CHUNK, MapIter, MapResult, MapStats, Parallel, Pool, PoolError, Process, RemoteFn, UnaryFn, UnaryMapIter, parallel,
 };
-pub use registry::{Arg, CallOptions, IntoArg};
-pub use runtime::{InitConfig, cancel, cluster_status, init, init_blocking, init_blocking_with, init_with, put, shutdown};
 pub use status::ClusterStatus;
 
 /// Makes a function remote.
@@ -94,12 +109,11 @@ pub use shoal_macros::main;
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::calls::{submit, submit_with};
     pub use crate::executor::block_on;
+    pub use crate::functions::{Encoded, FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result};
+    pub use crate::init::{enter_main, run_main};
     pub use crate::pool::run_chunk;
-    pub use crate::registry::{
-        Encoded, FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result, submit, submit_with,
-    };
-    pub use crate::runtime::{enter_main, run_main};
     pub use bytes::Bytes;
     pub use linkme;
 }

@@ -4,19 +4,18 @@
 //! build a task graph. When the last clone is dropped the cluster may free
 //! the value.
 
-use crate::driver::Driver;
 use crate::error::TaskError;
-use crate::objects::{Source, Val};
+use crate::objects::{Cluster, Source};
+use crate::slot::{CompletionQueue, Slot, SlotState};
+use crate::values::Val;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// The id of an object (also of the task that makes it): `job.seq`.
@@ -35,221 +34,10 @@ impl fmt::Debug for ObjectId {
     }
 }
 
-/// Completion order across all objects of this process, so `wait` and
-/// `as_completed` can report results in the order they arrived.
-static COMPLETIONS: AtomicU64 = AtomicU64::new(1);
-
-pub(crate) enum SlotState {
-    Pending {
-        wakers: Vec<Waker>,
-        queues: Vec<(Arc<CompletionQueue>, usize)>,
-    },
-    /// `version` counts the times a stored value was replaced by a newer
-    /// answer of the head (rebuilt, relocated, lost for good).
-    Done {
-        value: Result<Val, TaskError>,
-        seq: u64,
-        version: u32,
-    },
-}
-
-/// Where a result lands when it arrives.
-pub(crate) struct Slot {
-    state: Mutex<SlotState>,
-    cv: Condvar,
-}
-
-impl Slot {
-    pub(crate) fn pending() -> Arc<Slot> {
-        Arc::new(Slot { state: Mutex::new(SlotState::Pending { wakers: Vec::new(), queues: Vec::new() }), cv: Condvar::new() })
-    }
-
-    pub(crate) fn done(value: Result<Val, TaskError>) -> Arc<Slot> {
-        let seq = COMPLETIONS.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Slot { state: Mutex::new(SlotState::Done { value, seq, version: 0 }), cv: Condvar::new() })
-    }
-
-    /// Records the value (the first one wins) and wakes every waiter. A
-    /// stored value may be replaced by a later answer: the head sends one
-    /// when it rebuilt the object after every copy was lost, when a driver
-    /// asked where it is now, or when it is lost for good.
-    pub(crate) fn complete(&self, value: Result<Val, TaskError>) {
-        let mut st = self.state.lock().expect("slot lock");
-        if let SlotState::Done { value: old, version, .. } = &mut *st {
-            if matches!(old, Ok(Val::Stored { .. })) {
-                *old = value;
-                *version += 1;
-            }
-            return;
-        }
-        let seq = COMPLETIONS.fetch_add(1, Ordering::Relaxed);
-        let old = std::mem::replace(&mut *st, SlotState::Done { value, seq, version: 0 });
-        drop(st);
-        self.cv.notify_all();
-        if let SlotState::Pending { wakers, queues } = old {
-            for w in wakers {
-                w.wake();
-            }
-            for (q, i) in queues {
-                q.push(i);
-            }
-        }
-    }
-
-    /// Keeps the bytes of a stored value pulled from another node, so
-    /// later reads do not pull it again.
-    pub(crate) fn cache(&self, bytes: Bytes) {
-        if let SlotState::Done { value: v @ Ok(Val::Stored { .. }), .. } = &mut *self.state.lock().expect("slot lock") {
-            *v = Ok(Val::Inline(bytes));
-        }
-    }
-
-    /// The current answer and its version, once there is one.
-    pub(crate) fn answer(&self) -> Option<(Result<Val, TaskError>, u32)> {
-        match &*self.state.lock().expect("slot lock") {
-            SlotState::Done { value, version, .. } => Some((value.clone(), *version)),
-            SlotState::Pending { .. } => None,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        matches!(*self.state.lock().expect("slot lock"), SlotState::Done { .. })
-    }
-
-    fn poll_value(&self, cx: &mut Context<'_>) -> Poll<Result<Val, TaskError>> {
-        let mut st = self.state.lock().expect("slot lock");
-        match &mut *st {
-            SlotState::Done { value, .. } => Poll::Ready(value.clone()),
-            SlotState::Pending { wakers, .. } => {
-                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    wakers.push(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn wait_value(&self, deadline: Option<Instant>) -> Option<Result<Val, TaskError>> {
-        let mut st = self.state.lock().expect("slot lock");
-        loop {
-            if let SlotState::Done { value, .. } = &*st {
-                return Some(value.clone());
-            }
-            match deadline {
-                None => st = self.cv.wait(st).expect("slot lock"),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
-                    st = self.cv.wait_timeout(st, d - now).expect("slot lock").0;
-                }
-            }
-        }
-    }
-
-    /// Registers `q` to hear about completion as index `i`. Returns the
-    /// completion sequence number if already done.
-    fn subscribe(&self, q: &Arc<CompletionQueue>, i: usize) -> Option<u64> {
-        let mut st = self.state.lock().expect("slot lock");
-        match &mut *st {
-            SlotState::Done { seq, .. } => Some(*seq),
-            SlotState::Pending { queues, .. } => {
-                queues.push((q.clone(), i));
-                None
-            }
-        }
-    }
-}
-
-/// Indices of objects in completion order.
-pub(crate) struct CompletionQueue {
-    inner: Mutex<(VecDeque<usize>, Option<Waker>)>,
-    cv: Condvar,
-}
-
-impl CompletionQueue {
-    fn new() -> Arc<Self> {
-        Arc::new(CompletionQueue { inner: Mutex::new((VecDeque::new(), None)), cv: Condvar::new() })
-    }
-
-    fn push(&self, i: usize) {
-        let mut g = self.inner.lock().expect("queue lock");
-        g.0.push_back(i);
-        let w = g.1.take();
-        drop(g);
-        self.cv.notify_all();
-        if let Some(w) = w {
-            w.wake();
-        }
-    }
-
-    /// Subscribes to every slot; those already done are queued first, in
-    /// the order they completed.
-    fn subscribe_all<'a>(self: &Arc<Self>, slots: impl Iterator<Item = &'a Arc<Slot>>) {
-        let mut done: Vec<(u64, usize)> = Vec::new();
-        for (i, s) in slots.enumerate() {
-            if let Some(seq) = s.subscribe(self, i) {
-                done.push((seq, i));
-            }
-        }
-        done.sort_unstable();
-        let mut g = self.inner.lock().expect("queue lock");
-        for (_, i) in done.into_iter().rev() {
-            g.0.push_front(i);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.inner.lock().expect("queue lock").0.len()
-    }
-
-    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<usize> {
-        let mut g = self.inner.lock().expect("queue lock");
-        match g.0.pop_front() {
-            Some(i) => Poll::Ready(i),
-            None => {
-                g.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    fn pop_blocking(&self) -> usize {
-        let mut g = self.inner.lock().expect("queue lock");
-        loop {
-            if let Some(i) = g.0.pop_front() {
-                return i;
-            }
-            g = self.cv.wait(g).expect("queue lock");
-        }
-    }
-
-    fn wait_len(&self, n: usize, deadline: Option<Instant>) {
-        let mut g = self.inner.lock().expect("queue lock");
-        while g.0.len() < n {
-            match deadline {
-                None => g = self.cv.wait(g).expect("queue lock"),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return;
-                    }
-                    g = self.cv.wait_timeout(g, d - now).expect("queue lock").0;
-                }
-            }
-        }
-    }
-
-    fn drain(&self) -> Vec<usize> {
-        self.inner.lock().expect("queue lock").0.drain(..).collect()
-    }
-}
-
 pub(crate) struct RefInner {
     pub(crate) id: u64,
     pub(crate) slot: Arc<Slot>,
-    pub(crate) driver: Option<Arc<Driver>>,
+    pub(crate) driver: Option<Arc<Cluster>>,
     /// A pull of the value from another node, while an `.await` waits.
     fetch: Mutex<Option<tokio::task::JoinHandle<Result<Bytes, TaskError>>>>,
 }
@@ -318,7 +106,7 @@ fn decode_bytes<T: DeserializeOwned>(b: &Bytes) -> Result<T, TaskError> {
 }
 
 impl<T> ObjectRef<T> {
-    pub(crate) fn new(id: u64, slot: Arc<Slot>, driver: Option<Arc<Driver>>) -> Self {
+    pub(crate) fn new(id: u64, slot: Arc<Slot>, driver: Option<Arc<Cluster>>) -> Self {
         ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None) }), _t: PhantomData }
     }
 
@@ -460,12 +248,7 @@ struct WaitLen<'a> {
 impl Future for WaitLen<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut g = self.q.inner.lock().expect("queue lock");
-        if g.0.len() >= self.n {
-            return Poll::Ready(());
-        }
-        g.1 = Some(cx.waker().clone());
-        Poll::Pending
+        self.q.poll_len(self.n, cx)
     }
 }
 

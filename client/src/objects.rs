@@ -8,24 +8,43 @@
 
 use crate::driver::Driver;
 use crate::error::{Error, TaskError};
+use crate::values::Val;
 use bytes::Bytes;
 use shoal_proto::pb;
 use shoal_store::{Arena, Store, StoreError};
 use std::sync::Arc;
 
-/// A finished value as a driver holds it.
-#[derive(Clone, Debug)]
-pub(crate) enum Val {
-    /// Small: the bytes.
-    Inline(Bytes),
-    /// Large: in the object store of the nodes at `holders` (empty: this
-    /// process's own store).
-    Stored { id: u64, size: u64, holders: Vec<String> },
+/// This program's connection to a cluster: its session with the head,
+/// and its way to the cluster's object stores (found once, kept here so
+/// the session layer below knows nothing of stores). Derefs to the
+/// session.
+pub(crate) struct Cluster {
+    driver: Arc<Driver>,
+    /// The store this driver reads and writes directly: the embedded
+    /// worker's (set at connect), else a same-machine worker's (found on
+    /// first use), else none.
+    local_store: std::sync::OnceLock<Option<Arc<LocalStore>>>,
+    /// `(node id, object store address)` large puts go to, when there is
+    /// no local store.
+    store_target: std::sync::Mutex<Option<(String, String)>>,
 }
 
-impl Val {
-    pub(crate) fn from_pb(s: pb::StoredObject) -> Val {
-        Val::Stored { id: s.id, size: s.size, holders: s.holders }
+impl Cluster {
+    /// The connection over `driver`; `local` is the embedded worker's
+    /// store, if this process runs one.
+    pub(crate) fn new(driver: Arc<Driver>, local: Option<LocalStore>) -> Arc<Cluster> {
+        let local_store = match local {
+            Some(l) => std::sync::OnceLock::from(Some(Arc::new(l))),
+            None => std::sync::OnceLock::new(),
+        };
+        Arc::new(Cluster { driver, local_store, store_target: std::sync::Mutex::new(None) })
+    }
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Driver;
+    fn deref(&self) -> &Driver {
+        &self.driver
     }
 }
 
@@ -42,7 +61,7 @@ pub(crate) enum LocalStore {
 /// The store this driver can use directly, found once: the embedded
 /// worker's, or that of a worker on this machine whose memory file this
 /// process may open.
-pub(crate) fn local(driver: &Arc<Driver>) -> Option<Arc<LocalStore>> {
+pub(crate) fn local(driver: &Arc<Cluster>) -> Option<Arc<LocalStore>> {
     driver
         .local_store
         .get_or_init(|| {
@@ -98,7 +117,7 @@ fn lost(id: u64, why: impl std::fmt::Display) -> TaskError {
 
 /// Where `val`'s bytes are. A stored value in this process's store is not
 /// copied: the `Bytes` borrows the shared memory and pins it.
-pub(crate) fn locate(driver: Option<&Arc<Driver>>, val: Val) -> Result<Source, TaskError> {
+pub(crate) fn locate(driver: Option<&Arc<Cluster>>, val: Val) -> Result<Source, TaskError> {
     let (id, size, holders) = match val {
         Val::Inline(b) => return Ok(Source::Here(b)),
         Val::Stored { id, size, holders } => (id, size, holders),
@@ -140,7 +159,7 @@ const UNREACHABLE_HOLDERS_WINDOW: std::time::Duration = std::time::Duration::fro
 /// gone for good) or once the object is rebuilt from its lineage. Fails
 /// with `ObjectLost` only when the head says so, or when it keeps naming
 /// holders that cannot send it for [`UNREACHABLE_HOLDERS_WINDOW`].
-pub(crate) async fn read(driver: Option<Arc<Driver>>, slot: Arc<crate::object_ref::Slot>, id: u64) -> Result<Bytes, TaskError> {
+pub(crate) async fn read(driver: Option<Arc<Cluster>>, slot: Arc<crate::slot::Slot>, id: u64) -> Result<Bytes, TaskError> {
     use std::time::{Duration, Instant};
     // The answer (version, holders) whose holders last failed, and since
     // when the head has kept confirming those same holders.
@@ -202,7 +221,7 @@ pub(crate) async fn read(driver: Option<Arc<Driver>>, slot: Arc<crate::object_re
 
 /// Writes a value of `size` bytes (produced by `fill`) into a node's
 /// store as object `id` and tells the head. Returns where it lives.
-pub(crate) fn put_large(driver: &Arc<Driver>, id: u64, size: u64, fill: impl FnOnce(&mut [u8]) -> Result<(), String>) -> Result<Val, Error> {
+pub(crate) fn put_large(driver: &Arc<Cluster>, id: u64, size: u64, fill: impl FnOnce(&mut [u8]) -> Result<(), String>) -> Result<Val, Error> {
     let serialization = |message: String| Error::Task(TaskError::Serialization { message });
     let exhausted = |s: tonic::Status, address: &str| {
         if s.code() == tonic::Code::ResourceExhausted {
@@ -250,7 +269,7 @@ pub(crate) fn put_large(driver: &Arc<Driver>, id: u64, size: u64, fill: impl FnO
 
 /// The worker a driver off the cluster's nodes puts through: one on this
 /// host if there is one, else the first alive node with a store.
-fn store_target(driver: &Arc<Driver>) -> Result<(String, String), Error> {
+fn store_target(driver: &Arc<Cluster>) -> Result<(String, String), Error> {
     if let Some(t) = driver.store_target.lock().expect("target lock").clone() {
         return Ok(t);
     }

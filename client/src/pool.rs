@@ -9,9 +9,10 @@
 //! flight, so an endless input iterator is consumed only as results are
 //! taken.
 
+use crate::calls::{IntoArg, submit};
 use crate::error::TaskError;
+use crate::functions::FunctionMeta;
 use crate::object_ref::{ObjectRef, wait_blocking};
-use crate::registry::{FunctionMeta, IntoArg, submit};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -76,9 +77,9 @@ pub struct ChunkOutput<R> {
 pub fn run_chunk<A: DeserializeOwned, R: Serialize + 'static, F: Fn(A) -> R>(
     args: &[bytes::Bytes],
     f: F,
-) -> Result<crate::registry::Encoded, crate::registry::InvokeError> {
-    crate::registry::check_arity(args, 1)?;
-    let items: Vec<A> = crate::registry::decode_arg(args, 0)?;
+) -> Result<crate::functions::Encoded, crate::functions::InvokeError> {
+    crate::functions::check_arity(args, 1)?;
+    let items: Vec<A> = crate::functions::decode_arg(args, 0)?;
     let t = Instant::now();
     let out: Vec<Result<R, ItemPanic>> = items
         .into_iter()
@@ -93,7 +94,7 @@ pub fn run_chunk<A: DeserializeOwned, R: Serialize + 'static, F: Fn(A) -> R>(
     let ctx = crate::executor::context();
     let output =
         ChunkOutput { items: out, elapsed_ns: t.elapsed().as_nanos() as u64, pid: std::process::id(), node: ctx.map(|c| c.node_id).unwrap_or_default() };
-    crate::registry::encode_result(output)
+    crate::functions::encode_result(output)
 }
 
 /// Why a pool operation failed.
@@ -337,7 +338,7 @@ impl Pool {
     /// A pool running up to `processes` chunks at once (connects to the
     /// cluster first if needed).
     pub fn new(processes: usize) -> crate::Result<Pool> {
-        crate::runtime::driver_or_init()?;
+        crate::init::driver_or_init()?;
         Ok(Pool {
             processes: processes.max(1),
             chunksize: None,
@@ -355,7 +356,7 @@ impl Pool {
 
     /// A pool as wide as every CPU in the cluster.
     pub fn all() -> crate::Result<Pool> {
-        crate::runtime::driver_or_init()?;
+        crate::init::driver_or_init()?;
         let st = crate::runtime::block_on(crate::cluster_status())?;
         Pool::new(st.total_cpus().round().max(1.0) as usize)
     }
@@ -507,7 +508,7 @@ impl Pool {
     pub fn terminate(&self) {
         self.state.terminated.store(true, Ordering::Relaxed);
         self.state.closed.store(true, Ordering::Relaxed);
-        if let Some(d) = crate::runtime::current() {
+        if let Some(d) = crate::init::current() {
             for id in self.state.inflight.lock().expect("pool lock").drain() {
                 d.cancel(id);
             }

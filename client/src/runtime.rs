@@ -1,86 +1,7 @@
-//! Connecting a program to a cluster: [`init`] (a remote head, or an
-//! embedded local cluster), the process-wide driver, `put`, `cancel`,
-//! `cluster_status` and `shutdown`.
+//! Shoal's own tokio runtime, and blocking on a future from anywhere.
 
-use crate::driver::{Driver, Out};
-use crate::error::{Error, Result, TaskError};
-use crate::object_ref::{ObjectRef, Slot};
-use crate::objects::Val;
-use crate::status::ClusterStatus;
-use crate::{config, executor};
-use serde::Serialize;
-use shoal_domain::ResourceSet;
-use shoal_proto::pb;
-use shoal_store::binaries::{BinaryStore, hash_file};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
-/// How [`init_with`] finds or makes its cluster.
-#[derive(Clone, Debug, Default)]
-pub struct InitConfig {
-    /// Head address (`host:port`). `None`: `SHOAL_ADDRESS` if set, else an
-    /// embedded local cluster.
-    pub address: Option<String>,
-    /// Cluster token. `None`: `SHOAL_TOKEN`, `SHOAL_TOKEN_FILE`, or the
-    /// local session's token file.
-    pub token: Option<String>,
-    /// File holding the cluster token.
-    pub token_file: Option<PathBuf>,
-    /// CPUs of the embedded cluster's worker (default: all).
-    pub num_cpus: Option<f64>,
-    /// Custom resources of the embedded cluster's worker (`gpu=1,...`).
-    pub resources: Option<String>,
-    /// Name of this program in `shoal status` (default: the executable's).
-    pub name: Option<String>,
-    /// Always start an embedded local cluster, ignoring `SHOAL_ADDRESS`.
-    pub local: bool,
-    /// Size of the embedded cluster's shared-memory object store in bytes
-    /// (default: 30% of memory, or `SHOAL_OBJECT_STORE_MEMORY`).
-    pub object_store_memory: Option<u64>,
-}
-
-impl InitConfig {
-    /// Connect to the head at `address`.
-    pub fn address(mut self, address: impl Into<String>) -> Self {
-        self.address = Some(address.into());
-        self
-    }
-    /// Use this cluster token.
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
-        self
-    }
-    /// The embedded cluster's worker offers this many CPUs.
-    pub fn num_cpus(mut self, n: f64) -> Self {
-        self.num_cpus = Some(n);
-        self
-    }
-    /// The embedded cluster's worker offers these custom resources.
-    pub fn resources(mut self, spec: impl Into<String>) -> Self {
-        self.resources = Some(spec.into());
-        self
-    }
-    /// Start an embedded local cluster even if `SHOAL_ADDRESS` is set.
-    pub fn local(mut self) -> Self {
-        self.local = true;
-        self
-    }
-    /// The embedded cluster's object store holds this many bytes.
-    pub fn object_store_memory(mut self, bytes: u64) -> Self {
-        self.object_store_memory = Some(bytes);
-        self
-    }
-}
-
-struct Embedded {
-    head: shoal_scheduler::HeadHandle,
-    worker: shoal_worker::WorkerHandle,
-}
-
-static DRIVER: RwLock<Option<Arc<Driver>>> = RwLock::new(None);
-static EMBEDDED: Mutex<Option<Embedded>> = Mutex::new(None);
-static INIT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
 /// Shoal's own runtime: the driver session, and the embedded head and
@@ -92,233 +13,39 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Connects this program to a cluster: the head at `SHOAL_ADDRESS` if
-/// set, else an embedded local cluster (a head and a worker using every
-/// CPU, in this process; tasks run in executor processes). Calling it
-/// again is a no-op.
-///
-/// ```no_run
-/// # async fn demo() -> shoal::Result<()> {
-/// shoal::init().await?;
-/// let st = shoal::cluster_status().await?;
-/// println!("{} node(s)", st.alive_nodes().count());
-/// # Ok(()) }
-/// ```
-pub async fn init() -> Result<()> {
-    init_with(InitConfig::default()).await
+/// Runs a future to completion on the calling thread and blocks for it,
+/// from any thread, inside an async runtime or not, nested or not. The
+/// future runs in the context of Shoal's runtime, whose threads drive its
+/// timers and sockets; no thread is started per call.
+pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    let _context = runtime().enter();
+    pollster::block_on(fut)
 }
 
-/// [`init`] with explicit settings.
-pub async fn init_with(config: InitConfig) -> Result<()> {
-    runtime().spawn(do_init(config)).await.map_err(|e| Error::Embedded(format!("init task failed: {e}")))?
-}
+#[cfg(test)]
+mod tests {
+    use super::block_on;
+    use std::time::Duration;
 
-/// Blocking form of [`init`], for programs without an async runtime.
-pub fn init_blocking() -> Result<()> {
-    init_blocking_with(InitConfig::default())
-}
-
-/// Blocking form of [`init_with`].
-pub fn init_blocking_with(config: InitConfig) -> Result<()> {
-    // A scoped thread: works whether or not the caller is inside a runtime.
-    std::thread::scope(|s| s.spawn(|| runtime().block_on(do_init(config))).join().unwrap_or_else(|_| Err(Error::Embedded("init panicked".into()))))
-}
-
-/// Runs a future on Shoal's runtime and blocks for it (from any thread,
-/// inside an async runtime or not).
-pub(crate) fn block_on<F: std::future::Future + Send>(fut: F) -> F::Output
-where
-    F::Output: Send,
-{
-    std::thread::scope(|s| s.spawn(|| runtime().block_on(fut)).join().expect("block_on thread"))
-}
-
-pub(crate) fn current() -> Option<Arc<Driver>> {
-    DRIVER.read().expect("driver lock").clone()
-}
-
-/// The connected driver; the first remote call of a program that never
-/// called `init` starts one (like `ray.remote` calls auto-initialising).
-pub(crate) fn driver_or_init() -> Result<Arc<Driver>> {
-    if let Some(d) = current() {
-        return Ok(d);
-    }
-    init_blocking()?;
-    current().ok_or_else(|| Error::Embedded("init did not connect".into()))
-}
-
-fn program_name() -> String {
-    std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "program".into())
-}
-
-async fn do_init(config: InitConfig) -> Result<()> {
-    let _guard = INIT.lock().await;
-    if current().is_some() {
-        return Ok(());
-    }
-    if executor::is_executor() {
-        return Err(Error::Config("shoal::init() was called inside a task; tasks are already connected".into()));
-    }
-    // /proc/self/exe is the running image even if the file was replaced.
-    let exe = PathBuf::from("/proc/self/exe");
-    let hash = {
-        let exe = exe.clone();
-        tokio::task::spawn_blocking(move || hash_file(&exe)).await.map_err(|e| Error::Io(std::io::Error::other(e)))??
-    };
-    let name = config.name.clone().unwrap_or_else(program_name);
-    let address = match (&config.local, config.address.as_deref()) {
-        (true, _) => None,
-        // `auto` = the head recorded in the local session dir.
-        (false, Some(a)) => Some(
-            config::resolve_address(Some(a))
-                .ok_or_else(|| Error::Config(format!("address {a:?}: no head session found in {}", config::shoal_home().display())))?,
-        ),
-        (false, None) => config::resolve_address_env_only(),
-    };
-    let driver = match address {
-        Some(address) => {
-            let token = config::resolve_token(config.token.as_deref(), config.token_file.as_deref())?;
-            Driver::connect(&address, token, &hash, &exe, &name, None, None).await?
-        }
-        None => start_embedded(&config, &hash, &exe, &name).await?,
-    };
-    *DRIVER.write().expect("driver lock") = Some(driver);
-    Ok(())
-}
-
-async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str) -> Result<Arc<Driver>> {
-    let home = config::shoal_home();
-    let cache = config::binary_cache(&home);
-    // The head and the worker share the binary cache: putting our own
-    // executable there means nothing is uploaded or fetched.
-    let store = BinaryStore::open(&cache)?;
-    {
-        let (store, hash, exe) = (store.clone(), hash.to_string(), exe.to_path_buf());
-        tokio::task::spawn_blocking(move || store.copy_in(&hash, &exe)).await.map_err(|e| Error::Io(std::io::Error::other(e)))??;
-    }
-    let token = shoal_proto::auth::generate_token();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let head = shoal_scheduler::start(shoal_scheduler::HeadConfig::new(Some(token.clone()), cache.clone()), listener).await?;
-    let address = head.addr.to_string();
-    let mut wc = shoal_worker::WorkerConfig::new(address.clone(), Some(token.clone()), cache);
-    // Worker and driver share the head's process: sessions over channels.
-    wc.local_head = Some(head.local_link());
-    if let Some(n) = config.num_cpus {
-        wc.resources.cpus = n;
-    }
-    if let Some(spec) = &config.resources {
-        let extra = ResourceSet::parse(spec).map_err(|e| Error::Config(e.to_string()))?;
-        wc.resources.add(&ResourceSet { cpus: 0.0, custom: extra.custom });
-    }
-    // Only this process and its executors use the store: serve it on
-    // loopback only.
-    wc.object_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    wc.spill_dir = home.join("spill").join(format!("embedded-{}", std::process::id()));
-    let memory = wc.memory_bytes;
-    let env_size = |var: &str| -> Result<Option<u64>> {
-        match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => shoal_worker::config::parse_size(&v, memory).map(Some).map_err(|e| Error::Config(format!("{var}: {e}"))),
-            _ => Ok(None),
-        }
-    };
-    if let Some(n) = config.object_store_memory.or(env_size(shoal_worker::config::ENV_STORE_MEMORY)?) {
-        wc.object_store_bytes = n;
-    }
-    wc.object_store_prefault =
-        env_size(shoal_worker::config::ENV_PREFAULT)?.unwrap_or(shoal_worker::config::DEFAULT_EMBEDDED_PREFAULT).min(wc.object_store_bytes);
-    let mut worker = shoal_worker::start(wc).await.map_err(|e| Error::Embedded(e.to_string()))?;
-    let node = tokio::time::timeout(Duration::from_secs(10), worker.registered())
-        .await
-        .map_err(|_| Error::Embedded("the embedded worker did not register within 10s".into()))?
-        .map_err(|e| Error::Embedded(e.to_string()))?;
-    let local_store = crate::objects::LocalStore::InProcess { store: worker.store(), node };
-    let driver = Driver::connect(&address, Some(token), hash, exe, name, Some(head.local_link()), Some(local_store)).await?;
-    tracing::debug!(%address, "embedded cluster started");
-    *EMBEDDED.lock().expect("embedded lock") = Some(Embedded { head, worker });
-    Ok(driver)
-}
-
-/// Disconnects from the cluster and stops the embedded one, if any.
-/// Pending results fail with `Disconnected`. `init` may be called again.
-pub async fn shutdown() {
-    let driver = DRIVER.write().expect("driver lock").take();
-    if let Some(d) = driver {
-        d.close("shoal::shutdown() was called".into());
-        let _ = runtime().spawn(async move { d.finish().await }).await;
-    }
-    let embedded = EMBEDDED.lock().expect("embedded lock").take();
-    if let Some(e) = embedded {
-        let _ = runtime()
-            .spawn(async move {
-                let _ = e.worker.shutdown().await;
-                e.head.shutdown().await;
+    #[test]
+    fn block_on_works_nested_and_from_inside_another_runtime_without_a_thread_per_call() {
+        let here = std::thread::current().id();
+        // Timers work: Shoal's runtime drives them.
+        let on = block_on(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Nested (a sync get inside an async path).
+            block_on(async { tokio::time::sleep(Duration::from_millis(1)).await });
+            std::thread::current().id()
+        });
+        assert_eq!(on, here, "the future runs on the calling thread");
+        // From a task of the program's own single-threaded runtime.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let v = rt.block_on(async {
+            block_on(async {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                7
             })
-            .await;
-    }
-}
-
-/// Stores `value` in the cluster; returns a reference to pass to tasks
-/// (each task then reads the stored copy instead of a fresh argument).
-///
-/// Small values (up to 100 KiB) are kept by the head. Larger ones are
-/// written once into a node's shared-memory object store: straight into
-/// it on an embedded cluster (one copy, at memory speed), streamed to the
-/// nearest worker otherwise. A value that cannot fit even after spilling
-/// fails with [`TaskError::ObjectStoreFull`]; nothing stored is lost.
-pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
-    let driver = driver_or_init()?;
-    let (id, slot) = put_value(&driver, &value)?;
-    Ok(ObjectRef::new(id, slot, Some(driver)))
-}
-
-/// Stores a serialized value; see [`put`].
-pub(crate) fn put_value<T: Serialize + ?Sized>(driver: &Arc<Driver>, value: &T) -> Result<(u64, Arc<Slot>)> {
-    let ser = |e: postcard::Error| TaskError::Serialization { message: format!("{} could not be serialized: {e}", std::any::type_name::<T>()) };
-    let size = postcard::experimental::serialized_size(value).map_err(ser)?;
-    let id = driver.next_id();
-    let val = if size <= shoal_domain::limits::STORE_THRESHOLD_BYTES {
-        let bytes = bytes::Bytes::from(postcard::to_allocvec(value).map_err(ser)?);
-        driver.send(Out::Put(pb::PutObject { id, value: bytes.clone(), ..Default::default() }));
-        Val::Inline(bytes)
-    } else {
-        crate::objects::put_large(driver, id, size as u64, |buf| postcard::to_slice(value, buf).map(|_| ()).map_err(|e| ser(e).to_string()))?
-    };
-    let slot = Slot::done(Ok(val));
-    driver.register(id, slot.clone());
-    Ok((id, slot))
-}
-
-/// Cancels the task that makes `r`: if queued it never starts; if running
-/// its executor process is ended. Either way `r` yields
-/// `TaskError::Cancelled` (unless the task had already finished).
-pub fn cancel<T>(r: &ObjectRef<T>) {
-    r.cancel();
-}
-
-/// Nodes, resources and task counts of the connected cluster (the same
-/// data as `shoal status`).
-pub async fn cluster_status() -> Result<ClusterStatus> {
-    let d = current().ok_or_else(|| Error::Config("shoal::init() has not been called".into()))?;
-    let (address, token) = (d.address.clone(), d.token.clone());
-    runtime().spawn(async move { crate::status::fetch(&address, token.as_deref()).await }).await.map_err(|e| Error::Embedded(e.to_string()))?
-}
-
-/// Runs an async `main` on a multi-threaded runtime (used by `#[shoal::main]`).
-pub fn run_main<F: std::future::Future>(fut: F) -> F::Output {
-    enter_main();
-    let out = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the main runtime").block_on(fut);
-    // Leave the cluster cleanly: the head ends the job at once instead of
-    // waiting for a driver that lost its connection to come back.
-    block_on(shutdown());
-    out
-}
-
-/// Called at the top of a `#[shoal::main]` program. Executor processes
-/// never get here (they enter the task loop before `main`); this only
-/// guards against a misconfigured executor environment.
-pub fn enter_main() {
-    if executor::is_executor() {
-        eprintln!("shoal: an executor process reached main(); exiting");
-        std::process::exit(3);
+        });
+        assert_eq!(v, 7);
     }
 }

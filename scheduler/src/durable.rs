@@ -61,6 +61,7 @@ pub(crate) struct Replay {
 /// The writer side of the log.
 pub(crate) struct Log {
     tx: mpsc::Sender<Entry>,
+    writer: std::thread::JoinHandle<()>,
 }
 
 impl Log {
@@ -77,7 +78,7 @@ impl Log {
         let replay = read(&db).map_err(err)?;
         let mut next: BTreeMap<u32, u64> = replay.jobs.iter().map(|(j, r)| (*j, r.len() as u64)).collect();
         let (tx, rx) = mpsc::channel::<Entry>();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("shoal-head-log".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -95,7 +96,15 @@ impl Log {
                 }
             })
             .map_err(|e| err(e.to_string()))?;
-        Ok((Log { tx }, replay))
+        Ok((Log { tx, writer }, replay))
+    }
+
+    /// Closes the log: returns once everything appended is committed and
+    /// the database is let go (it can be opened again at once).
+    pub(crate) fn close(self) {
+        let Log { tx, writer } = self;
+        drop(tx);
+        let _ = writer.join();
     }
 
     /// Records `record` for `job`; `batch` is the driver batch sequence it
@@ -258,8 +267,8 @@ mod tests {
                 kind: Some(pb::log_record::Kind::Results(pb::NodeResults { node: "node-a".into(), results: vec![all[0].clone(), all[2].clone()] })),
             };
             assert_eq!(n, want.encoded_len());
+            log.close();
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
         let (_log, replay) = Log::open(dir.path(), |_| {}).unwrap();
         match &replay.jobs[&1][0].kind {
             Some(pb::log_record::Kind::Results(nr)) => {
@@ -297,8 +306,8 @@ mod tests {
                 assert!(std::time::Instant::now() < deadline, "never acknowledged");
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
+            log.close();
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
         let (_log, replay) = Log::open(dir.path(), |_| {}).unwrap();
         let kinds: Vec<&str> = replay.jobs[&1]
             .iter()
@@ -332,9 +341,8 @@ mod tests {
                 assert!(std::time::Instant::now() < deadline, "batches were never acknowledged");
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
+            log.close();
         }
-        // The writer thread exits with its sender; reopen.
-        std::thread::sleep(std::time::Duration::from_millis(100));
         let (_log, replay) = Log::open(dir.path(), |_| {}).unwrap();
         assert_eq!(replay.next_job, 3);
         assert_eq!(replay.jobs.keys().copied().collect::<Vec<_>>(), vec![1]);

@@ -133,6 +133,14 @@ impl LoopState {
         *snap = size;
     }
 
+    /// Closes the log, once everything appended is committed.
+    #[cfg(test)]
+    pub(super) fn close_log(self) {
+        if let Some(log) = self.log {
+            log.close();
+        }
+    }
+
     /// Bytes of `job`'s log since it last compacted, and of that snapshot.
     #[cfg(test)]
     pub(super) fn log_size(&self, job: JobId) -> (u64, u64) {
