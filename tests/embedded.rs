@@ -18,10 +18,10 @@ fn init_without_address_starts_a_one_node_cluster_that_runs_tasks() {
     let st = rt.block_on(shoal::cluster_status()).unwrap();
     assert_eq!(st.nodes.len(), 1);
     assert!(st.nodes[0].alive);
-    assert_eq!(st.nodes[0].resources["cpus"], std::thread::available_parallelism().unwrap().get() as f64);
+    assert_eq!(st.nodes[0].resources.cpus, std::thread::available_parallelism().unwrap().get() as f64);
     assert!(shoal::context().is_none(), "the driver is not a task");
     let (node, pid) = whereami::remote().get().unwrap();
-    assert_eq!(node, st.nodes[0].id);
+    assert_eq!(node, format!("{:#}", st.nodes[0].id), "a task sees the full id of its node");
     assert_ne!(pid, std::process::id(), "tasks run in executor processes");
 }
 

@@ -4,8 +4,8 @@ use crate::{DrainArgs, StatusArgs, SubmitArgs};
 use anyhow::anyhow;
 use shoal::config;
 use shoal::status::ClusterStatus;
+use shoal_domain::ResourceSet;
 use shoal_domain::size::format_size;
-use std::collections::BTreeMap;
 
 fn head_and_token(address: Option<&str>, token: &crate::TokenArgs) -> anyhow::Result<(String, Option<String>)> {
     let address = config::resolve_address(address)
@@ -30,7 +30,7 @@ pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(args.wait.max(0.0));
     while std::time::Instant::now() < deadline {
         let st = rt.block_on(shoal::status::fetch(&address, token.as_deref())).map_err(explain)?;
-        match st.nodes.iter().find(|n| n.id == args.node_id) {
+        match st.nodes.iter().find(|n| format!("{:#}", n.id) == args.node_id) {
             Some(n) if n.alive => std::thread::sleep(std::time::Duration::from_millis(100)),
             _ => {
                 println!("Node {} has left the cluster.", args.node_id);
@@ -74,8 +74,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn fmt_res(total: &BTreeMap<String, f64>, avail: &BTreeMap<String, f64>) -> String {
-    total.iter().map(|(k, t)| format!("{k} {}/{}", avail.get(k).copied().unwrap_or(0.0), t)).collect::<Vec<_>>().join(", ")
+fn fmt_res(total: &ResourceSet, avail: &ResourceSet) -> String {
+    let mut parts = vec![format!("cpus {}/{}", avail.cpus, total.cpus)];
+    parts.extend(total.custom.iter().map(|(k, t)| format!("{k} {}/{t}", avail.get(k))));
+    parts.join(", ")
 }
 
 fn fmt_store(s: &shoal::status::StoreUsage) -> String {
@@ -99,7 +101,7 @@ fn print_table(address: &str, st: &ClusterStatus) {
             "alive"
         };
         table.add_row([
-            n.id.clone(),
+            format!("{:#}", n.id),
             n.address.clone(),
             state.to_string(),
             n.tasks_running.to_string(),

@@ -88,6 +88,7 @@ pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, ge
 pub use pool::{
     AsyncResult, Call, MAX_AUTO_CHUNK, MapIter, MapResult, MapStats, Parallel, Pool, PoolError, Process, RemoteFn, UnaryFn, UnaryMapIter, parallel,
 };
+pub use shoal_domain::{NodeId, ResourceSet};
 pub use status::ClusterStatus;
 
 /// Makes a function remote.

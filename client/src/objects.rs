@@ -77,7 +77,7 @@ pub(crate) fn local(driver: &Arc<Cluster>) -> Option<Arc<LocalStore>> {
                     )
                     .ok()?;
                 tracing::debug!(node = %n.id, "using the object store of this machine's worker directly");
-                Some(Arc::new(LocalStore::Mapped { arena: Arc::new(arena), node: n.id.clone(), address: n.object_address.clone(), client }))
+                Some(Arc::new(LocalStore::Mapped { arena: Arc::new(arena), node: format!("{:#}", n.id), address: n.object_address.clone(), client }))
             })
         })
         .clone()
@@ -279,7 +279,7 @@ fn store_target(driver: &Arc<Cluster>) -> Result<(String, String), Error> {
     let mut nodes: Vec<_> = st.alive_nodes().filter(|n| !n.object_address.is_empty() && !n.draining).collect();
     nodes.sort_by_key(|n| n.hostname != host);
     let n = nodes.first().ok_or_else(|| Error::Config("no alive node with an object store to put large values into".into()))?;
-    let t = (n.id.clone(), n.object_address.clone());
+    let t = (format!("{:#}", n.id), n.object_address.clone());
     *driver.store_target.lock().expect("target lock") = Some(t.clone());
     Ok(t)
 }

@@ -30,43 +30,54 @@ pub struct NodeRegistration {
     pub store_file: (u32, u64),
 }
 
-/// A node as shown by `shoal status`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NodeSnapshot {
+/// One node, as `shoal status` and `shoal::cluster_status` show it (the
+/// head builds it, the wire carries it, the SDK and the CLI read it).
+/// JSON: `id` is the full UUID, `resources` and `available` are maps of
+/// name to amount with `cpus` among them.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
     /// Node id.
     pub id: NodeId,
-    /// Address seen by the head.
+    /// Address the head sees it at.
     pub address: String,
-    /// Alive (heartbeating) or dead.
+    /// Heartbeating (true) or declared dead.
     pub alive: bool,
     /// Resources offered.
-    pub total: ResourceSet,
-    /// Resources not held by dispatched tasks.
+    pub resources: ResourceSet,
+    /// Resources not held by running tasks.
     pub available: ResourceSet,
-    /// Seconds since the last heartbeat.
+    /// Seconds since its last heartbeat.
     pub last_heartbeat_age_s: f64,
     /// Host name.
     pub hostname: String,
-    /// Worker pid.
+    /// Worker daemon pid.
     pub pid: u32,
     /// Tasks dispatched to it and not finished.
     pub tasks_running: u64,
-    /// Machine memory.
+    /// Memory the worker may use.
     pub memory_bytes: u64,
     /// Object store capacity.
     pub object_store_bytes: u64,
-    /// Taking no new tasks (drained).
+    /// Alive but taking no new tasks (`shoal drain`).
+    #[serde(default)]
     pub draining: bool,
-    /// Where peers reach its object store.
+    /// Where peers and remote drivers reach its object store.
+    #[serde(default)]
     pub object_address: String,
     /// Object store usage, from its last heartbeat.
+    #[serde(default)]
     pub store: StoreUsage,
-    /// The store's memory file (descriptor number in the worker, inode).
-    pub store_file: (u32, u64),
+    /// The store's memory file in the worker process (descriptor number),
+    /// for drivers on the same machine.
+    #[serde(default)]
+    pub store_fd: u32,
+    /// The store's memory file's inode.
+    #[serde(default)]
+    pub store_ino: u64,
 }
 
-/// Task counts as shown by `shoal status`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Task counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TaskCounts {
     /// Waiting for inputs or for a node.
     pub queued: u64,
@@ -78,13 +89,27 @@ pub struct TaskCounts {
     pub failed: u64,
 }
 
-/// The whole cluster as shown by `shoal status`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClusterSnapshot {
-    /// Every node ever registered.
-    pub nodes: Vec<NodeSnapshot>,
+/// The whole cluster.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterStatus {
+    /// Every node that ever registered, alive or dead.
+    pub nodes: Vec<NodeStatus>,
     /// Task counts.
     pub tasks: TaskCounts,
-    /// Connected drivers.
+    /// Connected driver programs.
     pub jobs: u32,
+    /// Head version.
+    pub version: String,
+}
+
+impl ClusterStatus {
+    /// Nodes currently alive.
+    pub fn alive_nodes(&self) -> impl Iterator<Item = &NodeStatus> {
+        self.nodes.iter().filter(|n| n.alive)
+    }
+
+    /// CPUs offered by the alive nodes.
+    pub fn total_cpus(&self) -> f64 {
+        self.alive_nodes().map(|n| n.resources.cpus).sum()
+    }
 }

@@ -125,6 +125,20 @@ impl fmt::Debug for NodeId {
     }
 }
 
+impl serde::Serialize for NodeId {
+    /// The full UUID.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{self:#}"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        NodeId::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a node id (a UUID)")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,6 +132,34 @@ impl fmt::Display for ResourceSet {
     }
 }
 
+impl serde::Serialize for ResourceSet {
+    /// A map of name to amount: `{"cpus": 2.0, "gpu": 1.0}`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1 + self.custom.len()))?;
+        m.serialize_entry("cpus", &self.cpus)?;
+        for (n, a) in &self.custom {
+            m.serialize_entry(n, a)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ResourceSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = std::collections::BTreeMap::<String, f64>::deserialize(d)?;
+        let mut set = ResourceSet::default();
+        for (n, a) in m {
+            if n.eq_ignore_ascii_case("cpu") || n.eq_ignore_ascii_case("cpus") {
+                set.cpus = a;
+            } else if a.is_finite() {
+                set.set(&n, a);
+            }
+        }
+        Ok(set)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +176,14 @@ mod tests {
         assert!(ResourceSet::parse("gpu=-1").is_err());
         assert!(ResourceSet::parse("g/pu=1").is_err());
         assert_eq!(ResourceSet::parse("").unwrap(), ResourceSet::default());
+    }
+
+    #[test]
+    fn json_is_a_map_with_cpus() {
+        let r = ResourceSet::cpus(2.0).with("gpu", 1.0);
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(j, r#"{"cpus":2.0,"gpu":1.0}"#);
+        assert_eq!(serde_json::from_str::<ResourceSet>(&j).unwrap(), r);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use crate::pb;
 use bytes::Bytes;
-use shoal_domain::cluster::ClusterSnapshot;
+use shoal_domain::cluster::{ClusterStatus, NodeStatus, TaskCounts};
 use shoal_domain::task::{
     Dispatch, ExecArg, ExecTask, FunctionDef, JobInfo, JobSnapshot, NewArg, NewTask, Payload, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoredRef,
     Value,
@@ -362,8 +362,8 @@ pub fn job_snapshot_from_wire(s: pb::JobSnapshot) -> Result<(JobId, JobSnapshot,
 
 // ---- status ----
 
-impl From<ClusterSnapshot> for pb::ClusterStatus {
-    fn from(s: ClusterSnapshot) -> Self {
+impl From<ClusterStatus> for pb::ClusterStatus {
+    fn from(s: ClusterStatus) -> Self {
         pb::ClusterStatus {
             nodes: s
                 .nodes
@@ -372,7 +372,7 @@ impl From<ClusterSnapshot> for pb::ClusterStatus {
                     id: n.id.0.to_string(),
                     address: n.address,
                     alive: n.alive,
-                    total: Some((&n.total).into()),
+                    total: Some((&n.resources).into()),
                     available: Some((&n.available).into()),
                     last_heartbeat_age_s: n.last_heartbeat_age_s,
                     hostname: n.hostname,
@@ -383,14 +383,54 @@ impl From<ClusterSnapshot> for pb::ClusterStatus {
                     draining: n.draining,
                     object_address: n.object_address,
                     store: Some(n.store.into()),
-                    store_fd: n.store_file.0,
-                    store_ino: n.store_file.1,
+                    store_fd: n.store_fd,
+                    store_ino: n.store_ino,
                 })
                 .collect(),
             tasks: Some(pb::TaskCounts { queued: s.tasks.queued, running: s.tasks.running, finished: s.tasks.finished, failed: s.tasks.failed }),
             jobs: s.jobs,
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: s.version,
         }
+    }
+}
+
+impl TryFrom<pb::ClusterStatus> for ClusterStatus {
+    type Error = WireError;
+
+    /// The cluster as a head reports it; a node whose id is not a UUID
+    /// (a broken head) is an error, not a guess.
+    fn try_from(s: pb::ClusterStatus) -> Result<Self, WireError> {
+        let t = s.tasks.unwrap_or_default();
+        let nodes = s
+            .nodes
+            .into_iter()
+            .map(|n| {
+                Ok(NodeStatus {
+                    id: NodeId::parse(&n.id).ok_or_else(|| WireError::BadNodeId { field: "a node of the cluster status", value: n.id.clone() })?,
+                    address: n.address,
+                    alive: n.alive,
+                    resources: n.total.as_ref().map(ResourceSet::from).unwrap_or_default(),
+                    available: n.available.as_ref().map(ResourceSet::from).unwrap_or_default(),
+                    last_heartbeat_age_s: n.last_heartbeat_age_s,
+                    hostname: n.hostname,
+                    pid: n.pid,
+                    tasks_running: n.tasks_running,
+                    memory_bytes: n.memory_bytes,
+                    object_store_bytes: n.object_store_bytes,
+                    draining: n.draining,
+                    object_address: n.object_address,
+                    store: n.store.map(StoreUsage::from).unwrap_or_default(),
+                    store_fd: n.store_fd,
+                    store_ino: n.store_ino,
+                })
+            })
+            .collect::<Result<_, WireError>>()?;
+        Ok(ClusterStatus {
+            nodes,
+            tasks: TaskCounts { queued: t.queued, running: t.running, finished: t.finished, failed: t.failed },
+            jobs: s.jobs,
+            version: s.version,
+        })
     }
 }
 

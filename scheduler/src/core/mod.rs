@@ -1536,15 +1536,15 @@ impl Core {
     // ------------------------------------------------------------ queries
 
     /// Nodes, resources and task counts.
-    pub fn snapshot(&self, now: Instant) -> ClusterSnapshot {
+    pub fn snapshot(&self, now: Instant) -> ClusterStatus {
         let nodes = self
             .nodes
             .iter()
-            .map(|(id, n)| NodeSnapshot {
+            .map(|(id, n)| NodeStatus {
                 id: *id,
                 address: n.info.address.clone(),
                 alive: n.alive,
-                total: n.info.resources.clone(),
+                resources: n.info.resources.clone(),
                 available: n.info.resources.available_after(&n.in_use),
                 last_heartbeat_age_s: now.saturating_duration_since(n.last_heartbeat).as_secs_f64(),
                 hostname: n.info.hostname.clone(),
@@ -1555,10 +1555,11 @@ impl Core {
                 draining: n.draining,
                 object_address: n.info.object_address.clone(),
                 store: n.store,
-                store_file: n.info.store_file,
+                store_fd: n.info.store_file.0,
+                store_ino: n.info.store_file.1,
             })
             .collect();
-        ClusterSnapshot { nodes, tasks: self.counts, jobs: self.jobs.len() as u32 }
+        ClusterStatus { nodes, tasks: self.counts, jobs: self.jobs.len() as u32, version: env!("CARGO_PKG_VERSION").to_string() }
     }
 
     /// Number of entries in the object table (for tests and metrics).

@@ -3,7 +3,7 @@
 //! callers name them in one place. Generated protobuf types stay out of
 //! the core; `shoal_proto::convert` maps them.
 
-pub use shoal_domain::cluster::{ClusterSnapshot, NodeRegistration, NodeSnapshot, TaskCounts};
+pub use shoal_domain::cluster::{ClusterStatus, NodeRegistration, NodeStatus, TaskCounts};
 pub use shoal_domain::task::{
     Dispatch, FunctionDef, JobSnapshot, NewArg, NewTask, Payload, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoredRef, Value,
 };

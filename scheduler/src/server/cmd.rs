@@ -1,6 +1,6 @@
 //! The events gRPC handlers and the durable log send to the event loop.
 
-use crate::core::{ClusterSnapshot, CoreError, JobId, NodeId, NodeRegistration};
+use crate::core::{ClusterStatus, CoreError, JobId, NodeId, NodeRegistration};
 use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -45,7 +45,7 @@ pub(crate) enum Cmd {
     /// Driver batches up to these sequence numbers are in the log.
     Durable(Vec<(JobId, u64)>),
     Status {
-        reply: oneshot::Sender<ClusterSnapshot>,
+        reply: oneshot::Sender<ClusterStatus>,
     },
     Drain {
         node: NodeId,

@@ -57,6 +57,9 @@ impl Loop {
             }
             self.flush();
         }
+        // A clean stop commits what the log has queued before letting go.
+        let state = self.state;
+        let _ = tokio::task::spawn_blocking(move || state.close_log()).await;
         tracing::info!("head event loop stopped");
     }
 

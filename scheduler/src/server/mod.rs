@@ -22,7 +22,7 @@ mod sessions;
 
 pub use config::{HeadConfig, TlsIdentity};
 
-use crate::core::{ClusterSnapshot, Core, CoreConfig};
+use crate::core::{ClusterStatus, Core, CoreConfig};
 use cmd::Cmd;
 use grpc::HeadService;
 use persistence::LoopState;
@@ -67,7 +67,7 @@ impl HeadHandle {
     }
 
     /// Current cluster snapshot (same data as the Status RPC).
-    pub async fn snapshot(&self) -> Option<ClusterSnapshot> {
+    pub async fn snapshot(&self) -> Option<ClusterStatus> {
         let (tx, rx) = oneshot::channel();
         self.events.send(Cmd::Status { reply: tx }).ok()?;
         rx.await.ok()

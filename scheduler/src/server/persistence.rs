@@ -134,7 +134,6 @@ impl LoopState {
     }
 
     /// Closes the log, once everything appended is committed.
-    #[cfg(test)]
     pub(super) fn close_log(self) {
         if let Some(log) = self.log {
             log.close();
