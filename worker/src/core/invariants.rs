@@ -77,6 +77,12 @@ impl<S: LocalStore> WorkerCore<S> {
         v
     }
 
+    /// Tasks held by executor `id` and sent to it (not those waiting for
+    /// its hello or the next placement pass), in the order it runs them.
+    pub fn executor_tasks_sent(&self, id: ExecId) -> Vec<TaskId> {
+        self.executors.get(&id).map(|e| e.inflight.iter().take(e.inflight.len() - e.unsent).map(|l| l.d.task).collect()).unwrap_or_default()
+    }
+
     /// Tasks waiting in the local queue.
     pub fn queued(&self) -> usize {
         self.queue.len()

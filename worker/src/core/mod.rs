@@ -338,6 +338,9 @@ impl<S: LocalStore> WorkerCore<S> {
         for job in msg.jobs_finished {
             self.jobs.remove(&job);
             self.queue.retain(|l| l.d.job != job);
+            // Nobody waits for its results or copies any more.
+            self.results.retain(|(t, _)| t.job() != job);
+            self.copied.retain(|o| o.job() != job);
             self.service_by_fn.retain(|(j, _), _| *j != job);
             let ids: Vec<ExecId> = self.executors.iter().filter(|(_, e)| e.job == job).map(|(id, _)| *id).collect();
             for id in ids {
@@ -592,6 +595,19 @@ impl<S: LocalStore> WorkerCore<S> {
     /// another job; short tasks are also pipelined into busy executors.
     pub fn pump(&mut self, now: Instant, fx: &mut impl Effects) {
         let mut sends: Vec<(ExecId, ExecTask)> = Vec::new();
+        // Executors that connected since get what was assigned before
+        // hello, first: an executor runs its tasks in the order received,
+        // which must be the order of `inflight`.
+        let mut ready: Vec<ExecId> = self.executors.iter().filter(|(_, e)| e.connected && e.unsent > 0).map(|(id, _)| *id).collect();
+        ready.sort_unstable();
+        for id in ready {
+            let Some(e) = self.executors.get_mut(&id) else { continue };
+            let start = e.inflight.len().saturating_sub(e.unsent);
+            e.unsent = 0;
+            for t in e.inflight.iter().skip(start).filter_map(|l| l.built.clone()) {
+                sends.push((id, t));
+            }
+        }
         let mut i = 0;
         while let Some(l) = self.queue.get(i) {
             if l.stored_args().any(|s| self.pulls.contains(&s.id)) {
@@ -690,17 +706,6 @@ impl<S: LocalStore> WorkerCore<S> {
             }
             l.built = Some(built);
             e.inflight.push_back(l);
-        }
-        // Executors that connected since get what was assigned before hello.
-        let mut ready: Vec<ExecId> = self.executors.iter().filter(|(_, e)| e.connected && e.unsent > 0).map(|(id, _)| *id).collect();
-        ready.sort_unstable();
-        for id in ready {
-            let Some(e) = self.executors.get_mut(&id) else { continue };
-            let start = e.inflight.len().saturating_sub(e.unsent);
-            e.unsent = 0;
-            for t in e.inflight.iter().skip(start).filter_map(|l| l.built.clone()) {
-                sends.push((id, t));
-            }
         }
         let mut by_exec: Vec<(ExecId, Vec<ExecTask>)> = Vec::new();
         for (id, t) in sends {

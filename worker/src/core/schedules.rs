@@ -233,8 +233,13 @@ impl Sim {
             }
         };
         trace.push(ev);
-        self.core.pump(self.now, &mut self.fx);
-        self.core.flush(&mut self.fx);
+        // Events often arrive in bursts, with one placement pass after
+        // them all.
+        if self.rng.random_bool(0.6) {
+            trace.push("pump".into());
+            self.core.pump(self.now, &mut self.fx);
+            self.core.flush(&mut self.fx);
+        }
         self.check()
     }
 
@@ -260,6 +265,24 @@ impl Sim {
         given.sort_unstable();
         if held != given {
             return Err(format!("tasks held {held:?} != tasks given and not reported {given:?}"));
+        }
+        // A connected executor was sent every task it holds, once each, in
+        // the order it holds them.
+        for (exec, _, connected, _) in self.core.executors() {
+            let sent = self.fx.sent_to(exec);
+            let mut unique = sent.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            if unique.len() != sent.len() {
+                return Err(format!("{exec} was sent a task twice: {sent:?}"));
+            }
+            let holds = self.core.executor_tasks_sent(exec);
+            if connected {
+                let tail = sent.get(sent.len().saturating_sub(holds.len())..).unwrap_or_default();
+                if tail != holds.as_slice() {
+                    return Err(format!("{exec} holds {holds:?} but was sent {sent:?}"));
+                }
+            }
         }
         // Killed executors are forgotten.
         for k in &self.fx.killed[self.killed..] {

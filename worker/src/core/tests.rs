@@ -728,3 +728,23 @@ fn results_for_tasks_not_on_the_executor_are_ignored() {
     assert!(w.fx.results().is_empty());
     assert_eq!(w.core.executors()[0].3, 1, "its real task is still running");
 }
+
+#[test]
+fn an_executor_receives_its_tasks_in_the_order_it_holds_them_across_its_hello() {
+    let mut w = World::new(1.0);
+    // f is known to be short: several tasks may queue in one executor.
+    let s = w.core.service_by_fn.entry((JOB, 0)).or_default();
+    for _ in 0..40 {
+        s.observe(Duration::from_micros(20));
+    }
+    w.tasks(vec![dispatch(t(1), 0, vec![]), dispatch(t(2), 0, vec![])]);
+    assert_eq!(w.core.executors(), vec![(E1, JOB, false, 2)], "both assigned before hello");
+    // Its hello and a new task arrive in one burst.
+    assert!(w.core.executor_hello(E1, 7, 7, w.now, &mut w.fx));
+    w.core.head_message(HeadMessage { tasks: vec![dispatch(t(3), 0, vec![])], ..Default::default() }, &mut w.fx);
+    w.step();
+    assert_eq!(w.fx.sent_to(E1), vec![t(1), t(2), t(3)]);
+    // Its death fails the first (the one it was running), not another.
+    w.exited(E1, "signal 9");
+    assert_eq!(w.fx.results().iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![t(1)]);
+}
