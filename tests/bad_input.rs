@@ -93,8 +93,13 @@ fn a_binary_that_cannot_run_fails_tasks_with_binary_incompatible() {
         let task = shoal_domain::ids::object_id(welcome.job, 1);
         tx.send(DriverToHead {
             first_function: 0,
-            functions: vec![pb::FunctionDef { name: "f".into(), resources: Some(pb::Resources { num_cpus: 1.0, ..Default::default() }), max_retries: 0 }],
-            submit: vec![pb::TaskSubmit { id: task, func: 0, args: vec![], max_retries: None }],
+            functions: vec![pb::FunctionDef {
+                name: "f".into(),
+                resources: Some(pb::Resources { num_cpus: 1.0, ..Default::default() }),
+                max_retries: 0,
+                retry_exceptions: false,
+            }],
+            submit: vec![pb::TaskSubmit { id: task, func: 0, args: vec![], ..Default::default() }],
             ..Default::default()
         })
         .await

@@ -166,6 +166,62 @@ fn resources_decide_placement() {
         Err(TaskError::Unschedulable { message, .. }) => assert!(message.contains("gpu=9"), "{message}"),
         other => panic!("expected Unschedulable, got {other:?}"),
     }
+    // Per call: the same function, placed by the call's own resources.
+    let refs: Vec<_> = (0..10).map(|_| whose_node::options().resources(&[("gpu", 1.0)]).remote()).collect();
+    for r in refs {
+        assert_eq!(r.get().unwrap(), gpu_node, "a call asking for a GPU runs where there is one");
+    }
+    match whose_node::options().num_cpus(16.0).remote().get_timeout(Duration::from_secs(10)) {
+        Err(TaskError::Unschedulable { message, .. }) => assert!(message.contains("cpus=16"), "{message}"),
+        other => panic!("expected Unschedulable, got {other:?}"),
+    }
+    match whose_node::options().num_cpus(-1.0).remote().get() {
+        Err(TaskError::Unschedulable { message, .. }) => assert!(message.contains("num_cpus = -1"), "{message}"),
+        other => panic!("expected a refused option, got {other:?}"),
+    }
+}
+
+#[shoal::remote]
+fn whose_node() -> String {
+    shoal::context().unwrap().node_id
+}
+
+/// Panics until it has been tried `fail_times` times (counted with files in
+/// `dir`, which every executor sees); then returns its attempt number.
+#[shoal::remote]
+fn flaky(dir: String, fail_times: u32) -> u32 {
+    let n = std::fs::read_dir(&dir).unwrap().count() as u32 + 1;
+    std::fs::write(std::path::Path::new(&dir).join(n.to_string()), b"").unwrap();
+    if n <= fail_times {
+        panic!("attempt {n} fails");
+    }
+    n
+}
+
+#[shoal::remote(retry_exceptions = true, max_retries = 2)]
+fn flaky_retried(dir: String, fail_times: u32) -> u32 {
+    flaky(dir, fail_times)
+}
+
+#[test]
+fn panics_are_retried_with_retry_exceptions_within_max_retries() {
+    let _c = two_worker_cluster(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let path = |i: usize| dirs[i].path().to_string_lossy().into_owned();
+    // Default: a panic is the caller's at once.
+    match flaky::remote(path(0), 2).get() {
+        Err(TaskError::Panicked { message, .. }) => assert!(message.contains("attempt 1 fails"), "{message}"),
+        other => panic!("expected the panic, got {other:?}"),
+    }
+    // Declared on the function: two panics, then the third attempt works.
+    assert_eq!(flaky_retried::remote(path(1), 2).get().unwrap(), 3);
+    // Out of retries: the last panic is the caller's.
+    match flaky_retried::remote(path(2), 5).get() {
+        Err(TaskError::Panicked { message, .. }) => assert!(message.contains("attempt 3 fails"), "{message}"),
+        other => panic!("expected the third panic, got {other:?}"),
+    }
+    // Per call.
+    assert_eq!(flaky::options().retry_exceptions(true).max_retries(3).remote(path(3), 1).get().unwrap(), 2);
 }
 
 #[test]

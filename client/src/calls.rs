@@ -10,11 +10,50 @@ use serde::Serialize;
 use shoal_proto::pb;
 use std::sync::Arc;
 
-/// Options of one call, from `f::options()`.
+/// Options of one call, from `f::options()`: each one set overrides the
+/// function's own (from `#[shoal::remote(..)]`) for this call only.
 #[derive(Clone, Debug, Default)]
 pub struct CallOptions {
     /// Overrides the function's `max_retries`.
     pub max_retries: Option<u32>,
+    /// Overrides the function's `num_cpus`.
+    pub num_cpus: Option<f64>,
+    /// Replaces the function's custom resources (`gpu = 1`, ...).
+    pub resources: Option<Vec<(String, f64)>>,
+    /// Overrides the function's `retry_exceptions`.
+    pub retry_exceptions: Option<bool>,
+}
+
+impl CallOptions {
+    /// The resources of a call of `meta` with these options, when they
+    /// differ from the function's; an error for a negative or non-finite
+    /// amount.
+    fn resources(&self, meta: &FunctionMeta) -> Result<Option<pb::Resources>, TaskError> {
+        if self.num_cpus.is_none() && self.resources.is_none() {
+            return Ok(None);
+        }
+        let bad = |what: &str, v: f64| TaskError::Unschedulable {
+            function: meta.name.to_string(),
+            message: format!("{what} = {v} in its call options is not a resource amount (a finite number >= 0)"),
+        };
+        let num_cpus = self.num_cpus.unwrap_or(meta.num_cpus);
+        if !num_cpus.is_finite() || num_cpus < 0.0 {
+            return Err(bad("num_cpus", num_cpus));
+        }
+        let mut r = pb::Resources { num_cpus, ..Default::default() };
+        match &self.resources {
+            Some(custom) => {
+                for (k, v) in custom {
+                    if !v.is_finite() || *v < 0.0 {
+                        return Err(bad(k, *v));
+                    }
+                    r.custom.insert(k.clone(), *v);
+                }
+            }
+            None => r.custom.extend(meta.resources.iter().map(|(k, v)| (k.to_string(), *v))),
+        }
+        Ok(Some(r))
+    }
 }
 
 /// One argument of a remote call: a serialized value or a reference to an
@@ -107,10 +146,14 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
             ArgInner::Invalid(e) => return ObjectRef::failed(e.clone()),
         });
     }
+    let resources = match opts.resources(meta) {
+        Ok(r) => r,
+        Err(e) => return ObjectRef::failed(e),
+    };
     let func = driver.function_index(meta);
     let id = driver.next_id();
     let slot = driver.expect(id);
-    driver.send(Out::Submit(pb::TaskSubmit { id, func, args: wire, max_retries: opts.max_retries }));
+    driver.send(Out::Submit(pb::TaskSubmit { id, func, args: wire, max_retries: opts.max_retries, resources, retry_exceptions: opts.retry_exceptions }));
     // `args` (holding referenced objects alive) drops only now, after the
     // submission is queued, so a release can never overtake it.
     drop(args);

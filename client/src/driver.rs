@@ -201,7 +201,10 @@ impl Driver {
         for (k, v) in meta.resources {
             res.custom.insert(k.to_string(), *v);
         }
-        let _ = self.tx.send(Out::Define(idx, pb::FunctionDef { name: meta.name.to_string(), resources: Some(res), max_retries: meta.max_retries }));
+        let _ = self.tx.send(Out::Define(
+            idx,
+            pb::FunctionDef { name: meta.name.to_string(), resources: Some(res), max_retries: meta.max_retries, retry_exceptions: meta.retry_exceptions },
+        ));
         meta.cached_index.store(((self.generation as u64) << 32) | idx as u64, Ordering::Release);
         idx
     }

@@ -51,8 +51,11 @@ pub struct FunctionMeta {
     pub num_cpus: f64,
     /// Custom resources per call.
     pub resources: &'static [(&'static str, f64)],
-    /// Retries when the worker dies.
+    /// Retries when the worker dies (and when it panics, with
+    /// `retry_exceptions`).
     pub max_retries: u32,
+    /// A panic is retried too, as Ray's `retry_exceptions=True`.
+    pub retry_exceptions: bool,
     /// `(driver generation << 32) | index` of the last session that
     /// defined it: the index is interned once per session.
     pub(crate) cached_index: AtomicU64,
@@ -60,8 +63,8 @@ pub struct FunctionMeta {
 
 impl FunctionMeta {
     /// Metadata for one function (used by the macro).
-    pub const fn new(name: &'static str, num_cpus: f64, resources: &'static [(&'static str, f64)], max_retries: u32) -> Self {
-        FunctionMeta { name, num_cpus, resources, max_retries, cached_index: AtomicU64::new(0) }
+    pub const fn new(name: &'static str, num_cpus: f64, resources: &'static [(&'static str, f64)], max_retries: u32, retry_exceptions: bool) -> Self {
+        FunctionMeta { name, num_cpus, resources, max_retries, retry_exceptions, cached_index: AtomicU64::new(0) }
     }
 }
 

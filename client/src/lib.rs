@@ -99,8 +99,11 @@ pub use status::ClusterStatus;
 /// must be `serde` serializable; `async fn` works too.
 ///
 /// Options: `num_cpus = 2`, `resources(gpu = 1)`, `max_retries = 5`
-/// (retries when its worker dies; default 3), `name = "stable::name"`
-/// (default: `module::path::f`). Per call: `f::options().max_retries(0).remote(..)`.
+/// (retries when its worker dies; default 3), `retry_exceptions = true`
+/// (a panic is retried too, within `max_retries`, as Ray's
+/// `retry_exceptions=True`), `name = "stable::name"` (default:
+/// `module::path::f`). Per call, each overriding the function's:
+/// `f::options().num_cpus(2.0).resources(&[("gpu", 1.0)]).max_retries(0).retry_exceptions(true).remote(..)`.
 pub use shoal_macros::remote;
 
 /// Marks `main`. An `async fn main` runs on a multi-threaded tokio

@@ -100,8 +100,11 @@ pub const MAX_UNREADABLE: u32 = 3;
 pub struct RetryState {
     /// Attempts started so far (the failed one included).
     pub attempts: u32,
-    /// Retries allowed after a worker death.
+    /// Retries allowed after a worker death (and after a panic, with
+    /// `retry_exceptions`).
     pub max_retries: u32,
+    /// Panics are retried too.
+    pub retry_exceptions: bool,
     /// Times it already could not read an input.
     pub unreadable: u32,
     /// Its caller asked to cancel it.
@@ -125,10 +128,12 @@ pub enum Retry {
 }
 
 /// The retry policy, the one place that decides it for the head: after a
-/// worker's or node's death a task runs again up to `max_retries` times;
-/// a task that lost an input waits for it while it is rebuilt, or tries
-/// again up to [`MAX_UNREADABLE`] times; a cancelled task and every
-/// failure of the task's own code (panic, bad argument, ...) fail.
+/// worker's or node's death a task runs again up to `max_retries` times,
+/// and so does a task that panicked when it has `retry_exceptions` (as
+/// Ray's `retry_exceptions=True`); a task that lost an input waits for it
+/// while it is rebuilt, or tries again up to [`MAX_UNREADABLE`] times; a
+/// cancelled task and every other failure of the task's own code (a bad
+/// argument, a result that does not encode, ...) fail.
 pub fn decide(kind: FailureKind, s: RetryState) -> Retry {
     if s.cancel_requested {
         return Retry::Fail;
@@ -137,6 +142,7 @@ pub fn decide(kind: FailureKind, s: RetryState) -> Retry {
         FailureKind::ObjectLost if s.inputs_rebuilding => Retry::WaitForInputs,
         FailureKind::ObjectLost if s.unreadable < MAX_UNREADABLE => Retry::AgainUnreadable,
         FailureKind::WorkerDied if s.attempts <= s.max_retries => Retry::Again,
+        FailureKind::Panicked if s.retry_exceptions && s.attempts <= s.max_retries => Retry::Again,
         _ => Retry::Fail,
     }
 }
@@ -161,6 +167,15 @@ mod tests {
         for k in [FailureKind::Panicked, FailureKind::ArgDecode, FailureKind::ResultEncode, FailureKind::FunctionNotFound] {
             assert_eq!(decide(k, st(1, 5)), Retry::Fail, "{k}");
         }
+    }
+
+    #[test]
+    fn panics_retry_only_with_retry_exceptions_and_within_budget() {
+        let on = RetryState { retry_exceptions: true, ..st(1, 2) };
+        assert_eq!(decide(FailureKind::Panicked, on), Retry::Again);
+        assert_eq!(decide(FailureKind::Panicked, RetryState { attempts: 3, ..on }), Retry::Fail);
+        assert_eq!(decide(FailureKind::Panicked, st(1, 2)), Retry::Fail, "off by default");
+        assert_eq!(decide(FailureKind::ArgDecode, on), Retry::Fail, "a bad argument stays bad");
     }
 
     #[test]

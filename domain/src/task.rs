@@ -14,8 +14,11 @@ pub struct FunctionDef {
     pub name: String,
     /// Resources one call needs.
     pub resources: ResourceSet,
-    /// How many times a call is retried when its worker dies.
+    /// How many times a call is retried when its worker dies (and, with
+    /// `retry_exceptions`, when it panics).
     pub max_retries: u32,
+    /// A panic is retried too, not only a worker death.
+    pub retry_exceptions: bool,
 }
 
 /// One argument of a submitted task.
@@ -38,6 +41,10 @@ pub struct NewTask {
     pub args: Vec<NewArg>,
     /// Overrides the function's retry count for this call.
     pub max_retries: Option<u32>,
+    /// Overrides the function's resources for this call.
+    pub resources: Option<ResourceSet>,
+    /// Overrides the function's `retry_exceptions` for this call.
+    pub retry_exceptions: Option<bool>,
 }
 
 /// A finished value as a worker reports it.
@@ -154,6 +161,8 @@ pub struct Dispatch {
     pub args: Vec<Payload>,
     /// Attempt number, from 1.
     pub attempt: u32,
+    /// The resources this call holds, when they are not its function's.
+    pub resources: Option<ResourceSet>,
 }
 
 /// What a worker needs to run a job's tasks: its program binary and its

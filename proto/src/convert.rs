@@ -202,13 +202,13 @@ pub fn delivery_to_wire(task: TaskId, outcome: Result<Payload, Failure>) -> pb::
 impl From<pb::FunctionDef> for FunctionDef {
     fn from(f: pb::FunctionDef) -> Self {
         let resources = f.resources.as_ref().map(ResourceSet::from).unwrap_or_else(|| ResourceSet::cpus(1.0));
-        FunctionDef { name: f.name, resources, max_retries: f.max_retries }
+        FunctionDef { name: f.name, resources, max_retries: f.max_retries, retry_exceptions: f.retry_exceptions }
     }
 }
 
 impl From<&FunctionDef> for pb::FunctionDef {
     fn from(f: &FunctionDef) -> Self {
-        pb::FunctionDef { name: f.name.clone(), resources: Some((&f.resources).into()), max_retries: f.max_retries }
+        pb::FunctionDef { name: f.name.clone(), resources: Some((&f.resources).into()), max_retries: f.max_retries, retry_exceptions: f.retry_exceptions }
     }
 }
 
@@ -223,7 +223,14 @@ impl From<pb::TaskSubmit> for NewTask {
                 None => NewArg::Value(Bytes::new()),
             })
             .collect();
-        NewTask { id: ObjectId(t.id), func: t.func, args, max_retries: t.max_retries }
+        NewTask {
+            id: ObjectId(t.id),
+            func: t.func,
+            args,
+            max_retries: t.max_retries,
+            resources: t.resources.as_ref().map(ResourceSet::from),
+            retry_exceptions: t.retry_exceptions,
+        }
     }
 }
 
@@ -239,7 +246,14 @@ impl From<NewTask> for pb::TaskSubmit {
                 }),
             })
             .collect();
-        pb::TaskSubmit { id: t.id.0, func: t.func, args, max_retries: t.max_retries }
+        pb::TaskSubmit {
+            id: t.id.0,
+            func: t.func,
+            args,
+            max_retries: t.max_retries,
+            resources: t.resources.as_ref().map(pb::Resources::from),
+            retry_exceptions: t.retry_exceptions,
+        }
     }
 }
 
@@ -255,7 +269,7 @@ impl From<Dispatch> for pb::TaskDispatch {
                 }),
             })
             .collect();
-        pb::TaskDispatch { task: d.task.0, job: d.job, func: d.func, args, attempt: d.attempt }
+        pb::TaskDispatch { task: d.task.0, job: d.job, func: d.func, args, attempt: d.attempt, resources: d.resources.as_ref().map(pb::Resources::from) }
     }
 }
 
@@ -270,7 +284,7 @@ impl From<pb::TaskDispatch> for Dispatch {
                 None => Payload::Inline(Bytes::new()),
             })
             .collect();
-        Dispatch { task: ObjectId(d.task), job: d.job, func: d.func, args, attempt: d.attempt }
+        Dispatch { task: ObjectId(d.task), job: d.job, func: d.func, args, attempt: d.attempt, resources: d.resources.as_ref().map(ResourceSet::from) }
     }
 }
 
@@ -464,11 +478,20 @@ mod tests {
             func: 1,
             args: vec![Payload::Inline(Bytes::from_static(b"x")), Payload::Stored(StoredRef { id: ObjectId::new(3, 2), size: 5, holders: vec!["h:1".into()] })],
             attempt: 2,
+            resources: Some(ResourceSet::cpus(0.5).with("gpu", 1.0)),
         };
         assert_eq!(Dispatch::from(pb::TaskDispatch::from(d.clone())), d);
-        let t = NewTask { id: ObjectId::new(1, 4), func: 0, args: vec![NewArg::Object(ObjectId::new(1, 1))], max_retries: Some(2) };
+        let t = NewTask {
+            id: ObjectId::new(1, 4),
+            func: 0,
+            args: vec![NewArg::Object(ObjectId::new(1, 1))],
+            max_retries: Some(2),
+            resources: Some(ResourceSet::cpus(2.0)),
+            retry_exceptions: Some(true),
+        };
         let back = NewTask::from(pb::TaskSubmit::from(t.clone()));
-        assert_eq!((back.id, back.func, back.max_retries), (t.id, t.func, t.max_retries));
+        assert_eq!((back.id, back.func, back.max_retries, back.retry_exceptions), (t.id, t.func, t.max_retries, t.retry_exceptions));
+        assert_eq!(back.resources, t.resources);
         assert!(matches!(back.args.as_slice(), [NewArg::Object(o)] if *o == ObjectId::new(1, 1)));
     }
 

@@ -12,6 +12,7 @@ struct RemoteOptions {
     num_cpus: Option<f64>,
     resources: Vec<(String, f64)>,
     max_retries: Option<u32>,
+    retry_exceptions: bool,
     name: Option<LitStr>,
 }
 
@@ -28,7 +29,7 @@ fn number(e: &Expr) -> syn::Result<f64> {
 
 impl Parse for RemoteOptions {
     fn parse(input: ParseStream) -> syn::Result<Self> {
-        let mut o = RemoteOptions { num_cpus: None, resources: Vec::new(), max_retries: None, name: None };
+        let mut o = RemoteOptions { num_cpus: None, resources: Vec::new(), max_retries: None, retry_exceptions: false, name: None };
         let metas = Punctuated::<Meta, Token![,]>::parse_terminated(input)?;
         for m in metas {
             match &m {
@@ -42,6 +43,13 @@ impl Parse for RemoteOptions {
                 Meta::NameValue(nv) if nv.path.is_ident("max_retries") => {
                     o.max_retries = Some(number(&nv.value)? as u32);
                 }
+                Meta::NameValue(nv) if nv.path.is_ident("retry_exceptions") => match &nv.value {
+                    Expr::Lit(l) => match &l.lit {
+                        Lit::Bool(b) => o.retry_exceptions = b.value,
+                        _ => return Err(syn::Error::new_spanned(&nv.value, "retry_exceptions must be true or false")),
+                    },
+                    _ => return Err(syn::Error::new_spanned(&nv.value, "retry_exceptions must be true or false")),
+                },
                 Meta::NameValue(nv) if nv.path.is_ident("name") => match &nv.value {
                     Expr::Lit(l) => match &l.lit {
                         Lit::Str(s) => o.name = Some(s.clone()),
@@ -63,7 +71,7 @@ impl Parse for RemoteOptions {
                 other => {
                     return Err(syn::Error::new_spanned(
                         other,
-                        "unknown option; expected num_cpus = N, resources(name = N, ...), max_retries = N or name = \"...\"",
+                        "unknown option; expected num_cpus = N, resources(name = N, ...), max_retries = N, retry_exceptions = true or name = \"...\"",
                     ));
                 }
             }
@@ -124,6 +132,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
     };
     let num_cpus = opts.num_cpus.unwrap_or(1.0);
     let max_retries = opts.max_retries.unwrap_or(3);
+    let retry_exceptions = opts.retry_exceptions;
     let res_names: Vec<&String> = opts.resources.iter().map(|(k, _)| k).collect();
     let res_amounts: Vec<f64> = opts.resources.iter().map(|(_, v)| *v).collect();
     let call = if is_async { quote!(::shoal::__private::block_on(super::#ident(#(#arg_names),*))) } else { quote!(super::#ident(#(#arg_names),*)) };
@@ -160,6 +169,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                 #num_cpus,
                 &[#((#res_names, #res_amounts)),*],
                 #max_retries,
+                #retry_exceptions,
             );
 
             #[doc(hidden)]
@@ -186,6 +196,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                 #num_cpus,
                 &[#((#res_names, #res_amounts)),*],
                 #max_retries,
+                #retry_exceptions,
             );
 
             #[doc(hidden)]
@@ -225,7 +236,8 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                 }
             }
 
-            /// Per-call options (e.g. `max_retries`), then `.remote(..)`.
+            /// Per-call options (`num_cpus`, `resources`, `max_retries`,
+            /// `retry_exceptions`), then `.remote(..)`.
             pub fn options() -> Options {
                 Options(::shoal::CallOptions::default())
             }
@@ -237,6 +249,26 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                 /// Retries of this call when its worker dies (overrides the function's).
                 pub fn max_retries(mut self, n: u32) -> Self {
                     self.0.max_retries = ::core::option::Option::Some(n);
+                    self
+                }
+
+                /// CPUs this call holds while it runs (overrides the function's).
+                pub fn num_cpus(mut self, n: f64) -> Self {
+                    self.0.num_cpus = ::core::option::Option::Some(n);
+                    self
+                }
+
+                /// Custom resources this call holds while it runs, e.g.
+                /// `&[("gpu", 1.0)]` (replaces the function's).
+                pub fn resources(mut self, r: &[(&str, f64)]) -> Self {
+                    self.0.resources = ::core::option::Option::Some(r.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+                    self
+                }
+
+                /// Whether a panic of this call is retried (within `max_retries`),
+                /// not only a worker death (overrides the function's).
+                pub fn retry_exceptions(mut self, yes: bool) -> Self {
+                    self.0.retry_exceptions = ::core::option::Option::Some(yes);
                     self
                 }
 

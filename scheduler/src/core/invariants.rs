@@ -103,7 +103,7 @@ impl Core {
             for t in &n.assigned {
                 match self.tasks.get(t) {
                     Some(task) if task.state == TaskState::Dispatched(n.slot) => {
-                        cpus += self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize)).map_or(0.0, |f| f.resources.cpus);
+                        cpus += self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize)).map_or(0.0, |f| needs(task, f).cpus);
                     }
                     _ => return Err(format!("node {nid} has task {} assigned that is not dispatched to it", d(*t))),
                 }

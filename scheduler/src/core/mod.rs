@@ -138,13 +138,14 @@ struct Task {
     missing: u32,
     state: TaskState,
     attempts: u16,
-    /// Why earlier attempts died ("attempt 1 on node ab12cd34: ..."),
-    /// reported with `WorkerDied` when retries run out. Boxed: most tasks
-    /// never need it.
-    #[allow(clippy::box_collection)]
-    history: Option<Box<Vec<String>>>,
-    /// Retries allowed when its worker dies.
+    /// Its attempts' history and its own resources: what few tasks have,
+    /// boxed so that every other task stays small.
+    extra: Option<Box<Extra>>,
+    /// Retries allowed when its worker dies (or it panics, with
+    /// `retry_exceptions`).
     max_retries: u16,
+    /// Panics are retried too.
+    retry_exceptions: bool,
     /// Times it could not read an input from holders the head believed
     /// alive (one that just died, before the head heard of it).
     unreadable: u8,
@@ -165,6 +166,7 @@ impl Task {
         RetryState {
             attempts: self.attempts as u32,
             max_retries: self.max_retries as u32,
+            retry_exceptions: self.retry_exceptions,
             unreadable: self.unreadable as u32,
             cancel_requested: self.cancel_requested,
             inputs_rebuilding,
@@ -192,6 +194,40 @@ struct Lineage {
     func: u32,
     args: Box<[ArgSlot]>,
     max_retries: u16,
+    retry_exceptions: bool,
+    resources: Option<Box<ResourceSet>>,
+}
+
+/// What few tasks have.
+#[derive(Default)]
+struct Extra {
+    /// Why earlier attempts died ("attempt 1 on node ab12cd34: ..."),
+    /// reported with `WorkerDied` when retries run out.
+    history: Vec<String>,
+    /// The call's own resources, when they are not its function's.
+    resources: Option<ResourceSet>,
+}
+
+impl Task {
+    /// Notes why an attempt ended.
+    fn note(&mut self, line: String) {
+        self.extra.get_or_insert_default().history.push(line);
+    }
+
+    /// Why earlier attempts ended, if any did.
+    fn history(&self) -> Option<&Vec<String>> {
+        self.extra.as_ref().map(|e| &e.history).filter(|h| !h.is_empty())
+    }
+
+    /// The call's own resources, when they are not its function's.
+    fn own_resources(&self) -> Option<&ResourceSet> {
+        self.extra.as_ref().and_then(|e| e.resources.as_ref())
+    }
+}
+
+/// The resources `task` holds on its node: its own, else its function's.
+fn needs<'a>(task: &'a Task, def: &'a FunctionDef) -> &'a ResourceSet {
+    task.own_resources().unwrap_or(&def.resources)
 }
 
 #[derive(Clone)]
@@ -493,7 +529,7 @@ impl Core {
         let mut requeue = Vec::new();
         for t in lost {
             let Some(task) = self.tasks.get_mut(&t) else { continue };
-            task.history.get_or_insert_default().push(format!("attempt {} on node {id}: the node died ({reason})", task.attempts));
+            task.note(format!("attempt {} on node {id}: the node died ({reason})", task.attempts));
             // The node died under it: the policy decides as for an
             // executor death (the task's inputs are requeued as needed).
             let decision = failure::decide(FailureKind::WorkerDied, task.retry_state(false));
@@ -502,7 +538,7 @@ impl Core {
             } else if decision == Retry::Again {
                 requeue.push(t);
             } else {
-                let history = task.history.as_ref().map(|h| h.join("; ")).unwrap_or_default();
+                let history = task.history().map(|h| h.join("; ")).unwrap_or_default();
                 let mut f = Failure::new(FailureKind::WorkerDied, format!("node {id} died ({reason}) while running the task; history: {history}"));
                 f.node = id.0.to_string();
                 f.attempts = task.attempts as u32;
@@ -665,7 +701,14 @@ impl Core {
                     ObjectState::Failed(f) => SnapshotValue::Failed((**f).clone()),
                 },
                 driver_ref: o.driver_ref,
-                lineage: o.lineage.as_ref().map(|l| NewTask { id: *id, func: l.func, args: args(&l.args), max_retries: Some(l.max_retries as u32) }),
+                lineage: o.lineage.as_ref().map(|l| NewTask {
+                    id: *id,
+                    func: l.func,
+                    args: args(&l.args),
+                    max_retries: Some(l.max_retries as u32),
+                    resources: l.resources.as_deref().cloned(),
+                    retry_exceptions: Some(l.retry_exceptions),
+                }),
             })
             .collect();
         let mut tasks: Vec<SnapshotTask> = self
@@ -673,7 +716,14 @@ impl Core {
             .iter()
             .filter(|(_, t)| t.job == job)
             .map(|(id, t)| SnapshotTask {
-                task: NewTask { id: *id, func: t.func, args: args(&t.args), max_retries: Some(t.max_retries as u32) },
+                task: NewTask {
+                    id: *id,
+                    func: t.func,
+                    args: args(&t.args),
+                    max_retries: Some(t.max_retries as u32),
+                    resources: t.own_resources().cloned(),
+                    retry_exceptions: Some(t.retry_exceptions),
+                },
                 driver_ref: t.driver_ref,
             })
             .collect();
@@ -704,8 +754,15 @@ impl Core {
                 SnapshotValue::Stored { size, holders } => ObjectState::Stored { size, holders },
                 SnapshotValue::Failed(f) => ObjectState::Failed(Box::new(f)),
             };
-            let lineage =
-                o.lineage.map(|t| Box::new(Lineage { func: t.func, args: slots(t.args), max_retries: t.max_retries.unwrap_or(0).min(u16::MAX as u32) as u16 }));
+            let lineage = o.lineage.map(|t| {
+                Box::new(Lineage {
+                    func: t.func,
+                    args: slots(t.args),
+                    max_retries: t.max_retries.unwrap_or(0).min(u16::MAX as u32) as u16,
+                    retry_exceptions: t.retry_exceptions.unwrap_or(false),
+                    resources: t.resources.map(Box::new),
+                })
+            });
             if !o.driver_ref {
                 unreferenced.push(o.id);
             }
@@ -796,7 +853,7 @@ impl Core {
                     {
                         node.assigned.remove(id);
                         if let Some(def) = j.functions.get(task.func as usize) {
-                            node.in_use.sub(&def.resources);
+                            node.in_use.sub(needs(&task, def));
                         }
                         out.cancel(n, *id);
                     }
@@ -911,8 +968,8 @@ impl Core {
     /// A driver submits tasks. Ids must be the job's own and fresh.
     pub fn submit(&mut self, job: JobId, tasks: Vec<NewTask>, out: &mut impl Outbox) {
         let Some(j) = self.jobs.get(&job) else { return };
-        let default_retries: Vec<u32> = j.functions.iter().map(|f| f.max_retries).collect();
-        let nfuncs = default_retries.len();
+        let defaults: Vec<(u32, bool)> = j.functions.iter().map(|f| (f.max_retries, f.retry_exceptions)).collect();
+        let nfuncs = defaults.len();
         for t in tasks {
             if t.id.job() != job || self.objects.contains_key(&t.id) || self.tasks.contains_key(&t.id) {
                 tracing::warn!(job, task = %t.id, "submission refused: foreign or duplicate id");
@@ -950,7 +1007,9 @@ impl Core {
                 early = Some(Failure::new(FailureKind::FunctionNotFound, format!("function index {} was never defined by job {job}", t.func)));
             }
             let state = if missing == 0 { TaskState::Ready } else { TaskState::Waiting };
-            let max_retries = t.max_retries.unwrap_or_else(|| default_retries.get(t.func as usize).copied().unwrap_or(0)).min(u16::MAX as u32) as u16;
+            let (def_retries, def_exceptions) = defaults.get(t.func as usize).copied().unwrap_or((0, false));
+            let max_retries = t.max_retries.unwrap_or(def_retries).min(u16::MAX as u32) as u16;
+            let retry_exceptions = t.retry_exceptions.unwrap_or(def_exceptions);
             self.tasks.insert(
                 t.id,
                 Task {
@@ -961,9 +1020,10 @@ impl Core {
                     state,
                     attempts: 0,
                     max_retries,
+                    retry_exceptions,
                     unreadable: 0,
                     cancel_requested: false,
-                    history: None,
+                    extra: t.resources.map(|r| Box::new(Extra { history: Vec::new(), resources: Some(r) })),
                     driver_ref: true,
                     result_refs: 0,
                     dependents: None,
@@ -1041,7 +1101,7 @@ impl Core {
             if let Some(node) = self.nodes.get_mut(&node_id) {
                 node.assigned.remove(&tid);
                 if let Some(def) = def {
-                    node.in_use.sub(&def.resources);
+                    node.in_use.sub(needs(task, def));
                 }
             }
             let name = def.map(|d| d.name.clone()).unwrap_or_default();
@@ -1062,12 +1122,12 @@ impl Core {
                 Err(f) if decision == Retry::AgainUnreadable => {
                     task.unreadable += 1;
                     tracing::info!(task = %tid, error = %f.message, "the task could not read an input; trying again");
-                    task.history.get_or_insert_default().push(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
+                    task.note(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
                     self.requeue(tid, out);
                 }
                 Err(f) if decision == Retry::Again => {
-                    tracing::info!(task = %tid, attempt = task.attempts, "executor died; retrying task");
-                    task.history.get_or_insert_default().push(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
+                    tracing::info!(task = %tid, attempt = task.attempts, kind = %f.kind, "retrying the task");
+                    task.note(format!("attempt {} on node {node_id}: {}", task.attempts, f.message));
                     self.requeue(tid, out);
                 }
                 Err(mut f) => {
@@ -1076,7 +1136,7 @@ impl Core {
                         f.function = name;
                     }
                     if f.kind == FailureKind::WorkerDied
-                        && let Some(h) = &task.history
+                        && let Some(h) = task.history()
                     {
                         f.message = format!("{} (attempt {}); earlier: {}", f.message, task.attempts, h.join("; "));
                     }
@@ -1160,7 +1220,7 @@ impl Core {
                         && node.assigned.remove(&tid)
                         && let Some(def) = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize))
                     {
-                        node.in_use.sub(&def.resources);
+                        node.in_use.sub(needs(&task, def));
                     }
                 }
             }
@@ -1182,8 +1242,15 @@ impl Core {
         }
         // Keep the object only while someone can still ask for it.
         if task.driver_ref || task.result_refs > 0 {
-            let lineage = matches!(state, ObjectState::Stored { .. })
-                .then(|| Box::new(Lineage { func: task.func, args: task.args.clone(), max_retries: task.max_retries }));
+            let lineage = matches!(state, ObjectState::Stored { .. }).then(|| {
+                Box::new(Lineage {
+                    func: task.func,
+                    args: task.args.clone(),
+                    max_retries: task.max_retries,
+                    retry_exceptions: task.retry_exceptions,
+                    resources: task.own_resources().cloned().map(Box::new),
+                })
+            });
             self.objects.insert(id, Object { state: state.clone(), driver_ref: task.driver_ref, task_refs: task.result_refs, lineage });
         } else {
             Self::free_copies(id, &state, out);
@@ -1244,7 +1311,7 @@ impl Core {
                 self.fail_task(tid, Failure::new(FailureKind::Internal, "the head lost track of this task's job or function"), out);
                 continue;
             };
-            let req = &def.resources;
+            let req = needs(task, def);
             let default_shape = req.is_default_task();
             let look_for_room = !(default_shape && saturated);
             let mut feasible = false;
@@ -1371,8 +1438,9 @@ impl Core {
                     missing: 0,
                     state: TaskState::Waiting,
                     attempts: 0,
-                    history: Some(Box::new(vec![format!("rebuilt: {why}")])),
+                    extra: Some(Box::new(Extra { history: vec![format!("rebuilt: {why}")], resources: lin.resources.map(|r| *r) })),
                     max_retries: lin.max_retries,
+                    retry_exceptions: lin.retry_exceptions,
                     unreadable: 0,
                     cancel_requested: false,
                     driver_ref: o.driver_ref,
@@ -1525,12 +1593,13 @@ impl Core {
         node.credits = node.credits.saturating_sub(1);
         self.total_credits = self.total_credits.saturating_sub(1);
         node.assigned.insert(tid);
-        node.in_use.add(&def.resources);
+        node.in_use.add(needs(task, def));
         task.attempts = task.attempts.saturating_add(1);
         task.state = TaskState::Dispatched(node.slot);
         self.counts.queued = self.counts.queued.saturating_sub(1);
         self.counts.running += 1;
-        out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32 });
+        let resources = task.own_resources().cloned();
+        out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32, resources });
     }
 
     // ------------------------------------------------------------ queries

@@ -143,7 +143,9 @@ impl World {
 
     fn new_job(&mut self) {
         let Ok(job) = self.core.job_connected("ab".repeat(32), "schedule".into()) else { return };
-        let defs = (0..FUNCS).map(|i| FunctionDef { name: format!("f{i}"), resources: ResourceSet::cpus([1.0, 0.5, 2.0][i]), max_retries: i as u32 }).collect();
+        let defs = (0..FUNCS)
+            .map(|i| FunctionDef { name: format!("f{i}"), resources: ResourceSet::cpus([1.0, 0.5, 2.0][i]), max_retries: i as u32, retry_exceptions: i == 1 })
+            .collect();
         self.core.define_functions(job, 0, defs);
         self.jobs.push(SimJob {
             id: job,
@@ -431,7 +433,10 @@ impl World {
             self.jobs[j].held.push(id);
             self.jobs[j].tasks.insert(id);
             self.jobs[j].made.insert(id);
-            tasks.push(NewTask { id, func, args, max_retries });
+            // Some calls bring their own resources or retry policy.
+            let resources = self.rng.random_bool(0.15).then(|| ResourceSet::cpus([0.0, 1.0, 1.5][self.rng.random_range(0..3)]));
+            let retry_exceptions = self.rng.random_bool(0.15).then(|| self.rng.random_bool(0.5));
+            tasks.push(NewTask { id, func, args, max_retries, resources, retry_exceptions });
         }
         let n = tasks.len();
         let desc = format!("job {job} submits {n} tasks: {:?}", tasks.iter().map(|t| (t.id, t.func, t.args.len())).collect::<Vec<_>>());

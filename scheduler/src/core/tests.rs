@@ -63,13 +63,13 @@ fn node(core: &mut Core, res: ResourceSet, now: Instant, out: &mut Rec) -> (Node
 
 fn job_with(core: &mut Core, funcs: &[(&str, ResourceSet, u32)]) -> JobId {
     let job = core.job_connected("ab".repeat(32), "test".into()).unwrap();
-    let defs = funcs.iter().map(|(n, r, m)| FunctionDef { name: n.to_string(), resources: r.clone(), max_retries: *m }).collect();
+    let defs = funcs.iter().map(|(n, r, m)| FunctionDef { name: n.to_string(), resources: r.clone(), max_retries: *m, retry_exceptions: false }).collect();
     core.define_functions(job, 0, defs);
     job
 }
 
 fn task(job: JobId, seq: u64, func: u32, args: Vec<NewArg>) -> NewTask {
-    NewTask { id: ObjectId::new(job, seq), func, args, max_retries: None }
+    NewTask { id: ObjectId::new(job, seq), func, args, max_retries: None, resources: None, retry_exceptions: None }
 }
 
 fn val(x: &'static [u8]) -> NewArg {
@@ -319,7 +319,11 @@ fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
     let mut out = Rec::default();
     let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
     // A task with another job's id is ignored.
-    core.submit(job, vec![NewTask { id: ObjectId::new(job + 1, 1), func: 0, args: vec![], max_retries: None }], &mut out);
+    core.submit(
+        job,
+        vec![NewTask { id: ObjectId::new(job + 1, 1), func: 0, args: vec![], max_retries: None, resources: None, retry_exceptions: None }],
+        &mut out,
+    );
     assert_eq!(core.task_count(), 0);
     // An undefined function fails the task.
     core.submit(job, vec![task(job, 1, 7, vec![])], &mut out);
@@ -668,7 +672,7 @@ fn after_a_restart_objects_on_nodes_that_never_return_are_rebuilt() {
     let mut core = Core::new(CoreConfig::default());
     // The log says: job 1's task 1 ran on a node that is not back.
     core.restore_job(1, "ab".repeat(32), "test".into(), now);
-    core.define_functions(1, 0, vec![FunctionDef { name: "f".into(), resources: ResourceSet::cpus(1.0), max_retries: 3 }]);
+    core.define_functions(1, 0, vec![FunctionDef { name: "f".into(), resources: ResourceSet::cpus(1.0), max_retries: 3, retry_exceptions: false }]);
     let (x, y) = (ObjectId::new(1, 1), ObjectId::new(1, 2));
     core.submit(1, vec![task(1, 1, 0, vec![val(b"in")])], &mut out);
     let gone = NodeId::random();
@@ -920,4 +924,71 @@ fn re_registering_while_alive_ends_only_the_old_session() {
     let (_, e2) = core.node_registered(NodeRegistration { node_id: Some(a), resources: ResourceSet::cpus(1.0), ..Default::default() }, now, &mut out);
     assert_eq!(out.0, vec![(a, e1)]);
     assert_ne!(e1, e2);
+}
+
+#[test]
+fn a_call_with_its_own_resources_is_placed_and_accounted_by_them() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let (b, eb) = node(&mut core, ResourceSet::cpus(1.0).with("gpu", 1.0), now, &mut out);
+    core.node_credits(a, ea, 4, now);
+    core.node_credits(b, eb, 4, now);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let mut on_gpu = task(job, 1, 0, vec![]);
+    on_gpu.resources = Some(ResourceSet::cpus(1.0).with("gpu", 1.0));
+    let mut nowhere = task(job, 2, 0, vec![]);
+    nowhere.resources = Some(ResourceSet::cpus(8.0));
+    core.submit(job, vec![on_gpu, nowhere], &mut out);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].0, b, "only b offers a GPU");
+    assert_eq!(d[0].1.resources, Some(ResourceSet::cpus(1.0).with("gpu", 1.0)), "the worker is told what the call holds");
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!(id, ObjectId::new(job, 2));
+    let f = r.unwrap_err();
+    assert_eq!(f.kind, FailureKind::Unschedulable);
+    assert!(f.message.contains("cpus=8"), "{}", f.message);
+    // While it runs, b's GPU is in use; when it finishes, it is free.
+    let gpu_free = |core: &Core| core.snapshot(now).nodes.iter().find(|n| n.id == b).map(|n| n.available.get("gpu"));
+    assert_eq!(gpu_free(&core), Some(0.0));
+    core.tasks_finished(b, eb, vec![(ObjectId::new(job, 1), ok(b"x"))], now, &mut out);
+    assert_eq!(gpu_free(&core), Some(1.0));
+    assert_eq!(out.results.len(), 1);
+    out.results.clear();
+    out.assert_quiet();
+}
+
+#[test]
+fn a_panic_is_retried_only_with_retry_exceptions_and_within_max_retries() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(2.0), now, &mut out);
+    core.node_credits(a, ea, 100, now);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 2)]);
+    let mut retried = task(job, 1, 0, vec![]);
+    retried.retry_exceptions = Some(true);
+    core.submit(job, vec![retried, task(job, 2, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().len(), 2);
+    let boom = || Err(Failure::new(FailureKind::Panicked, "boom"));
+    core.tasks_finished(a, ea, vec![(ObjectId::new(job, 1), boom()), (ObjectId::new(job, 2), boom())], now, &mut out);
+    let (_, id, r) = out.results.pop().unwrap();
+    assert_eq!((id, r.unwrap_err().kind), (ObjectId::new(job, 2), FailureKind::Panicked), "no retry_exceptions: fails at once");
+    // Task 1 runs again, twice (max_retries = 2), then its panic is final.
+    for attempt in 2..=3 {
+        core.schedule(&mut out);
+        let d = out.take_dispatched();
+        assert_eq!(d.iter().map(|(_, t)| (t.task, t.attempt)).collect::<Vec<_>>(), vec![(ObjectId::new(job, 1), attempt)]);
+        assert!(out.results.is_empty());
+        core.tasks_finished(a, ea, vec![(ObjectId::new(job, 1), boom())], now, &mut out);
+    }
+    let (_, id, r) = out.results.pop().unwrap();
+    let f = r.unwrap_err();
+    assert_eq!((id, f.kind, f.message.as_str(), f.attempts), (ObjectId::new(job, 1), FailureKind::Panicked, "boom", 3));
+    core.schedule(&mut out);
+    out.assert_quiet();
 }

@@ -250,8 +250,9 @@ mod tests {
     /// Driver batch `seq`: submits tasks `seqs` of `job` (and, first,
     /// declares its one function).
     fn batch(job: JobId, seq: u64, seqs: std::ops::Range<u64>) -> pb::DriverToHead {
-        let functions = if seq == 1 { vec![pb::FunctionDef { name: "f".into(), resources: None, max_retries: 0 }] } else { Vec::new() };
-        let submit = seqs.map(|s| pb::TaskSubmit { id: ObjectId::new(job, s).0, func: 0, args: Vec::new(), max_retries: None }).collect();
+        let functions =
+            if seq == 1 { vec![pb::FunctionDef { name: "f".into(), resources: None, max_retries: 0, retry_exceptions: false }] } else { Vec::new() };
+        let submit = seqs.map(|s| pb::TaskSubmit { id: ObjectId::new(job, s).0, func: 0, args: Vec::new(), ..Default::default() }).collect();
         pb::DriverToHead { seq, first_function: 0, functions, submit, ..Default::default() }
     }
 

@@ -316,7 +316,11 @@ impl<S: LocalStore> WorkerCore<S> {
         }
         for d in msg.tasks {
             self.outstanding = self.outstanding.saturating_sub(1);
-            let res = self.jobs.get(&d.job).and_then(|j| j.functions.get(d.func as usize)).map_or_else(|| ResourceSet::cpus(1.0), |f| f.resources.clone());
+            // The call's own resources, else its function's.
+            let res = match &d.resources {
+                Some(r) => r.clone(),
+                None => self.jobs.get(&d.job).and_then(|j| j.functions.get(d.func as usize)).map_or_else(|| ResourceSet::cpus(1.0), |f| f.resources.clone()),
+            };
             let l = Local { d, res, built: None };
             let missing: Vec<StoredRef> = l.stored_args().filter(|s| !self.store.contains(s.id)).cloned().collect();
             for obj in missing {

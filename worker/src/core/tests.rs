@@ -171,7 +171,7 @@ pub(super) fn t(seq: u64) -> TaskId {
 }
 
 pub(super) fn func(name: &str, cpus: f64) -> FunctionDef {
-    FunctionDef { name: name.into(), resources: ResourceSet::cpus(cpus), max_retries: 0 }
+    FunctionDef { name: name.into(), resources: ResourceSet::cpus(cpus), max_retries: 0, retry_exceptions: false }
 }
 
 pub(super) fn job_info(job: JobId, funcs: Vec<FunctionDef>) -> JobInfo {
@@ -179,7 +179,7 @@ pub(super) fn job_info(job: JobId, funcs: Vec<FunctionDef>) -> JobInfo {
 }
 
 pub(super) fn dispatch(task: TaskId, func: u32, args: Vec<Payload>) -> Dispatch {
-    Dispatch { task, job: task.job(), func, args, attempt: 1 }
+    Dispatch { task, job: task.job(), func, args, attempt: 1, resources: None }
 }
 
 pub(super) fn stored(id: ObjectId) -> Payload {
@@ -684,7 +684,7 @@ fn at_the_executor_cap_an_idle_executor_of_another_job_is_replaced() {
 #[test]
 fn custom_resources_gate_placement() {
     let mut w = World::with(ResourceSet::cpus(2.0).with("gpu", 1.0), None);
-    let gpu = FunctionDef { name: "train".into(), resources: ResourceSet::cpus(1.0).with("gpu", 1.0), max_retries: 0 };
+    let gpu = FunctionDef { name: "train".into(), resources: ResourceSet::cpus(1.0).with("gpu", 1.0), max_retries: 0, retry_exceptions: false };
     w.head(HeadMessage { jobs: vec![JobInfo { job: JOB, binary: "bin1".into(), first_function: 2, functions: vec![gpu] }], ..Default::default() });
     w.tasks(vec![dispatch(t(1), 2, vec![]), dispatch(t(2), 2, vec![])]);
     assert_eq!(w.fx.spawned.len(), 1, "one GPU: one at a time");
@@ -747,4 +747,17 @@ fn an_executor_receives_its_tasks_in_the_order_it_holds_them_across_its_hello() 
     // Its death fails the first (the one it was running), not another.
     w.exited(E1, "signal 9");
     assert_eq!(w.fx.results().iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![t(1)]);
+}
+
+#[test]
+fn a_call_with_its_own_resources_holds_those_not_its_functions() {
+    let mut w = World::new(2.0);
+    // f holds one CPU; this call of it holds both.
+    let mut big = dispatch(t(1), 0, vec![]);
+    big.resources = Some(ResourceSet::cpus(2.0));
+    w.tasks(vec![big, dispatch(t(2), 0, vec![])]);
+    assert_eq!(w.fx.spawned.len(), 1, "the two-CPU call leaves no room for another");
+    w.hello(E1);
+    w.finish(E1, vec![(t(1), ok(b""))]);
+    assert_eq!(w.fx.sent_to(E1), vec![t(1), t(2)], "its CPUs are back once it finished");
 }
