@@ -7,6 +7,18 @@ fn whereami() -> (String, u32) {
     (ctx.node_id, ctx.pid)
 }
 
+#[shoal::remote]
+fn sum_of_squares(n: u64) -> u64 {
+    // A task submitting tasks, on the embedded cluster too.
+    let refs: Vec<_> = (1..=n).map(square::remote).collect();
+    shoal::get_all_blocking(&refs).unwrap().into_iter().sum()
+}
+
+#[shoal::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
 #[test]
 fn init_without_address_starts_a_one_node_cluster_that_runs_tasks() {
     // SAFETY: single-threaded at this point of the test process.
@@ -23,6 +35,7 @@ fn init_without_address_starts_a_one_node_cluster_that_runs_tasks() {
     let (node, pid) = whereami::remote().get().unwrap();
     assert_eq!(node, format!("{:#}", st.nodes[0].id), "a task sees the full id of its node");
     assert_ne!(pid, std::process::id(), "tasks run in executor processes");
+    assert_eq!(sum_of_squares::remote(4).get().unwrap(), 30, "tasks submit tasks on an embedded cluster");
 }
 
 // Strings, not Vec<u8>: serde moves a Vec<u8> element by element, which

@@ -89,6 +89,8 @@ struct Endpoint {
     exe: std::path::PathBuf,
     name: String,
     local: Option<LocalLink>,
+    /// Non-zero: this driver is a task of that job.
+    parent_job: u32,
 }
 
 /// How long a driver keeps trying to reach its head again after losing
@@ -108,6 +110,7 @@ impl Endpoint {
                 hostname: shoal_worker::config::hostname(),
                 pid: std::process::id(),
                 resume_job: resume,
+                parent_job: self.parent_job,
             }),
             ..Default::default()
         };
@@ -144,9 +147,26 @@ impl Driver {
     /// Connects, making sure the head has the program binary `hash`
     /// (uploading `exe` if not), and opens the session: over gRPC, or over
     /// channels when the head is in this process (`local`).
-    pub(crate) async fn connect(address: &str, token: Option<String>, hash: &str, exe: &Path, name: &str, local: Option<LocalLink>) -> Result<Arc<Driver>> {
-        let endpoint =
-            Endpoint { address: address.to_string(), token: token.clone(), hash: hash.to_string(), exe: exe.to_path_buf(), name: name.to_string(), local };
+    /// `parent_job` is non-zero for a task submitting tasks: the job that
+    /// task belongs to (this session's job ends with it).
+    pub(crate) async fn connect(
+        address: &str,
+        token: Option<String>,
+        hash: &str,
+        exe: &Path,
+        name: &str,
+        local: Option<LocalLink>,
+        parent_job: u32,
+    ) -> Result<Arc<Driver>> {
+        let endpoint = Endpoint {
+            address: address.to_string(),
+            token: token.clone(),
+            hash: hash.to_string(),
+            exe: exe.to_path_buf(),
+            name: name.to_string(),
+            local,
+            parent_job,
+        };
         let session = endpoint.open(0).await?;
         let job = session.job;
         let (tx, rx) = mpsc::unbounded_channel();

@@ -65,6 +65,50 @@ const FLUSH_AFTER: Duration = Duration::from_millis(1);
 /// the worker (it unpins them).
 static RELEASED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
+/// The executor's end of its worker socket, shared by the task loop and
+/// tasks that report they block (frames must not interleave).
+static WRITER: std::sync::OnceLock<Mutex<UnixStream>> = std::sync::OnceLock::new();
+
+/// A task is running (its calls may block on other tasks).
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Threads of the running task now blocked waiting for other tasks.
+static BLOCKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn send(msg: &ExecutorToWorker) -> std::io::Result<()> {
+    let Some(w) = WRITER.get() else { return Err(std::io::Error::other("the executor is not connected")) };
+    let mut w = w.lock().map_err(|_| std::io::Error::other("the executor's socket lock is poisoned"))?;
+    frame::write_blocking(&mut *w, msg)
+}
+
+/// While it lives, the running task counts as blocked waiting for other
+/// tasks: its worker lends the task's CPU to them (so a task that waits
+/// for its own children cannot starve them of a slot). Outside a task, or
+/// outside an executor, it does nothing.
+pub(crate) struct Blocked(bool);
+
+impl Blocked {
+    pub(crate) fn enter() -> Blocked {
+        use std::sync::atomic::Ordering;
+        if !RUNNING.load(Ordering::Acquire) || WRITER.get().is_none() {
+            return Blocked(false);
+        }
+        if BLOCKED.fetch_add(1, Ordering::AcqRel) == 0 {
+            let _ = send(&ExecutorToWorker { blocked: true, ..Default::default() });
+        }
+        Blocked(true)
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.0 && BLOCKED.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = send(&ExecutorToWorker { unblocked: true, ..Default::default() });
+        }
+    }
+}
+
 fn take_released() -> Vec<u64> {
     std::mem::take(&mut *RELEASED.lock().unwrap_or_else(|p| p.into_inner()))
 }
@@ -153,13 +197,15 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
     let exec_id: u64 = std::env::var(shoal_proto::ENV_EXECUTOR_ID).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     let arena = map_arena();
     let stream = UnixStream::connect(socket)?;
-    let mut writer = stream.try_clone()?;
+    if WRITER.set(Mutex::new(stream.try_clone()?)).is_err() {
+        return Err(std::io::Error::other("the executor loop started twice"));
+    }
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     let hello = ExecutorToWorker {
         hello: Some(pb::ExecutorHello { protocol_version: shoal_proto::PROTOCOL_VERSION, executor: exec_id, pid: std::process::id() }),
         ..Default::default()
     };
-    frame::write_blocking(&mut writer, &hello)?;
+    send(&hello)?;
     install_panic_hook();
     let registry: HashMap<&'static str, &'static RemoteFunction> = REMOTE_FUNCTIONS.iter().map(|f| (f.name, f)).collect();
     let mut names: Vec<String> = Vec::new();
@@ -180,10 +226,12 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             let name = names.get(t.func as usize).cloned().unwrap_or_else(|| "?".into());
             let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(arena.as_ref(), a)).collect();
             CURRENT_TASK.with(|c| c.set(t.task));
+            RUNNING.store(true, std::sync::atomic::Ordering::Release);
             let result = match args {
                 Ok(args) => run_one(functions.get(t.func as usize).copied().flatten(), &name, &args),
                 Err(e) => Err(fail(FailureKind::ObjectLost, &name, e, String::new())),
             };
+            RUNNING.store(false, std::sync::atomic::Ordering::Release);
             CURRENT_TASK.with(|c| c.set(0));
             // Encoding runs user code (Serialize impls): guarded like the call.
             let sized = result.and_then(|enc| match guarded(&name, || enc.size())? {
@@ -199,7 +247,7 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
                     // encode the value straight into shared memory.
                     out.alloc = Some(pb::AllocRequest { task: t.task, size });
                     out.released = take_released();
-                    frame::write_blocking(&mut writer, &out)?;
+                    send(&out)?;
                     out = ExecutorToWorker::default();
                     out_bytes = 0;
                     let a = await_allocation(&mut reader, t.task, &mut pending, &mut names, &mut functions, &registry)?;
@@ -239,14 +287,14 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             if last_flush.elapsed() >= FLUSH_AFTER || out_bytes >= shoal_domain::limits::BATCH_BYTES {
                 out_bytes = 0;
                 out.released = take_released();
-                frame::write_blocking(&mut writer, &out)?;
+                send(&out)?;
                 out.results.clear();
                 last_flush = Instant::now();
             }
         }
         out.released = take_released();
         if !out.results.is_empty() || !out.released.is_empty() {
-            frame::write_blocking(&mut writer, &out)?;
+            send(&out)?;
         }
     }
 }

@@ -139,11 +139,25 @@ async fn do_init(config: InitConfig) -> Result<()> {
     if current().is_some() {
         return Ok(());
     }
-    if executor::is_executor() {
-        return Err(Error::Config("shoal::init() was called inside a task; tasks are already connected".into()));
-    }
     // /proc/self/exe is the running image even if the file was replaced.
     let exe = PathBuf::from("/proc/self/exe");
+    if executor::is_executor() {
+        // A task submitting tasks: its session is a job of its own on the
+        // head that runs this task (the worker said where, and which
+        // binary this is). It ends when this executor process does.
+        let address = config::resolve_address_env_only()
+            .ok_or_else(|| Error::Config("this task's worker did not say where its head is (SHOAL_ADDRESS is not set)".into()))?;
+        let token = config::resolve_token(None, None)?;
+        let hash = match std::env::var(shoal_proto::ENV_BINARY_HASH) {
+            Ok(h) if !h.is_empty() => h,
+            _ => tokio::task::spawn_blocking(move || hash_file(Path::new("/proc/self/exe"))).await.map_err(|e| Error::Io(std::io::Error::other(e)))??,
+        };
+        let parent: u32 = std::env::var("SHOAL_JOB_ID").ok().and_then(|j| j.parse().ok()).unwrap_or(0);
+        let name = format!("tasks of a task of job {parent} (executor pid {})", std::process::id());
+        let driver = Cluster::new(Driver::connect(&address, token, &hash, &exe, &name, None, parent).await?, None);
+        *DRIVER.write().expect("driver lock") = Some(driver);
+        return Ok(());
+    }
     let hash = {
         let exe = exe.clone();
         tokio::task::spawn_blocking(move || hash_file(&exe)).await.map_err(|e| Error::Io(std::io::Error::other(e)))??
@@ -161,7 +175,7 @@ async fn do_init(config: InitConfig) -> Result<()> {
     let driver = match address {
         Some(address) => {
             let token = config::resolve_token(config.token.as_deref(), config.token_file.as_deref())?;
-            Cluster::new(Driver::connect(&address, token, &hash, &exe, &name, None).await?, None)
+            Cluster::new(Driver::connect(&address, token, &hash, &exe, &name, None, 0).await?, None)
         }
         None => start_embedded(&config, &hash, &exe, &name).await?,
     };
@@ -215,7 +229,7 @@ async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str)
         .map_err(|_| Error::Embedded("the embedded worker did not register within 10s".into()))?
         .map_err(|e| Error::Embedded(e.to_string()))?;
     let local_store = crate::objects::LocalStore::InProcess { store: worker.store(), node };
-    let driver = Cluster::new(Driver::connect(&address, Some(token), hash, exe, name, Some(head.local_link())).await?, Some(local_store));
+    let driver = Cluster::new(Driver::connect(&address, Some(token), hash, exe, name, Some(head.local_link()), 0).await?, Some(local_store));
     tracing::debug!(%address, "embedded cluster started");
     *EMBEDDED.lock().expect("embedded lock") = Some(Embedded { head, worker });
     Ok(driver)

@@ -35,5 +35,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const ENV_EXECUTOR_SOCKET: &str = "SHOAL_EXECUTOR_SOCKET";
 /// Environment variable with the executor's id, echoed in its hello.
 pub const ENV_EXECUTOR_ID: &str = "SHOAL_EXECUTOR_ID";
+/// Environment variable with the content hash of the executor's program
+/// binary (the head has it already: a task that submits tasks need not
+/// hash or upload it).
+pub const ENV_BINARY_HASH: &str = "SHOAL_BINARY_HASH";
 /// Environment variable with the node id the executor runs on.
 pub const ENV_NODE_ID: &str = "SHOAL_NODE_ID";

@@ -223,7 +223,9 @@ struct Io {
 impl Effects for Io {
     fn spawn_executor(&mut self, exec: ExecId, job: JobId, binary: &Path) -> Result<u32, String> {
         let node = self.session.as_ref().map(|s| s.2.as_str()).unwrap_or_default();
-        let (pid, tail) = executors::spawn(exec.0, binary, &self.socket, node, job, self.store.arena().fd(), self.events.clone()).map_err(|e| e.to_string())?;
+        let head = executors::HeadContact { address: &self.config.head, token: self.config.token.as_deref() };
+        let (pid, tail) =
+            executors::spawn(exec.0, binary, &self.socket, node, job, self.store.arena().fd(), head, self.events.clone()).map_err(|e| e.to_string())?;
         self.tails.insert(exec, tail);
         Ok(pid)
     }
@@ -424,6 +426,12 @@ impl Daemon {
                 if !msg.released.is_empty() {
                     let released: Vec<ObjectId> = msg.released.into_iter().map(ObjectId).collect();
                     self.core.executor_released(exec, &released);
+                }
+                if msg.blocked {
+                    self.core.executor_blocked(exec);
+                }
+                if msg.unblocked {
+                    self.core.executor_unblocked(exec);
                 }
                 if let Some(req) = msg.alloc {
                     io.alloc(exec, req);

@@ -21,7 +21,17 @@ pub(crate) type StderrTail = Arc<Mutex<VecDeque<String>>>;
 
 const TAIL_LINES: usize = 20;
 
+/// Where an executor's tasks reach the cluster when they submit tasks of
+/// their own.
+pub(crate) struct HeadContact<'a> {
+    /// The head's address.
+    pub address: &'a str,
+    /// The cluster token.
+    pub token: Option<&'a str>,
+}
+
 /// Starts an executor process. Its exit is reported as `Ev::ExecExited`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn(
     exec: u64,
     binary: &Path,
@@ -29,9 +39,21 @@ pub(crate) fn spawn(
     node_id: &str,
     job: u32,
     store_fd: std::os::fd::RawFd,
+    head: HeadContact<'_>,
     events: mpsc::UnboundedSender<Ev>,
 ) -> std::io::Result<(u32, StderrTail)> {
     let mut cmd = tokio::process::Command::new(binary);
+    // A task that calls `f::remote` connects to the head with these (the
+    // binary is the job's, already on the head: its name is its hash).
+    cmd.env("SHOAL_ADDRESS", head.address);
+    match head.token {
+        Some(t) => cmd.env("SHOAL_TOKEN", t),
+        None => cmd.env_remove("SHOAL_TOKEN"),
+    };
+    cmd.env_remove("SHOAL_TOKEN_FILE");
+    if let Some(hash) = binary.file_name().and_then(|n| n.to_str()) {
+        cmd.env(shoal_proto::ENV_BINARY_HASH, hash);
+    }
     cmd.env(shoal_proto::ENV_EXECUTOR_SOCKET, socket)
         .env(shoal_store::ENV_STORE_FD, store_fd.to_string())
         .env(shoal_proto::ENV_EXECUTOR_ID, exec.to_string())

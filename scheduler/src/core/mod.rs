@@ -113,6 +113,9 @@ struct Job {
     functions: Vec<FunctionDef>,
     /// The driver's connection is gone since then; it may come back.
     detached_since: Option<Instant>,
+    /// The job whose task submitted this job's tasks (a nested driver):
+    /// this job ends with it.
+    parent: Option<JobId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -649,13 +652,20 @@ impl Core {
 
     /// A driver connected. Returns its job id.
     pub fn job_connected(&mut self, binary: String, name: String) -> Result<JobId, CoreError> {
+        self.job_connected_under(binary, name, None)
+    }
+
+    /// A driver connected from a task of job `parent` (a task submitting
+    /// tasks): its job ends when `parent` does.
+    pub fn job_connected_under(&mut self, binary: String, name: String, parent: Option<JobId>) -> Result<JobId, CoreError> {
         if self.next_job > ids::MAX_JOB {
             return Err(CoreError::JobIdsExhausted);
         }
         let job = self.next_job;
         self.next_job += 1;
         tracing::info!(job, name = %name, binary = %&binary[..binary.len().min(12)], "job started");
-        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: None });
+        let parent = parent.filter(|p| self.jobs.contains_key(p));
+        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: None, parent });
         Ok(job)
     }
 
@@ -674,7 +684,7 @@ impl Core {
     /// (detached) for its driver to reconnect.
     pub fn restore_job(&mut self, job: JobId, binary: String, name: String, now: Instant) {
         self.next_job = self.next_job.max(job + 1);
-        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: Some(now) });
+        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: Some(now), parent: None });
     }
 
     /// The whole state of `job`, to log instead of its history.
@@ -878,6 +888,11 @@ impl Core {
         }
         tracing::info!(job, name = %j.name, dropped_tasks = mine.len(), "job finished");
         out.job_ended(job);
+        // Jobs its tasks started end with it (their executors are gone).
+        let children: Vec<JobId> = self.jobs.iter().filter(|(_, c)| c.parent == Some(job)).map(|(id, _)| *id).collect();
+        for child in children {
+            self.job_disconnected(child, out);
+        }
     }
 
     // ------------------------------------------------------------ objects and tasks

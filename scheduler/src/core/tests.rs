@@ -992,3 +992,23 @@ fn a_panic_is_retried_only_with_retry_exceptions_and_within_max_retries() {
     core.schedule(&mut out);
     out.assert_quiet();
 }
+
+#[test]
+fn a_job_started_by_a_task_ends_with_the_job_of_that_task() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let parent = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let child = core.job_connected_under("ab".repeat(32), "tasks of a task".into(), Some(parent)).unwrap();
+    let grandchild = core.job_connected_under("ab".repeat(32), "deeper".into(), Some(child)).unwrap();
+    let other = core.job_connected_under("ab".repeat(32), "unknown parent".into(), Some(999)).unwrap();
+    core.define_functions(child, 0, vec![FunctionDef { name: "g".into(), resources: ResourceSet::cpus(1.0), max_retries: 0, retry_exceptions: false }]);
+    core.submit(child, vec![task(child, 1, 0, vec![])], &mut out);
+    assert_eq!(core.snapshot(now).jobs, 4);
+    core.job_disconnected(parent, &mut out);
+    assert_eq!(core.snapshot(now).jobs, 1, "its child and grandchild ended with it; the job naming no known parent did not");
+    assert_eq!(core.snapshot(now).tasks.queued, 0, "the child's queued task is gone");
+    assert!(core.job_reattached(grandchild).is_none());
+    assert!(core.job_reattached(other).is_some());
+    out.assert_quiet();
+}

@@ -28,6 +28,8 @@ pub(crate) enum Cmd {
         binary: String,
         name: String,
         resume_job: JobId,
+        /// Non-zero: a task of this job submits tasks (see `DriverHello`).
+        parent_job: JobId,
         tx: Sender<HeadToDriver>,
         reply: oneshot::Sender<Result<JobId, Status>>,
     },

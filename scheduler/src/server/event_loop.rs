@@ -142,17 +142,19 @@ impl Loop {
                     self.workers.remove(&node);
                 }
             }
-            Cmd::DriverHello { binary, name, resume_job: 0, tx, reply } => match core.job_connected(binary.clone(), name.clone()) {
-                Ok(job) => {
-                    self.state.job_started(core, job, binary, name);
-                    let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), ..Default::default() }));
-                    self.drivers.insert(job, tx);
-                    let _ = reply.send(Ok(job));
+            Cmd::DriverHello { binary, name, resume_job: 0, parent_job, tx, reply } => {
+                match core.job_connected_under(binary.clone(), name.clone(), (parent_job != 0).then_some(parent_job)) {
+                    Ok(job) => {
+                        self.state.job_started(core, job, binary, name);
+                        let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), ..Default::default() }));
+                        self.drivers.insert(job, tx);
+                        let _ = reply.send(Ok(job));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Status::resource_exhausted(e.to_string())));
+                    }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(Status::resource_exhausted(e.to_string())));
-                }
-            },
+            }
             Cmd::DriverHello { resume_job: job, tx, reply, .. } => match core.job_reattached(job) {
                 Some(results) => {
                     tracing::info!(job, results = results.len(), "driver reconnected");
@@ -242,7 +244,7 @@ mod tests {
     fn driver(l: &mut Loop) -> (JobId, Sender<HeadToDriver>, Rx<HeadToDriver>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (reply, mut got) = oneshot::channel();
-        l.handle(Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: 0, tx: tx.clone(), reply }, Instant::now());
+        l.handle(Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: 0, parent_job: 0, tx: tx.clone(), reply }, Instant::now());
         let job = got.try_recv().unwrap().unwrap();
         (job, tx, rx)
     }
@@ -330,7 +332,7 @@ mod tests {
         l.handle(Cmd::DriverGone { job, tx, clean: false }, Instant::now());
         let (tx2, mut d2) = mpsc::unbounded_channel();
         let (reply, mut got) = oneshot::channel();
-        l.handle(Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: job, tx: tx2, reply }, Instant::now());
+        l.handle(Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: job, parent_job: 0, tx: tx2, reply }, Instant::now());
         assert_eq!(got.try_recv().unwrap().unwrap(), job);
         let welcome = d2.try_recv().unwrap().unwrap();
         assert_eq!((welcome.welcome.map(|w| w.job), welcome.acked), (Some(job), 1));

@@ -95,7 +95,9 @@ pub(super) async fn open_driver_session(
     let (reply_tx, reply_rx) = oneshot::channel();
     let name = format!("{} (pid {} on {})", hello.name, hello.pid, hello.hostname);
     let session_tx = tx.clone();
-    events.send(Cmd::DriverHello { binary: hello.binary, name, resume_job: hello.resume_job, tx, reply: reply_tx }).map_err(|_| head_gone())?;
+    events
+        .send(Cmd::DriverHello { binary: hello.binary, name, resume_job: hello.resume_job, parent_job: hello.parent_job, tx, reply: reply_tx })
+        .map_err(|_| head_gone())?;
     let job = reply_rx.await.map_err(|_| head_gone())??;
     tokio::spawn(async move {
         let _ = events.send(Cmd::DriverMsg { job, msg: first });

@@ -37,7 +37,12 @@ impl<S: LocalStore> WorkerCore<S> {
             if !e.connected && e.unsent != e.inflight.len() {
                 return Err(format!("{id} has not said hello but {} of its {} tasks were sent", e.inflight.len() - e.unsent, e.inflight.len()));
             }
-            held.add(&e.held);
+            if e.lent == Lent::No {
+                held.add(&e.held);
+            }
+            if e.blocked && e.lent == Lent::No {
+                return Err(format!("blocked {id} still holds {}", e.held));
+            }
         }
         let mut total = self.free.clone();
         total.add(&held);

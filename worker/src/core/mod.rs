@@ -190,6 +190,12 @@ struct Exec {
     unsent: usize,
     /// Resources held for its tasks (released when it goes idle).
     held: ResourceSet,
+    /// Whether `held` is really taken from the node's free resources: a
+    /// task blocked waiting for other tasks lends them back.
+    lent: Lent,
+    /// Its running task waits for other tasks (`get`, `wait`): it holds no
+    /// slot and gets nothing pipelined behind it.
+    blocked: bool,
     functions_sent: u32,
     started: Instant,
     last_progress: Instant,
@@ -198,11 +204,42 @@ struct Exec {
     pins: Vec<ObjectId>,
 }
 
+/// Where an executor's `held` resources are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lent {
+    /// Taken from the node's free resources.
+    No,
+    /// Given back while its task is blocked.
+    Blocked,
+    /// Its task came back from blocking when they were in use by others:
+    /// it runs over the node's size until it finishes (as Ray does), and
+    /// they are not given back twice.
+    Borrowed,
+}
+
 impl Exec {
     fn idle(&self) -> bool {
         self.inflight.is_empty()
     }
+
+    /// Gives its resources back to `free` (it goes idle, or away).
+    fn release(&mut self, free: &mut ResourceSet) {
+        let held = std::mem::take(&mut self.held);
+        if self.lent == Lent::No {
+            free.add(&held);
+        }
+        self.lent = Lent::No;
+        self.blocked = false;
+    }
 }
+
+/// Executors whose tasks are blocked waiting for other tasks do not count
+/// against `max_executors`, up to this many times `max_executors`: a node
+/// runs at most `max_executors x (1 + BLOCKED_EXECUTORS_FACTOR)` executors
+/// for CPU work (plus [`IO_EXECUTORS`] for tasks that hold nothing). A
+/// program whose blocked tasks nest deeper than that on one node waits
+/// for some of them to finish.
+pub const BLOCKED_EXECUTORS_FACTOR: usize = 16;
 
 /// The worker's state.
 pub struct WorkerCore<S: LocalStore> {
@@ -231,6 +268,8 @@ pub struct WorkerCore<S: LocalStore> {
     draining: bool,
     /// Objects being pulled from peers or restored from spill files.
     pulls: HashSet<ObjectId>,
+    /// Functions whose tasks were seen blocking on other tasks.
+    blocking_fns: HashSet<(JobId, u32)>,
     /// Pulled objects to report to the head as local copies.
     copied: Vec<ObjectId>,
 }
@@ -259,6 +298,7 @@ impl<S: LocalStore> WorkerCore<S> {
             results: Vec::new(),
             draining: false,
             pulls: HashSet::new(),
+            blocking_fns: HashSet::new(),
             copied: Vec::new(),
         }
     }
@@ -346,6 +386,7 @@ impl<S: LocalStore> WorkerCore<S> {
             self.results.retain(|(t, _)| t.job() != job);
             self.copied.retain(|o| o.job() != job);
             self.service_by_fn.retain(|(j, _), _| *j != job);
+            self.blocking_fns.retain(|(j, _)| *j != job);
             let ids: Vec<ExecId> = self.executors.iter().filter(|(_, e)| e.job == job).map(|(id, _)| *id).collect();
             for id in ids {
                 self.remove_exec(id, true, fx);
@@ -401,6 +442,43 @@ impl<S: LocalStore> WorkerCore<S> {
         }
     }
 
+    /// An executor's running task waits for other tasks (in `get`,
+    /// `wait`, ...): its resources go back to the node, so the tasks it
+    /// waits for can run here even when it holds the last CPU, and it gets
+    /// no task pipelined behind it.
+    pub fn executor_blocked(&mut self, exec: ExecId) {
+        let Some(e) = self.executors.get_mut(&exec) else { return };
+        if e.blocked || e.idle() {
+            return;
+        }
+        e.blocked = true;
+        if let Some(l) = e.inflight.front() {
+            self.blocking_fns.insert((l.d.job, l.d.func));
+        }
+        if e.lent == Lent::No {
+            self.free.add(&e.held);
+            e.lent = Lent::Blocked;
+        }
+    }
+
+    /// The blocked task of an executor runs again: it takes its resources
+    /// back, or runs over the node's size when others use them now.
+    pub fn executor_unblocked(&mut self, exec: ExecId) {
+        let Some(e) = self.executors.get_mut(&exec) else { return };
+        if !e.blocked {
+            return;
+        }
+        e.blocked = false;
+        if e.lent == Lent::Blocked {
+            if e.held.fits_in(&self.free) {
+                self.free.sub(&e.held);
+                e.lent = Lent::No;
+            } else {
+                e.lent = Lent::Borrowed;
+            }
+        }
+    }
+
     /// An executor finished tasks.
     pub fn executor_results(&mut self, exec: ExecId, results: Vec<(TaskId, Result<Value, Failure>)>, now: Instant) {
         let Some(e) = self.executors.get_mut(&exec) else {
@@ -442,8 +520,7 @@ impl<S: LocalStore> WorkerCore<S> {
             e.last_progress = now;
         }
         if e.inflight.is_empty() {
-            let held = std::mem::take(&mut e.held);
-            self.free.add(&held);
+            e.release(&mut self.free);
         }
         for (task, r) in done {
             self.result(task, r);
@@ -583,7 +660,7 @@ impl<S: LocalStore> WorkerCore<S> {
         if kill {
             fx.kill_executor(id, e.pid);
         }
-        self.free.add(&std::mem::take(&mut e.held));
+        e.release(&mut self.free);
         for obj in e.pins.drain(..) {
             self.store.unpin(obj);
         }
@@ -650,7 +727,12 @@ impl<S: LocalStore> WorkerCore<S> {
                 // tasks may use IO_EXECUTORS more: waiting never blocks
                 // CPU work, and CPU slots never block waiting.
                 let max = self.config.max_executors;
-                let cap = if res.is_empty() { max + IO_EXECUTORS } else { max + self.executors.values().filter(|e| !e.idle() && e.held.is_empty()).count() };
+                // Blocked tasks lend their slots, so their executors do
+                // not count either, up to BLOCKED_EXECUTORS_FACTOR times
+                // the cap.
+                let blocked = self.executors.values().filter(|e| e.blocked).count();
+                let io_busy = self.executors.values().filter(|e| !e.blocked && !e.idle() && e.held.is_empty()).count();
+                let cap = if res.is_empty() { max + IO_EXECUTORS } else { max + io_busy + blocked.min(max * BLOCKED_EXECUTORS_FACTOR) };
                 target = self.executors.iter().filter(|(_, e)| e.job == job_id && e.idle()).map(|(id, _)| *id).min();
                 if target.is_none()
                     && self.executors.len() >= cap
@@ -672,12 +754,15 @@ impl<S: LocalStore> WorkerCore<S> {
                     self.free.sub(&res);
                 }
             }
-            let depth = self.service_by_fn.get(&(job_id, func)).map_or(1, |s| s.depth());
+            // A function whose tasks block waiting for others is never
+            // pipelined: what waits behind a blocked task could be what it
+            // waits for.
+            let depth = if self.blocking_fns.contains(&(job_id, func)) { 1 } else { self.service_by_fn.get(&(job_id, func)).map_or(1, |s| s.depth()) };
             if target.is_none() && depth > 1 {
                 target = self
                     .executors
                     .iter()
-                    .filter(|(_, e)| e.job == job_id && !e.idle() && e.held == res && e.inflight.len() < depth)
+                    .filter(|(_, e)| e.job == job_id && !e.idle() && !e.blocked && e.lent == Lent::No && e.held == res && e.inflight.len() < depth)
                     .min_by_key(|(id, e)| (e.inflight.len(), **id))
                     .map(|(id, _)| *id);
             }
@@ -692,8 +777,7 @@ impl<S: LocalStore> WorkerCore<S> {
                     if let Some(e) = self.executors.get_mut(&id)
                         && e.inflight.is_empty()
                     {
-                        let held = std::mem::take(&mut e.held);
-                        self.free.add(&held);
+                        e.release(&mut self.free);
                     }
                     self.result(l.d.task, Err(failure(FailureKind::ObjectLost, msg)));
                     continue;
@@ -785,6 +869,8 @@ impl<S: LocalStore> WorkerCore<S> {
                 inflight: VecDeque::new(),
                 unsent: 0,
                 held: ResourceSet::default(),
+                lent: Lent::No,
+                blocked: false,
                 functions_sent: 0,
                 started: now,
                 last_progress: now,
@@ -803,7 +889,7 @@ impl<S: LocalStore> WorkerCore<S> {
         }
         // Running tasks that hold nothing (I/O waits) do not use up credits:
         // the node keeps asking for work while they wait.
-        let running: usize = self.executors.values().filter(|e| e.idle() || !e.held.is_empty()).map(|e| e.inflight.len()).sum();
+        let running: usize = self.executors.values().filter(|e| !e.blocked && (e.idle() || !e.held.is_empty())).map(|e| e.inflight.len()).sum();
         let held = self.queue.len() + running + self.outstanding;
         let wanted = pipeline::wanted(self.slots, self.service.depth());
         let credits = if self.draining { 0 } else { pipeline::grant(wanted, held, self.outstanding) };

@@ -227,6 +227,21 @@ impl Sim {
                 self.core.head_message(HeadMessage { free_objects: vec![obj], ..Default::default() }, &mut self.fx);
                 format!("free {obj}")
             }
+            95..=97 => {
+                // A running task starts or stops waiting for other tasks.
+                let execs: Vec<_> = self.core.executors().into_iter().filter(|e| e.2 && e.3 > 0).collect();
+                if execs.is_empty() {
+                    return Ok(());
+                }
+                let (exec, ..) = execs[self.rng.random_range(0..execs.len())];
+                if self.rng.random_bool(0.5) {
+                    self.core.executor_blocked(exec);
+                    format!("{exec} blocked")
+                } else {
+                    self.core.executor_unblocked(exec);
+                    format!("{exec} unblocked")
+                }
+            }
             _ => {
                 self.core.head_message(HeadMessage { drain: self.rng.random_bool(0.1), ..Default::default() }, &mut self.fx);
                 "empty message".into()

@@ -761,3 +761,59 @@ fn a_call_with_its_own_resources_holds_those_not_its_functions() {
     w.finish(E1, vec![(t(1), ok(b""))]);
     assert_eq!(w.fx.sent_to(E1), vec![t(1), t(2)], "its CPUs are back once it finished");
 }
+
+#[test]
+fn a_task_blocked_on_other_tasks_lends_its_cpu_to_them() {
+    let mut w = World::new(1.0);
+    w.tasks(vec![dispatch(t(1), 0, vec![])]);
+    w.hello(E1);
+    // t1 submits t2 and waits for it; t2 reaches this node.
+    w.core.executor_blocked(E1);
+    w.step();
+    w.tasks(vec![dispatch(t(2), 0, vec![])]);
+    assert_eq!(w.fx.spawned.len(), 2, "the waiting task's CPU runs its child");
+    w.hello(E2);
+    assert_eq!(w.fx.sent_to(E2), vec![t(2)]);
+    // t1 is unblocked while t2 still runs: it runs over the node's size
+    // (as Ray does) and nothing is given back twice.
+    w.core.executor_unblocked(E1);
+    w.step();
+    w.finish(E2, vec![(t(2), ok(b"child"))]);
+    w.finish(E1, vec![(t(1), ok(b"parent"))]);
+    // One CPU again: two new tasks run one at a time.
+    w.tasks(vec![dispatch(t(3), 0, vec![]), dispatch(t(4), 0, vec![])]);
+    assert_eq!(w.core.queued(), 1, "back to one slot");
+}
+
+#[test]
+fn a_blocked_task_gets_nothing_pipelined_behind_it_nor_does_its_function_later() {
+    let mut w = World::new(1.0);
+    let s = w.core.service_by_fn.entry((JOB, 0)).or_default();
+    for _ in 0..40 {
+        s.observe(Duration::from_micros(20));
+    }
+    w.tasks(vec![dispatch(t(1), 0, vec![])]);
+    w.hello(E1);
+    w.core.executor_blocked(E1);
+    w.step();
+    w.tasks(vec![dispatch(t(2), 0, vec![]), dispatch(t(3), 0, vec![])]);
+    assert!(w.fx.sent_to(E1) == vec![t(1)], "nothing queued behind the blocked task");
+    w.hello(E2);
+    assert_eq!(w.fx.sent_to(E2), vec![t(2)], "f blocked once: its tasks are no longer pipelined");
+}
+
+#[test]
+fn blocked_executors_are_bounded() {
+    let mut w = World::with(ResourceSet::cpus(1.0), Some(1));
+    let hard = 1 + BLOCKED_EXECUTORS_FACTOR;
+    for i in 1..=20u64 {
+        w.tasks(vec![dispatch(t(i), 0, vec![])]);
+        if let Some((exec, ..)) = w.core.executors().last().copied() {
+            w.hello(exec);
+            w.core.executor_blocked(exec);
+            w.step();
+        }
+    }
+    assert_eq!(w.core.executors().len(), hard, "at most max_executors x (1 + {BLOCKED_EXECUTORS_FACTOR}) executors");
+    assert_eq!(w.core.queued(), 20 - hard);
+}

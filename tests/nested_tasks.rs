@@ -1,0 +1,58 @@
+//! Tasks that submit tasks, on a real cluster (a head and a worker
+//! process): a task calls `f::remote`, `put`, `get`, `wait` and
+//! `as_completed`, and a task waiting for its children lends its CPU to
+//! them, so a recursive program cannot deadlock a one-CPU node.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[shoal::remote]
+fn fib(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let a = fib::remote(n - 1);
+    let b = fib::remote(n - 2);
+    a.get().unwrap() + b.get().unwrap()
+}
+
+#[shoal::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[shoal::remote]
+fn fan_out(n: u64) -> (u64, u64, Vec<u64>) {
+    // put, wait and as_completed inside a task, as in a driver.
+    let base = shoal::put(10u64).unwrap();
+    let refs: Vec<_> = (0..n).map(square::remote).collect();
+    let (ready, rest) = shoal::wait_blocking(&refs, n as usize, Some(Duration::from_secs(60)));
+    assert!(rest.is_empty());
+    let mut order: Vec<u64> = shoal::as_completed(refs.clone()).map(|r| r.get().unwrap()).collect();
+    order.sort_unstable();
+    (base.get().unwrap(), ready.len() as u64, order)
+}
+
+#[test]
+fn a_recursive_program_runs_on_a_one_cpu_node() {
+    let mut c = Cluster::head(&[]);
+    c.add_worker(&["--num-cpus", "1"]);
+    c.connect();
+    // 41 tasks, 6 deep, each waiting for its two children, on a node with
+    // one CPU: only possible if a waiting task lends its CPU.
+    assert_eq!(fib::remote(7).get_timeout(Duration::from_secs(120)).unwrap(), 13);
+    let (base, ready, squares) = fan_out::remote(6).get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((base, ready), (10, 6));
+    assert_eq!(squares, vec![0, 1, 4, 9, 16, 25]);
+    // The node is back to one slot afterwards, and keeps serving.
+    assert_eq!(square::remote(12).get().unwrap(), 144);
+    let st = c.status();
+    assert_eq!(st["tasks"]["failed"], 0);
+    assert!(st["jobs"].as_u64().unwrap() > 1, "the tasks that submitted tasks had sessions of their own: {st}");
+    // When the program leaves, the jobs its tasks started end with its job
+    // at once (not after the grace a lost driver gets).
+    tokio::runtime::Runtime::new().unwrap().block_on(shoal::shutdown());
+    wait_for(Duration::from_secs(10), "every job to end", || (c.status()["jobs"] == 0).then_some(()));
+}
