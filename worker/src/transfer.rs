@@ -242,11 +242,8 @@ pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u
     let oid = shoal_domain::ObjectId(id);
     let mut errors = Vec::new();
     for h in holders {
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.create(id, size, 0)).await.map_err(|e| TransferError::Local { id: oid, message: e.to_string() })? {
-            Ok(_) => {}
-            Err(StoreError::Exists(_)) if store.contains(id) => return Ok(()),
-            Err(source) => return Err(TransferError::Store { id: oid, source }),
+        if !claim(store, id, size).await? {
+            return Ok(());
         }
         let sink = |off: u64, data: &[u8]| store.write_at(id, off, data).map_err(|e| e.to_string());
         match pull_from(h, token, id, size, &sink).await {
@@ -259,6 +256,26 @@ pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u
         }
     }
     Err(no_holder(id, errors))
+}
+
+/// Makes room for a pulled copy of `id`. False when no pull is needed: a
+/// sealed copy is here already, or one being written here (a task
+/// rebuilding it on this node, another pull, a driver's push) was sealed
+/// while we waited for it.
+async fn claim(store: &Arc<Store>, id: u64, size: u64) -> Result<bool, TransferError> {
+    let oid = shoal_domain::ObjectId(id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.create(id, size, 0)).await.map_err(|e| TransferError::Local { id: oid, message: e.to_string() })? {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Exists(_)) if store.contains(id) => return Ok(false),
+            // Someone is writing it here: wait until it is sealed (or
+            // dropped, and then write it ourselves).
+            Err(StoreError::Exists(_)) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(source) => return Err(TransferError::Store { id: oid, source }),
+        }
+    }
 }
 
 /// Pulls object `id` into this process's memory (a driver not on a
@@ -359,6 +376,30 @@ pub async fn push(address: &str, token: Option<&str>, id: u64, data: Bytes) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_pull_of_an_object_being_written_here_waits_for_it_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(1 << 20, 0, dir.path().to_path_buf()).unwrap();
+        // A task rebuilding object 9 on this node is writing it.
+        store.create(9, 100, 5).unwrap();
+        let writer = store.clone();
+        let sealer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            writer.seal(9).unwrap();
+        });
+        assert!(!claim(&store, 9, 100).await.unwrap(), "sealed meanwhile: nothing to pull");
+        sealer.await.unwrap();
+        // One being written that is then dropped: the pull writes it itself.
+        store.create(10, 100, 5).unwrap();
+        let writer = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            writer.abort(10);
+        });
+        assert!(claim(&store, 10, 100).await.unwrap(), "dropped meanwhile: ours to write");
+        assert!(!store.contains(10), "and not sealed until the pull seals it");
+    }
 
     #[test]
     fn ranges_cover_the_object_once_in_chunk_multiples() {
