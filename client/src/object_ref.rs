@@ -18,21 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// The id of an object (also of the task that makes it): `job.seq`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectId(pub u64);
-
-impl fmt::Display for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&shoal_domain::ids::display(self.0))
-    }
-}
-
-impl fmt::Debug for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ObjectId({self})")
-    }
-}
+/// The id of an object (also of the task that makes it); prints as
+/// `job.seq`, as everywhere in Shoal.
+pub use shoal_domain::ObjectId;
 
 pub(crate) struct RefInner {
     pub(crate) id: u64,

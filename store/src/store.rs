@@ -31,13 +31,13 @@ pub enum StoreError {
         detail: String,
     },
     /// No sealed object with that id here.
-    #[error("object {0:#x} is not in this node's store")]
+    #[error("object {} is not in this node's store", shoal_domain::ObjectId(*.0))]
     NotFound(u64),
     /// An object with that id exists already.
-    #[error("object {0:#x} already exists in this node's store")]
+    #[error("object {} already exists in this node's store", shoal_domain::ObjectId(*.0))]
     Exists(u64),
     /// A write outside the object, or into a sealed one.
-    #[error("invalid write to object {id:#x}: {detail}")]
+    #[error("invalid write to object {}: {detail}", shoal_domain::ObjectId(*.id))]
     BadWrite {
         /// The object.
         id: u64,
@@ -298,7 +298,7 @@ impl Store {
                 Ok(())
             }
             Ok(()) => {
-                tracing::debug!(object = format_args!("{id:#x}"), size, path = %path.display(), "spilled object to disk");
+                tracing::debug!(object = %shoal_domain::ObjectId(id), size, path = %path.display(), "spilled object to disk");
                 Self::release(&mut g, offset, size);
                 g.spilled_bytes += size;
                 g.spilled_objects += 1;
@@ -405,10 +405,10 @@ impl Store {
                         g.spilled_bytes -= size;
                         g.spilled_objects -= 1;
                         g.objects.get_mut(&id).expect("exists").place = Place::Arena(offset);
-                        tracing::debug!(object = format_args!("{id:#x}"), size, "restored spilled object");
+                        tracing::debug!(object = %shoal_domain::ObjectId(id), size, "restored spilled object");
                     }
                     Err(err) => {
-                        tracing::warn!(object = format_args!("{id:#x}"), error = %err, "could not restore a spilled object; reading it from disk");
+                        tracing::warn!(object = %shoal_domain::ObjectId(id), error = %err, "could not restore a spilled object; reading it from disk");
                         Self::release(&mut g, offset, size);
                     }
                 }

@@ -101,7 +101,7 @@ impl ObjectStore for ObjectService {
         let bytes = tokio::task::spawn_blocking(move || store.read(r.id)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
         let size = bytes.len() as u64;
         if r.offset > size {
-            return Err(Status::out_of_range(format!("offset {} past the end of object {:#x} ({size} bytes)", r.offset, r.id)));
+            return Err(Status::out_of_range(format!("offset {} past the end of object {} ({size} bytes)", r.offset, shoal_domain::ObjectId(r.id))));
         }
         let end = if r.len == 0 { size } else { size.min(r.offset.saturating_add(r.len)) };
         let chunk = OBJECT_CHUNK_BYTES as u64;
@@ -125,14 +125,19 @@ impl ObjectStore for ObjectService {
             let mut next = Some(first);
             while let Some(c) = next {
                 if c.id != id || c.offset != received {
-                    return Err(Status::invalid_argument(format!("chunk of object {:#x} at {} out of order (expected {id:#x} at {received})", c.id, c.offset)));
+                    return Err(Status::invalid_argument(format!(
+                        "chunk of object {} at {} out of order (expected {} at {received})",
+                        shoal_domain::ObjectId(c.id),
+                        c.offset,
+                        shoal_domain::ObjectId(id)
+                    )));
                 }
                 self.store.write_at(id, c.offset, &c.data).map_err(store_status)?;
                 received += c.data.len() as u64;
                 next = stream.message().await?;
             }
             if received != size {
-                return Err(Status::invalid_argument(format!("push of object {id:#x} ended after {received} of {size} bytes")));
+                return Err(Status::invalid_argument(format!("push of object {} ended after {received} of {size} bytes", shoal_domain::ObjectId(id))));
             }
             self.store.seal(id).map_err(store_status)
         }
@@ -250,7 +255,7 @@ pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u
             Ok(()) => return store.seal(id).map_err(|source| TransferError::Store { id: oid, source }),
             Err(e) => {
                 store.abort(id);
-                tracing::warn!(object = format_args!("{id:#x}"), holder = %h, error = %e, "pull failed; trying the next holder");
+                tracing::warn!(object = %shoal_domain::ObjectId(id), holder = %h, error = %e, "pull failed; trying the next holder");
                 errors.push(format!("{h}: {e}"));
             }
         }
