@@ -538,6 +538,36 @@ fn two_nodes(core: &mut Core, out: &mut Rec, now: Instant) -> ((NodeId, u64), (N
     (a, b)
 }
 
+/// Runs `t` on `node` (one credit), which stores its 10-byte result.
+fn stored_on(core: &mut Core, out: &mut Rec, (node, epoch): (NodeId, u64), t: NewTask, now: Instant) {
+    let id = t.id;
+    core.node_credits(node, epoch, 1, now);
+    core.submit(id.job(), vec![t], out);
+    core.schedule(out);
+    out.take_dispatched();
+    core.tasks_finished(node, epoch, vec![(id, Ok(Value::Stored { size: 10 }))], now, out);
+}
+
+/// Task 1 (`produce`) stored its result on node a only; its consumer,
+/// task 2 (`consume`), went to b (a had no credits) and pulls from a;
+/// then a dies. Returns the core, the outbox, the time, b and the job.
+fn consumer_on_b_when_its_input_dies_with_a() -> (Core, Rec, Instant, (NodeId, u64), JobId) {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
+    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
+    let big = ObjectId::new(job, 1);
+    stored_on(&mut core, &mut out, (a, ea), task(job, 1, 0, vec![]), now);
+    out.results.clear();
+    core.node_credits(b, eb, 1, now);
+    core.submit(job, vec![task(job, 2, 1, vec![NewArg::Object(big)])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched()[0].0, b);
+    core.node_disconnected(a, ea, &mut out);
+    (core, out, now, (b, eb), job)
+}
+
 #[test]
 fn a_lost_intermediate_object_is_rebuilt_and_its_consumer_still_runs() {
     let now = t0();
@@ -587,25 +617,8 @@ fn a_lost_intermediate_object_is_rebuilt_and_its_consumer_still_runs() {
 
 #[test]
 fn a_running_consumer_whose_input_vanished_waits_for_the_rebuild() {
-    let now = t0();
-    let mut out = Rec::default();
-    let mut core = Core::new(CoreConfig::default());
-    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
-    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
-    let big = ObjectId::new(job, 1);
-    let fin = ObjectId::new(job, 2);
-    core.node_credits(a, ea, 1, now);
-    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
-    core.schedule(&mut out);
-    out.take_dispatched();
-    core.tasks_finished(a, ea, vec![(big, Ok(Value::Stored { size: 10 }))], now, &mut out);
-    out.results.clear();
-    // The consumer goes to b (a has no credits) and starts pulling from a.
-    core.node_credits(b, eb, 1, now);
-    core.submit(job, vec![task(job, 2, 1, vec![NewArg::Object(big)])], &mut out);
-    core.schedule(&mut out);
-    assert_eq!(out.take_dispatched()[0].0, b);
-    core.node_disconnected(a, ea, &mut out);
+    let (mut core, mut out, now, (b, eb), job) = consumer_on_b_when_its_input_dies_with_a();
+    let (big, fin) = (ObjectId::new(job, 1), ObjectId::new(job, 2));
     // b's pull fails: the consumer must not fail, it waits for the rebuild.
     core.tasks_finished(b, eb, vec![(fin, Err(Failure::new(FailureKind::ObjectLost, "pull failed")))], now, &mut out);
     assert!(out.results.is_empty(), "no failure reaches the driver: {:?}", out.results);
@@ -795,24 +808,8 @@ fn a_consumer_on_the_node_that_died_with_its_input_waits_for_the_rebuild() {
 /// the retry waits for the input too.
 #[test]
 fn a_retried_task_whose_input_is_being_rebuilt_waits_for_it() {
-    let now = t0();
-    let mut out = Rec::default();
-    let mut core = Core::new(CoreConfig::default());
-    let ((a, ea), (b, eb)) = two_nodes(&mut core, &mut out, now);
-    let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3), ("consume", ResourceSet::cpus(1.0), 3)]);
-    let big = ObjectId::new(job, 1);
-    let fin = ObjectId::new(job, 2);
-    core.node_credits(a, ea, 1, now);
-    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
-    core.schedule(&mut out);
-    out.take_dispatched();
-    core.tasks_finished(a, ea, vec![(big, Ok(Value::Stored { size: 10 }))], now, &mut out);
-    out.results.clear();
-    core.node_credits(b, eb, 1, now);
-    core.submit(job, vec![task(job, 2, 1, vec![NewArg::Object(big)])], &mut out);
-    core.schedule(&mut out);
-    assert_eq!(out.take_dispatched()[0].0, b);
-    core.node_disconnected(a, ea, &mut out);
+    let (mut core, mut out, now, (b, eb), job) = consumer_on_b_when_its_input_dies_with_a();
+    let (big, fin) = (ObjectId::new(job, 1), ObjectId::new(job, 2));
     core.tasks_finished(b, eb, vec![(fin, Err(Failure::new(FailureKind::WorkerDied, "executor killed")))], now, &mut out);
     core.check_invariants().unwrap();
     core.node_credits(b, eb, 2, now);
@@ -833,11 +830,7 @@ fn locate_answers_with_holders_a_verdict_or_the_rebuilt_result() {
     let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3)]);
     let made = ObjectId::new(job, 1);
     let put = ObjectId::new(job, 2);
-    core.node_credits(a, ea, 1, now);
-    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
-    core.schedule(&mut out);
-    out.take_dispatched();
-    core.tasks_finished(a, ea, vec![(made, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    stored_on(&mut core, &mut out, (a, ea), task(job, 1, 0, vec![]), now);
     core.put(job, put, PutValue::Stored { size: 10, node: a }, &mut out);
     out.results.clear();
     core.locate(job, &[made], &mut out);
@@ -874,11 +867,7 @@ fn a_node_that_comes_back_without_a_copy_gets_it_rebuilt() {
     let (a, ea) = node_at(&mut core, "10.0.0.1", now, &mut out);
     let job = job_with(&mut core, &[("produce", ResourceSet::cpus(1.0), 3)]);
     let made = ObjectId::new(job, 1);
-    core.node_credits(a, ea, 1, now);
-    core.submit(job, vec![task(job, 1, 0, vec![])], &mut out);
-    core.schedule(&mut out);
-    out.take_dispatched();
-    core.tasks_finished(a, ea, vec![(made, Ok(Value::Stored { size: 10 }))], now, &mut out);
+    stored_on(&mut core, &mut out, (a, ea), task(job, 1, 0, vec![]), now);
     let snap = core.job_snapshot(job).unwrap();
     let mut core = Core::new(CoreConfig::default());
     core.recovering(now + Duration::from_secs(10));
