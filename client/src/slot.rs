@@ -106,9 +106,12 @@ impl Slot {
     }
 
     pub(crate) fn wait_value(&self, deadline: Option<Instant>) -> Option<Result<Val, TaskError>> {
+        if let SlotState::Done { value, .. } = &*self.state.lock().expect("slot lock") {
+            return Some(value.clone());
+        }
         // Inside a task, waiting lends the task's CPU to the tasks it waits
-        // for (said before taking the lock: it writes to the worker).
-        let _blocked = (!self.is_done()).then(crate::executor::Blocked::enter);
+        // for (said without the lock held: it writes to the worker).
+        let _blocked = crate::executor::Blocked::enter();
         let mut st = self.state.lock().expect("slot lock");
         loop {
             if let SlotState::Done { value, .. } = &*st {
@@ -195,7 +198,10 @@ impl CompletionQueue {
     }
 
     pub(crate) fn pop_blocking(&self) -> usize {
-        let _blocked = (self.len() == 0).then(crate::executor::Blocked::enter);
+        if let Some(i) = self.inner.lock().expect("queue lock").0.pop_front() {
+            return i;
+        }
+        let _blocked = crate::executor::Blocked::enter();
         let mut g = self.inner.lock().expect("queue lock");
         loop {
             if let Some(i) = g.0.pop_front() {
@@ -206,7 +212,10 @@ impl CompletionQueue {
     }
 
     pub(crate) fn wait_len(&self, n: usize, deadline: Option<Instant>) {
-        let _blocked = (self.len() < n).then(crate::executor::Blocked::enter);
+        if self.len() >= n {
+            return;
+        }
+        let _blocked = crate::executor::Blocked::enter();
         let mut g = self.inner.lock().expect("queue lock");
         while g.0.len() < n {
             match deadline {
