@@ -144,7 +144,6 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         core,
         io: Io { config, socket: socket.clone(), events: events.clone(), store: store.clone(), conns: HashMap::new(), tails: HashMap::new(), session: None },
         node_tx,
-        node_id: String::new(),
         heartbeat_seq: 0,
     };
     let spill_dir = daemon.io.config.spill_dir.clone();
@@ -328,7 +327,6 @@ struct Daemon {
     core: WorkerCore<Arc<Store>>,
     io: Io,
     node_tx: watch::Sender<Option<String>>,
-    node_id: String,
     heartbeat_seq: u64,
 }
 
@@ -383,12 +381,12 @@ impl Daemon {
             self.core.pump(Instant::now(), &mut self.io);
             self.core.flush(&mut self.io);
             if self.core.drained() {
-                tracing::info!(node = %self.node_id, "drained: every held task finished; exiting");
+                tracing::info!(node = %self.core.node_id(), "drained: every held task finished; exiting");
                 break;
             }
         }
         self.core.shutdown(&mut self.io);
-        tracing::info!(node = %self.node_id, "worker stopped");
+        tracing::info!(node = %self.core.node_id(), "worker stopped");
         outcome
     }
 
@@ -397,7 +395,6 @@ impl Daemon {
         match ev {
             Ev::Connected { session, tx, node_id, .. } => {
                 tracing::info!(node = %node_id, head = %io.config.head, "registered with the head");
-                self.node_id = node_id.clone();
                 io.session = Some((session, tx, node_id.clone()));
                 self.core.connected(node_id.clone());
                 let _ = self.node_tx.send(Some(node_id));

@@ -303,6 +303,11 @@ impl<S: LocalStore> WorkerCore<S> {
         }
     }
 
+    /// This node's id, once registered (empty before).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// The node's store.
     pub fn store(&self) -> &S {
         &self.store
