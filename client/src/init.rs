@@ -141,27 +141,37 @@ async fn do_init(config: InitConfig) -> Result<()> {
     }
     // /proc/self/exe is the running image even if the file was replaced.
     let exe = PathBuf::from("/proc/self/exe");
-    if executor::is_executor() {
-        // A task submitting tasks: its session is a job of its own on the
-        // head that runs this task (the worker said where, and which
-        // binary this is). It ends when this executor process does.
-        let address = config::resolve_address_env_only()
-            .ok_or_else(|| Error::Config("this task's worker did not say where its head is (SHOAL_ADDRESS is not set)".into()))?;
-        let token = config::resolve_token(None, None)?;
-        let hash = match std::env::var(shoal_proto::ENV_BINARY_HASH) {
-            Ok(h) if !h.is_empty() => h,
-            _ => tokio::task::spawn_blocking(move || hash_file(Path::new("/proc/self/exe"))).await.map_err(|e| Error::Io(std::io::Error::other(e)))??,
-        };
-        let parent: u32 = std::env::var("SHOAL_JOB_ID").ok().and_then(|j| j.parse().ok()).unwrap_or(0);
-        let name = format!("tasks of a task of job {parent} (executor pid {})", std::process::id());
-        let driver = Cluster::new(Driver::connect(&address, token, &hash, &exe, &name, None, parent).await?, None);
-        *DRIVER.write().expect("driver lock") = Some(driver);
-        return Ok(());
-    }
-    let hash = {
-        let exe = exe.clone();
-        tokio::task::spawn_blocking(move || hash_file(&exe)).await.map_err(|e| Error::Io(std::io::Error::other(e)))??
+    let driver = if executor::is_executor() { connect_from_task(&exe).await? } else { connect_program(&config, &exe).await? };
+    *DRIVER.write().expect("driver lock") = Some(driver);
+    Ok(())
+}
+
+/// The content hash of the program binary (what the head knows it by).
+async fn hash_program(exe: &Path) -> Result<String> {
+    let exe = exe.to_path_buf();
+    tokio::task::spawn_blocking(move || hash_file(&exe)).await.map_err(|e| Error::Io(std::io::Error::other(e)))?.map_err(Error::from)
+}
+
+/// A task submitting tasks: its session is a job of its own on the head
+/// that runs this task (the worker said where, and which binary this is),
+/// a child of the task's job; it ends when this executor process does.
+async fn connect_from_task(exe: &Path) -> Result<Arc<Cluster>> {
+    let address = config::resolve_address_env_only()
+        .ok_or_else(|| Error::Config("this task's worker did not say where its head is (SHOAL_ADDRESS is not set)".into()))?;
+    let token = config::resolve_token(None, None)?;
+    let hash = match std::env::var(shoal_proto::ENV_BINARY_HASH) {
+        Ok(h) if !h.is_empty() => h,
+        _ => hash_program(exe).await?,
     };
+    let parent: u32 = std::env::var("SHOAL_JOB_ID").ok().and_then(|j| j.parse().ok()).unwrap_or(0);
+    let name = format!("tasks of a task of job {parent} (executor pid {})", std::process::id());
+    Ok(Cluster::new(Driver::connect(&address, token, &hash, exe, &name, None, parent).await?, None))
+}
+
+/// A program's own session: with the head at `config`'s (or
+/// `SHOAL_ADDRESS`'s) address, else with an embedded cluster it starts.
+async fn connect_program(config: &InitConfig, exe: &Path) -> Result<Arc<Cluster>> {
+    let hash = hash_program(exe).await?;
     let name = config.name.clone().unwrap_or_else(program_name);
     let address = match (&config.local, config.address.as_deref()) {
         (true, _) => None,
@@ -172,15 +182,13 @@ async fn do_init(config: InitConfig) -> Result<()> {
         ),
         (false, None) => config::resolve_address_env_only(),
     };
-    let driver = match address {
+    match address {
         Some(address) => {
             let token = config::resolve_token(config.token.as_deref(), config.token_file.as_deref())?;
-            Cluster::new(Driver::connect(&address, token, &hash, &exe, &name, None, 0).await?, None)
+            Ok(Cluster::new(Driver::connect(&address, token, &hash, exe, &name, None, 0).await?, None))
         }
-        None => start_embedded(&config, &hash, &exe, &name).await?,
-    };
-    *DRIVER.write().expect("driver lock") = Some(driver);
-    Ok(())
+        None => start_embedded(config, &hash, exe, &name).await,
+    }
 }
 
 async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str) -> Result<Arc<Cluster>> {
