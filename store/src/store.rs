@@ -163,6 +163,11 @@ impl Store {
         self.lock().objects.get(&id).is_some_and(|e| e.sealed && !e.freed)
     }
 
+    /// The size of the sealed copy of `id`, if one is here.
+    pub fn sealed_size(&self, id: u64) -> Option<u64> {
+        self.lock().objects.get(&id).filter(|e| e.sealed && !e.freed).map(|e| e.size)
+    }
+
     /// Reserves `size` bytes for object `id`, written by `owner` (an
     /// executor id, or 0). Spills unpinned objects if needed. Returns the
     /// arena offset to write at.

@@ -182,6 +182,9 @@ impl LocalStore for Arc<Store> {
     fn is_spilled(&self, id: ObjectId) -> bool {
         Store::is_spilled(self, id.0)
     }
+    fn sealed_size(&self, id: ObjectId) -> Option<u64> {
+        Store::sealed_size(self, id.0)
+    }
     fn pin(&self, id: ObjectId) -> Result<Location, String> {
         Store::pin(self, id.0).map_err(|e| e.to_string())
     }

@@ -49,6 +49,8 @@ pub trait LocalStore {
     fn contains(&self, id: ObjectId) -> bool;
     /// `id` is here but spilled to disk.
     fn is_spilled(&self, id: ObjectId) -> bool;
+    /// The size of the sealed copy of `id` here, if there is one.
+    fn sealed_size(&self, id: ObjectId) -> Option<u64>;
     /// Pins `id` for a reader and says where to read it.
     fn pin(&self, id: ObjectId) -> Result<Location, String>;
     /// Drops one pin of `id`.
@@ -361,6 +363,15 @@ impl<S: LocalStore> WorkerCore<S> {
         }
         for d in msg.tasks {
             self.outstanding = self.outstanding.saturating_sub(1);
+            // Its result is already sealed here: an earlier run of the
+            // same task finished on this node after the head lost track
+            // of it (e.g. the head restarted mid-rebuild). That copy is
+            // the result; running again could not store a second one.
+            if let Some(size) = self.store.sealed_size(d.task) {
+                tracing::info!(task = %d.task, size, "the task's result is already stored here; reporting it without running the task again");
+                self.result(d.task, Ok(Value::Stored { size }));
+                continue;
+            }
             // The call's own resources, else its function's.
             let res = match &d.resources {
                 Some(r) => r.clone(),

@@ -52,6 +52,9 @@ impl LocalStore for FakeStore {
     fn is_spilled(&self, id: ObjectId) -> bool {
         self.objects.borrow().get(&id).is_some_and(|o| o.sealed && o.spilled)
     }
+    fn sealed_size(&self, id: ObjectId) -> Option<u64> {
+        self.is_sealed(id).then_some(10)
+    }
     fn pin(&self, id: ObjectId) -> Result<Location, String> {
         let mut m = self.objects.borrow_mut();
         match m.get_mut(&id) {
@@ -816,4 +819,21 @@ fn blocked_executors_are_bounded() {
     }
     assert_eq!(w.core.executors().len(), hard, "at most max_executors x (1 + {BLOCKED_EXECUTORS_FACTOR}) executors");
     assert_eq!(w.core.queued(), 20 - hard);
+}
+
+/// A head that lost track of a finished run (it restarted mid-rebuild)
+/// sends the task again: its result is already sealed here, so it is
+/// reported at once, nothing runs, and the copy is not touched.
+#[test]
+fn a_task_whose_result_is_already_stored_here_is_reported_without_running() {
+    let mut w = World::new(1.0);
+    w.core.store().sealed(t(7));
+    w.tasks(vec![dispatch(t(7), 0, vec![])]);
+    assert!(w.fx.spawned.is_empty(), "no executor started for it");
+    let got = w.fx.results();
+    assert!(matches!(got.as_slice(), [(id, Ok(Value::Stored { size: 10 }))] if *id == t(7)), "reported as stored: {got:?}");
+    assert!(w.core.store().is_sealed(t(7)), "the stored copy stays");
+    // The next task still runs as usual.
+    w.tasks(vec![dispatch(t(8), 0, vec![])]);
+    assert_eq!(w.fx.spawned.len(), 1, "the next task starts an executor");
 }
