@@ -26,7 +26,7 @@ pub struct FunctionDef {
 pub enum NewArg {
     /// A serialized value.
     Value(Bytes),
-    /// A reference to an object of the same job.
+    /// A reference to an object (its own job's, or one it borrowed).
     Object(ObjectId),
 }
 
@@ -45,6 +45,9 @@ pub struct NewTask {
     pub resources: Option<ResourceSet>,
     /// Overrides the function's `retry_exceptions` for this call.
     pub retry_exceptions: Option<bool>,
+    /// Objects referenced from inside its inline argument values: they
+    /// live while the task does.
+    pub contains: Vec<ObjectId>,
 }
 
 /// A finished value as a worker reports it.

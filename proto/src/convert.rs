@@ -230,6 +230,7 @@ impl From<pb::TaskSubmit> for NewTask {
             max_retries: t.max_retries,
             resources: t.resources.as_ref().map(ResourceSet::from),
             retry_exceptions: t.retry_exceptions,
+            contains: t.contains.into_iter().map(ObjectId).collect(),
         }
     }
 }
@@ -253,6 +254,7 @@ impl From<NewTask> for pb::TaskSubmit {
             max_retries: t.max_retries,
             resources: t.resources.as_ref().map(pb::Resources::from),
             retry_exceptions: t.retry_exceptions,
+            contains: t.contains.into_iter().map(|o| o.0).collect(),
         }
     }
 }

@@ -45,7 +45,9 @@ impl Core {
                             return Err(format!("waiting task {} takes {} {needed} times but is its dependent {listed} times", d(*id), d(*x)));
                         }
                     }
-                } else if !self.objects.contains_key(x) {
+                } else if !self.objects.contains_key(x) && !(matches!(t.state, TaskState::Dispatched(_)) && !self.jobs.contains_key(&x.job())) {
+                    // (A running task may have read an input of another
+                    // job that ended since.)
                     return Err(format!("input {} of task {} is neither a task nor an object", d(*x), d(*id)));
                 }
             }
@@ -132,7 +134,7 @@ impl Core {
             if o.task_refs != want {
                 return Err(format!("object {} has task_refs {} but {want} unfinished tasks take it", d(*id), o.task_refs));
             }
-            if !o.driver_ref && o.task_refs == 0 {
+            if !o.referenced() {
                 return Err(format!("object {} is referenced by nobody but kept", d(*id)));
             }
             if let ObjectState::Stored { holders, .. } = &o.state
@@ -144,6 +146,50 @@ impl Core {
                 if let Some(h) = holders.iter().find(|h| !self.nodes.get(h).is_some_and(|n| n.alive)) {
                     return Err(format!("stored object {} lists dead holder {h}", d(*id)));
                 }
+            }
+        }
+        self.check_value_refs()
+    }
+
+    /// Refs in values: every id's `contained_in` equals the containers
+    /// listing it, and borrowers are live jobs.
+    fn check_value_refs(&self) -> Result<(), String> {
+        let mut listed: IdMap<ObjectId, u32> = IdMap::default();
+        let mut have: IdMap<ObjectId, u32> = IdMap::default();
+        let check_borrowers = |id: ObjectId, r: &Refs| -> Result<(), String> {
+            if let Some(b) = r.borrowers.iter().find(|b| !self.jobs.contains_key(b)) {
+                return Err(format!("{id} is borrowed by gone job {b}"));
+            }
+            Ok(())
+        };
+        for (id, o) in &self.objects {
+            if let Some(r) = &o.refs {
+                check_borrowers(*id, r)?;
+                have.insert(*id, r.contained_in);
+                for c in &r.contains {
+                    *listed.entry(*c).or_default() += 1;
+                }
+            }
+        }
+        for (id, t) in &self.tasks {
+            if let Some(e) = &t.extra {
+                check_borrowers(*id, &e.refs)?;
+                have.insert(*id, e.refs.contained_in);
+                for c in e.refs.contains.iter().chain(&e.arg_refs) {
+                    *listed.entry(*c).or_default() += 1;
+                }
+            }
+        }
+        for (id, n) in &listed {
+            let known = self.objects.contains_key(id) || self.tasks.contains_key(id);
+            let got = have.get(id).copied().unwrap_or(0);
+            if known && got != *n {
+                return Err(format!("{id} is held by {n} containers but counts {got}"));
+            }
+        }
+        for (id, n) in &have {
+            if *n > 0 && listed.get(id).copied().unwrap_or(0) != *n {
+                return Err(format!("{id} counts {n} containers but {} list it", listed.get(id).copied().unwrap_or(0)));
             }
         }
         Ok(())

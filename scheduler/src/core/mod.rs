@@ -209,6 +209,33 @@ struct Extra {
     history: Vec<String>,
     /// The call's own resources, when they are not its function's.
     resources: Option<ResourceSet>,
+    /// Who else keeps its future result alive, and the refs that result
+    /// will hold (told by the process running it).
+    refs: Refs,
+    /// Objects referenced from inside its inline argument values.
+    arg_refs: Vec<ObjectId>,
+}
+
+/// References that keep an object (or a task's future result) alive
+/// besides its own driver's and its consumers': jobs that borrowed a ref
+/// to it (one reached them inside a value) and live containers whose value
+/// holds a ref to it; and the refs its own value holds, dropped when it is
+/// freed. Most objects have none (the table keeps a `None`).
+#[derive(Default, Debug)]
+struct Refs {
+    /// Jobs holding a ref that reached them inside a value (the owning
+    /// job too, for such a ref after its own first refs were dropped).
+    borrowers: Vec<JobId>,
+    /// Live objects, tasks and task results whose values hold a ref to it.
+    contained_in: u32,
+    /// The refs its value holds.
+    contains: Vec<ObjectId>,
+}
+
+impl Refs {
+    fn keeps(&self) -> bool {
+        !self.borrowers.is_empty() || self.contained_in > 0
+    }
 }
 
 impl Task {
@@ -281,6 +308,14 @@ struct Object {
     /// For a task's stored result: the task, to re-run if it is lost.
     /// Boxed: inline results and puts (most objects) never need it.
     lineage: Option<Box<Lineage>>,
+    /// Refs to it from values and other jobs, and refs in its value.
+    refs: Option<Box<Refs>>,
+}
+
+impl Object {
+    fn referenced(&self) -> bool {
+        self.driver_ref || self.task_refs > 0 || self.refs.as_ref().is_some_and(|r| r.keeps())
+    }
 }
 
 /// The scheduler state. See the module docs.
@@ -718,6 +753,7 @@ impl Core {
                     max_retries: Some(l.max_retries as u32),
                     resources: l.resources.as_deref().cloned(),
                     retry_exceptions: Some(l.retry_exceptions),
+                    contains: Vec::new(),
                 }),
             })
             .collect();
@@ -733,6 +769,7 @@ impl Core {
                     max_retries: Some(t.max_retries as u32),
                     resources: t.own_resources().cloned(),
                     retry_exceptions: Some(t.retry_exceptions),
+                    contains: t.extra.as_ref().map(|e| e.arg_refs.clone()).unwrap_or_default(),
                 },
                 driver_ref: t.driver_ref,
             })
@@ -776,7 +813,7 @@ impl Core {
             if !o.driver_ref {
                 unreferenced.push(o.id);
             }
-            self.objects.insert(o.id, Object { state, driver_ref: o.driver_ref, task_refs: 0, lineage });
+            self.objects.insert(o.id, Object { state, driver_ref: o.driver_ref, task_refs: 0, lineage, refs: None });
         }
         let released: Vec<TaskId> = snap.tasks.iter().filter(|t| !t.driver_ref).map(|t| t.task.id).collect();
         self.submit(job, snap.tasks.into_iter().map(|t| t.task).collect(), out);
@@ -852,6 +889,7 @@ impl Core {
     pub fn job_disconnected(&mut self, job: JobId, out: &mut impl Outbox) {
         let Some(j) = self.jobs.remove(&job) else { return };
         let mine: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.job == job).map(|(id, _)| *id).collect();
+        let mut removed = Vec::with_capacity(mine.len());
         for id in &mine {
             let Some(task) = self.tasks.remove(id) else { continue };
             match task.state {
@@ -869,9 +907,35 @@ impl Core {
                     }
                 }
             }
+            removed.push((*id, task));
         }
+        // What its tasks held: inputs (maybe other jobs' objects), refs in
+        // their arguments and in their future results; jobs that borrowed
+        // a future result are told it will not come.
+        let mut told: Vec<(JobId, ObjectId)> = Vec::new();
+        for (id, mut task) in removed {
+            self.release_args(&task, out);
+            if let Some(e) = task.extra.as_mut() {
+                let r = std::mem::take(&mut e.refs);
+                told.extend(r.borrowers.iter().filter(|b| **b != job).map(|b| (*b, id)));
+                for c in r.contains {
+                    self.uncontain(c, out);
+                }
+            }
+        }
+        // Its objects go, and with them the refs their values held; other
+        // jobs that borrowed one are told it is gone; refs it borrowed are
+        // dropped.
+        let mut dropped: Vec<ObjectId> = Vec::new();
+        let mut unborrowed: Vec<ObjectId> = Vec::new();
         self.objects.retain(|id, o| {
             if id.job() != job {
+                if let Some(r) = o.refs.as_mut()
+                    && let Some(i) = r.borrowers.iter().position(|b| *b == job)
+                {
+                    r.borrowers.swap_remove(i);
+                    unborrowed.push(*id);
+                }
                 return true;
             }
             if let ObjectState::Stored { holders, .. } = &o.state {
@@ -879,8 +943,41 @@ impl Core {
                     out.free_object(*h, *id);
                 }
             }
+            if let Some(r) = o.refs.take() {
+                told.extend(r.borrowers.iter().filter(|b| **b != job).map(|b| (*b, *id)));
+                dropped.extend(r.contains);
+            }
             false
         });
+        for t in self.tasks.values_mut() {
+            if let Some(e) = t.extra.as_mut() {
+                e.refs.borrowers.retain(|b| *b != job);
+            }
+        }
+        for (b, id) in told {
+            let f = Failure::new(FailureKind::ObjectLost, format!("object {id} is gone: job {job}, which made it, ended"));
+            out.result(b, id, Err(f));
+        }
+        for id in dropped {
+            self.uncontain(id, out);
+        }
+        for id in unborrowed {
+            self.maybe_free(id, out);
+        }
+        // Other jobs' queued tasks that take one of its objects or results
+        // (refs they borrowed) cannot run.
+        let gone = |x: &ObjectId| x.job() == job;
+        let orphans: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.state, TaskState::Waiting | TaskState::Ready))
+            .filter(|(_, t)| t.args.iter().any(|a| matches!(a, ArgSlot::Object(x) if gone(x))))
+            .map(|(id, _)| *id)
+            .collect();
+        for t in orphans {
+            let f = Failure::new(FailureKind::ObjectLost, format!("an input of the task is gone: job {job}, which made it, ended"));
+            self.fail_task(t, f, out);
+        }
         for (id, node) in self.nodes.iter_mut() {
             if node.functions_sent.remove(&job).is_some() && node.alive {
                 out.job_finished(*id, job);
@@ -923,7 +1020,7 @@ impl Core {
                 ObjectState::Stored { size, holders: vec![node] }
             }
         };
-        self.objects.insert(id, Object { state, driver_ref: true, task_refs: 0, lineage: None });
+        self.objects.insert(id, Object { state, driver_ref: true, task_refs: 0, lineage: None, refs: None });
         if let Some(node) = dead {
             let f = Failure::new(FailureKind::ObjectLost, format!("object {} was put into the store of node {node}, which died", id));
             self.object_failed(id, f, out);
@@ -961,9 +1058,6 @@ impl Core {
     /// finishes, like any result.
     pub fn locate(&mut self, job: JobId, ids_: &[ObjectId], out: &mut impl Outbox) {
         for &id in ids_ {
-            if id.job() != job {
-                continue;
-            }
             if self.tasks.contains_key(&id) {
                 continue;
             }
@@ -1000,14 +1094,15 @@ impl Core {
                     }
                     continue;
                 };
-                let own = oid.job() == job;
-                if let Some(o) = self.objects.get_mut(&oid).filter(|_| own) {
+                // Its own job's objects, or one it borrowed (a ref that
+                // reached it inside a value).
+                if let Some(o) = self.objects.get_mut(&oid) {
                     o.task_refs += 1;
                     if let ObjectState::Failed(f) = &o.state {
                         early.get_or_insert_with(|| (**f).clone());
                     }
                     slots.push(ArgSlot::Object(oid));
-                } else if let Some(producer) = self.tasks.get_mut(&oid).filter(|_| own) {
+                } else if let Some(producer) = self.tasks.get_mut(&oid) {
                     producer.result_refs += 1;
                     producer.dependents.get_or_insert_default().push(t.id);
                     missing += 1;
@@ -1038,13 +1133,19 @@ impl Core {
                     retry_exceptions,
                     unreadable: 0,
                     cancel_requested: false,
-                    extra: t.resources.map(|r| Box::new(Extra { history: Vec::new(), resources: Some(r) })),
+                    extra: t.resources.map(|r| Box::new(Extra { resources: Some(r), ..Default::default() })),
                     driver_ref: true,
                     result_refs: 0,
                     dependents: None,
                 },
             );
             self.counts.queued += 1;
+            if !t.contains.is_empty() {
+                let kept: Vec<ObjectId> = t.contains.into_iter().filter(|c| self.add_contained(*c)).collect();
+                if let Some(task) = self.tasks.get_mut(&t.id) {
+                    task.extra.get_or_insert_default().arg_refs = kept;
+                }
+            }
             if let Some(f) = early {
                 self.fail_task(t.id, f, out);
             } else if missing == 0 {
@@ -1174,6 +1275,9 @@ impl Core {
     }
 
     fn release_args(&mut self, task: &Task, out: &mut impl Outbox) {
+        for c in task.extra.as_ref().map(|e| e.arg_refs.as_slice()).unwrap_or_default() {
+            self.uncontain(*c, out);
+        }
         for a in task.args.iter() {
             if let ArgSlot::Object(oid) = a {
                 if let Some(o) = self.objects.get_mut(oid) {
@@ -1186,11 +1290,121 @@ impl Core {
         }
     }
 
+    /// Frees `id` if nothing references it any more, and then what only
+    /// its value kept alive.
     fn maybe_free(&mut self, id: ObjectId, out: &mut impl Outbox) {
-        if self.objects.get(&id).is_some_and(|o| !o.driver_ref && o.task_refs == 0)
-            && let Some(o) = self.objects.remove(&id)
-        {
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            if !self.objects.get(&id).is_some_and(|o| !o.referenced()) {
+                continue;
+            }
+            let Some(o) = self.objects.remove(&id) else { continue };
             Self::free_copies(id, &o.state, out);
+            for c in o.refs.map(|r| r.contains).unwrap_or_default() {
+                if self.drop_containment(c) {
+                    work.push(c);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ references in values
+
+    /// One more live container holds a ref to `id`; false if `id` is
+    /// neither an object nor a task (nothing to keep).
+    fn add_contained(&mut self, id: ObjectId) -> bool {
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.refs.get_or_insert_default().contained_in += 1;
+            true
+        } else if let Some(t) = self.tasks.get_mut(&id) {
+            t.extra.get_or_insert_default().refs.contained_in += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// One container of `id` is gone; whether `id` is an object that may
+    /// now be free.
+    fn drop_containment(&mut self, id: ObjectId) -> bool {
+        if let Some(o) = self.objects.get_mut(&id) {
+            if let Some(r) = o.refs.as_mut() {
+                r.contained_in = r.contained_in.saturating_sub(1);
+            }
+            true
+        } else {
+            if let Some(e) = self.tasks.get_mut(&id).and_then(|t| t.extra.as_mut()) {
+                e.refs.contained_in = e.refs.contained_in.saturating_sub(1);
+            }
+            false
+        }
+    }
+
+    fn uncontain(&mut self, id: ObjectId, out: &mut impl Outbox) {
+        if self.drop_containment(id) {
+            self.maybe_free(id, out);
+        }
+    }
+
+    /// The refs (to objects or future results) of `id`, an object or a task.
+    fn refs_mut(&mut self, id: ObjectId) -> Option<&mut Refs> {
+        if self.objects.contains_key(&id) {
+            return self.objects.get_mut(&id).map(|o| &mut **o.refs.get_or_insert_default());
+        }
+        self.tasks.get_mut(&id).map(|t| &mut t.extra.get_or_insert_default().refs)
+    }
+
+    /// Refs that reached `job` inside values were taken (`true`) or their
+    /// last copy there dropped (`false`), in order. A taken one is
+    /// answered like a result: at once if its value is known, when it is
+    /// otherwise; one that no longer exists is answered with `ObjectLost`.
+    pub fn borrow(&mut self, job: JobId, ops: &[(ObjectId, bool)], out: &mut impl Outbox) {
+        if !self.jobs.contains_key(&job) {
+            return;
+        }
+        for &(id, hold) in ops {
+            if hold {
+                let Some(r) = self.refs_mut(id) else {
+                    let f = Failure::new(
+                        FailureKind::ObjectLost,
+                        format!("object {id} no longer exists: every reference to it was dropped, or the job that made it ended"),
+                    );
+                    out.result(job, id, Err(f));
+                    continue;
+                };
+                if !r.borrowers.contains(&job) {
+                    r.borrowers.push(job);
+                }
+                if let Some(answer) = self.objects.get(&id).and_then(|o| self.answer(id, &o.state)) {
+                    out.result(job, id, answer);
+                }
+            } else {
+                if let Some(r) = self.refs_mut(id) {
+                    r.borrowers.retain(|b| *b != job);
+                }
+                self.maybe_free(id, out);
+            }
+        }
+    }
+
+    /// The value of `container` holds refs to `ids`: they live while it
+    /// does. `container` is a put of `job`, or a running task (told by the
+    /// process running it, before its result). Told again, the new list
+    /// replaces the old (a retried task).
+    pub fn contain(&mut self, job: JobId, container: ObjectId, ids: &[ObjectId], out: &mut impl Outbox) {
+        let known = self.objects.contains_key(&container) && container.job() == job
+            || self.tasks.get(&container).is_some_and(|t| matches!(t.state, TaskState::Dispatched(_)));
+        if !known {
+            tracing::warn!(job, container = %container, "refs held by an unknown or finished container ignored");
+            return;
+        }
+        let kept: Vec<ObjectId> = ids.iter().copied().filter(|id| *id != container && self.add_contained(*id)).collect();
+        let old = match self.refs_mut(container) {
+            Some(r) => std::mem::replace(&mut r.contains, kept),
+            None => kept,
+        };
+        for id in old {
+            self.uncontain(id, out);
         }
     }
 
@@ -1249,14 +1463,18 @@ impl Core {
 
     /// Records an object's final state, tells its driver, and wakes or
     /// dooms its dependents. Returns the dependents that must now fail.
-    fn settle(&mut self, id: ObjectId, task: Task, state: ObjectState, out: &mut impl Outbox) -> Vec<TaskId> {
-        if task.driver_ref
-            && let Some(outcome) = self.answer(id, &state)
-        {
-            out.result(id.job(), id, outcome);
+    fn settle(&mut self, id: ObjectId, mut task: Task, state: ObjectState, out: &mut impl Outbox) -> Vec<TaskId> {
+        let refs = task.extra.as_mut().map(|e| std::mem::take(&mut e.refs)).filter(|r| r.keeps() || !r.contains.is_empty());
+        if let Some(outcome) = self.answer(id, &state) {
+            if task.driver_ref {
+                out.result(id.job(), id, outcome.clone());
+            }
+            for b in refs.iter().flat_map(|r| r.borrowers.iter()) {
+                out.result(*b, id, outcome.clone());
+            }
         }
         // Keep the object only while someone can still ask for it.
-        if task.driver_ref || task.result_refs > 0 {
+        if task.driver_ref || task.result_refs > 0 || refs.as_ref().is_some_and(|r| r.keeps()) {
             let lineage = matches!(state, ObjectState::Stored { .. }).then(|| {
                 Box::new(Lineage {
                     func: task.func,
@@ -1266,9 +1484,13 @@ impl Core {
                     resources: task.own_resources().cloned().map(Box::new),
                 })
             });
-            self.objects.insert(id, Object { state: state.clone(), driver_ref: task.driver_ref, task_refs: task.result_refs, lineage });
+            self.objects
+                .insert(id, Object { state: state.clone(), driver_ref: task.driver_ref, task_refs: task.result_refs, lineage, refs: refs.map(Box::new) });
         } else {
             Self::free_copies(id, &state, out);
+            for c in refs.map(|r| r.contains).unwrap_or_default() {
+                self.uncontain(c, out);
+            }
         }
         let mut doomed = Vec::new();
         for d in task.dependents.map(|b| *b).unwrap_or_default() {
@@ -1408,9 +1630,12 @@ impl Core {
             if !matches!(&o.state, ObjectState::Stored { holders, .. } if holders.is_empty()) {
                 continue;
             }
-            if !(o.driver_ref || o.task_refs > 0) || !self.jobs.contains_key(&oid.job()) {
+            if !o.referenced() || !self.jobs.contains_key(&oid.job()) {
                 if let Some(o) = self.objects.remove(&oid) {
                     Self::free_copies(oid, &o.state, out);
+                    for c in o.refs.map(|r| r.contains).unwrap_or_default() {
+                        self.uncontain(c, out);
+                    }
                 }
                 continue;
             }
@@ -1453,7 +1678,13 @@ impl Core {
                     missing: 0,
                     state: TaskState::Waiting,
                     attempts: 0,
-                    extra: Some(Box::new(Extra { history: vec![format!("rebuilt: {why}")], resources: lin.resources.map(|r| *r) })),
+                    extra: Some(Box::new(Extra {
+                        history: vec![format!("rebuilt: {why}")],
+                        resources: lin.resources.map(|r| *r),
+                        // Who holds it, and what its value holds, stay.
+                        refs: o.refs.map(|r| *r).unwrap_or_default(),
+                        arg_refs: Vec::new(),
+                    })),
                     max_retries: lin.max_retries,
                     retry_exceptions: lin.retry_exceptions,
                     unreadable: 0,

@@ -83,6 +83,10 @@ struct SimJob {
     next_seq: u64,
     /// References the driver holds.
     held: Vec<ObjectId>,
+    /// Refs to other jobs' objects that reached it inside values.
+    borrowed: Vec<ObjectId>,
+    /// Every id it ever borrowed (answers for them are expected).
+    ever_borrowed: HashSet<ObjectId>,
     /// Tasks it submitted (puts are not here).
     tasks: HashSet<ObjectId>,
     made: HashSet<ObjectId>,
@@ -153,6 +157,8 @@ impl World {
             ended: false,
             next_seq: 1,
             held: Vec::new(),
+            borrowed: Vec::new(),
+            ever_borrowed: HashSet::new(),
             tasks: HashSet::new(),
             made: HashSet::new(),
             answers: HashMap::new(),
@@ -215,6 +221,7 @@ impl World {
                 j.ended = true;
                 j.attached = false;
                 j.held.clear();
+                j.borrowed.clear();
             }
         }
         for (job, id, r) in out.results {
@@ -234,6 +241,10 @@ impl World {
             return None;
         }
         if !j.made.contains(&id) {
+            if j.ever_borrowed.contains(&id) {
+                // Its owner may end: then it is gone, whatever it was.
+                return None;
+            }
             return Some(format!("job {job} got a result for {}, which it never made", id));
         }
         if let Some(prev) = j.answers.get(&id) {
@@ -284,7 +295,7 @@ impl World {
     /// One random event. Returns what it was, for the trace.
     fn step(&mut self) -> String {
         let mut out = Sent::default();
-        let what = match self.rng.random_range(0..100) {
+        let what = match self.rng.random_range(0..104) {
             0..=17 => self.submit(&mut out),
             18..=23 => self.put(&mut out),
             24..=29 => {
@@ -294,6 +305,29 @@ impl World {
                 let job = self.jobs[j].id;
                 self.core.release(job, &[id], &mut out);
                 format!("job {job} releases {}", id)
+            }
+            // A ref reaches a job inside a value (another job's, or its
+            // own after it let go), or its last copy there drops.
+            100..=101 => {
+                let Some(j) = self.pick_job() else { return "no job".into() };
+                let Some(k) = self.pick_job() else { return "no job".into() };
+                let Some(id) = self.pick_held(k) else { return "nothing held".into() };
+                let job = self.jobs[j].id;
+                self.jobs[j].borrowed.push(id);
+                self.jobs[j].ever_borrowed.insert(id);
+                self.core.borrow(job, &[(id, true)], &mut out);
+                format!("job {job} borrows {id}")
+            }
+            102..=103 => {
+                let Some(j) = self.pick_job() else { return "no job".into() };
+                let n = self.jobs[j].borrowed.len();
+                if n == 0 {
+                    return "nothing borrowed".into();
+                }
+                let id = self.jobs[j].borrowed.swap_remove(self.rng.random_range(0..n));
+                let job = self.jobs[j].id;
+                self.core.borrow(job, &[(id, false)], &mut out);
+                format!("job {job} drops its borrowed {id}")
             }
             30..=32 => {
                 let Some(j) = self.pick_job() else { return "no job".into() };
@@ -402,6 +436,7 @@ impl World {
             None => {
                 self.jobs[j].ended = true;
                 self.jobs[j].held.clear();
+                self.jobs[j].borrowed.clear();
                 format!("job {job}'s driver finds its job gone")
             }
         }
@@ -436,7 +471,7 @@ impl World {
             // Some calls bring their own resources or retry policy.
             let resources = self.rng.random_bool(0.15).then(|| ResourceSet::cpus([0.0, 1.0, 1.5][self.rng.random_range(0..3)]));
             let retry_exceptions = self.rng.random_bool(0.15).then(|| self.rng.random_bool(0.5));
-            tasks.push(NewTask { id, func, args, max_retries, resources, retry_exceptions });
+            tasks.push(NewTask { id, func, args, max_retries, resources, retry_exceptions, contains: Vec::new() });
         }
         let n = tasks.len();
         let desc = format!("job {job} submits {n} tasks: {:?}", tasks.iter().map(|t| (t.id, t.func, t.args.len())).collect::<Vec<_>>());
@@ -456,10 +491,23 @@ impl World {
             }
             None => PutValue::Inline(Bytes::from_static(b"put")),
         };
+        // Some values hold refs to what the job (or another) holds.
+        let mut contains = Vec::new();
+        if self.rng.random_bool(0.3) {
+            for _ in 0..self.rng.random_range(1..=2) {
+                let k = self.pick_job().unwrap_or(j);
+                if let Some(x) = self.pick_held(k) {
+                    contains.push(x);
+                }
+            }
+        }
         self.jobs[j].held.push(id);
         self.jobs[j].made.insert(id);
-        let desc = format!("job {job} puts {} ({value:?})", id);
+        let desc = format!("job {job} puts {} ({value:?}) holding refs {contains:?}", id);
         self.core.put(job, id, value, out);
+        if !contains.is_empty() {
+            self.core.contain(job, id, &contains, out);
+        }
         desc
     }
 
@@ -629,6 +677,8 @@ impl World {
             if !j.ended {
                 let held = std::mem::take(&mut j.held);
                 self.core.release(j.id, &held, &mut out);
+                let ops: Vec<(ObjectId, bool)> = std::mem::take(&mut j.borrowed).into_iter().map(|id| (id, false)).collect();
+                self.core.borrow(j.id, &ops, &mut out);
             }
         }
         self.deliver(out);

@@ -69,7 +69,7 @@ fn job_with(core: &mut Core, funcs: &[(&str, ResourceSet, u32)]) -> JobId {
 }
 
 fn task(job: JobId, seq: u64, func: u32, args: Vec<NewArg>) -> NewTask {
-    NewTask { id: ObjectId::new(job, seq), func, args, max_retries: None, resources: None, retry_exceptions: None }
+    NewTask { id: ObjectId::new(job, seq), func, args, max_retries: None, resources: None, retry_exceptions: None, contains: Vec::new() }
 }
 
 fn val(x: &'static [u8]) -> NewArg {
@@ -321,7 +321,15 @@ fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
     // A task with another job's id is ignored.
     core.submit(
         job,
-        vec![NewTask { id: ObjectId::new(job + 1, 1), func: 0, args: vec![], max_retries: None, resources: None, retry_exceptions: None }],
+        vec![NewTask {
+            id: ObjectId::new(job + 1, 1),
+            func: 0,
+            args: vec![],
+            max_retries: None,
+            resources: None,
+            retry_exceptions: None,
+            contains: Vec::new(),
+        }],
         &mut out,
     );
     assert_eq!(core.task_count(), 0);
@@ -1000,4 +1008,135 @@ fn a_job_started_by_a_task_ends_with_the_job_of_that_task() {
     assert!(core.job_reattached(grandchild).is_none());
     assert!(core.job_reattached(other).is_some());
     out.assert_quiet();
+}
+
+// ---------------------------------------------------------------- refs in values
+
+/// A job with one function on a 4-CPU node that asked for work.
+fn refs_world() -> (Core, Rec, NodeId, u64, JobId) {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(4.0), t0(), &mut out);
+    core.node_credits(a, ea, 100, t0());
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    (core, out, a, ea, job)
+}
+
+fn stored_ok(size: u64) -> Result<Value, Failure> {
+    Ok(Value::Stored { size })
+}
+
+#[test]
+fn a_ref_inside_a_put_keeps_its_object_until_the_put_is_freed() {
+    let (mut core, mut out, a, _, job) = refs_world();
+    let (piece, bag) = (ObjectId::new(job, 1), ObjectId::new(job, 2));
+    core.put(job, piece, PutValue::Stored { size: 1 << 20, node: a }, &mut out);
+    core.put(job, bag, PutValue::Inline(Bytes::from_static(b"[1.1]")), &mut out);
+    core.contain(job, bag, &[piece], &mut out);
+    core.release(job, &[piece], &mut out);
+    assert!(out.freed.is_empty(), "the piece lives while the bag holds a ref to it");
+    core.check_invariants().unwrap();
+    core.release(job, &[bag], &mut out);
+    assert_eq!(out.freed, vec![(a, piece)], "freeing the bag frees the piece");
+    assert_eq!(core.object_count(), 0);
+    core.check_invariants().unwrap();
+}
+
+#[test]
+fn a_borrowing_job_is_answered_and_keeps_the_object_until_it_lets_go() {
+    let (mut core, mut out, a, _, owner) = refs_world();
+    let other = job_with(&mut core, &[("g", ResourceSet::cpus(1.0), 0)]);
+    let x = ObjectId::new(owner, 1);
+    core.put(owner, x, PutValue::Stored { size: 1 << 20, node: a }, &mut out);
+    core.borrow(other, &[(x, true)], &mut out);
+    assert!(matches!(out.results.as_slice(), [(j, id, Ok(Payload::Stored(_)))] if *j == other && *id == x), "told where it is: {:?}", out.results);
+    out.results.clear();
+    core.release(owner, &[x], &mut out);
+    assert!(out.freed.is_empty(), "the borrower keeps it");
+    // The borrower passes it to a task of its own.
+    core.submit(other, vec![task(other, 1, 0, vec![NewArg::Object(x)])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().len(), 1, "a borrowed object is a valid argument");
+    core.borrow(other, &[(x, false)], &mut out);
+    assert!(out.freed.is_empty(), "the running task still takes it");
+    core.check_invariants().unwrap();
+    core.tasks_finished(a, 1, vec![(ObjectId::new(other, 1), ok(b"done"))], t0(), &mut out);
+    assert_eq!(out.freed, vec![(a, x)], "freed after its last user");
+    core.check_invariants().unwrap();
+}
+
+#[test]
+fn a_borrowed_future_result_is_sent_to_the_borrower_and_a_gone_one_fails_at_once() {
+    let (mut core, mut out, a, ea, owner) = refs_world();
+    let other = job_with(&mut core, &[("g", ResourceSet::cpus(1.0), 0)]);
+    let t = ObjectId::new(owner, 1);
+    core.submit(owner, vec![task(owner, 1, 0, vec![])], &mut out);
+    core.borrow(other, &[(t, true)], &mut out);
+    core.release(owner, &[t], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.tasks_finished(a, ea, vec![(t, ok(b"v"))], t0(), &mut out);
+    assert_eq!(out.results, vec![(other, t, Ok(inline(b"v")))], "only the borrower holds it, and it is told");
+    assert_eq!(core.object_count(), 1, "kept for the borrower");
+    out.results.clear();
+    let gone = ObjectId::new(owner, 99);
+    core.borrow(other, &[(gone, true)], &mut out);
+    assert!(matches!(out.results.as_slice(), [(j, id, Err(f))] if *j == other && *id == gone && f.kind == FailureKind::ObjectLost), "{:?}", out.results);
+    core.check_invariants().unwrap();
+}
+
+/// Issue 14's shape: a task's child job makes pieces and returns refs to
+/// them inside its result. The pieces outlive the child's own refs, go
+/// when the result goes, and their job ending tells borrowers they are gone.
+#[test]
+fn refs_in_a_task_result_keep_the_child_objects_alive_until_the_result_goes() {
+    let (mut core, mut out, a, ea, parent) = refs_world();
+    let t = ObjectId::new(parent, 1);
+    core.submit(parent, vec![task(parent, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    let child = core.job_connected_under("ab".repeat(32), "task".into(), Some(parent)).unwrap();
+    let pieces: Vec<ObjectId> = (1..=3).map(|s| ObjectId::new(child, s)).collect();
+    for p in &pieces {
+        core.put(child, *p, PutValue::Stored { size: 8 << 20, node: a }, &mut out);
+    }
+    core.contain(child, t, &pieces, &mut out);
+    core.release(child, &pieces, &mut out);
+    assert!(out.freed.is_empty(), "the running task's result will hold them");
+    core.tasks_finished(a, ea, vec![(t, ok(b"[refs]"))], t0(), &mut out);
+    assert_eq!(out.results, vec![(parent, t, Ok(inline(b"[refs]")))]);
+    out.results.clear();
+    // The parent's driver read the result and took the refs.
+    core.borrow(parent, &pieces.iter().map(|p| (*p, true)).collect::<Vec<_>>(), &mut out);
+    assert_eq!(out.results.len(), 3, "each borrowed piece is answered");
+    out.results.clear();
+    core.release(parent, &[t], &mut out);
+    assert!(out.freed.is_empty(), "the parent's borrows keep the pieces after the result goes");
+    core.borrow(parent, &[(pieces[0], false)], &mut out);
+    assert_eq!(out.freed, vec![(a, pieces[0])], "the last ref to a piece frees it");
+    core.check_invariants().unwrap();
+    // The child job ends (its executor went): the borrower is told.
+    core.job_disconnected(child, &mut out);
+    let lost: Vec<ObjectId> = out.results.iter().filter(|(j, _, r)| *j == parent && r.is_err()).map(|(_, id, _)| *id).collect();
+    assert_eq!(lost, vec![pieces[1], pieces[2]], "the parent is told its borrowed pieces are gone");
+    assert_eq!(core.object_count(), 0);
+    core.check_invariants().unwrap();
+}
+
+#[test]
+fn refs_inside_arguments_live_while_the_task_does() {
+    let (mut core, mut out, a, ea, job) = refs_world();
+    let x = ObjectId::new(job, 1);
+    core.put(job, x, PutValue::Stored { size: 1 << 20, node: a }, &mut out);
+    let mut t = task(job, 2, 0, vec![val(b"struct{ref 1.1}")]);
+    t.contains = vec![x];
+    core.submit(job, vec![t], &mut out);
+    core.release(job, &[x], &mut out);
+    assert!(out.freed.is_empty(), "the task's argument holds a ref to it");
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.check_invariants().unwrap();
+    core.tasks_finished(a, ea, vec![(ObjectId::new(job, 2), stored_ok(10))], t0(), &mut out);
+    assert!(out.freed.contains(&(a, x)), "freed when the task ended: {:?}", out.freed);
+    core.check_invariants().unwrap();
 }

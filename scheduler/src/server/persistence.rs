@@ -205,18 +205,30 @@ pub(super) fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToH
     }
     for p in msg.puts {
         match PutValue::try_from(&p) {
-            Ok(v) => core.put(job, ObjectId(p.id), v, out),
+            Ok(v) => {
+                core.put(job, ObjectId(p.id), v, out);
+                if !p.contains.is_empty() {
+                    core.contain(job, ObjectId(p.id), &ids_of(&p.contains), out);
+                }
+            }
             Err(e) => tracing::warn!(job, error = %e, "malformed put ignored"),
         }
     }
     if !msg.submit.is_empty() {
         core.submit(job, msg.submit.into_iter().map(NewTask::from).collect(), out);
     }
+    for c in msg.contain {
+        core.contain(job, ObjectId(c.container), &ids_of(&c.ids), out);
+    }
     if !msg.cancel.is_empty() {
         core.cancel(job, &ids_of(&msg.cancel), out);
     }
     if !msg.locate.is_empty() {
         core.locate(job, &ids_of(&msg.locate), out);
+    }
+    if !msg.borrow.is_empty() {
+        let ops: Vec<(ObjectId, bool)> = msg.borrow.iter().map(|o| (ObjectId(o.id), o.hold)).collect();
+        core.borrow(job, &ops, out);
     }
     if !msg.release.is_empty() {
         core.release(job, &ids_of(&msg.release), out);
