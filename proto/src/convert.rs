@@ -490,8 +490,10 @@ mod tests {
             max_retries: Some(2),
             resources: Some(ResourceSet::cpus(2.0)),
             retry_exceptions: Some(true),
+            contains: vec![ObjectId::new(2, 7)],
         };
         let back = NewTask::from(pb::TaskSubmit::from(t.clone()));
+        assert_eq!(back.contains, t.contains);
         assert_eq!((back.id, back.func, back.max_retries, back.retry_exceptions), (t.id, t.func, t.max_retries, t.retry_exceptions));
         assert_eq!(back.resources, t.resources);
         assert!(matches!(back.args.as_slice(), [NewArg::Object(o)] if *o == ObjectId::new(1, 1)));
