@@ -57,8 +57,9 @@ impl CallOptions {
 }
 
 /// One argument of a remote call: a serialized value or a reference to an
-/// object (which stays alive until the call is submitted).
-pub struct Arg(ArgInner);
+/// object (which stays alive until the call is submitted). A value may
+/// hold refs itself (a `Vec<ObjectRef<T>>`): they live while the task does.
+pub struct Arg(ArgInner, Vec<Arc<RefInner>>);
 
 enum ArgInner {
     Value(Bytes),
@@ -76,24 +77,28 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Arg {
-        match postcard::to_allocvec(&self) {
-            Ok(v) => Arg(ArgInner::Value(Bytes::from(v))),
-            Err(e) => Arg(ArgInner::Invalid(TaskError::Serialization {
-                message: format!("an argument of type {} could not be serialized: {e}", std::any::type_name::<T>()),
-            })),
+        let (encoded, refs) = crate::refs::collecting(|| postcard::to_allocvec(&self));
+        match encoded {
+            Ok(v) => Arg(ArgInner::Value(Bytes::from(v)), refs),
+            Err(e) => Arg(
+                ArgInner::Invalid(TaskError::Serialization {
+                    message: format!("an argument of type {} could not be serialized: {e}", std::any::type_name::<T>()),
+                }),
+                Vec::new(),
+            ),
         }
     }
 }
 
 impl<T> IntoArg<T> for ObjectRef<T> {
     fn into_arg(self) -> Arg {
-        Arg(ArgInner::Ref(self.inner))
+        Arg(ArgInner::Ref(self.inner), Vec::new())
     }
 }
 
 impl<T> IntoArg<T> for &ObjectRef<T> {
     fn into_arg(self) -> Arg {
-        Arg(ArgInner::Ref(self.inner.clone()))
+        Arg(ArgInner::Ref(self.inner.clone()), Vec::new())
     }
 }
 
@@ -109,6 +114,16 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
         Err(e) => return ObjectRef::failed(TaskError::Disconnected { message: format!("no cluster: {e}") }),
     };
     let mut wire = Vec::with_capacity(args.len());
+    // Refs inside argument values: the task holds them.
+    let mut contains = Vec::new();
+    for r in args.iter().flat_map(|a| a.1.iter()) {
+        if !r.driver.as_ref().is_some_and(|d| Arc::ptr_eq(d, &driver)) {
+            return ObjectRef::failed(TaskError::ObjectLost {
+                message: format!("object {} inside an argument belongs to another cluster session", crate::ObjectId(r.id)),
+            });
+        }
+        contains.push(r.id);
+    }
     // Large values passed directly are put in the object store first (as
     // Ray does), so they travel worker to worker, not through the head.
     let mut auto_put = Vec::new();
@@ -116,7 +131,7 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
         wire.push(match &a.0 {
             ArgInner::Value(b) if b.len() > shoal_domain::limits::STORE_THRESHOLD_BYTES => {
                 let id = driver.next_id();
-                let val = match crate::objects::put_large(&driver, id, b.len() as u64, |buf| {
+                let val = match crate::objects::put_large(&driver, id, b.len() as u64, Vec::new(), |buf| {
                     buf.copy_from_slice(b);
                     Ok(())
                 }) {
@@ -153,7 +168,7 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
     let func = driver.function_index(meta);
     let id = driver.next_id();
     let slot = driver.expect(id);
-    driver.send(Out::Submit(pb::TaskSubmit { id, func, args: wire, max_retries: opts.max_retries, resources, retry_exceptions: opts.retry_exceptions }));
+    driver.send(Out::Submit(pb::TaskSubmit { id, func, args: wire, max_retries: opts.max_retries, resources, retry_exceptions: opts.retry_exceptions, contains }));
     // `args` (holding referenced objects alive) drops only now, after the
     // submission is queued, so a release can never overtake it.
     drop(args);

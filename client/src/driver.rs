@@ -30,6 +30,13 @@ pub(crate) enum Out {
     Release(u64),
     /// Ask where a stored object is now (its holders could not send it).
     Locate(u64),
+    /// A ref that reached this process inside a value was taken (`true`)
+    /// or its last copy here dropped.
+    Borrow(u64, bool),
+    /// The value of a running task's result (its id) holds these refs.
+    Contain(u64, Vec<u64>),
+    /// Answer once the head has applied everything sent before.
+    Sync(tokio::sync::oneshot::Sender<()>),
     /// End the session cleanly (the head ends the job at once); answer
     /// once the stream is closed.
     Close(tokio::sync::oneshot::Sender<()>),
@@ -50,6 +57,9 @@ pub(crate) struct Driver {
     /// reach the head in order.
     next_function: Mutex<u32>,
     closed: Mutex<Option<String>>,
+    /// Refs were taken or put into values since the last [`Driver::sync`]:
+    /// a task must not report its result before the head has them.
+    unsynced: std::sync::atomic::AtomicBool,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -180,6 +190,7 @@ impl Driver {
             slots: DashMap::new(),
             next_function: Mutex::new(0),
             closed: Mutex::new(None),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(session_loop(Arc::downgrade(&driver), endpoint, session, rx));
         tracing::debug!(job, %address, "driver connected");
@@ -248,10 +259,61 @@ impl Driver {
         let _ = self.tx.send(out);
     }
 
-    /// The last reference to `id` was dropped.
+    /// The last reference to `id` made here (by a call or a put) was
+    /// dropped. Its slot stays while a borrowed ref to it shares it (the
+    /// caller's own `Arc` of the slot is the second count).
     pub(crate) fn release(&self, id: u64) {
-        self.slots.remove(&id);
+        self.forget_slot(id);
         let _ = self.tx.send(Out::Release(id));
+    }
+
+    /// Drops the slot of `id` unless another ref still uses it.
+    pub(crate) fn forget_slot(&self, id: u64) {
+        self.slots.remove_if(&id, |_, s| Arc::strong_count(s) <= 2);
+    }
+
+    /// The slot results for `id` complete (shared by every ref to `id` in
+    /// this process), made if there is none.
+    pub(crate) fn slot_for(&self, id: u64) -> Arc<Slot> {
+        let slot = self.slots.entry(id).or_insert_with(Slot::pending).clone();
+        if let Some(reason) = self.closed_reason() {
+            slot.complete(Err(TaskError::Disconnected { message: reason }));
+        }
+        slot
+    }
+
+    /// Takes (`hold`) or drops a ref that reached this process inside a
+    /// value. A taken one is answered like a result.
+    pub(crate) fn borrow(&self, id: u64, hold: bool) {
+        if hold {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        let _ = self.tx.send(Out::Borrow(id, hold));
+    }
+
+    /// The result of running task `task` holds refs to `ids`.
+    pub(crate) fn contain(&self, task: u64, ids: Vec<u64>) {
+        self.unsynced.store(true, Ordering::Release);
+        let _ = self.tx.send(Out::Contain(task, ids));
+    }
+
+    /// Marks refs sent inside a value (a put's) as not yet known to the head.
+    pub(crate) fn mark_unsynced(&self) {
+        self.unsynced.store(true, Ordering::Release);
+    }
+
+    /// If refs were taken or put into values since the last call, waits
+    /// until the head has applied everything sent so far (a task calls it
+    /// before its result leaves, which travels another way). A closed
+    /// session returns at once.
+    pub(crate) async fn sync_refs(&self) {
+        if !self.unsynced.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Out::Sync(done)).is_ok() {
+            let _ = wait.await;
+        }
     }
 
     pub(crate) fn cancel(&self, id: u64) {
@@ -284,6 +346,9 @@ const BATCH_BYTES: usize = shoal_domain::limits::BATCH_BYTES;
 async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut session: Session, mut rx: mpsc::UnboundedReceiver<Out>) {
     let mut seq: u64 = 0;
     let mut unacked: std::collections::VecDeque<(u64, DriverToHead)> = std::collections::VecDeque::new();
+    // Syncs waiting for the head to acknowledge a batch: (its seq, answer).
+    let mut syncs: Vec<(u64, tokio::sync::oneshot::Sender<()>)> = Vec::new();
+    let mut acked: u64 = session.acked;
     let keep = endpoint.local.is_none();
     let reason = 'session: loop {
         let broken = loop {
@@ -292,19 +357,37 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                     let Some(first) = o else { return };
                     let mut closing = None;
                     let mut msg = DriverToHead::default();
+                    let mut waiting = Vec::new();
                     let mut size = match first {
                         Out::Close(done) => {
                             closing = Some(done);
                             0
                         }
+                        Out::Sync(done) => {
+                            waiting.push(done);
+                            0
+                        }
                         o => add(&mut msg, o),
                     };
-                    while size < BATCH_BYTES && closing.is_none() {
+                    while size < BATCH_BYTES && closing.is_none() && waiting.is_empty() {
                         match rx.try_recv() {
                             Ok(Out::Close(done)) => closing = Some(done),
+                            // A sync ends the batch: it waits for exactly this one.
+                            Ok(Out::Sync(done)) => waiting.push(done),
                             Ok(o) => size += add(&mut msg, o),
                             Err(_) => break,
                         }
+                    }
+                    if !waiting.is_empty() && closing.is_none() && msg == DriverToHead::default() {
+                        // Nothing new to send: wait for what was sent.
+                        for done in waiting {
+                            if seq <= acked {
+                                let _ = done.send(());
+                            } else {
+                                syncs.push((seq, done));
+                            }
+                        }
+                        continue;
                     }
                     if let Some(done) = closing {
                         if msg != DriverToHead::default() {
@@ -324,6 +407,7 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                     }
                     seq += 1;
                     msg.seq = seq;
+                    syncs.extend(waiting.into_iter().map(|d| (seq, d)));
                     if keep {
                         unacked.push_back((seq, msg.clone()));
                     }
@@ -341,6 +425,12 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                         }
                         while unacked.front().is_some_and(|(s, _)| *s <= msg.acked) {
                             unacked.pop_front();
+                        }
+                        if msg.acked > acked {
+                            acked = msg.acked;
+                            for (_, done) in syncs.extract_if(.., |(s, _)| *s <= acked) {
+                                let _ = done.send(());
+                            }
                         }
                         if !msg.error.is_empty() {
                             break 'session msg.error;
@@ -378,6 +468,10 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
         };
         while unacked.front().is_some_and(|(s, _)| *s <= session.acked) {
             unacked.pop_front();
+        }
+        acked = acked.max(session.acked);
+        for (_, done) in syncs.extract_if(.., |(s, _)| *s <= acked) {
+            let _ = done.send(());
         }
         tracing::info!(job, resent = unacked.len(), "reconnected to the head");
         for (_, msg) in &unacked {
@@ -429,6 +523,17 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
             msg.locate.push(id);
             8
         }
+        Out::Borrow(id, hold) => {
+            msg.borrow.push(pb::RefOp { id, hold });
+            10
+        }
+        Out::Contain(container, ids) => {
+            let size = 8 * ids.len() + 8;
+            msg.contain.push(pb::Containment { container, ids });
+            size
+        }
+        // Handled by the session loop before batching.
+        Out::Sync(_) => 0,
         // Handled by the session loop before batching.
         Out::Close(_) => 0,
     }

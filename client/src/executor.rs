@@ -234,9 +234,13 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             RUNNING.store(false, std::sync::atomic::Ordering::Release);
             CURRENT_TASK.with(|c| c.set(0));
             // Encoding runs user code (Serialize impls): guarded like the call.
-            let sized = result.and_then(|enc| match guarded(&name, || enc.size())? {
-                Ok(size) => Ok((enc, size)),
-                Err(m) => Err(fail(FailureKind::ResultEncode, &name, m, String::new())),
+            // Sizing encodes the whole value once: the refs it holds are
+            // met then.
+            let (sized, refs) = crate::refs::collecting(|| {
+                result.and_then(|enc| match guarded(&name, || enc.size())? {
+                    Ok(size) => Ok((enc, size)),
+                    Err(m) => Err(fail(FailureKind::ResultEncode, &name, m, String::new())),
+                })
             });
             let outcome = match sized {
                 Err(failed) => failed,
@@ -280,6 +284,7 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
                     Err(failed) => failed,
                 },
             };
+            settle_refs(t.task, &outcome, refs);
             if let pb::task_result::Outcome::Value(v) = &outcome {
                 out_bytes += v.len();
             }
@@ -388,4 +393,17 @@ pub fn context() -> Option<TaskContext> {
         parent_pid: unsafe { libc::getppid() } as u32,
         job_id: shoal_domain::ids::job_of(task),
     })
+}
+
+/// Before task `task`'s result leaves (through the worker): the head is
+/// told which refs the result holds, and has applied every ref this
+/// process took or sent meanwhile, so none can be freed in between (see
+/// [`crate::refs`]). Free when the task touched no refs.
+fn settle_refs(task: u64, outcome: &pb::task_result::Outcome, refs: Vec<std::sync::Arc<crate::object_ref::RefInner>>) {
+    let Some(session) = crate::init::current() else { return };
+    if !refs.is_empty() && !matches!(outcome, pb::task_result::Outcome::Failure(_)) {
+        session.contain(task, crate::refs::ids(&refs));
+    }
+    crate::runtime::block_on(session.sync_refs());
+    drop(refs);
 }

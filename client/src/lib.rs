@@ -72,6 +72,7 @@ mod init;
 mod object_ref;
 mod objects;
 mod pool;
+mod refs;
 mod runtime;
 mod slot;
 mod values;

@@ -28,6 +28,9 @@ pub(crate) struct RefInner {
     pub(crate) driver: Option<Arc<Cluster>>,
     /// A pull of the value from another node, while an `.await` waits.
     fetch: Mutex<Option<tokio::task::JoinHandle<Result<Bytes, TaskError>>>>,
+    /// It reached this process inside a value (see [`crate::refs`]): the
+    /// head is told when its last copy here drops, as a borrow.
+    pub(crate) borrowed: bool,
 }
 
 impl RefInner {
@@ -42,8 +45,10 @@ impl RefInner {
 
 impl Drop for RefInner {
     fn drop(&mut self) {
-        if let Some(d) = &self.driver {
-            d.release(self.id);
+        match &self.driver {
+            Some(d) if self.borrowed => crate::refs::unborrow(d, self.id),
+            Some(d) => d.release(self.id),
+            None => {}
         }
     }
 }
@@ -95,7 +100,16 @@ fn decode_bytes<T: DeserializeOwned>(b: &Bytes) -> Result<T, TaskError> {
 
 impl<T> ObjectRef<T> {
     pub(crate) fn new(id: u64, slot: Arc<Slot>, driver: Option<Arc<Cluster>>) -> Self {
-        ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None) }), _t: PhantomData }
+        ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None), borrowed: false }), _t: PhantomData }
+    }
+
+    /// A ref that reached this process inside a value.
+    pub(crate) fn borrowed_inner(id: u64, slot: Arc<Slot>, driver: Arc<Cluster>) -> Arc<RefInner> {
+        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: true })
+    }
+
+    pub(crate) fn from_inner(inner: Arc<RefInner>) -> Self {
+        ObjectRef { inner, _t: PhantomData }
     }
 
     pub(crate) fn failed(e: TaskError) -> Self {

@@ -27,6 +27,8 @@ pub(crate) struct Cluster {
     /// `(node id, object store address)` large puts go to, when there is
     /// no local store.
     store_target: std::sync::Mutex<Option<(String, String)>>,
+    /// Borrowed refs alive in this process, by id (see [`crate::refs`]).
+    pub(crate) borrows: dashmap::DashMap<u64, std::sync::Weak<crate::object_ref::RefInner>>,
 }
 
 impl Cluster {
@@ -37,7 +39,7 @@ impl Cluster {
             Some(l) => std::sync::OnceLock::from(Some(Arc::new(l))),
             None => std::sync::OnceLock::new(),
         };
-        Arc::new(Cluster { driver, local_store, store_target: std::sync::Mutex::new(None) })
+        Arc::new(Cluster { driver, local_store, store_target: std::sync::Mutex::new(None), borrows: dashmap::DashMap::new() })
     }
 }
 
@@ -220,8 +222,15 @@ pub(crate) async fn read(driver: Option<Arc<Cluster>>, slot: Arc<crate::slot::Sl
 }
 
 /// Writes a value of `size` bytes (produced by `fill`) into a node's
-/// store as object `id` and tells the head. Returns where it lives.
-pub(crate) fn put_large(driver: &Arc<Cluster>, id: u64, size: u64, fill: impl FnOnce(&mut [u8]) -> Result<(), String>) -> Result<Val, Error> {
+/// store as object `id` and tells the head (with the refs the value
+/// holds, `contains`). Returns where it lives.
+pub(crate) fn put_large(
+    driver: &Arc<Cluster>,
+    id: u64,
+    size: u64,
+    contains: Vec<u64>,
+    fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
+) -> Result<Val, Error> {
     let serialization = |message: String| Error::Task(TaskError::Serialization { message });
     let exhausted = |s: tonic::Status, address: &str| {
         if s.code() == tonic::Code::ResourceExhausted {
@@ -263,7 +272,7 @@ pub(crate) fn put_large(driver: &Arc<Cluster>, id: u64, size: u64, fill: impl Fn
             (node, Val::Stored { id, size, holders: vec![address] })
         }
     };
-    driver.send(crate::driver::Out::Put(pb::PutObject { id, value: Bytes::new(), stored: Some(pb::StoredObject { id, size, holders: Vec::new() }), node }));
+    driver.send(crate::driver::Out::Put(pb::PutObject { id, value: Bytes::new(), stored: Some(pb::StoredObject { id, size, holders: Vec::new() }), node, contains }));
     Ok(val)
 }
 

@@ -203,12 +203,13 @@ pub(super) fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToH
     if !msg.functions.is_empty() {
         core.define_functions(job, msg.first_function, msg.functions.into_iter().map(FunctionDef::from).collect());
     }
+    let mut put_refs = Vec::new();
     for p in msg.puts {
         match PutValue::try_from(&p) {
             Ok(v) => {
                 core.put(job, ObjectId(p.id), v, out);
                 if !p.contains.is_empty() {
-                    core.contain(job, ObjectId(p.id), &ids_of(&p.contains), out);
+                    put_refs.push((ObjectId(p.id), ids_of(&p.contains)));
                 }
             }
             Err(e) => tracing::warn!(job, error = %e, "malformed put ignored"),
@@ -216,6 +217,10 @@ pub(super) fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToH
     }
     if !msg.submit.is_empty() {
         core.submit(job, msg.submit.into_iter().map(NewTask::from).collect(), out);
+    }
+    // After the submissions: a put may hold refs to calls of the same batch.
+    for (id, refs) in put_refs {
+        core.contain(job, id, &refs, out);
     }
     for c in msg.contain {
         core.contain(job, ObjectId(c.container), &ids_of(&c.ids), out);

@@ -1,0 +1,96 @@
+//! References inside values, on real processes (a head and two 1-CPU
+//! workers): a task returns refs to pieces its children make; refs travel
+//! inside arguments and puts; and when the last ref anywhere is dropped,
+//! every store is empty.
+
+mod common;
+
+use common::*;
+use shoal::ObjectRef;
+use std::time::Duration;
+
+const PIECE: usize = 8 << 20;
+
+#[shoal::remote]
+fn piece(i: u8) -> Vec<u8> {
+    vec![i; PIECE]
+}
+
+/// Makes `n` pieces through child tasks and returns refs to them at once
+/// (without waiting for them).
+#[shoal::remote]
+fn make_pieces(n: u8) -> Vec<ObjectRef<Vec<u8>>> {
+    (0..n).map(piece::remote).collect()
+}
+
+/// Reads every piece a value holds refs to: (count, sum of first bytes,
+/// total length).
+#[shoal::remote]
+fn read_pieces(bag: Bag) -> (usize, u64, usize) {
+    let mut first = 0u64;
+    let mut total = 0;
+    for r in &bag.pieces {
+        let v = r.get().unwrap();
+        first += v[0] as u64;
+        total += v.len();
+    }
+    (bag.pieces.len(), first, total)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Bag {
+    pub label: String,
+    pub pieces: Vec<ObjectRef<Vec<u8>>>,
+}
+
+fn stores_hold(c: &Cluster) -> u64 {
+    c.workers.iter().map(|w| c.node(&w.node_id).map_or(0, |n| n["store"]["objects"].as_u64().unwrap_or(0))).sum()
+}
+
+fn wait_stores_empty(c: &Cluster) {
+    wait_for(Duration::from_secs(30), "every store to be empty", || (stores_hold(c) == 0).then_some(()));
+}
+
+fn cluster() -> Cluster {
+    let mut c = Cluster::head(&[]);
+    c.add_worker(&["--num-cpus", "1"]);
+    c.add_worker(&["--num-cpus", "1"]);
+    c.connect();
+    c
+}
+
+#[test]
+fn a_task_returns_refs_to_pieces_its_children_made_and_dropping_them_empties_every_store() {
+    let c = cluster();
+    let refs = make_pieces::remote(6).get_timeout(Duration::from_secs(60)).expect("the refs come back");
+    assert_eq!(refs.len(), 6);
+    for (i, r) in refs.iter().enumerate() {
+        let v = r.get_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("piece {i}: {e}"));
+        assert_eq!((v.len(), v[0], v[PIECE - 1]), (PIECE, i as u8, i as u8), "piece {i} is the bytes its child made");
+    }
+    wait_for(Duration::from_secs(10), "the pieces to be reported stored", || (stores_hold(&c) >= 6).then_some(()));
+    // The pieces also work as arguments of the driver's own calls, and
+    // inside a value passed to a task.
+    let bag = Bag { label: "six".into(), pieces: refs.clone() };
+    assert_eq!(read_pieces::remote(bag).get_timeout(Duration::from_secs(60)).unwrap(), (6, 15, 6 * PIECE));
+    drop(refs);
+    wait_stores_empty(&c);
+    assert_eq!(c.status()["tasks"]["failed"], 0);
+}
+
+#[test]
+fn a_put_holding_refs_keeps_them_alive_after_the_driver_drops_its_own() {
+    let c = cluster();
+    let pieces: Vec<ObjectRef<Vec<u8>>> = (0..3).map(piece::remote).collect();
+    let bag = shoal::put(Bag { label: "three".into(), pieces: pieces.clone() }).unwrap();
+    drop(pieces);
+    // Only the put holds the pieces now; a task reading it still gets them.
+    assert_eq!(read_pieces::remote(&bag).get_timeout(Duration::from_secs(60)).unwrap(), (3, 3, 3 * PIECE));
+    // The driver reads the bag back: its refs work here too.
+    let back = bag.get().unwrap();
+    assert_eq!(back.label, "three");
+    assert_eq!(back.pieces[2].get().unwrap()[0], 2);
+    drop(back);
+    drop(bag);
+    wait_stores_empty(&c);
+}
