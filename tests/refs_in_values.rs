@@ -16,11 +16,17 @@ fn piece(i: u8) -> Vec<u8> {
     vec![i; PIECE]
 }
 
-/// Makes `n` pieces through child tasks and returns refs to them at once
-/// (without waiting for them).
+/// Makes `n` pieces through child tasks and returns refs to them; with
+/// `wait`, once they are all made (so only the result keeps them alive
+/// when the task's own refs drop), else at once.
 #[shoal::remote]
-fn make_pieces(n: u8) -> Vec<ObjectRef<Vec<u8>>> {
-    (0..n).map(piece::remote).collect()
+fn make_pieces(n: u8, wait: bool) -> Vec<ObjectRef<Vec<u8>>> {
+    let refs: Vec<_> = (0..n).map(piece::remote).collect();
+    if wait {
+        let (ready, _) = shoal::wait_blocking(&refs, refs.len(), None);
+        assert_eq!(ready.len(), refs.len());
+    }
+    refs
 }
 
 /// Reads every piece a value holds refs to: (count, sum of first bytes,
@@ -62,7 +68,13 @@ fn cluster() -> Cluster {
 #[test]
 fn a_task_returns_refs_to_pieces_its_children_made_and_dropping_them_empties_every_store() {
     let c = cluster();
-    let refs = make_pieces::remote(6).get_timeout(Duration::from_secs(60)).expect("the refs come back");
+    // Refs to pieces still being made, and to pieces already made.
+    let unfinished = make_pieces::remote(2, false).get_timeout(Duration::from_secs(60)).expect("the refs come back");
+    let refs = make_pieces::remote(6, true).get_timeout(Duration::from_secs(60)).expect("the refs come back");
+    for (i, r) in unfinished.iter().enumerate() {
+        assert_eq!(r.get_timeout(Duration::from_secs(60)).unwrap()[0], i as u8);
+    }
+    drop(unfinished);
     assert_eq!(refs.len(), 6);
     for (i, r) in refs.iter().enumerate() {
         let v = r.get_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("piece {i}: {e}"));
