@@ -5,6 +5,7 @@ use crate::driver::Out;
 use crate::error::TaskError;
 use crate::functions::FunctionMeta;
 use crate::object_ref::{ObjectRef, RefInner};
+use crate::objects::Cluster;
 use bytes::Bytes;
 use serde::Serialize;
 use shoal_proto::pb;
@@ -109,6 +110,12 @@ pub fn submit<R>(meta: &'static FunctionMeta, args: Vec<Arg>) -> ObjectRef<R> {
 
 /// Submits a call with options (used by the macro).
 pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<Arg>) -> ObjectRef<R> {
+    submit_inner(meta, opts, args, |_, _| {})
+}
+
+/// Submits a call; `before_send` runs with the call's id just before it
+/// is queued (a generator registers where its items land).
+pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<Arg>, before_send: impl FnOnce(&Arc<Cluster>, u64)) -> ObjectRef<R> {
     let driver = match crate::init::driver_or_init() {
         Ok(d) => d,
         Err(e) => return ObjectRef::failed(TaskError::Disconnected { message: format!("no cluster: {e}") }),
@@ -135,7 +142,10 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
                     buf.copy_from_slice(b);
                     Ok(())
                 }) {
-                    Ok(v) => v,
+                    Ok((v, put)) => {
+                        driver.send(Out::Put(put));
+                        v
+                    }
                     Err(crate::Error::Task(e)) => return ObjectRef::failed(e),
                     Err(e) => return ObjectRef::failed(TaskError::Disconnected { message: e.to_string() }),
                 };
@@ -168,7 +178,16 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
     let func = driver.function_index(meta);
     let id = driver.next_id();
     let slot = driver.expect(id);
-    driver.send(Out::Submit(pb::TaskSubmit { id, func, args: wire, max_retries: opts.max_retries, resources, retry_exceptions: opts.retry_exceptions, contains }));
+    before_send(&driver, id);
+    driver.send(Out::Submit(pb::TaskSubmit {
+        id,
+        func,
+        args: wire,
+        max_retries: opts.max_retries,
+        resources,
+        retry_exceptions: opts.retry_exceptions,
+        contains,
+    }));
     // `args` (holding referenced objects alive) drops only now, after the
     // submission is queued, so a release can never overtake it.
     drop(args);

@@ -37,6 +37,10 @@ pub(crate) enum Out {
     Contain(u64, Vec<u64>),
     /// Answer once the head has applied everything sent before.
     Sync(tokio::sync::oneshot::Sender<()>),
+    /// Item `index` of the generator task this process runs (its id).
+    Item(u64, u64, pb::PutObject),
+    /// This caller consumed so many items of a generator task.
+    GeneratorAck(u64, u64),
     /// End the session cleanly (the head ends the job at once); answer
     /// once the stream is closed.
     Close(tokio::sync::oneshot::Sender<()>),
@@ -60,6 +64,10 @@ pub(crate) struct Driver {
     /// Refs were taken or put into values since the last [`Driver::sync`]:
     /// a task must not report its result before the head has them.
     unsynced: std::sync::atomic::AtomicBool,
+    /// Items of generator tasks this process called, by task.
+    pub(crate) generators: DashMap<u64, Arc<crate::stream::ItemQueue>>,
+    /// Generator tasks this process runs: how far their callers got.
+    pub(crate) producing: DashMap<u64, Arc<crate::stream::AckGate>>,
 }
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -191,6 +199,8 @@ impl Driver {
             next_function: Mutex::new(0),
             closed: Mutex::new(None),
             unsynced: std::sync::atomic::AtomicBool::new(false),
+            generators: DashMap::new(),
+            producing: DashMap::new(),
         });
         tokio::spawn(session_loop(Arc::downgrade(&driver), endpoint, session, rx));
         tracing::debug!(job, %address, "driver connected");
@@ -418,9 +428,28 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                 m = session.down.next() => match m.transpose() {
                     Ok(Some(msg)) => {
                         let Some(d) = weak.upgrade() else { return };
+                        // Items first: a generator's final result follows them.
+                        for item in msg.items {
+                            let Some(v) = item.value else { continue };
+                            let object = v.task;
+                            match d.generators.get(&item.task).map(|q| q.clone()) {
+                                Some(q) => q.push(object, result_from_pb(v)),
+                                // Its caller is gone: so is its borrow.
+                                None => d.borrow(object, false),
+                            }
+                        }
+                        for a in msg.generator_acks {
+                            if let Some(g) = d.producing.get(&a.task) {
+                                g.advance(a.consumed);
+                            }
+                        }
                         for r in msg.results {
-                            if let Some(slot) = d.slots.get(&r.task).map(|s| s.clone()) {
+                            let task = r.task;
+                            if let Some(slot) = d.slots.get(&task).map(|s| s.clone()) {
                                 slot.complete(result_from_pb(r));
+                            }
+                            if let Some(q) = d.generators.get(&task).map(|q| q.clone()) {
+                                q.notify();
                             }
                         }
                         while unacked.front().is_some_and(|(s, _)| *s <= msg.acked) {
@@ -534,6 +563,15 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
         }
         // Handled by the session loop before batching.
         Out::Sync(_) => 0,
+        Out::Item(task, index, put) => {
+            let size = put.value.len() + 40;
+            msg.items.push(pb::GeneratorItem { task, index, put: Some(put), value: None });
+            size
+        }
+        Out::GeneratorAck(task, consumed) => {
+            msg.generator_acks.push(pb::GeneratorAck { task, consumed });
+            16
+        }
         // Handled by the session loop before batching.
         Out::Close(_) => 0,
     }

@@ -349,6 +349,11 @@ thread_local! {
     static BLOCK_ON_RT: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
 }
 
+/// The task this thread is running (0 outside a task).
+pub(crate) fn current_task() -> u64 {
+    CURRENT_TASK.with(|c| c.get())
+}
+
 /// Runs an async remote function to completion on the executor's own
 /// single-threaded runtime (created on first use).
 pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {

@@ -278,29 +278,47 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
 
 /// Stores a serialized value; see [`put`].
 pub(crate) fn put_value<T: Serialize + ?Sized>(driver: &Arc<Cluster>, value: &T) -> Result<(u64, Arc<Slot>)> {
+    let p = prepare_put(driver, value)?;
+    driver.send(Out::Put(p.msg));
+    let slot = Slot::done(Ok(p.val));
+    driver.register(p.id, slot.clone());
+    // The refs the value holds lived until its message was queued.
+    drop(p.refs);
+    Ok((p.id, slot))
+}
+
+/// A value encoded (into a node's store if large) under a fresh id, and
+/// the message telling the head, not sent yet.
+pub(crate) struct Prepared {
+    pub(crate) id: u64,
+    pub(crate) val: Val,
+    pub(crate) msg: pb::PutObject,
+    /// Refs the value holds: keep them until `msg` is queued.
+    pub(crate) refs: Vec<Arc<crate::object_ref::RefInner>>,
+}
+
+/// Encodes `value` for a put or a generator's item.
+pub(crate) fn prepare_put<T: Serialize + ?Sized>(driver: &Arc<Cluster>, value: &T) -> Result<Prepared> {
     let ser = |e: postcard::Error| TaskError::Serialization { message: format!("{} could not be serialized: {e}", std::any::type_name::<T>()) };
-    // The refs the value holds (kept alive here until the put is queued).
     let (size, refs) = crate::refs::collecting(|| postcard::experimental::serialized_size(value));
     let size = size.map_err(ser)?;
     if let Some(r) = refs.iter().find(|r| !r.driver.as_ref().is_some_and(|d| Arc::ptr_eq(d, driver))) {
-        return Err(Error::Task(TaskError::ObjectLost { message: format!("object {} inside the value belongs to another cluster session", crate::ObjectId(r.id)) }));
+        return Err(Error::Task(TaskError::ObjectLost {
+            message: format!("object {} inside the value belongs to another cluster session", crate::ObjectId(r.id)),
+        }));
     }
     let contains = crate::refs::ids(&refs);
     if !contains.is_empty() {
         driver.mark_unsynced();
     }
     let id = driver.next_id();
-    let val = if size <= shoal_domain::limits::STORE_THRESHOLD_BYTES {
+    let (val, msg) = if size <= shoal_domain::limits::STORE_THRESHOLD_BYTES {
         let bytes = bytes::Bytes::from(postcard::to_allocvec(value).map_err(ser)?);
-        driver.send(Out::Put(pb::PutObject { id, value: bytes.clone(), contains, ..Default::default() }));
-        Val::Inline(bytes)
+        (Val::Inline(bytes.clone()), pb::PutObject { id, value: bytes, contains, ..Default::default() })
     } else {
         crate::objects::put_large(driver, id, size as u64, contains, |buf| postcard::to_slice(value, buf).map(|_| ()).map_err(|e| ser(e).to_string()))?
     };
-    drop(refs);
-    let slot = Slot::done(Ok(val));
-    driver.register(id, slot.clone());
-    Ok((id, slot))
+    Ok(Prepared { id, val, msg, refs })
 }
 
 /// Cancels the task that makes `r`: if queued it never starts; if running

@@ -68,6 +68,7 @@ mod driver;
 mod error;
 mod executor;
 mod functions;
+mod generator;
 mod init;
 mod object_ref;
 mod objects;
@@ -75,6 +76,7 @@ mod pool;
 mod refs;
 mod runtime;
 mod slot;
+mod stream;
 mod values;
 
 pub mod config;
@@ -84,6 +86,7 @@ pub use buffer::{Buffer, Pod};
 pub use calls::{Arg, CallOptions, IntoArg};
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
+pub use generator::{GENERATOR_WINDOW, ObjectRefGenerator};
 pub use init::{InitConfig, cancel, cluster_status, init, init_blocking, init_blocking_with, init_with, put, shutdown};
 pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};
 pub use pool::{
@@ -117,6 +120,7 @@ pub mod __private {
     pub use crate::calls::{submit, submit_with};
     pub use crate::executor::block_on;
     pub use crate::functions::{Encoded, FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result};
+    pub use crate::generator::{run_generator, run_stream, submit_generator};
     pub use crate::init::{enter_main, run_main};
     pub use crate::pool::run_chunk;
     pub use bytes::Bytes;

@@ -222,15 +222,16 @@ pub(crate) async fn read(driver: Option<Arc<Cluster>>, slot: Arc<crate::slot::Sl
 }
 
 /// Writes a value of `size` bytes (produced by `fill`) into a node's
-/// store as object `id` and tells the head (with the refs the value
-/// holds, `contains`). Returns where it lives.
+/// store as object `id`. Returns where it lives and the message that
+/// tells the head (with the refs the value holds, `contains`), for the
+/// caller to send (as a put, or as a generator's item).
 pub(crate) fn put_large(
     driver: &Arc<Cluster>,
     id: u64,
     size: u64,
     contains: Vec<u64>,
     fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
-) -> Result<Val, Error> {
+) -> Result<(Val, pb::PutObject), Error> {
     let serialization = |message: String| Error::Task(TaskError::Serialization { message });
     let exhausted = |s: tonic::Status, address: &str| {
         if s.code() == tonic::Code::ResourceExhausted {
@@ -272,8 +273,7 @@ pub(crate) fn put_large(
             (node, Val::Stored { id, size, holders: vec![address] })
         }
     };
-    driver.send(crate::driver::Out::Put(pb::PutObject { id, value: Bytes::new(), stored: Some(pb::StoredObject { id, size, holders: Vec::new() }), node, contains }));
-    Ok(val)
+    Ok((val, pb::PutObject { id, value: Bytes::new(), stored: Some(pb::StoredObject { id, size, holders: Vec::new() }), node, contains }))
 }
 
 /// The worker a driver off the cluster's nodes puts through: one on this

@@ -14,6 +14,7 @@ struct RemoteOptions {
     max_retries: Option<u32>,
     retry_exceptions: bool,
     name: Option<LitStr>,
+    num_returns: Option<usize>,
 }
 
 fn number(e: &Expr) -> syn::Result<f64> {
@@ -29,7 +30,7 @@ fn number(e: &Expr) -> syn::Result<f64> {
 
 impl Parse for RemoteOptions {
     fn parse(input: ParseStream) -> syn::Result<Self> {
-        let mut o = RemoteOptions { num_cpus: None, resources: Vec::new(), max_retries: None, retry_exceptions: false, name: None };
+        let mut o = RemoteOptions { num_cpus: None, resources: Vec::new(), max_retries: None, retry_exceptions: false, name: None, num_returns: None };
         let metas = Punctuated::<Meta, Token![,]>::parse_terminated(input)?;
         for m in metas {
             match &m {
@@ -43,7 +44,14 @@ impl Parse for RemoteOptions {
                 Meta::NameValue(nv) if nv.path.is_ident("max_retries") => {
                     o.max_retries = Some(number(&nv.value)? as u32);
                 }
-                Meta::NameValue(nv) if nv.path.is_ident("retry_exceptions") => match &nv.value {
+                Meta::NameValue(nv) if nv.path.is_ident("num_returns") => {
+                    let k = number(&nv.value)?;
+                    if k < 1.0 || k.fract() != 0.0 {
+                        return Err(syn::Error::new_spanned(&nv.value, "num_returns must be a whole number >= 1"));
+                    }
+                    o.num_returns = Some(k as usize);
+                }
+                Meta::NameValue(nv) if nv.path.is_ident("retry_exceptions") || nv.path.is_ident("retry_on_panic") => match &nv.value {
                     Expr::Lit(l) => match &l.lit {
                         Lit::Bool(b) => o.retry_exceptions = b.value,
                         _ => return Err(syn::Error::new_spanned(&nv.value, "retry_exceptions must be true or false")),
@@ -71,13 +79,38 @@ impl Parse for RemoteOptions {
                 other => {
                     return Err(syn::Error::new_spanned(
                         other,
-                        "unknown option; expected num_cpus = N, resources(name = N, ...), max_retries = N, retry_exceptions = true or name = \"...\"",
+                        "unknown option; expected num_cpus = N, resources(name = N, ...), max_retries = N, retry_exceptions = true, num_returns = K or name = \"...\"",
                     ));
                 }
             }
         }
         Ok(o)
     }
+}
+
+/// The item type of a generator function's return type: `impl
+/// Iterator<Item = X>` gives `(X, false)`, `impl Stream<Item = X>` gives
+/// `(X, true)`.
+fn generator_item(t: &Type) -> Option<(Type, bool)> {
+    let Type::ImplTrait(it) = t else { return None };
+    for b in &it.bounds {
+        let syn::TypeParamBound::Trait(tb) = b else { continue };
+        let Some(seg) = tb.path.segments.last() else { continue };
+        let is_stream = match seg.ident.to_string().as_str() {
+            "Iterator" => false,
+            "Stream" => true,
+            _ => continue,
+        };
+        let syn::PathArguments::AngleBracketed(ab) = &seg.arguments else { continue };
+        for a in &ab.args {
+            if let syn::GenericArgument::AssocType(at) = a
+                && at.ident == "Item"
+            {
+                return Some((at.ty.clone(), is_stream));
+            }
+        }
+    }
+    None
 }
 
 /// Turns a function into a remote function. See `shoal::remote`.
@@ -137,6 +170,140 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
     let res_amounts: Vec<f64> = opts.resources.iter().map(|(_, v)| *v).collect();
     let call = if is_async { quote!(::shoal::__private::block_on(super::#ident(#(#arg_names),*))) } else { quote!(super::#ident(#(#arg_names),*)) };
     let doc = format!("Remote form of [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` runs it on the cluster and returns an `ObjectRef` at once.");
+    if let Some((item, is_stream)) = generator_item(&ret) {
+        if opts.num_returns.is_some() {
+            return Err(syn::Error::new_spanned(&sig.output, "a generator function streams its items: num_returns does not apply"));
+        }
+        let run = if is_stream { quote!(::shoal::__private::run_stream) } else { quote!(::shoal::__private::run_generator) };
+        let doc = format!(
+            "Remote form of the generator [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` starts it on the cluster and returns an `ObjectRefGenerator` of its items at once."
+        );
+        let slice_ident = format_ident!("__SHOAL_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
+        return Ok(quote! {
+            #func
+
+            #[doc = #doc]
+            #[allow(non_snake_case, clippy::all, unused_imports)]
+            #vis mod #ident {
+                use super::*;
+
+                /// Registered name of the function (stable across builds of the same source).
+                pub const NAME: &str = #name_expr;
+
+                /// How the cluster runs this function: its name, resources and retries.
+                pub static META: ::shoal::__private::FunctionMeta = ::shoal::__private::FunctionMeta::new(
+                    NAME,
+                    #num_cpus,
+                    &[#((#res_names, #res_amounts)),*],
+                    #max_retries,
+                    #retry_exceptions,
+                );
+
+                #[doc(hidden)]
+                pub fn __invoke(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::shoal::__private::Encoded, ::shoal::__private::InvokeError> {
+                    ::shoal::__private::check_arity(args, #n)?;
+                    #( let #arg_names: #arg_types = ::shoal::__private::decode_arg(args, #indices)?; )*
+                    let out = #call;
+                    #run::<#item>(out)
+                }
+
+                #[::shoal::__private::linkme::distributed_slice(::shoal::__private::REMOTE_FUNCTIONS)]
+                #[linkme(crate = ::shoal::__private::linkme)]
+                static #slice_ident: ::shoal::__private::RemoteFunction = ::shoal::__private::RemoteFunction { name: NAME, invoke: __invoke };
+
+                /// Starts the generator on the cluster; its items arrive, in order, while it runs.
+                /// Each argument may be a value or an `ObjectRef` of the parameter's type.
+                pub fn remote(#(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRefGenerator<#item> {
+                    ::shoal::__private::submit_generator(&META, ::shoal::CallOptions::default(), ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])
+                }
+
+                /// Per-call options (`num_cpus`, `resources`, `max_retries`,
+                /// `retry_exceptions`), then `.remote(..)`.
+                pub fn options() -> Options {
+                    Options(::shoal::CallOptions::default())
+                }
+
+                /// Options for one call; see [`options`].
+                pub struct Options(::shoal::CallOptions);
+
+                impl Options {
+                    /// Retries of this call when its worker dies (overrides the function's).
+                    pub fn max_retries(mut self, n: u32) -> Self {
+                        self.0.max_retries = ::core::option::Option::Some(n);
+                        self
+                    }
+
+                    /// CPUs this call holds while it runs (overrides the function's).
+                    pub fn num_cpus(mut self, n: f64) -> Self {
+                        self.0.num_cpus = ::core::option::Option::Some(n);
+                        self
+                    }
+
+                    /// Custom resources this call holds while it runs (replaces the function's).
+                    pub fn resources(mut self, r: &[(&str, f64)]) -> Self {
+                        self.0.resources = ::core::option::Option::Some(r.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+                        self
+                    }
+
+                    /// Whether a panic of this call is retried (overrides the function's).
+                    pub fn retry_exceptions(mut self, yes: bool) -> Self {
+                        self.0.retry_exceptions = ::core::option::Option::Some(yes);
+                        self
+                    }
+
+                    /// The same as [`retry_exceptions`](Self::retry_exceptions).
+                    pub fn retry_on_panic(self, yes: bool) -> Self {
+                        self.retry_exceptions(yes)
+                    }
+
+                    /// Starts the generator with these options.
+                    pub fn remote(self, #(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRefGenerator<#item> {
+                        ::shoal::__private::submit_generator(&META, self.0, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])
+                    }
+                }
+            }
+        });
+    }
+    // `num_returns = k`: the call gives k refs, one per element of the
+    // returned k-tuple, each made by a projection task (no CPU) that reads
+    // the whole result.
+    let returns: Option<Vec<Type>> = match (opts.num_returns, &ret) {
+        (None | Some(1), _) => None,
+        (Some(k), Type::Tuple(t)) if t.elems.len() == k => Some(t.elems.iter().cloned().collect()),
+        (Some(k), _) => return Err(syn::Error::new_spanned(&sig.output, format!("num_returns = {k} needs the function to return a {k}-tuple"))),
+    };
+    let (remote_ret, remote_body, options_body, projections) = match &returns {
+        None => (
+            quote!(::shoal::ObjectRef<#ret>),
+            quote!(::shoal::__private::submit(&META, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])),
+            quote!(::shoal::__private::submit_with(&META, self.0, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])),
+            quote!(),
+        ),
+        Some(elems) => {
+            let proj: Vec<proc_macro2::Ident> = (0..elems.len()).map(|i| format_ident!("__return_{}", i)).collect();
+            let idx: Vec<syn::Index> = (0..elems.len()).map(syn::Index::from).collect();
+            (
+                quote!((#(::shoal::ObjectRef<#elems>,)*)),
+                quote! {
+                    let whole: ::shoal::ObjectRef<#ret> = ::shoal::__private::submit(&META, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*]);
+                    (#(#proj::remote(&whole),)*)
+                },
+                quote! {
+                    let whole: ::shoal::ObjectRef<#ret> = ::shoal::__private::submit_with(&META, self.0, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*]);
+                    (#(#proj::remote(&whole),)*)
+                },
+                quote! {
+                    #(
+                        #[doc(hidden)]
+                        #[::shoal::remote(num_cpus = 0, max_retries = #max_retries)]
+                        pub fn #proj(whole: #ret) -> #elems {
+                            whole.#idx
+                        }
+                    )*
+                },
+            )
+        }
+    };
     let slice_ident = format_ident!("__SHOAL_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
     let chunk_ident = format_ident!("__SHOAL_CHUNK_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
     let unary_impl = if n == 1 {
@@ -184,11 +351,14 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             #[linkme(crate = ::shoal::__private::linkme)]
             static #slice_ident: ::shoal::__private::RemoteFunction = ::shoal::__private::RemoteFunction { name: NAME, invoke: __invoke };
 
-            /// Submits a call to the cluster; returns a reference to its future result at once.
+            /// Submits a call to the cluster; returns a reference to its future result at once
+            /// (with `num_returns = k`, one reference per element of the returned tuple).
             /// Each argument may be a value or an `ObjectRef` of the parameter's type.
-            pub fn remote(#(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRef<#ret> {
-                ::shoal::__private::submit(&META, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])
+            pub fn remote(#(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> #remote_ret {
+                #remote_body
             }
+
+            #projections
 
             /// Metadata of the batch form used by `Pool`, `Parallel` and `Process`.
             pub static CHUNK_META: ::shoal::__private::FunctionMeta = ::shoal::__private::FunctionMeta::new(
@@ -272,9 +442,14 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                     self
                 }
 
+                /// The same as [`retry_exceptions`](Self::retry_exceptions).
+                pub fn retry_on_panic(self, yes: bool) -> Self {
+                    self.retry_exceptions(yes)
+                }
+
                 /// Submits the call with these options.
-                pub fn remote(self, #(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRef<#ret> {
-                    ::shoal::__private::submit_with(&META, self.0, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])
+                pub fn remote(self, #(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> #remote_ret {
+                    #options_body
                 }
             }
         }

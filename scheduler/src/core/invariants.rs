@@ -45,7 +45,7 @@ impl Core {
                             return Err(format!("waiting task {} takes {} {needed} times but is its dependent {listed} times", d(*id), d(*x)));
                         }
                     }
-                } else if !self.objects.contains_key(x) && !(matches!(t.state, TaskState::Dispatched(_)) && !self.jobs.contains_key(&x.job())) {
+                } else if !self.objects.contains_key(x) && (!matches!(t.state, TaskState::Dispatched(_)) || self.jobs.contains_key(&x.job())) {
                     // (A running task may have read an input of another
                     // job that ended since.)
                     return Err(format!("input {} of task {} is neither a task nor an object", d(*x), d(*id)));

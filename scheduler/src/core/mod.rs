@@ -51,6 +51,12 @@ pub trait Outbox {
     /// `job` ended (its driver left, or never came back): nothing of it
     /// needs to be remembered any more.
     fn job_ended(&mut self, _job: JobId) {}
+    /// Item `index` of generator task `task`, object `object`, for `job`
+    /// (the caller), with its value as a result would carry it.
+    fn generator_item(&mut self, job: JobId, task: TaskId, index: u64, object: ObjectId, value: Result<Payload, Failure>);
+    /// Tell the session `job` running generator task `task` how many of
+    /// its items the caller consumed.
+    fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64);
 }
 
 /// Tunables of the core.
@@ -214,6 +220,19 @@ struct Extra {
     refs: Refs,
     /// Objects referenced from inside its inline argument values.
     arg_refs: Vec<ObjectId>,
+    /// For a generator task: its items so far.
+    generator: Option<Generator>,
+}
+
+/// A running generator task's stream.
+#[derive(Debug, Clone, Copy)]
+struct Generator {
+    /// The session running it (the job its items belong to).
+    producer: JobId,
+    /// Items delivered so far (a retried run's repeats are skipped).
+    next: u64,
+    /// Items the caller consumed (told to a new producer).
+    consumed: u64,
 }
 
 /// References that keep an object (or a task's future result) alive
@@ -1295,7 +1314,7 @@ impl Core {
     fn maybe_free(&mut self, id: ObjectId, out: &mut impl Outbox) {
         let mut work = vec![id];
         while let Some(id) = work.pop() {
-            if !self.objects.get(&id).is_some_and(|o| !o.referenced()) {
+            if self.objects.get(&id).is_none_or(|o| o.referenced()) {
                 continue;
             }
             let Some(o) = self.objects.remove(&id) else { continue };
@@ -1305,6 +1324,57 @@ impl Core {
                     work.push(c);
                 }
             }
+        }
+    }
+
+    // ------------------------------------------------------------ generators
+
+    /// The session `producer`, running generator task `task`, yielded item
+    /// `index`: object `object`, which it just put. The caller (the task's
+    /// job) borrows it and is sent it; the producer's own ref to it is
+    /// dropped (it never holds one). A retried run's items already
+    /// delivered are dropped.
+    pub fn generator_item(&mut self, producer: JobId, task: TaskId, index: u64, object: ObjectId, out: &mut impl Outbox) {
+        let running = self.tasks.get(&task).is_some_and(|t| matches!(t.state, TaskState::Dispatched(_)));
+        if !running || object.job() != producer || !self.objects.contains_key(&object) {
+            tracing::debug!(task = %task, object = %object, "an item of a generator that is not running here is dropped");
+            self.release(producer, &[object], out);
+            return;
+        }
+        let Some(t) = self.tasks.get_mut(&task) else { return };
+        let caller = t.job;
+        let stream = t.extra.get_or_insert_default().generator.get_or_insert(Generator { producer, next: 0, consumed: 0 });
+        let new_producer = stream.producer != producer;
+        stream.producer = producer;
+        if new_producer {
+            // A retried run: it learns how far the caller got.
+            out.generator_ack(producer, task, stream.consumed);
+        }
+        if index < stream.next {
+            self.release(producer, &[object], out);
+            return;
+        }
+        stream.next = index + 1;
+        if let Some(o) = self.objects.get_mut(&object) {
+            o.driver_ref = false;
+            let r = o.refs.get_or_insert_default();
+            if !r.borrowers.contains(&caller) {
+                r.borrowers.push(caller);
+            }
+        }
+        if let Some(value) = self.objects.get(&object).and_then(|o| self.answer(object, &o.state)) {
+            out.generator_item(caller, task, index, object, value);
+        }
+    }
+
+    /// The caller of generator task `task` consumed `consumed` items.
+    pub fn generator_consumed(&mut self, caller: JobId, task: TaskId, consumed: u64, out: &mut impl Outbox) {
+        let Some(stream) = self.tasks.get_mut(&task).filter(|t| t.job == caller).and_then(|t| t.extra.as_mut()).and_then(|e| e.generator.as_mut()) else {
+            return;
+        };
+        if consumed > stream.consumed {
+            stream.consumed = consumed;
+            out.generator_ack(stream.producer, task, consumed);
         }
     }
 
@@ -1684,6 +1754,7 @@ impl Core {
                         // Who holds it, and what its value holds, stay.
                         refs: o.refs.map(|r| *r).unwrap_or_default(),
                         arg_refs: Vec::new(),
+                        generator: None,
                     })),
                     max_retries: lin.max_retries,
                     retry_exceptions: lin.retry_exceptions,

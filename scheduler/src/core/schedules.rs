@@ -50,6 +50,8 @@ impl Outbox for Sent {
         self.disconnected.push((node, epoch));
     }
     fn drain(&mut self, _: NodeId) {}
+    fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>) {}
+    fn generator_ack(&mut self, _: JobId, _: TaskId, _: u64) {}
     fn job_ended(&mut self, job: JobId) {
         self.ended.push(job);
     }

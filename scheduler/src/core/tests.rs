@@ -13,6 +13,8 @@ struct Rec {
     finished_jobs: Vec<(NodeId, JobId)>,
     disconnected: Vec<NodeId>,
     drained: Vec<NodeId>,
+    items: Vec<(JobId, TaskId, u64, ObjectId)>,
+    acks: Vec<(JobId, TaskId, u64)>,
 }
 
 impl Outbox for Rec {
@@ -39,6 +41,12 @@ impl Outbox for Rec {
     }
     fn drain(&mut self, node: NodeId) {
         self.drained.push(node);
+    }
+    fn generator_item(&mut self, job: JobId, task: TaskId, index: u64, object: ObjectId, _value: Result<Payload, Failure>) {
+        self.items.push((job, task, index, object));
+    }
+    fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64) {
+        self.acks.push((job, task, consumed));
     }
 }
 
@@ -913,6 +921,8 @@ fn re_registering_while_alive_ends_only_the_old_session() {
             self.0.push((node, epoch));
         }
         fn drain(&mut self, _: NodeId) {}
+        fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>) {}
+        fn generator_ack(&mut self, _: JobId, _: TaskId, _: u64) {}
     }
     let now = t0();
     let mut out = Epochs::default();
@@ -1138,5 +1148,54 @@ fn refs_inside_arguments_live_while_the_task_does() {
     core.check_invariants().unwrap();
     core.tasks_finished(a, ea, vec![(ObjectId::new(job, 2), stored_ok(10))], t0(), &mut out);
     assert!(out.freed.contains(&(a, x)), "freed when the task ended: {:?}", out.freed);
+    core.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------- generators
+
+/// A generator task's items go to its caller as they come, each borrowed
+/// by the caller (freed when it lets go); acks reach the producer; a
+/// retried run's repeats are dropped and it learns how far the caller got.
+#[test]
+fn generator_items_reach_the_caller_in_order_and_a_retry_does_not_repeat_them() {
+    let (mut core, mut out, a, ea, caller) = refs_world();
+    let g = ObjectId::new(caller, 1);
+    let mut t = task(caller, 1, 0, vec![]);
+    t.max_retries = Some(1);
+    core.submit(caller, vec![t], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    let run1 = core.job_connected_under("ab".repeat(32), "task".into(), Some(caller)).unwrap();
+    for i in 0..3u64 {
+        let x = ObjectId::new(run1, i + 1);
+        core.put(run1, x, PutValue::Stored { size: 100, node: a }, &mut out);
+        core.generator_item(run1, g, i, x, &mut out);
+    }
+    assert_eq!(out.items, (0..3).map(|i| (caller, g, i, ObjectId::new(run1, i + 1))).collect::<Vec<_>>());
+    core.generator_consumed(caller, g, 2, &mut out);
+    assert_eq!(out.acks, vec![(run1, g, 2)], "the producer hears how far the caller got");
+    core.check_invariants().unwrap();
+    // The caller drops item 0: only it held it.
+    core.borrow(caller, &[(ObjectId::new(run1, 1), false)], &mut out);
+    assert_eq!(out.freed, vec![(a, ObjectId::new(run1, 1))]);
+    // The node dies; the retry runs in a new session and yields 0..4.
+    core.node_disconnected(a, ea, &mut out);
+    let (b, eb) = node(&mut core, ResourceSet::cpus(4.0), t0(), &mut out);
+    core.node_credits(b, eb, 10, t0());
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().len(), 1, "the generator runs again");
+    let run2 = core.job_connected_under("ab".repeat(32), "task".into(), Some(caller)).unwrap();
+    out.items.clear();
+    out.acks.clear();
+    for i in 0..4u64 {
+        let x = ObjectId::new(run2, i + 1);
+        core.put(run2, x, PutValue::Inline(Bytes::from_static(b"i")), &mut out);
+        core.generator_item(run2, g, i, x, &mut out);
+    }
+    assert_eq!(out.acks, vec![(run2, g, 2)], "the new producer learns the caller consumed 2");
+    assert_eq!(out.items, vec![(caller, g, 3, ObjectId::new(run2, 4))], "only the new item is delivered");
+    assert_eq!(core.object_count(), 3, "items 1 and 2 of the first run stay (borrowed), repeats are freed");
+    core.tasks_finished(b, eb, vec![(g, ok(b"4"))], t0(), &mut out);
+    assert!(out.results.iter().any(|(j, id, r)| *j == caller && *id == g && r.is_ok()), "the end of the stream follows its items");
     core.check_invariants().unwrap();
 }

@@ -225,6 +225,22 @@ pub(super) fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToH
     for c in msg.contain {
         core.contain(job, ObjectId(c.container), &ids_of(&c.ids), out);
     }
+    for item in msg.items {
+        let Some(p) = item.put else { continue };
+        match PutValue::try_from(&p) {
+            Ok(v) => {
+                core.put(job, ObjectId(p.id), v, out);
+                if !p.contains.is_empty() {
+                    core.contain(job, ObjectId(p.id), &ids_of(&p.contains), out);
+                }
+                core.generator_item(job, ObjectId(item.task), item.index, ObjectId(p.id), out);
+            }
+            Err(e) => tracing::warn!(job, error = %e, "malformed generator item ignored"),
+        }
+    }
+    for a in msg.generator_acks {
+        core.generator_consumed(job, ObjectId(a.task), a.consumed, out);
+    }
     if !msg.cancel.is_empty() {
         core.cancel(job, &ids_of(&msg.cancel), out);
     }

@@ -1,0 +1,192 @@
+//! Streaming generators: a remote function returning an iterator (or an
+//! async one returning a stream) yields its items to the caller while it
+//! runs, as Ray's generator tasks do.
+//!
+//! ```no_run
+//! #[shoal::remote]
+//! fn evens(n: u64) -> impl Iterator<Item = u64> {
+//!     (0..n).map(|i| i * 2)
+//! }
+//!
+//! # fn demo() -> Result<(), shoal::TaskError> {
+//! for item in evens::remote(1_000) {
+//!     let r = item?;               // an ObjectRef<u64>, usable on its own
+//!     let _v: u64 = r.get()?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Each item is an object of the running task's own session, put as it is
+//! yielded and sent to the caller through the head with its value (no
+//! round trip to read a small one). At most [`GENERATOR_WINDOW`] items
+//! wait unconsumed: past that the producer pauses until the caller takes
+//! more. A failure (a panic at item 500) ends the stream after the items
+//! yielded before it, with the error. Dropping the generator before its
+//! end cancels the task.
+
+use crate::calls::{Arg, CallOptions};
+use crate::driver::Out;
+use crate::error::TaskError;
+use crate::functions::{Encoded, FunctionMeta, InvokeError};
+use crate::object_ref::ObjectRef;
+use crate::objects::Cluster;
+use crate::slot::Slot;
+use crate::stream::{AckGate, ItemQueue, Next};
+use crate::values::Val;
+use serde::Serialize;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+pub use crate::stream::GENERATOR_WINDOW;
+
+/// The items of a generator task, in the order it yielded them: an
+/// `Iterator` (blocking) and a `Stream` (async) of
+/// `Result<ObjectRef<T>, TaskError>`. The last item is the task's error
+/// if it failed.
+pub struct ObjectRefGenerator<T> {
+    cluster: Option<Arc<Cluster>>,
+    task: u64,
+    /// The task's own result (the item count, or its failure).
+    end: ObjectRef<u64>,
+    queue: Arc<ItemQueue>,
+    consumed: u64,
+    acked: u64,
+    finished: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRefGenerator<T> {
+    /// The generator task's id.
+    pub fn id(&self) -> crate::ObjectId {
+        self.end.id()
+    }
+
+    /// How many items were taken so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    fn item(&mut self, id: u64, value: Result<Val, TaskError>) -> Result<ObjectRef<T>, TaskError> {
+        self.consumed += 1;
+        let Some(c) = &self.cluster else { return Err(TaskError::Disconnected { message: "no cluster".into() }) };
+        if self.consumed - self.acked >= GENERATOR_WINDOW / 4 || self.queue_is_quiet() {
+            self.acked = self.consumed;
+            c.send(Out::GeneratorAck(self.task, self.consumed));
+        }
+        // The head registered this process as the item's borrower.
+        let slot = Slot::done(value);
+        c.register(id, slot.clone());
+        let inner = ObjectRef::<()>::borrowed_inner(id, slot, c.clone());
+        c.borrows.insert(id, Arc::downgrade(&inner));
+        Ok(ObjectRef::from_inner(inner))
+    }
+
+    /// Nothing more has arrived: the caller caught up (tell the producer,
+    /// even between ack steps, so it never waits on a stale count).
+    fn queue_is_quiet(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn end(&mut self) -> Option<Result<ObjectRef<T>, TaskError>> {
+        if self.finished {
+            return None;
+        }
+        self.finished = true;
+        match self.end.inner.slot.answer() {
+            Some((Err(e), _)) => Some(Err(e)),
+            _ => None,
+        }
+    }
+}
+
+impl<T> Iterator for ObjectRefGenerator<T> {
+    type Item = Result<ObjectRef<T>, TaskError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let end = self.end.inner.slot.clone();
+        match self.queue.next_blocking(|| end.is_done()) {
+            Some((id, v)) => Some(self.item(id, v)),
+            None => self.end(),
+        }
+    }
+}
+
+impl<T> futures::Stream for ObjectRefGenerator<T> {
+    type Item = Result<ObjectRef<T>, TaskError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        let end = self.end.inner.slot.clone();
+        // The end's slot wakes us too: the session loop notifies the queue
+        // after completing it.
+        match self.queue.poll(|| end.is_done(), Some(cx.waker())) {
+            Next::Item(id, v) => Poll::Ready(Some(self.item(id, v))),
+            Next::End => Poll::Ready(self.end()),
+            Next::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for ObjectRefGenerator<T> {
+    fn drop(&mut self) {
+        let Some(c) = &self.cluster else { return };
+        c.generators.remove(&self.task);
+        // Items that arrived but were never taken: their borrows go.
+        for id in self.queue.drain() {
+            c.borrow(id, false);
+        }
+        if !self.end.is_ready() {
+            c.cancel(self.task);
+        }
+    }
+}
+
+/// Submits a call of a generator function (used by the macro).
+pub fn submit_generator<T>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<Arg>) -> ObjectRefGenerator<T> {
+    let queue = Arc::new(ItemQueue::default());
+    let mut cluster = None;
+    let end: ObjectRef<u64> = crate::calls::submit_inner(meta, opts, args, |c, id| {
+        c.generators.insert(id, queue.clone());
+        cluster = Some(c.clone());
+    });
+    let task = end.inner.id;
+    ObjectRefGenerator { cluster, task, end, queue, consumed: 0, acked: 0, finished: false, _t: PhantomData }
+}
+
+/// Runs a generator function's iterator inside its task (used by the
+/// macro): each item is put and sent to the caller; past
+/// [`GENERATOR_WINDOW`] unconsumed items it waits. The task's result is
+/// the item count.
+pub fn run_generator<T: Serialize>(items: impl IntoIterator<Item = T>) -> Result<Encoded, InvokeError> {
+    let task = crate::executor::current_task();
+    let cluster = crate::init::driver_or_init().map_err(|e| InvokeError::ResultEncode(format!("a generator needs its task's session: {e}")))?;
+    let gate = cluster.producing.entry(task).or_insert_with(|| Arc::new(AckGate::default())).clone();
+    struct Unregister<'a>(&'a Cluster, u64);
+    impl Drop for Unregister<'_> {
+        fn drop(&mut self) {
+            self.0.producing.remove(&self.1);
+        }
+    }
+    let _unregister = Unregister(&cluster, task);
+    let mut n = 0u64;
+    for item in items {
+        let p = crate::init::prepare_put(&cluster, &item).map_err(|e| InvokeError::ResultEncode(format!("item {n}: {e}")))?;
+        cluster.send(Out::Item(task, n, p.msg));
+        cluster.mark_unsynced();
+        drop(p.refs);
+        n += 1;
+        gate.wait_below(n, GENERATOR_WINDOW);
+    }
+    crate::functions::encode_result(n)
+}
+
+/// [`run_generator`] for an async generator function's stream.
+pub fn run_stream<T: Serialize>(items: impl futures::Stream<Item = T>) -> Result<Encoded, InvokeError> {
+    let mut items = Box::pin(items);
+    run_generator(std::iter::from_fn(move || crate::executor::block_on(futures::StreamExt::next(&mut items))))
+}
