@@ -42,6 +42,29 @@ struct Args {
     /// Internal: submit this many no-ops to the head at ADDRESS, print the rate.
     #[arg(long, hide = true)]
     sim_driver: Option<usize>,
+    /// Skip the nested-task and generator workloads (a head and two
+    /// 1-CPU worker processes, as Ray's model script runs them).
+    #[arg(long)]
+    skip_model: bool,
+    /// Internal: run the model workloads against the head at ADDRESS.
+    #[arg(long, hide = true)]
+    model_probe: bool,
+    /// Runs of each model workload (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    model_runs: usize,
+}
+
+/// One task submits `n` no-ops from inside itself and waits for them.
+#[shoal::remote]
+fn fanout(n: u64) -> u64 {
+    let refs: Vec<_> = (0..n).map(|_| noop::remote()).collect();
+    shoal::get_all_blocking(&refs).unwrap().len() as u64
+}
+
+/// A generator of `n` small items.
+#[shoal::remote]
+fn items(n: u64) -> impl Iterator<Item = u64> {
+    0..n
 }
 
 #[shoal::remote]
@@ -120,6 +143,9 @@ fn main() {
     }
     if let Some(n) = args.sim_driver {
         return sim::driver(&args, n);
+    }
+    if args.model_probe {
+        return model::probe(&args);
     }
     let mut out = Map::new();
     let t0 = Instant::now();
@@ -225,6 +251,14 @@ fn main() {
             Err(e) => out.insert("noop_1M_queued_head_rss_error".into(), json!(e)),
         };
     }
+    if !args.skip_model && args.address.is_none() {
+        match model::run(args.model_runs) {
+            Ok(m) => out.extend(m),
+            Err(e) => {
+                out.insert("model_error".into(), json!(e));
+            }
+        }
+    }
     if !args.skip_sim && args.address.is_none() {
         for &n in &args.sim_nodes {
             match sim::run(n, args.sim_tasks) {
@@ -311,6 +345,93 @@ fn rss_probe(args: &Args, n: usize) {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(refs);
+}
+
+/// The workloads of Ray's model script that Shoal has, on the same shape
+/// of cluster: a head and two worker processes of one CPU each (resources
+/// `a` and `b`), and the driver a separate process. Each is warmed up as
+/// the script does, then run `runs` times: the median, and the spread.
+mod model {
+    use super::*;
+
+    pub fn run(runs: usize) -> Result<Map<String, Value>, String> {
+        let (mut head, home, address, token) = start_head(&[])?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let shoal_bin = exe.with_file_name("shoal");
+        let mut workers = Vec::new();
+        let mut homes = Vec::new();
+        for res in ["a=1", "b=1"] {
+            let wh = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let child = std::process::Command::new(&shoal_bin)
+                .args(["start", "--block", "--address", &address, "--token-file"])
+                .arg(home.path().join("token"))
+                .args(["--num-cpus", "1", "--resources", res])
+                .env("SHOAL_HOME", wh.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            workers.push(child);
+            homes.push(wh);
+        }
+        let result = (|| {
+            let out = std::process::Command::new(&exe)
+                .args(["--model-probe", "--address", &address, "--token", &token, "--model-runs", &runs.to_string()])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("model probe failed: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            match serde_json::from_slice::<Value>(&out.stdout) {
+                Ok(Value::Object(m)) => Ok(m),
+                _ => Err("model probe printed no JSON object".into()),
+            }
+        })();
+        for mut w in workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        let _ = head.kill();
+        let _ = head.wait();
+        result
+    }
+
+    /// Median and (max - min) / median of `runs` timings of `f`.
+    fn timed(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
+        let mut v: Vec<f64> = (0..runs.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = v[v.len() / 2];
+        (median, (v[v.len() - 1] - v[0]) / median)
+    }
+
+    pub fn probe(args: &Args) {
+        init(args).expect("connecting to the head");
+        let rt = tokio_rt();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rt.block_on(shoal::cluster_status()).map(|s| s.alive_nodes().count()).unwrap_or(0) < 2 {
+            assert!(Instant::now() < deadline, "the two workers did not join");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut out = Map::new();
+        // Warm-up as Ray's script does: one small fan-out first.
+        assert_eq!(fanout::remote(10).get().unwrap(), 10);
+        let (m, spread) = timed(args.model_runs, || assert_eq!(fanout::remote(1000).get().unwrap(), 1000));
+        out.insert("nested_fanout_1000_s".into(), round(m));
+        out.insert("nested_fanout_1000_spread".into(), round(spread));
+        let (m, spread) = timed(args.model_runs, || {
+            let n = items::remote(10_000).filter(|r| r.as_ref().ok().and_then(|r| r.get().ok()).is_some()).count();
+            assert_eq!(n, 10_000);
+        });
+        out.insert("streaming_10k_items_s".into(), round(m));
+        out.insert("streaming_10k_items_spread".into(), round(spread));
+        println!("{}", Value::Object(out));
+    }
 }
 
 /// The head serving many simulated worker nodes: fake workers that speak

@@ -1096,6 +1096,13 @@ impl Core {
     /// A driver submits tasks. Ids must be the job's own and fresh.
     pub fn submit(&mut self, job: JobId, tasks: Vec<NewTask>, out: &mut impl Outbox) {
         let Some(j) = self.jobs.get(&job) else { return };
+        // Tasks a task submits run before what was queued earlier (depth
+        // first): their caller is waiting for them, holding an executor,
+        // so a recursive program finishes branches instead of opening them
+        // all (a fan-out tree ten deep would otherwise block ~1,000 tasks
+        // at once, far past what a node may run).
+        let nested = j.parent.is_some();
+        let mut front = Vec::new();
         let defaults: Vec<(u32, bool)> = j.functions.iter().map(|f| (f.max_retries, f.retry_exceptions)).collect();
         let nfuncs = defaults.len();
         for t in tasks {
@@ -1167,9 +1174,15 @@ impl Core {
             }
             if let Some(f) = early {
                 self.fail_task(t.id, f, out);
+            } else if missing == 0 && nested {
+                front.push(t.id);
             } else if missing == 0 {
                 self.ready.push_back(t.id);
             }
+        }
+        // In submission order, ahead of everything else.
+        for id in front.into_iter().rev() {
+            self.ready.push_front(id);
         }
     }
 
