@@ -44,6 +44,12 @@ fn monte_carlo_pi() {
 }
 
 #[test]
+fn recursive_sort() {
+    let out = run("recursive_sort", &[]);
+    assert!(out.contains("sorted 200000 numbers: 8 runs made by nested tasks, merged and streamed in 20 chunks"), "{out}");
+}
+
+#[test]
 fn word_count() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("texts");

@@ -1199,3 +1199,22 @@ fn generator_items_reach_the_caller_in_order_and_a_retry_does_not_repeat_them() 
     assert!(out.results.iter().any(|(j, id, r)| *j == caller && *id == g && r.is_ok()), "the end of the stream follows its items");
     core.check_invariants().unwrap();
 }
+
+/// Tasks a task submits run before what its job queued earlier (depth
+/// first), so a recursive program closes branches instead of blocking
+/// ever more parents; top-level submissions stay FIFO.
+#[test]
+fn tasks_submitted_by_a_task_go_ahead_of_earlier_queued_work() {
+    let (mut core, mut out, a, ea, job) = refs_world();
+    core.submit(job, (1..=3).map(|s| task(job, s, 0, vec![])).collect(), &mut out);
+    let child = core.job_connected_under("ab".repeat(32), "task".into(), Some(job)).unwrap();
+    core.define_functions(child, 0, vec![FunctionDef { name: "f".into(), resources: ResourceSet::cpus(1.0), max_retries: 0, retry_exceptions: false }]);
+    core.submit(child, vec![task(child, 1, 0, vec![]), task(child, 2, 0, vec![])], &mut out);
+    core.submit(job, vec![task(job, 4, 0, vec![])], &mut out);
+    core.node_credits(a, ea, 0, t0());
+    core.schedule(&mut out);
+    let order: Vec<ObjectId> = out.take_dispatched().into_iter().map(|(_, d)| d.task).collect();
+    let want = vec![ObjectId::new(child, 1), ObjectId::new(child, 2), ObjectId::new(job, 1), ObjectId::new(job, 2)];
+    assert_eq!(&order[..4], &want[..], "the nested calls first, in their order, then FIFO");
+    core.check_invariants().unwrap();
+}
