@@ -1214,7 +1214,7 @@ fn tasks_submitted_by_a_task_go_ahead_of_earlier_queued_work() {
     core.node_credits(a, ea, 0, t0());
     core.schedule(&mut out);
     let order: Vec<ObjectId> = out.take_dispatched().into_iter().map(|(_, d)| d.task).collect();
-    let want = vec![ObjectId::new(child, 1), ObjectId::new(child, 2), ObjectId::new(job, 1), ObjectId::new(job, 2)];
+    let want = [ObjectId::new(child, 1), ObjectId::new(child, 2), ObjectId::new(job, 1), ObjectId::new(job, 2)];
     assert_eq!(&order[..4], &want[..], "the nested calls first, in their order, then FIFO");
     core.check_invariants().unwrap();
 }
