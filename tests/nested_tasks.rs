@@ -56,3 +56,35 @@ fn a_recursive_program_runs_on_a_one_cpu_node() {
     tokio::runtime::Runtime::new().unwrap().block_on(shoal::shutdown());
     wait_for(Duration::from_secs(10), "every job to end", || (c.status()["jobs"] == 0).then_some(()));
 }
+
+#[shoal::remote]
+fn sleepy(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Starts long children, then its executor dies.
+#[shoal::remote(max_retries = 0)]
+fn parent_that_dies(children: u64) -> u64 {
+    let refs: Vec<_> = (0..children).map(|_| sleepy::remote(60_000)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(refs);
+    std::process::abort();
+}
+
+/// A parent task that dies: its children are cancelled at once (its
+/// session's job ends), not left running or kept for a driver's grace.
+#[test]
+fn the_children_of_a_parent_task_that_dies_are_cancelled() {
+    let mut c = Cluster::head(&[]);
+    c.add_worker(&["--num-cpus", "2"]);
+    c.connect();
+    let r = parent_that_dies::remote(2);
+    let e = r.get_timeout(Duration::from_secs(60)).expect_err("the parent died");
+    assert!(matches!(e, shoal::TaskError::WorkerDied { .. }), "{e:?}");
+    let t = std::time::Instant::now();
+    wait_for(Duration::from_secs(15), "the children to be cancelled", || (c.status()["tasks"]["running"] == 0).then_some(()));
+    assert!(t.elapsed() < Duration::from_secs(15), "not after the 30 s grace of a lost driver");
+    assert!(c.head_log().contains("the session of a task was lost"), "{}", c.head_log());
+    assert_eq!(square::remote(3).get().unwrap(), 9, "the node keeps serving");
+}

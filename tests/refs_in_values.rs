@@ -106,3 +106,17 @@ fn a_put_holding_refs_keeps_them_alive_after_the_driver_drops_its_own() {
     drop(bag);
     wait_stores_empty(&c);
 }
+
+/// A driver that exits frees everything its tasks made, refs or not.
+#[test]
+fn a_driver_that_exits_frees_what_its_tasks_made() {
+    let c = cluster();
+    let refs = make_pieces::remote(4, true).get_timeout(Duration::from_secs(60)).unwrap();
+    let kept: Vec<ObjectRef<Vec<u8>>> = (0..2).map(piece::remote).collect();
+    shoal::wait_blocking(&kept, 2, None);
+    wait_for(Duration::from_secs(10), "the pieces to be reported stored", || (stores_hold(&c) >= 6).then_some(()));
+    tokio::runtime::Runtime::new().unwrap().block_on(shoal::shutdown());
+    wait_stores_empty(&c);
+    wait_for(Duration::from_secs(10), "every job to end", || (c.status()["jobs"] == 0).then_some(()));
+    drop((refs, kept));
+}

@@ -337,3 +337,32 @@ fn draining_a_node_finishes_its_tasks_then_its_worker_exits() {
     let later: Vec<_> = (0..20u64).map(square::remote).collect();
     assert!(later.iter().all(|r| r.get().unwrap().1 == b), "new work goes to the remaining node");
 }
+
+/// A call after `init` failed says why (here: the token was refused),
+/// typed, and not retryable; nothing hangs.
+#[test]
+fn a_call_after_a_refused_token_fails_with_unauthenticated() {
+    let c = Cluster::head(&[]);
+    let bad = shoal::InitConfig::default().address(c.address.clone()).token("not-the-token");
+    let e = shoal::init_blocking_with(bad).expect_err("the head refuses the token");
+    assert!(matches!(e, shoal::Error::Unauthenticated { .. }), "{e:?}");
+    // SAFETY: no other thread of this test process reads the environment.
+    unsafe {
+        std::env::set_var("SHOAL_ADDRESS", &c.address);
+        std::env::set_var("SHOAL_TOKEN", "not-the-token");
+    }
+    let got = square::remote(3).get_timeout(std::time::Duration::from_secs(30));
+    match got {
+        Err(e @ TaskError::Unauthenticated { .. }) => assert!(!e.is_retryable(), "a refused token is not retryable"),
+        other => panic!("expected Unauthenticated, got {other:?}"),
+    }
+}
+
+#[test]
+fn cluster_status_has_a_blocking_form() {
+    let c = two_worker_cluster(&["--num-cpus", "1"], &["--num-cpus", "2"]);
+    let st = shoal::cluster_status_blocking().unwrap();
+    assert_eq!(st.alive_nodes().count(), 2);
+    assert_eq!(st.total_cpus(), 3.0);
+    drop(c);
+}

@@ -118,7 +118,7 @@ pub fn submit_with<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<
 pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, args: Vec<Arg>, before_send: impl FnOnce(&Arc<Cluster>, u64)) -> ObjectRef<R> {
     let driver = match crate::init::driver_or_init() {
         Ok(d) => d,
-        Err(e) => return ObjectRef::failed(TaskError::Disconnected { message: format!("no cluster: {e}") }),
+        Err(e) => return ObjectRef::failed(TaskError::from_init(e)),
     };
     let mut wire = Vec::with_capacity(args.len());
     // Refs inside argument values: the task holds them.

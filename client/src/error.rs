@@ -120,19 +120,44 @@ pub enum TaskError {
         /// What the head saw.
         message: String,
     },
-    /// The connection to the cluster was lost before the result arrived.
-    /// Retrying after reconnecting may help.
+    /// The connection to the cluster was lost before the result arrived,
+    /// or the head could not be reached. Retrying after reconnecting may
+    /// help.
     #[error("lost the connection to the cluster: {message}")]
     Disconnected {
         /// What happened.
         message: String,
     },
+    /// The call was never sent: connecting to a cluster failed for a
+    /// reason a retry cannot fix (a bad address, no token, an embedded
+    /// cluster that could not start). Fix the configuration the message
+    /// names.
+    #[error("not connected to a cluster: {message}")]
+    NotConnected {
+        /// Why `init` failed.
+        message: String,
+    },
 }
 
 impl TaskError {
-    /// Whether running the same call again could succeed.
+    /// Whether running the same call again could succeed: after a worker
+    /// death, a timeout, a lost connection, or an internal error of the
+    /// head; not after a panic (retried only with `retry_on_panic`), bad
+    /// arguments, a missing function, a refused token, a cancellation, an
+    /// unschedulable call or a failed `init`.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, TaskError::WorkerDied { .. } | TaskError::Timeout { .. } | TaskError::Disconnected { .. })
+        matches!(self, TaskError::WorkerDied { .. } | TaskError::Timeout { .. } | TaskError::Disconnected { .. } | TaskError::Internal { .. })
+    }
+
+    /// What a call fails with when connecting (`init`) failed with `e`:
+    /// the cause, typed (a refused token stays `Unauthenticated`).
+    pub(crate) fn from_init(e: Error) -> TaskError {
+        match e {
+            Error::Task(t) => t,
+            Error::Unauthenticated { message, .. } => TaskError::Unauthenticated { message },
+            e @ (Error::Connect { .. } | Error::Refused { .. }) => TaskError::Disconnected { message: e.to_string() },
+            e => TaskError::NotConnected { message: e.to_string() },
+        }
     }
 }
 

@@ -336,6 +336,14 @@ pub async fn cluster_status() -> Result<ClusterStatus> {
     runtime().spawn(async move { crate::status::fetch(&address, token.as_deref()).await }).await.map_err(|e| Error::Embedded(e.to_string()))?
 }
 
+/// Blocking form of [`cluster_status`], for programs without an async
+/// runtime.
+pub fn cluster_status_blocking() -> Result<ClusterStatus> {
+    let d = current().ok_or_else(|| Error::Config("shoal::init() has not been called".into()))?;
+    let (address, token) = (d.address.clone(), d.token.clone());
+    block_on(async move { crate::status::fetch(&address, token.as_deref()).await })
+}
+
 /// Runs an async `main` on a multi-threaded runtime (used by `#[shoal::main]`).
 pub fn run_main<F: std::future::Future>(fut: F) -> F::Output {
     enter_main();

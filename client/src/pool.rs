@@ -699,7 +699,7 @@ impl Parallel {
             Some(n) => Pool::new(n),
             None => Pool::all(),
         }
-        .map_err(|e| PoolError::Item { index: 0, error: TaskError::Disconnected { message: e.to_string() } })?;
+        .map_err(|e| PoolError::Item { index: 0, error: TaskError::from_init(e) })?;
         if let Some(b) = self.batch_size {
             pool = pool.chunksize(b);
         }

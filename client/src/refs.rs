@@ -71,7 +71,7 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
         let id = u64::deserialize(d)?;
         Ok(match crate::init::driver_or_init() {
             Ok(cluster) => ObjectRef::from_inner(borrow(&cluster, id)),
-            Err(e) => ObjectRef::failed(TaskError::Disconnected { message: format!("a ref to object {} arrived, but: {e}", crate::ObjectId(id)) }),
+            Err(e) => ObjectRef::failed(TaskError::from_init(e)),
         })
     }
 }

@@ -848,6 +848,11 @@ impl Core {
         self.recovering_until = Some(until);
     }
 
+    /// Whether `job` is the session of a task (a task submitting tasks).
+    pub fn job_is_nested(&self, job: JobId) -> bool {
+        self.jobs.get(&job).is_some_and(|j| j.parent.is_some())
+    }
+
     /// The driver of `job` lost its connection: keep its work for the
     /// grace period in case it reconnects.
     pub fn job_detached(&mut self, job: JobId, now: Instant) {

@@ -190,6 +190,13 @@ impl Loop {
                     self.drivers.remove(&job);
                     if clean {
                         core.job_disconnected(job, out);
+                    } else if core.job_is_nested(job) {
+                        // A task's session: its executor died (it would
+                        // not come back as a driver does). What it started
+                        // is cancelled now; a retry of the task submits
+                        // it again.
+                        tracing::info!(job, "the session of a task was lost; ending its job and cancelling what it started");
+                        core.job_disconnected(job, out);
                     } else {
                         tracing::info!(job, "driver connection lost; its job waits for it to reconnect");
                         core.job_detached(job, now);
