@@ -120,3 +120,27 @@ fn a_driver_that_exits_frees_what_its_tasks_made() {
     wait_for(Duration::from_secs(10), "every job to end", || (c.status()["jobs"] == 0).then_some(()));
     drop((refs, kept));
 }
+
+/// Puts a piece, returns a ref to it, and its executor exits soon after.
+#[shoal::remote(max_retries = 0)]
+fn piece_then_exit() -> ObjectRef<Vec<u8>> {
+    let r = shoal::put(vec![7u8; PIECE]).unwrap();
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(300));
+        std::process::exit(0);
+    });
+    r
+}
+
+/// An object whose maker (a task's session) is gone while someone still
+/// holds a ref to it stays readable, and is freed with its last ref.
+#[test]
+fn an_object_outlives_the_executor_that_made_it_while_it_is_referenced() {
+    let c = cluster();
+    let r = piece_then_exit::remote().get_timeout(Duration::from_secs(60)).unwrap();
+    wait_for(Duration::from_secs(10), "the maker's session to end", || c.head_log().contains("the session of a task was lost").then_some(()));
+    let v = r.get_timeout(Duration::from_secs(30)).expect("still readable");
+    assert_eq!((v.len(), v[0]), (PIECE, 7));
+    drop(r);
+    wait_stores_empty(&c);
+}

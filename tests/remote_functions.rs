@@ -366,3 +366,28 @@ fn cluster_status_has_a_blocking_form() {
     assert_eq!(st.total_cpus(), 3.0);
     drop(c);
 }
+
+/// Placement per call: pinned to a node, preferred (with fallback), and
+/// spread, as Ray's scheduling strategies.
+#[test]
+fn calls_pinned_preferred_and_spread_land_where_asked() {
+    let c = two_worker_cluster(&["--num-cpus", "2"], &["--num-cpus", "2"]);
+    let b = c.workers[1].node_id.clone();
+    let b_id = shoal::NodeId::parse(&b).unwrap();
+    let pinned: Vec<_> = (0..20).map(|_| whose_node::options().on_node(b_id).remote()).collect();
+    for r in &pinned {
+        assert_eq!(r.get().unwrap(), b, "a pinned call runs on its node");
+    }
+    let preferred = whose_node::options().prefer_node(b_id).remote().get().unwrap();
+    assert_eq!(preferred, b, "a preferred node with room is used");
+    let spread: HashSet<String> = (0..40).map(|_| whose_node::options().spread().remote()).map(|r| r.get().unwrap()).collect();
+    assert_eq!(spread.len(), 2, "spread calls use both nodes: {spread:?}");
+    // Pinned to a node that is not in the cluster: a typed error, at once.
+    let nowhere = shoal::NodeId::parse("00000000-0000-0000-0000-000000000001").unwrap();
+    let t = Instant::now();
+    match whose_node::options().on_node(nowhere).remote().get_timeout(Duration::from_secs(30)) {
+        Err(e @ TaskError::Unschedulable { .. }) => assert!(e.to_string().contains("not part of the cluster"), "{e}"),
+        other => panic!("expected Unschedulable, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "at once, not after a wait");
+}

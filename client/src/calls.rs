@@ -23,6 +23,23 @@ pub struct CallOptions {
     pub resources: Option<Vec<(String, f64)>>,
     /// Overrides the function's `retry_exceptions`.
     pub retry_exceptions: Option<bool>,
+    /// Where the call may run (default: near its inputs, else anywhere).
+    pub placement: Placement,
+}
+
+/// Where a call may run; see `f::options().on_node(..)`, `.prefer_node(..)`
+/// and `.spread()`.
+pub use shoal_domain::task::Placement;
+
+impl CallOptions {
+    /// The wire fields of a placement.
+    fn placement_wire(&self) -> (String, bool, bool) {
+        match self.placement {
+            Placement::Any => (String::new(), false, false),
+            Placement::Node { node, soft } => (format!("{node:#}"), soft, false),
+            Placement::Spread => (String::new(), false, true),
+        }
+    }
 }
 
 impl CallOptions {
@@ -175,6 +192,7 @@ pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, ar
         Ok(r) => r,
         Err(e) => return ObjectRef::failed(e),
     };
+    let (node, node_soft, spread) = opts.placement_wire();
     let func = driver.function_index(meta);
     let id = driver.next_id();
     let slot = driver.expect(id);
@@ -187,6 +205,9 @@ pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, ar
         resources,
         retry_exceptions: opts.retry_exceptions,
         contains,
+        node,
+        node_soft,
+        spread,
     }));
     // `args` (holding referenced objects alive) drops only now, after the
     // submission is queued, so a release can never overtake it.

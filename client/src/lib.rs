@@ -83,7 +83,7 @@ pub mod config;
 pub mod status;
 
 pub use buffer::{Buffer, Pod};
-pub use calls::{Arg, CallOptions, IntoArg};
+pub use calls::{Arg, CallOptions, IntoArg, Placement};
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
 pub use generator::{GENERATOR_WINDOW, ObjectRefGenerator};

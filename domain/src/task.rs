@@ -30,6 +30,26 @@ pub enum NewArg {
     Object(ObjectId),
 }
 
+/// Where a call may run, beyond fitting its resources (Ray's scheduling
+/// strategies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// Near its stored inputs if it can, else round-robin over nodes
+    /// with room.
+    #[default]
+    Any,
+    /// On this node: only there (`soft: false`; it fails if the node is
+    /// gone), or there when it has room, else anywhere (`soft: true`).
+    Node {
+        /// The node.
+        node: crate::NodeId,
+        /// Fall back to other nodes.
+        soft: bool,
+    },
+    /// Round-robin over nodes with room, ignoring where inputs are.
+    Spread,
+}
+
 /// A task as submitted by a driver.
 #[derive(Clone, Debug)]
 pub struct NewTask {
@@ -48,6 +68,8 @@ pub struct NewTask {
     /// Objects referenced from inside its inline argument values: they
     /// live while the task does.
     pub contains: Vec<ObjectId>,
+    /// Where it may run.
+    pub placement: Placement,
 }
 
 /// A finished value as a worker reports it.

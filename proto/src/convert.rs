@@ -10,8 +10,8 @@ use crate::pb;
 use bytes::Bytes;
 use shoal_domain::cluster::{ClusterStatus, NodeStatus, TaskCounts};
 use shoal_domain::task::{
-    Dispatch, ExecArg, ExecTask, FunctionDef, JobInfo, JobSnapshot, NewArg, NewTask, Payload, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoredRef,
-    Value,
+    Dispatch, ExecArg, ExecTask, FunctionDef, JobInfo, JobSnapshot, NewArg, NewTask, Payload, Placement, PutValue, SnapshotObject, SnapshotTask, SnapshotValue,
+    StoredRef, Value,
 };
 use shoal_domain::{Failure, FailureKind, JobId, NodeId, ObjectId, ResourceSet, StoreUsage, TaskId};
 
@@ -231,6 +231,11 @@ impl From<pb::TaskSubmit> for NewTask {
             resources: t.resources.as_ref().map(ResourceSet::from),
             retry_exceptions: t.retry_exceptions,
             contains: t.contains.into_iter().map(ObjectId).collect(),
+            placement: match (NodeId::parse(&t.node), t.spread) {
+                (Some(node), _) => Placement::Node { node, soft: t.node_soft },
+                (None, true) => Placement::Spread,
+                (None, false) => Placement::Any,
+            },
         }
     }
 }
@@ -255,6 +260,12 @@ impl From<NewTask> for pb::TaskSubmit {
             resources: t.resources.as_ref().map(pb::Resources::from),
             retry_exceptions: t.retry_exceptions,
             contains: t.contains.into_iter().map(|o| o.0).collect(),
+            node: match t.placement {
+                Placement::Node { node, .. } => node.0.to_string(),
+                _ => String::new(),
+            },
+            node_soft: matches!(t.placement, Placement::Node { soft: true, .. }),
+            spread: t.placement == Placement::Spread,
         }
     }
 }
@@ -491,9 +502,11 @@ mod tests {
             resources: Some(ResourceSet::cpus(2.0)),
             retry_exceptions: Some(true),
             contains: vec![ObjectId::new(2, 7)],
+            placement: Placement::Node { node: NodeId::parse("00000000-0000-0000-0000-000000000007").unwrap(), soft: true },
         };
         let back = NewTask::from(pb::TaskSubmit::from(t.clone()));
         assert_eq!(back.contains, t.contains);
+        assert_eq!(back.placement, t.placement);
         assert_eq!((back.id, back.func, back.max_retries, back.retry_exceptions), (t.id, t.func, t.max_retries, t.retry_exceptions));
         assert_eq!(back.resources, t.resources);
         assert!(matches!(back.args.as_slice(), [NewArg::Object(o)] if *o == ObjectId::new(1, 1)));

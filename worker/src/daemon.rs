@@ -200,8 +200,8 @@ impl LocalStore for Arc<Store> {
     fn free(&self, id: ObjectId) {
         Store::free(self, id.0)
     }
-    fn free_job(&self, job: JobId) {
-        self.free_where(|id| shoal_domain::ids::job_of(id) == job)
+    fn free_job(&self, job: JobId, keep: &std::collections::HashSet<ObjectId>) {
+        self.free_where(|id| shoal_domain::ids::job_of(id) == job && !keep.contains(&ObjectId(id)))
     }
     fn reclaim_owner(&self, exec: ExecId) -> usize {
         Store::reclaim_owner(self, exec.0)
@@ -342,6 +342,7 @@ fn head_message(msg: pb::HeadToWorker) -> HeadMessage {
         tasks: msg.tasks.into_iter().map(Dispatch::from).collect(),
         cancel: ids(msg.cancel),
         jobs_finished: msg.jobs_finished,
+        keep_objects: ids(msg.keep_objects),
     }
 }
 

@@ -256,6 +256,28 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                         self.retry_exceptions(yes)
                     }
 
+                    /// Runs the call on `node` only (Ray's node affinity, `soft=False`):
+                    /// it waits for room there, and fails as `Unschedulable` if the
+                    /// node is gone. Node ids: `shoal::cluster_status_blocking()?.alive_nodes()`.
+                    pub fn on_node(mut self, node: ::shoal::NodeId) -> Self {
+                        self.0.placement = ::shoal::Placement::Node { node, soft: false };
+                        self
+                    }
+
+                    /// Runs the call on `node` if it has room now, else anywhere
+                    /// (Ray's node affinity with `soft=True`).
+                    pub fn prefer_node(mut self, node: ::shoal::NodeId) -> Self {
+                        self.0.placement = ::shoal::Placement::Node { node, soft: true };
+                        self
+                    }
+
+                    /// Spreads calls over the nodes with room, ignoring where their
+                    /// inputs are (Ray's `"SPREAD"` strategy).
+                    pub fn spread(mut self) -> Self {
+                        self.0.placement = ::shoal::Placement::Spread;
+                        self
+                    }
+
                     /// Starts the generator with these options.
                     pub fn remote(self, #(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRefGenerator<#item> {
                         ::shoal::__private::submit_generator(&META, self.0, ::std::vec![#(::shoal::IntoArg::into_arg(#arg_names)),*])
@@ -407,7 +429,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             }
 
             /// Per-call options (`num_cpus`, `resources`, `max_retries`,
-            /// `retry_exceptions`), then `.remote(..)`.
+            /// `retry_on_panic`, placement), then `.remote(..)`.
             pub fn options() -> Options {
                 Options(::shoal::CallOptions::default())
             }
@@ -445,6 +467,28 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                 /// The same as [`retry_exceptions`](Self::retry_exceptions).
                 pub fn retry_on_panic(self, yes: bool) -> Self {
                     self.retry_exceptions(yes)
+                }
+
+                /// Runs the call on `node` only (Ray's node affinity, `soft=False`):
+                /// it waits for room there, and fails as `Unschedulable` if the
+                /// node is gone. Node ids: `shoal::cluster_status_blocking()?.alive_nodes()`.
+                pub fn on_node(mut self, node: ::shoal::NodeId) -> Self {
+                    self.0.placement = ::shoal::Placement::Node { node, soft: false };
+                    self
+                }
+
+                /// Runs the call on `node` if it has room now, else anywhere
+                /// (Ray's node affinity with `soft=True`).
+                pub fn prefer_node(mut self, node: ::shoal::NodeId) -> Self {
+                    self.0.placement = ::shoal::Placement::Node { node, soft: true };
+                    self
+                }
+
+                /// Spreads calls over the nodes with room, ignoring where their
+                /// inputs are (Ray's `"SPREAD"` strategy).
+                pub fn spread(mut self) -> Self {
+                    self.0.placement = ::shoal::Placement::Spread;
+                    self
                 }
 
                 /// Submits the call with these options.

@@ -127,8 +127,10 @@ impl Core {
             }
         }
         for (id, o) in &self.objects {
-            if !self.jobs.contains_key(&id.job()) {
-                return Err(format!("object {} belongs to a gone job", d(*id)));
+            // A gone task session's object others still reference stays,
+            // ownerless and with no way to rebuild it.
+            if !self.jobs.contains_key(&id.job()) && (o.driver_ref || o.lineage.is_some()) {
+                return Err(format!("object {} belongs to a gone job yet has an owner or lineage", d(*id)));
             }
             let want = refs.get(id).copied().unwrap_or(0);
             if o.task_refs != want {

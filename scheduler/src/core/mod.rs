@@ -57,6 +57,9 @@ pub trait Outbox {
     /// Tell the session `job` running generator task `task` how many of
     /// its items the caller consumed.
     fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64);
+    /// `node` keeps its copy of `id` when the job that made it ends
+    /// (others still reference it); it is freed later like any object.
+    fn keep_object(&mut self, node: NodeId, id: ObjectId);
 }
 
 /// Tunables of the core.
@@ -222,6 +225,8 @@ struct Extra {
     arg_refs: Vec<ObjectId>,
     /// For a generator task: its items so far.
     generator: Option<Generator>,
+    /// Where the call may run, when not anywhere.
+    placement: Placement,
 }
 
 /// A running generator task's stream.
@@ -773,6 +778,7 @@ impl Core {
                     resources: l.resources.as_deref().cloned(),
                     retry_exceptions: Some(l.retry_exceptions),
                     contains: Vec::new(),
+                    placement: Placement::Any,
                 }),
             })
             .collect();
@@ -789,6 +795,7 @@ impl Core {
                     resources: t.own_resources().cloned(),
                     retry_exceptions: Some(t.retry_exceptions),
                     contains: t.extra.as_ref().map(|e| e.arg_refs.clone()).unwrap_or_default(),
+                    placement: t.extra.as_ref().map(|e| e.placement).unwrap_or_default(),
                 },
                 driver_ref: t.driver_ref,
             })
@@ -846,6 +853,12 @@ impl Core {
     /// nodes that have not re-registered yet wait for those nodes.
     pub fn recovering(&mut self, until: Instant) {
         self.recovering_until = Some(until);
+    }
+
+    /// No node is coming back after a restart after all (nothing was
+    /// restored): decide as a fresh head does.
+    pub fn end_recovery(&mut self) {
+        self.recovering_until = None;
     }
 
     /// Whether `job` is the session of a task (a task submitting tasks).
@@ -949,7 +962,11 @@ impl Core {
         }
         // Its objects go, and with them the refs their values held; other
         // jobs that borrowed one are told it is gone; refs it borrowed are
-        // dropped.
+        // dropped. A task's session (its executor went) leaves behind what
+        // other jobs still reference: the head keeps those (nobody can
+        // rebuild them any more) until their last ref drops.
+        let nested = j.parent.is_some();
+        let mut orphans: Vec<ObjectId> = Vec::new();
         let mut dropped: Vec<ObjectId> = Vec::new();
         let mut unborrowed: Vec<ObjectId> = Vec::new();
         self.objects.retain(|id, o| {
@@ -960,6 +977,20 @@ impl Core {
                     r.borrowers.swap_remove(i);
                     unborrowed.push(*id);
                 }
+                return true;
+            }
+            if nested && o.refs.as_ref().is_some_and(|r| r.contained_in > 0 || r.borrowers.iter().any(|b| *b != job)) {
+                o.driver_ref = false;
+                o.lineage = None;
+                if let Some(r) = o.refs.as_mut() {
+                    r.borrowers.retain(|b| *b != job);
+                }
+                if let ObjectState::Stored { holders, .. } = &o.state {
+                    for h in holders {
+                        out.keep_object(*h, *id);
+                    }
+                }
+                orphans.push(*id);
                 return true;
             }
             if let ObjectState::Stored { holders, .. } = &o.state {
@@ -985,12 +1016,12 @@ impl Core {
         for id in dropped {
             self.uncontain(id, out);
         }
-        for id in unborrowed {
+        for id in unborrowed.into_iter().chain(orphans) {
             self.maybe_free(id, out);
         }
         // Other jobs' queued tasks that take one of its objects or results
         // (refs they borrowed) cannot run.
-        let gone = |x: &ObjectId| x.job() == job;
+        let gone = |x: &ObjectId| x.job() == job && !self.objects.contains_key(x);
         let orphans: Vec<TaskId> = self
             .tasks
             .iter()
@@ -1061,6 +1092,9 @@ impl Core {
         o.lineage = None;
         if o.driver_ref {
             out.result(id.job(), id, Err(f.clone()));
+        }
+        for b in o.refs.iter().flat_map(|r| r.borrowers.iter()) {
+            out.result(*b, id, Err(f.clone()));
         }
         // Queued consumers fail now; running ones fail when they cannot
         // read it.
@@ -1147,6 +1181,14 @@ impl Core {
             if t.func as usize >= nfuncs {
                 early = Some(Failure::new(FailureKind::FunctionNotFound, format!("function index {} was never defined by job {job}", t.func)));
             }
+            // Pinned to a node that cannot run it now or later: say so at once.
+            if let Placement::Node { node, soft: false } = t.placement
+                && self.recovering_until.is_none()
+                && !self.nodes.get(&node).is_some_and(|n| n.alive)
+            {
+                let why = if self.nodes.contains_key(&node) { "which is dead" } else { "which is not part of the cluster" };
+                early.get_or_insert_with(|| Failure::new(FailureKind::Unschedulable, format!("the call is pinned to node {node}, {why}")));
+            }
             let state = if missing == 0 { TaskState::Ready } else { TaskState::Waiting };
             let (def_retries, def_exceptions) = defaults.get(t.func as usize).copied().unwrap_or((0, false));
             let max_retries = t.max_retries.unwrap_or(def_retries).min(u16::MAX as u32) as u16;
@@ -1171,6 +1213,11 @@ impl Core {
                 },
             );
             self.counts.queued += 1;
+            if t.placement != Placement::Any
+                && let Some(task) = self.tasks.get_mut(&t.id)
+            {
+                task.extra.get_or_insert_default().placement = t.placement;
+            }
             if !t.contains.is_empty() {
                 let kept: Vec<ObjectId> = t.contains.into_iter().filter(|c| self.add_contained(*c)).collect();
                 if let Some(task) = self.tasks.get_mut(&t.id) {
@@ -1637,13 +1684,46 @@ impl Core {
                 continue;
             };
             let req = needs(task, def);
+            let placement = task.extra.as_ref().map_or(Placement::Any, |e| e.placement);
+            if let Placement::Node { node, soft: false } = placement {
+                // Pinned: there or nowhere.
+                let why = match self.nodes.get(&node) {
+                    Some(nd) if nd.alive && !req.fits_in(&nd.info.resources) => Some(format!("node {node} offers {}, not {req}", nd.info.resources)),
+                    Some(nd) if nd.alive && nd.draining => None,
+                    Some(nd) if nd.alive => {
+                        let mut used = nd.in_use.clone();
+                        used.add(req);
+                        if nd.credits > 0 && used.fits_in(&nd.info.resources) {
+                            self.dispatch(tid, node, out);
+                        } else {
+                            deferred.push(tid);
+                        }
+                        continue;
+                    }
+                    // It may still register again after a restart.
+                    _ if self.recovering_until.is_some() => None,
+                    Some(_) => Some(format!("the call is pinned to node {node}, which is dead")),
+                    None => Some(format!("the call is pinned to node {node}, which is not part of the cluster")),
+                };
+                match why {
+                    Some(why) => self.fail_task(tid, Failure::new(FailureKind::Unschedulable, format!("{why} (needed by {})", def.name)), out),
+                    None => deferred.push(tid),
+                }
+                continue;
+            }
             let default_shape = req.is_default_task();
             let look_for_room = !(default_shape && saturated);
             let mut feasible = false;
             let mut best: Option<(bool, usize)> = None;
-            // Data locality first: the node holding most bytes of the
-            // task's stored inputs, if it fits and has room now.
-            if let Some(pref) = self.preferred_node(task)
+            // Data locality first (the node holding most bytes of the
+            // task's stored inputs), or the node a call prefers, if it fits
+            // and has room now; never for a spread call.
+            let preferred = match placement {
+                Placement::Node { node, .. } => Some(node),
+                Placement::Spread => None,
+                Placement::Any => self.preferred_node(task),
+            };
+            if let Some(pref) = preferred
                 && let Ok(idx) = alive.binary_search(&pref)
                 && let Some(node) = self.nodes.get(&pref)
             {
@@ -1718,7 +1798,7 @@ impl Core {
             if !matches!(&o.state, ObjectState::Stored { holders, .. } if holders.is_empty()) {
                 continue;
             }
-            if !o.referenced() || !self.jobs.contains_key(&oid.job()) {
+            if !o.referenced() {
                 if let Some(o) = self.objects.remove(&oid) {
                     Self::free_copies(oid, &o.state, out);
                     for c in o.refs.map(|r| r.contains).unwrap_or_default() {
@@ -1728,6 +1808,7 @@ impl Core {
                 continue;
             }
             let cannot = match &o.lineage {
+                None if !self.jobs.contains_key(&oid.job()) => Some("the job that made it ended"),
                 None => Some("it was put by the driver, so there is no task to run again"),
                 Some(lin) => {
                     let inputs_known = lin.args.iter().all(|a| match a {
@@ -1773,6 +1854,7 @@ impl Core {
                         refs: o.refs.map(|r| *r).unwrap_or_default(),
                         arg_refs: Vec::new(),
                         generator: None,
+                        placement: Placement::Any,
                     })),
                     max_retries: lin.max_retries,
                     retry_exceptions: lin.retry_exceptions,

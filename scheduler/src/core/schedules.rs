@@ -52,6 +52,7 @@ impl Outbox for Sent {
     fn drain(&mut self, _: NodeId) {}
     fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>) {}
     fn generator_ack(&mut self, _: JobId, _: TaskId, _: u64) {}
+    fn keep_object(&mut self, _: NodeId, _: ObjectId) {}
     fn job_ended(&mut self, job: JobId) {
         self.ended.push(job);
     }
@@ -148,7 +149,9 @@ impl World {
     }
 
     fn new_job(&mut self) {
-        let Ok(job) = self.core.job_connected("ab".repeat(32), "schedule".into()) else { return };
+        // Some jobs are task sessions (a task submitting tasks) of another.
+        let parent = self.pick_job().filter(|_| self.rng.random_bool(0.3)).map(|j| self.jobs[j].id);
+        let Ok(job) = self.core.job_connected_under("ab".repeat(32), "schedule".into(), parent) else { return };
         let defs = (0..FUNCS)
             .map(|i| FunctionDef { name: format!("f{i}"), resources: ResourceSet::cpus([1.0, 0.5, 2.0][i]), max_retries: i as u32, retry_exceptions: i == 1 })
             .collect();
@@ -473,7 +476,16 @@ impl World {
             // Some calls bring their own resources or retry policy.
             let resources = self.rng.random_bool(0.15).then(|| ResourceSet::cpus([0.0, 1.0, 1.5][self.rng.random_range(0..3)]));
             let retry_exceptions = self.rng.random_bool(0.15).then(|| self.rng.random_bool(0.5));
-            tasks.push(NewTask { id, func, args, max_retries, resources, retry_exceptions, contains: Vec::new() });
+            // Some calls are pinned to a node (hard or soft) or spread.
+            let placement = match self.rng.random_range(0..20) {
+                0 | 1 if !self.nodes.is_empty() => {
+                    let node = self.nodes[self.rng.random_range(0..self.nodes.len())].id;
+                    Placement::Node { node, soft: self.rng.random_bool(0.5) }
+                }
+                2 => Placement::Spread,
+                _ => Placement::Any,
+            };
+            tasks.push(NewTask { id, func, args, max_retries, resources, retry_exceptions, contains: Vec::new(), placement });
         }
         let n = tasks.len();
         let desc = format!("job {job} submits {n} tasks: {:?}", tasks.iter().map(|t| (t.id, t.func, t.args.len())).collect::<Vec<_>>());

@@ -15,6 +15,7 @@ struct Rec {
     drained: Vec<NodeId>,
     items: Vec<(JobId, TaskId, u64, ObjectId)>,
     acks: Vec<(JobId, TaskId, u64)>,
+    kept: Vec<(NodeId, ObjectId)>,
 }
 
 impl Outbox for Rec {
@@ -48,6 +49,9 @@ impl Outbox for Rec {
     fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64) {
         self.acks.push((job, task, consumed));
     }
+    fn keep_object(&mut self, node: NodeId, id: ObjectId) {
+        self.kept.push((node, id));
+    }
 }
 
 impl Rec {
@@ -77,7 +81,16 @@ fn job_with(core: &mut Core, funcs: &[(&str, ResourceSet, u32)]) -> JobId {
 }
 
 fn task(job: JobId, seq: u64, func: u32, args: Vec<NewArg>) -> NewTask {
-    NewTask { id: ObjectId::new(job, seq), func, args, max_retries: None, resources: None, retry_exceptions: None, contains: Vec::new() }
+    NewTask {
+        id: ObjectId::new(job, seq),
+        func,
+        args,
+        max_retries: None,
+        resources: None,
+        retry_exceptions: None,
+        contains: Vec::new(),
+        placement: Placement::Any,
+    }
 }
 
 fn val(x: &'static [u8]) -> NewArg {
@@ -337,6 +350,7 @@ fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
             resources: None,
             retry_exceptions: None,
             contains: Vec::new(),
+            placement: Placement::Any,
         }],
         &mut out,
     );
@@ -923,6 +937,7 @@ fn re_registering_while_alive_ends_only_the_old_session() {
         fn drain(&mut self, _: NodeId) {}
         fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>) {}
         fn generator_ack(&mut self, _: JobId, _: TaskId, _: u64) {}
+        fn keep_object(&mut self, _: NodeId, _: ObjectId) {}
     }
     let now = t0();
     let mut out = Epochs::default();
@@ -1125,10 +1140,32 @@ fn refs_in_a_task_result_keep_the_child_objects_alive_until_the_result_goes() {
     core.borrow(parent, &[(pieces[0], false)], &mut out);
     assert_eq!(out.freed, vec![(a, pieces[0])], "the last ref to a piece frees it");
     core.check_invariants().unwrap();
-    // The child job ends (its executor went): the borrower is told.
+    // The child job ends (its executor went): what the parent still
+    // borrows stays (the node keeps its copies), ownerless.
+    out.freed.clear();
     core.job_disconnected(child, &mut out);
-    let lost: Vec<ObjectId> = out.results.iter().filter(|(j, _, r)| *j == parent && r.is_err()).map(|(_, id, _)| *id).collect();
-    assert_eq!(lost, vec![pieces[1], pieces[2]], "the parent is told its borrowed pieces are gone");
+    assert!(out.results.iter().all(|(_, _, r)| r.is_ok()), "nobody is told anything is lost: {:?}", out.results);
+    let mut kept = out.kept.clone();
+    kept.sort();
+    assert_eq!(kept, vec![(a, pieces[1]), (a, pieces[2])], "the node keeps the borrowed copies");
+    assert_eq!(core.object_count(), 2);
+    core.check_invariants().unwrap();
+    core.borrow(parent, &[(pieces[1], true)], &mut out);
+    assert!(matches!(out.results.last(), Some((j, id, Ok(_))) if *j == parent && *id == pieces[1]), "an orphan still reads");
+    core.borrow(parent, &[(pieces[1], false), (pieces[2], false)], &mut out);
+    let mut freed = out.freed.clone();
+    freed.sort();
+    assert_eq!(freed, vec![(a, pieces[1]), (a, pieces[2])], "freed after the last ref");
+    assert_eq!(core.object_count(), 0);
+    core.check_invariants().unwrap();
+    // A root job that ends frees everything, borrowed or not.
+    let other = job_with(&mut core, &[("g", ResourceSet::cpus(1.0), 0)]);
+    let x = ObjectId::new(parent, 50);
+    core.put(parent, x, PutValue::Stored { size: 10, node: a }, &mut out);
+    core.borrow(other, &[(x, true)], &mut out);
+    out.results.clear();
+    core.job_disconnected(parent, &mut out);
+    assert!(matches!(out.results.as_slice(), [(j, id, Err(f))] if *j == other && *id == x && f.kind == FailureKind::ObjectLost), "{:?}", out.results);
     assert_eq!(core.object_count(), 0);
     core.check_invariants().unwrap();
 }
@@ -1217,4 +1254,70 @@ fn tasks_submitted_by_a_task_go_ahead_of_earlier_queued_work() {
     let want = [ObjectId::new(child, 1), ObjectId::new(child, 2), ObjectId::new(job, 1), ObjectId::new(job, 2)];
     assert_eq!(&order[..4], &want[..], "the nested calls first, in their order, then FIFO");
     core.check_invariants().unwrap();
+}
+
+// ---------------------------------------------------------------- placement
+
+#[test]
+fn a_call_pinned_to_a_node_runs_only_there_and_fails_if_the_node_is_gone() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(4.0), t0(), &mut out);
+    let (b, eb) = node(&mut core, ResourceSet::cpus(1.0), t0(), &mut out);
+    core.node_credits(a, ea, 100, t0());
+    core.node_credits(b, eb, 100, t0());
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let pinned = |seq, node, soft| {
+        let mut t = task(job, seq, 0, vec![]);
+        t.placement = Placement::Node { node, soft };
+        t
+    };
+    core.submit(job, vec![pinned(1, b, false), pinned(2, b, false), pinned(3, b, true)], &mut out);
+    core.schedule(&mut out);
+    let d: Vec<(NodeId, u64)> = out.take_dispatched().into_iter().map(|(n, d)| (n, d.task.seq())).collect();
+    assert_eq!(d, vec![(b, 1), (a, 3)], "the second pinned call waits for b's one CPU; the soft one goes elsewhere");
+    core.tasks_finished(b, eb, vec![(ObjectId::new(job, 1), ok(b"x"))], t0(), &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().into_iter().map(|(n, d)| (n, d.task.seq())).collect::<Vec<_>>(), vec![(b, 2)]);
+    // Pinned to a node that dies, or was never there: Unschedulable.
+    core.submit(job, vec![pinned(4, b, false)], &mut out);
+    core.node_disconnected(b, eb, &mut out);
+    let stranger = NodeId::random();
+    core.submit(job, vec![pinned(5, stranger, false)], &mut out);
+    core.schedule(&mut out);
+    let mut failed: Vec<(u64, FailureKind)> =
+        out.results.iter().filter_map(|(_, id, r)| r.as_ref().err().map(|f| (id.seq(), f.kind))).filter(|(s, _)| *s >= 4).collect();
+    failed.sort_unstable_by_key(|f| f.0);
+    assert_eq!(failed, vec![(4, FailureKind::Unschedulable), (5, FailureKind::Unschedulable)], "{:?}", out.results);
+    core.check_invariants().unwrap();
+}
+
+#[test]
+fn a_spread_call_ignores_where_its_inputs_are() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(8.0), t0(), &mut out);
+    let (b, eb) = node(&mut core, ResourceSet::cpus(8.0), t0(), &mut out);
+    core.node_credits(a, ea, 100, t0());
+    core.node_credits(b, eb, 100, t0());
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let big = ObjectId::new(job, 1);
+    core.put(job, big, PutValue::Stored { size: 1 << 30, node: a }, &mut out);
+    let calls = |from: u64, placement| {
+        (from..from + 4)
+            .map(|s| {
+                let mut t = task(job, s, 0, vec![NewArg::Object(big)]);
+                t.placement = placement;
+                t
+            })
+            .collect::<Vec<_>>()
+    };
+    core.submit(job, calls(10, Placement::Any), &mut out);
+    core.schedule(&mut out);
+    assert!(out.take_dispatched().iter().all(|(n, _)| *n == a), "by default every call goes where its 1 GiB input is");
+    core.submit(job, calls(20, Placement::Spread), &mut out);
+    core.schedule(&mut out);
+    let nodes: HashSet<NodeId> = out.take_dispatched().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(nodes, HashSet::from([a, b]), "spread calls use both nodes");
+    let _ = (eb, b);
 }

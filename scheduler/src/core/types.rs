@@ -5,6 +5,6 @@
 
 pub use shoal_domain::cluster::{ClusterStatus, NodeRegistration, NodeStatus, TaskCounts};
 pub use shoal_domain::task::{
-    Dispatch, FunctionDef, JobSnapshot, NewArg, NewTask, Payload, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoredRef, Value,
+    Dispatch, FunctionDef, JobSnapshot, NewArg, NewTask, Payload, Placement, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoredRef, Value,
 };
 pub use shoal_domain::{Failure, FailureKind, JobId, NodeId, ObjectId, ResourceSet, StoreUsage, TaskId, ids};

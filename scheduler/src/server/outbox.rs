@@ -79,6 +79,9 @@ impl Outbox for BatchingOutbox {
     fn free_object(&mut self, node: NodeId, id: ObjectId) {
         current(self.workers.entry(node).or_default(), 8).free_objects.push(id.0);
     }
+    fn keep_object(&mut self, node: NodeId, id: ObjectId) {
+        current(self.workers.entry(node).or_default(), 8).keep_objects.push(id.0);
+    }
     fn drain(&mut self, node: NodeId) {
         current(self.workers.entry(node).or_default(), 4).drain = true;
     }

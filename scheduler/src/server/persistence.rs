@@ -188,6 +188,10 @@ pub(super) fn restore(core: &mut Core, state: &mut LoopState, replay: Replay, he
         }
     }
     core.reserve_jobs_below(replay.next_job);
+    if jobs == 0 {
+        // A fresh log: no node can be coming back with anything.
+        core.end_recovery();
+    }
     if jobs > 0 {
         tracing::info!(jobs, batches, results, tasks = core.task_count(), objects = core.object_count(), "restored the head's state from its log");
     }

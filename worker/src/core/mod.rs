@@ -61,8 +61,8 @@ pub trait LocalStore {
     fn abort(&self, id: ObjectId);
     /// Frees the local copy of `id`.
     fn free(&self, id: ObjectId);
-    /// Frees every object of `job`.
-    fn free_job(&self, job: JobId);
+    /// Frees every object of `job` but those in `keep`.
+    fn free_job(&self, job: JobId, keep: &HashSet<ObjectId>);
     /// Reclaims results `exec` was half-way through writing; returns how
     /// many.
     fn reclaim_owner(&self, exec: ExecId) -> usize;
@@ -118,6 +118,8 @@ pub struct HeadMessage {
     pub cancel: Vec<TaskId>,
     /// Jobs that ended.
     pub jobs_finished: Vec<JobId>,
+    /// Objects to keep when their job ends (others still reference them).
+    pub keep_objects: Vec<ObjectId>,
 }
 
 /// Tunables of the worker core.
@@ -272,6 +274,9 @@ pub struct WorkerCore<S: LocalStore> {
     pulls: HashSet<ObjectId>,
     /// Functions whose tasks were seen blocking on other tasks.
     blocking_fns: HashSet<(JobId, u32)>,
+    /// Objects of ended jobs that others still reference (freed one by
+    /// one when the head says so).
+    kept: HashSet<ObjectId>,
     /// Pulled objects to report to the head as local copies.
     copied: Vec<ObjectId>,
 }
@@ -301,6 +306,7 @@ impl<S: LocalStore> WorkerCore<S> {
             draining: false,
             pulls: HashSet::new(),
             blocking_fns: HashSet::new(),
+            kept: HashSet::new(),
             copied: Vec::new(),
         }
     }
@@ -358,7 +364,9 @@ impl<S: LocalStore> WorkerCore<S> {
                 job.functions.extend(ji.functions);
             }
         }
+        self.kept.extend(msg.keep_objects);
         for id in msg.free_objects {
+            self.kept.remove(&id);
             self.store.free(id);
         }
         for d in msg.tasks {
@@ -407,7 +415,7 @@ impl<S: LocalStore> WorkerCore<S> {
             for id in ids {
                 self.remove_exec(id, true, fx);
             }
-            self.store.free_job(job);
+            self.store.free_job(job, &self.kept);
         }
     }
 

@@ -97,8 +97,8 @@ impl LocalStore for FakeStore {
             m.remove(&id);
         }
     }
-    fn free_job(&self, job: JobId) {
-        self.objects.borrow_mut().retain(|_, o| o.job != job || o.pins > 0);
+    fn free_job(&self, job: JobId, keep: &HashSet<ObjectId>) {
+        self.objects.borrow_mut().retain(|id, o| o.job != job || o.pins > 0 || keep.contains(id));
     }
     fn reclaim_owner(&self, exec: ExecId) -> usize {
         let mut m = self.objects.borrow_mut();
