@@ -143,7 +143,41 @@ fn process_join_returns_the_result_from_another_process() {
     assert!(long.is_alive());
     long.kill();
     assert!(matches!(long.join(), Err(TaskError::Cancelled { .. })));
-    assert_eq!(long.exit_code(), Some(1));
+    assert_eq!(long.exit_code(), Some(-9), "killed, as multiprocessing reports SIGKILL");
+}
+
+#[shoal::remote]
+fn napper(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+#[shoal::remote]
+fn crashes() -> u32 {
+    panic!("this process fails")
+}
+
+/// Like `multiprocessing.Process`: each runs in a process of its own whose
+/// pid is known while it runs, distinct from every other live one (also
+/// from earlier ones: no pooled executor is reused), with the real exit
+/// code.
+#[test]
+fn processes_have_their_own_pids_known_while_running() {
+    init();
+    let procs: Vec<_> = (0..4).map(|_| Process::spawn(napper::func, (1_500,))).collect();
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid().expect("started")).collect();
+    assert!(procs.iter().all(|p| p.is_alive()), "the pids were known while they ran");
+    let distinct: std::collections::HashSet<u32> = pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 4, "distinct pids: {pids:?}");
+    for (p, pid) in procs.iter().zip(&pids) {
+        assert_eq!(p.join().unwrap(), *pid, "the pid is the process that ran it");
+        assert_eq!(p.exit_code(), Some(0));
+    }
+    let next = Process::spawn(napper::func, (0,));
+    assert!(!pids.contains(&next.join().unwrap()), "a new process, not a reused one");
+    let bad = Process::spawn(crashes::func, ());
+    assert!(matches!(bad.join(), Err(TaskError::Panicked { .. })));
+    assert_eq!(bad.exit_code(), Some(1));
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub struct CallOptions {
     pub retry_exceptions: Option<bool>,
     /// Where the call may run (default: near its inputs, else anywhere).
     pub placement: Placement,
+    /// Run it in an executor process started for it and ended after it
+    /// (what `Process::spawn` does), not in a pooled one.
+    pub dedicated: bool,
 }
 
 /// Where a call may run; see `f::options().on_node(..)`, `.prefer_node(..)`
@@ -208,6 +211,7 @@ pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, ar
         node,
         node_soft,
         spread,
+        dedicated: opts.dedicated,
     }));
     // `args` (holding referenced objects alive) drops only now, after the
     // submission is queued, so a release can never overtake it.

@@ -54,6 +54,8 @@ pub struct ObjectRefGenerator<T> {
     consumed: u64,
     acked: u64,
     finished: bool,
+    /// Dropping it before its end cancels the task (not for a `Process`).
+    cancel_on_drop: bool,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -66,6 +68,22 @@ impl<T> ObjectRefGenerator<T> {
     /// How many items were taken so far.
     pub fn consumed(&self) -> u64 {
         self.consumed
+    }
+
+    /// Whether the generator task has ended (its items may still wait to
+    /// be taken).
+    pub fn is_finished(&self) -> bool {
+        self.end.is_ready()
+    }
+
+    /// Dropping it no longer cancels the task.
+    pub(crate) fn keep_running_when_dropped(&mut self) {
+        self.cancel_on_drop = false;
+    }
+
+    /// Cancels the generator task (its executor process ends if it runs).
+    pub fn cancel(&self) {
+        self.end.cancel();
     }
 
     fn item(&mut self, id: u64, value: Result<Val, TaskError>) -> Result<ObjectRef<T>, TaskError> {
@@ -140,7 +158,7 @@ impl<T> Drop for ObjectRefGenerator<T> {
         for id in self.queue.drain() {
             c.borrow(id, false);
         }
-        if !self.end.is_ready() {
+        if self.cancel_on_drop && !self.end.is_ready() {
             c.cancel(self.task);
         }
     }
@@ -155,7 +173,7 @@ pub fn submit_generator<T>(meta: &'static FunctionMeta, opts: CallOptions, args:
         cluster = Some(c.clone());
     });
     let task = end.inner.id;
-    ObjectRefGenerator { cluster, task, end, queue, consumed: 0, acked: 0, finished: false, _t: PhantomData }
+    ObjectRefGenerator { cluster, task, end, queue, consumed: 0, acked: 0, finished: false, cancel_on_drop: true, _t: PhantomData }
 }
 
 /// Runs a generator function's iterator inside its task (used by the

@@ -45,7 +45,7 @@
 //! - `calls`: [`Arg`], [`IntoArg`], [`CallOptions`]: what a remote call takes.
 //! - `functions`: the link-time table of remote functions (internal).
 //! - `slot`, `values`, `runtime`: result slots, held values, Shoal's tokio runtime (internal).
-//! - `pool`: [`Pool`], [`Process`], [`Parallel`]: the `multiprocessing` / joblib shapes.
+//! - `pool`: [`Pool`], [`Parallel`]; `process`: [`Process`]: the `multiprocessing` / joblib shapes.
 //! - [`config`]: where addresses and tokens come from.
 //! - [`status`]: the cluster status types.
 //! - `error`: [`TaskError`] and [`Error`].
@@ -73,6 +73,7 @@ mod init;
 mod object_ref;
 mod objects;
 mod pool;
+mod process;
 mod refs;
 mod runtime;
 mod slot;
@@ -89,9 +90,8 @@ pub use executor::{TaskContext, context};
 pub use generator::{GENERATOR_WINDOW, ObjectRefGenerator};
 pub use init::{InitConfig, cancel, cluster_status, cluster_status_blocking, init, init_blocking, init_blocking_with, init_with, put, shutdown};
 pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};
-pub use pool::{
-    AsyncResult, Call, MAX_AUTO_CHUNK, MapIter, MapResult, MapStats, Parallel, Pool, PoolError, Process, RemoteFn, UnaryFn, UnaryMapIter, parallel,
-};
+pub use pool::{AsyncResult, Call, MAX_AUTO_CHUNK, MapIter, MapResult, MapStats, Parallel, Pool, PoolError, RemoteFn, UnaryFn, UnaryMapIter, parallel};
+pub use process::Process;
 pub use shoal_domain::{NodeId, ResourceSet};
 pub use status::ClusterStatus;
 
@@ -123,6 +123,7 @@ pub mod __private {
     pub use crate::generator::{run_generator, run_stream, submit_generator};
     pub use crate::init::{enter_main, run_main};
     pub use crate::pool::run_chunk;
+    pub use crate::process::run_process;
     pub use bytes::Bytes;
     pub use linkme;
 }

@@ -31,6 +31,8 @@ pub trait RemoteFn: Copy + Send + Sync + 'static {
     fn name(&self) -> &'static str;
     #[doc(hidden)]
     fn chunk_meta(&self) -> &'static FunctionMeta;
+    #[doc(hidden)]
+    fn process_meta(&self) -> &'static FunctionMeta;
 }
 
 /// A remote function of one parameter (usable with [`Pool::map`]).
@@ -58,8 +60,8 @@ impl<F: RemoteFn> Call<F> {
 #[doc(hidden)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ItemPanic {
-    message: String,
-    location: String,
+    pub(crate) message: String,
+    pub(crate) location: String,
 }
 
 /// What a chunk task returns.
@@ -591,66 +593,6 @@ impl<R> MapResult<R> {
     /// `Some(true)` if every item succeeded, `None` while running.
     pub fn successful(&self) -> Option<bool> {
         self.slot.0.lock().expect("result lock").as_ref().map(|r| r.is_ok())
-    }
-}
-
-/// A long task in its own executor process, like `multiprocessing.Process`.
-///
-/// ```no_run
-/// #[shoal::remote]
-/// fn work(n: u64) -> u64 { (0..n).sum() }
-///
-/// let p = shoal::Process::spawn(work::func, (1_000_000,));
-/// let total = p.join().unwrap();
-/// println!("pid {:?} on node {:?}: {total}", p.pid(), p.node());
-/// ```
-pub struct Process<F: RemoteFn> {
-    f: F,
-    r: ObjectRef<ChunkOutput<F::Output>>,
-}
-
-impl<F: RemoteFn> Process<F> {
-    /// Starts `f(args)` on the cluster.
-    pub fn spawn(f: F, args: F::Args) -> Process<F> {
-        let r = submit(f.chunk_meta(), vec![IntoArg::<Vec<F::Args>>::into_arg(vec![args])]);
-        Process { f, r }
-    }
-    /// Waits for it to finish; returns its result.
-    pub fn join(&self) -> Result<F::Output, TaskError> {
-        let out = self.r.get()?;
-        let node = out.node.clone();
-        out.items.into_iter().next().expect("one item").map_err(|p| TaskError::Panicked {
-            function: self.f.name().to_string(),
-            message: p.message,
-            location: p.location,
-            node,
-        })
-    }
-    /// Still running?
-    pub fn is_alive(&self) -> bool {
-        !self.r.is_ready()
-    }
-    /// The executor process id, once it has finished.
-    pub fn pid(&self) -> Option<u32> {
-        self.finished().map(|o| o.pid)
-    }
-    /// The node it ran on, once it has finished.
-    pub fn node(&self) -> Option<String> {
-        self.finished().map(|o| o.node)
-    }
-    /// `Some(0)` after success, `Some(1)` after a failure, `None` while running.
-    pub fn exit_code(&self) -> Option<i32> {
-        self.r.is_ready().then(|| if self.join().is_ok() { 0 } else { 1 })
-    }
-    /// Stops it (ends its executor process if running).
-    pub fn kill(&self) {
-        self.r.cancel();
-    }
-    fn finished(&self) -> Option<ChunkOutput<F::Output>> {
-        if !self.r.is_ready() {
-            return None;
-        }
-        self.r.get().ok()
     }
 }
 

@@ -70,6 +70,8 @@ pub struct NewTask {
     pub contains: Vec<ObjectId>,
     /// Where it may run.
     pub placement: Placement,
+    /// Runs in an executor process of its own (a `Process`).
+    pub dedicated: bool,
 }
 
 /// A finished value as a worker reports it.
@@ -188,6 +190,9 @@ pub struct Dispatch {
     pub attempt: u32,
     /// The resources this call holds, when they are not its function's.
     pub resources: Option<ResourceSet>,
+    /// Runs in an executor process of its own, started for it and ended
+    /// after it (a `Process`).
+    pub dedicated: bool,
 }
 
 /// What a worker needs to run a job's tasks: its program binary and its

@@ -236,6 +236,7 @@ impl From<pb::TaskSubmit> for NewTask {
                 (None, true) => Placement::Spread,
                 (None, false) => Placement::Any,
             },
+            dedicated: t.dedicated,
         }
     }
 }
@@ -266,6 +267,7 @@ impl From<NewTask> for pb::TaskSubmit {
             },
             node_soft: matches!(t.placement, Placement::Node { soft: true, .. }),
             spread: t.placement == Placement::Spread,
+            dedicated: t.dedicated,
         }
     }
 }
@@ -282,7 +284,15 @@ impl From<Dispatch> for pb::TaskDispatch {
                 }),
             })
             .collect();
-        pb::TaskDispatch { task: d.task.0, job: d.job, func: d.func, args, attempt: d.attempt, resources: d.resources.as_ref().map(pb::Resources::from) }
+        pb::TaskDispatch {
+            task: d.task.0,
+            job: d.job,
+            func: d.func,
+            args,
+            attempt: d.attempt,
+            resources: d.resources.as_ref().map(pb::Resources::from),
+            dedicated: d.dedicated,
+        }
     }
 }
 
@@ -297,7 +307,15 @@ impl From<pb::TaskDispatch> for Dispatch {
                 None => Payload::Inline(Bytes::new()),
             })
             .collect();
-        Dispatch { task: ObjectId(d.task), job: d.job, func: d.func, args, attempt: d.attempt, resources: d.resources.as_ref().map(ResourceSet::from) }
+        Dispatch {
+            task: ObjectId(d.task),
+            job: d.job,
+            func: d.func,
+            args,
+            attempt: d.attempt,
+            resources: d.resources.as_ref().map(ResourceSet::from),
+            dedicated: d.dedicated,
+        }
     }
 }
 
@@ -492,6 +510,7 @@ mod tests {
             args: vec![Payload::Inline(Bytes::from_static(b"x")), Payload::Stored(StoredRef { id: ObjectId::new(3, 2), size: 5, holders: vec!["h:1".into()] })],
             attempt: 2,
             resources: Some(ResourceSet::cpus(0.5).with("gpu", 1.0)),
+            dedicated: true,
         };
         assert_eq!(Dispatch::from(pb::TaskDispatch::from(d.clone())), d);
         let t = NewTask {
@@ -503,10 +522,11 @@ mod tests {
             retry_exceptions: Some(true),
             contains: vec![ObjectId::new(2, 7)],
             placement: Placement::Node { node: NodeId::parse("00000000-0000-0000-0000-000000000007").unwrap(), soft: true },
+            dedicated: true,
         };
         let back = NewTask::from(pb::TaskSubmit::from(t.clone()));
         assert_eq!(back.contains, t.contains);
-        assert_eq!(back.placement, t.placement);
+        assert_eq!((back.placement, back.dedicated), (t.placement, t.dedicated));
         assert_eq!((back.id, back.func, back.max_retries, back.retry_exceptions), (t.id, t.func, t.max_retries, t.retry_exceptions));
         assert_eq!(back.resources, t.resources);
         assert!(matches!(back.args.as_slice(), [NewArg::Object(o)] if *o == ObjectId::new(1, 1)));

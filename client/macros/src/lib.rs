@@ -328,6 +328,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
     };
     let slice_ident = format_ident!("__SHOAL_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
     let chunk_ident = format_ident!("__SHOAL_CHUNK_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
+    let process_ident = format_ident!("__SHOAL_PROCESS_REGISTRATION_{}", ident.to_string().to_uppercase(), span = Span::call_site());
     let unary_impl = if n == 1 {
         let t = &arg_types[0];
         quote! {
@@ -400,6 +401,24 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             #[linkme(crate = ::shoal::__private::linkme)]
             static #chunk_ident: ::shoal::__private::RemoteFunction = ::shoal::__private::RemoteFunction { name: CHUNK_META.name, invoke: __invoke_chunk };
 
+            /// Metadata of the form `Process::spawn` runs (in a process of its own).
+            pub static PROCESS_META: ::shoal::__private::FunctionMeta = ::shoal::__private::FunctionMeta::new(
+                ::core::concat!(#name_expr, "::process"),
+                #num_cpus,
+                &[#((#res_names, #res_amounts)),*],
+                0,
+                false,
+            );
+
+            #[doc(hidden)]
+            pub fn __invoke_process(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::shoal::__private::Encoded, ::shoal::__private::InvokeError> {
+                ::shoal::__private::run_process::<(#(#arg_types,)*), #ret, _>(args, |(#(#arg_names,)*)| #call)
+            }
+
+            #[::shoal::__private::linkme::distributed_slice(::shoal::__private::REMOTE_FUNCTIONS)]
+            #[linkme(crate = ::shoal::__private::linkme)]
+            static #process_ident: ::shoal::__private::RemoteFunction = ::shoal::__private::RemoteFunction { name: PROCESS_META.name, invoke: __invoke_process };
+
             /// The function as a value, for `Pool::map`, `Parallel` and `Process::spawn`.
             #[derive(Clone, Copy, Debug)]
             pub struct Func;
@@ -416,6 +435,9 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                 }
                 fn chunk_meta(&self) -> &'static ::shoal::__private::FunctionMeta {
                     &CHUNK_META
+                }
+                fn process_meta(&self) -> &'static ::shoal::__private::FunctionMeta {
+                    &PROCESS_META
                 }
             }
 

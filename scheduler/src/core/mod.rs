@@ -227,6 +227,8 @@ struct Extra {
     generator: Option<Generator>,
     /// Where the call may run, when not anywhere.
     placement: Placement,
+    /// It runs in an executor process of its own (a `Process`).
+    dedicated: bool,
 }
 
 /// A running generator task's stream.
@@ -779,6 +781,7 @@ impl Core {
                     retry_exceptions: Some(l.retry_exceptions),
                     contains: Vec::new(),
                     placement: Placement::Any,
+                    dedicated: false,
                 }),
             })
             .collect();
@@ -796,6 +799,7 @@ impl Core {
                     retry_exceptions: Some(t.retry_exceptions),
                     contains: t.extra.as_ref().map(|e| e.arg_refs.clone()).unwrap_or_default(),
                     placement: t.extra.as_ref().map(|e| e.placement).unwrap_or_default(),
+                    dedicated: t.extra.as_ref().is_some_and(|e| e.dedicated),
                 },
                 driver_ref: t.driver_ref,
             })
@@ -1213,10 +1217,12 @@ impl Core {
                 },
             );
             self.counts.queued += 1;
-            if t.placement != Placement::Any
+            if (t.placement != Placement::Any || t.dedicated)
                 && let Some(task) = self.tasks.get_mut(&t.id)
             {
-                task.extra.get_or_insert_default().placement = t.placement;
+                let e = task.extra.get_or_insert_default();
+                e.placement = t.placement;
+                e.dedicated = t.dedicated;
             }
             if !t.contains.is_empty() {
                 let kept: Vec<ObjectId> = t.contains.into_iter().filter(|c| self.add_contained(*c)).collect();
@@ -1855,6 +1861,7 @@ impl Core {
                         arg_refs: Vec::new(),
                         generator: None,
                         placement: Placement::Any,
+                        dedicated: false,
                     })),
                     max_retries: lin.max_retries,
                     retry_exceptions: lin.retry_exceptions,
@@ -2016,7 +2023,8 @@ impl Core {
         self.counts.queued = self.counts.queued.saturating_sub(1);
         self.counts.running += 1;
         let resources = task.own_resources().cloned();
-        out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32, resources });
+        let dedicated = task.extra.as_ref().is_some_and(|e| e.dedicated);
+        out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32, resources, dedicated });
     }
 
     // ------------------------------------------------------------ queries

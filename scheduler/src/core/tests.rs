@@ -90,6 +90,7 @@ fn task(job: JobId, seq: u64, func: u32, args: Vec<NewArg>) -> NewTask {
         retry_exceptions: None,
         contains: Vec::new(),
         placement: Placement::Any,
+        dedicated: false,
     }
 }
 
@@ -351,6 +352,7 @@ fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
             retry_exceptions: None,
             contains: Vec::new(),
             placement: Placement::Any,
+            dedicated: false,
         }],
         &mut out,
     );

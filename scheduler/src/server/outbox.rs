@@ -101,7 +101,10 @@ mod tests {
         let node = NodeId::random();
         let mb = Bytes::from(vec![0u8; 1 << 20]);
         for i in 0..10 {
-            out.dispatch(node, Dispatch { task: ObjectId::new(1, i), job: 1, func: 0, args: vec![Payload::Inline(mb.clone())], attempt: 1, resources: None });
+            out.dispatch(
+                node,
+                Dispatch { task: ObjectId::new(1, i), job: 1, func: 0, args: vec![Payload::Inline(mb.clone())], attempt: 1, resources: None, dedicated: false },
+            );
         }
         out.cancel(node, ObjectId::new(1, 99));
         let batches = &out.workers[&node];

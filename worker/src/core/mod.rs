@@ -206,6 +206,9 @@ struct Exec {
     /// Objects pinned for its tasks' arguments, one entry per pin; released
     /// as it reports them, all at once if it dies.
     pins: Vec<ObjectId>,
+    /// Started for one dedicated task (a `Process`): it runs nothing else
+    /// and is ended once that task is done.
+    dedicated: bool,
 }
 
 /// Where an executor's `held` resources are.
@@ -713,6 +716,12 @@ impl<S: LocalStore> WorkerCore<S> {
                 sends.push((id, t));
             }
         }
+        // A dedicated executor whose task is done ends (its process was
+        // that task's own).
+        let retired: Vec<ExecId> = self.executors.iter().filter(|(_, e)| e.dedicated && e.idle()).map(|(id, _)| *id).collect();
+        for id in retired {
+            self.remove_exec(id, true, fx);
+        }
         let mut i = 0;
         while let Some(l) = self.queue.get(i) {
             if l.stored_args().any(|s| self.pulls.contains(&s.id)) {
@@ -744,6 +753,7 @@ impl<S: LocalStore> WorkerCore<S> {
                 Some((Bin::Ready(p), _)) => p.clone(),
             };
             let res = l.res.clone();
+            let dedicated = l.d.dedicated;
             let mut target = None;
             if res.fits_in(&self.free) {
                 // Executors busy with tasks that hold no resources (I/O
@@ -757,10 +767,13 @@ impl<S: LocalStore> WorkerCore<S> {
                 let blocked = self.executors.values().filter(|e| e.blocked).count();
                 let io_busy = self.executors.values().filter(|e| !e.blocked && !e.idle() && e.held.is_empty()).count();
                 let cap = if res.is_empty() { max + IO_EXECUTORS } else { max + io_busy + blocked.min(max * BLOCKED_EXECUTORS_FACTOR) };
-                target = self.executors.iter().filter(|(_, e)| e.job == job_id && e.idle()).map(|(id, _)| *id).min();
+                // A dedicated task gets a process of its own: never an idle one.
+                if !dedicated {
+                    target = self.executors.iter().filter(|(_, e)| e.job == job_id && e.idle() && !e.dedicated).map(|(id, _)| *id).min();
+                }
                 if target.is_none()
                     && self.executors.len() >= cap
-                    && let Some(victim) = self.executors.iter().filter(|(_, e)| e.job != job_id && e.idle()).map(|(id, _)| *id).min()
+                    && let Some(victim) = self.executors.iter().filter(|(_, e)| (e.job != job_id || dedicated) && e.idle()).map(|(id, _)| *id).min()
                 {
                     self.remove_exec(victim, true, fx);
                 }
@@ -781,12 +794,15 @@ impl<S: LocalStore> WorkerCore<S> {
             // A function whose tasks block waiting for others is never
             // pipelined: what waits behind a blocked task could be what it
             // waits for.
-            let depth = if self.blocking_fns.contains(&(job_id, func)) { 1 } else { self.service_by_fn.get(&(job_id, func)).map_or(1, |s| s.depth()) };
+            let depth =
+                if dedicated || self.blocking_fns.contains(&(job_id, func)) { 1 } else { self.service_by_fn.get(&(job_id, func)).map_or(1, |s| s.depth()) };
             if target.is_none() && depth > 1 {
                 target = self
                     .executors
                     .iter()
-                    .filter(|(_, e)| e.job == job_id && !e.idle() && !e.blocked && e.lent == Lent::No && e.held == res && e.inflight.len() < depth)
+                    .filter(|(_, e)| {
+                        e.job == job_id && !e.idle() && !e.blocked && !e.dedicated && e.lent == Lent::No && e.held == res && e.inflight.len() < depth
+                    })
                     .min_by_key(|(id, e)| (e.inflight.len(), **id))
                     .map(|(id, _)| *id);
             }
@@ -817,6 +833,7 @@ impl<S: LocalStore> WorkerCore<S> {
                 e.unsent += 1;
             }
             l.built = Some(built);
+            e.dedicated |= dedicated;
             e.inflight.push_back(l);
         }
         let mut by_exec: Vec<(ExecId, Vec<ExecTask>)> = Vec::new();
@@ -899,6 +916,7 @@ impl<S: LocalStore> WorkerCore<S> {
                 started: now,
                 last_progress: now,
                 pins: Vec::new(),
+                dedicated: false,
             },
         );
         Ok(id)

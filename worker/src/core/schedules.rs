@@ -89,7 +89,10 @@ impl Sim {
                         }
                     }
                     let f = self.rng.random_range(0..4);
-                    ds.push(dispatch(id, f, args));
+                    let mut d = dispatch(id, f, args);
+                    // Some are `Process`es: an executor of their own.
+                    d.dedicated = self.rng.random_bool(0.1);
+                    ds.push(d);
                     self.given.insert(id);
                 }
                 let s = format!("dispatch {:?}", ds.iter().map(|d| (d.task, d.func)).collect::<Vec<_>>());

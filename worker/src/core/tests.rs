@@ -182,7 +182,7 @@ pub(super) fn job_info(job: JobId, funcs: Vec<FunctionDef>) -> JobInfo {
 }
 
 pub(super) fn dispatch(task: TaskId, func: u32, args: Vec<Payload>) -> Dispatch {
-    Dispatch { task, job: task.job(), func, args, attempt: 1, resources: None }
+    Dispatch { task, job: task.job(), func, args, attempt: 1, resources: None, dedicated: false }
 }
 
 pub(super) fn stored(id: ObjectId) -> Payload {
@@ -836,4 +836,30 @@ fn a_task_whose_result_is_already_stored_here_is_reported_without_running() {
     // The next task still runs as usual.
     w.tasks(vec![dispatch(t(8), 0, vec![])]);
     assert_eq!(w.fx.spawned.len(), 1, "the next task starts an executor");
+}
+
+/// A dedicated task (a `Process`) gets an executor process of its own:
+/// never an idle pooled one, nothing pipelined behind it, and the process
+/// ends once the task is done; the next one starts another.
+#[test]
+fn a_dedicated_task_runs_in_a_process_of_its_own_that_ends_with_it() {
+    let mut w = World::new(2.0);
+    w.tasks(vec![dispatch(t(1), 0, vec![])]);
+    w.hello(E1);
+    w.finish(E1, vec![(t(1), ok(b""))]);
+    let mut d = dispatch(t(2), 0, vec![]);
+    d.dedicated = true;
+    w.tasks(vec![d]);
+    assert_eq!(w.fx.spawned.len(), 2, "not the idle pooled executor");
+    let e = w.fx.spawned[1].0;
+    w.hello(e);
+    w.tasks(vec![dispatch(t(3), 0, vec![])]);
+    assert_eq!(w.fx.sent_to(e), vec![t(2)], "nothing else goes to a dedicated executor");
+    assert_eq!(w.fx.sent_to(E1), vec![t(1), t(3)]);
+    w.finish(e, vec![(t(2), ok(b"p"))]);
+    assert!(w.fx.killed.contains(&e), "its process ends with it");
+    let mut d = dispatch(t(4), 0, vec![]);
+    d.dedicated = true;
+    w.tasks(vec![d]);
+    assert_eq!(w.fx.spawned.len(), 3, "the next dedicated task starts another process");
 }
