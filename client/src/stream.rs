@@ -87,11 +87,6 @@ impl ItemQueue {
         }
     }
 
-    /// Whether no item waits.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).items.is_empty()
-    }
-
     /// Takes every item left (the caller is going away).
     pub(crate) fn drain(&self) -> Vec<u64> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
