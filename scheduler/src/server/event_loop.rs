@@ -175,7 +175,10 @@ impl Loop {
                     // Sent again after a reconnect; applied before.
                     return;
                 }
-                let (logged, ack) = self.state.record_batch(job, &msg);
+                // A task's session is not resumed after a head restart (the
+                // task runs again instead), so its batches are not logged:
+                // they are acknowledged once applied.
+                let (logged, ack) = if core.job_is_nested(job) { (0, Some(msg.seq)) } else { self.state.record_batch(job, &msg) };
                 apply_driver_batch(core, job, msg, out);
                 if logged > 0 {
                     self.state.count(core, job, logged);
