@@ -113,6 +113,65 @@ fn generator_item(t: &Type) -> Option<(Type, bool)> {
     None
 }
 
+/// The setters of a remote function's per-call `Options` (the same for
+/// plain functions and generators).
+fn option_setters() -> proc_macro2::TokenStream {
+    quote! {
+        /// Retries of this call when its worker dies (overrides the function's).
+        pub fn max_retries(mut self, n: u32) -> Self {
+            self.0.max_retries = ::core::option::Option::Some(n);
+            self
+        }
+
+        /// CPUs this call holds while it runs (overrides the function's).
+        pub fn num_cpus(mut self, n: f64) -> Self {
+            self.0.num_cpus = ::core::option::Option::Some(n);
+            self
+        }
+
+        /// Custom resources this call holds while it runs, e.g.
+        /// `&[("gpu", 1.0)]` (replaces the function's).
+        pub fn resources(mut self, r: &[(&str, f64)]) -> Self {
+            self.0.resources = ::core::option::Option::Some(r.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+            self
+        }
+
+        /// Whether a panic of this call is retried (within `max_retries`),
+        /// not only a worker death (overrides the function's).
+        pub fn retry_exceptions(mut self, yes: bool) -> Self {
+            self.0.retry_exceptions = ::core::option::Option::Some(yes);
+            self
+        }
+
+        /// The same as [`retry_exceptions`](Self::retry_exceptions).
+        pub fn retry_on_panic(self, yes: bool) -> Self {
+            self.retry_exceptions(yes)
+        }
+
+        /// Runs the call on `node` only (Ray's node affinity, `soft=False`):
+        /// it waits for room there, and fails as `Unschedulable` if the
+        /// node is gone. Node ids: `shoal::cluster_status_blocking()?.alive_nodes()`.
+        pub fn on_node(mut self, node: ::shoal::NodeId) -> Self {
+            self.0.placement = ::shoal::Placement::Node { node, soft: false };
+            self
+        }
+
+        /// Runs the call on `node` if it has room now, else anywhere
+        /// (Ray's node affinity with `soft=True`).
+        pub fn prefer_node(mut self, node: ::shoal::NodeId) -> Self {
+            self.0.placement = ::shoal::Placement::Node { node, soft: true };
+            self
+        }
+
+        /// Spreads calls over the nodes with room, ignoring where their
+        /// inputs are (Ray's `"SPREAD"` strategy).
+        pub fn spread(mut self) -> Self {
+            self.0.placement = ::shoal::Placement::Spread;
+            self
+        }
+    }
+}
+
 /// Turns a function into a remote function. See `shoal::remote`.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -170,6 +229,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
     let res_amounts: Vec<f64> = opts.resources.iter().map(|(_, v)| *v).collect();
     let call = if is_async { quote!(::shoal::__private::block_on(super::#ident(#(#arg_names),*))) } else { quote!(super::#ident(#(#arg_names),*)) };
     let doc = format!("Remote form of [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` runs it on the cluster and returns an `ObjectRef` at once.");
+    let setters = option_setters();
     if let Some((item, is_stream)) = generator_item(&ret) {
         if opts.num_returns.is_some() {
             return Err(syn::Error::new_spanned(&sig.output, "a generator function streams its items: num_returns does not apply"));
@@ -227,56 +287,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
                 pub struct Options(::shoal::CallOptions);
 
                 impl Options {
-                    /// Retries of this call when its worker dies (overrides the function's).
-                    pub fn max_retries(mut self, n: u32) -> Self {
-                        self.0.max_retries = ::core::option::Option::Some(n);
-                        self
-                    }
-
-                    /// CPUs this call holds while it runs (overrides the function's).
-                    pub fn num_cpus(mut self, n: f64) -> Self {
-                        self.0.num_cpus = ::core::option::Option::Some(n);
-                        self
-                    }
-
-                    /// Custom resources this call holds while it runs (replaces the function's).
-                    pub fn resources(mut self, r: &[(&str, f64)]) -> Self {
-                        self.0.resources = ::core::option::Option::Some(r.iter().map(|(k, v)| (k.to_string(), *v)).collect());
-                        self
-                    }
-
-                    /// Whether a panic of this call is retried (overrides the function's).
-                    pub fn retry_exceptions(mut self, yes: bool) -> Self {
-                        self.0.retry_exceptions = ::core::option::Option::Some(yes);
-                        self
-                    }
-
-                    /// The same as [`retry_exceptions`](Self::retry_exceptions).
-                    pub fn retry_on_panic(self, yes: bool) -> Self {
-                        self.retry_exceptions(yes)
-                    }
-
-                    /// Runs the call on `node` only (Ray's node affinity, `soft=False`):
-                    /// it waits for room there, and fails as `Unschedulable` if the
-                    /// node is gone. Node ids: `shoal::cluster_status_blocking()?.alive_nodes()`.
-                    pub fn on_node(mut self, node: ::shoal::NodeId) -> Self {
-                        self.0.placement = ::shoal::Placement::Node { node, soft: false };
-                        self
-                    }
-
-                    /// Runs the call on `node` if it has room now, else anywhere
-                    /// (Ray's node affinity with `soft=True`).
-                    pub fn prefer_node(mut self, node: ::shoal::NodeId) -> Self {
-                        self.0.placement = ::shoal::Placement::Node { node, soft: true };
-                        self
-                    }
-
-                    /// Spreads calls over the nodes with room, ignoring where their
-                    /// inputs are (Ray's `"SPREAD"` strategy).
-                    pub fn spread(mut self) -> Self {
-                        self.0.placement = ::shoal::Placement::Spread;
-                        self
-                    }
+                    #setters
 
                     /// Starts the generator with these options.
                     pub fn remote(self, #(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> ::shoal::ObjectRefGenerator<#item> {
@@ -460,58 +471,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             pub struct Options(::shoal::CallOptions);
 
             impl Options {
-                /// Retries of this call when its worker dies (overrides the function's).
-                pub fn max_retries(mut self, n: u32) -> Self {
-                    self.0.max_retries = ::core::option::Option::Some(n);
-                    self
-                }
-
-                /// CPUs this call holds while it runs (overrides the function's).
-                pub fn num_cpus(mut self, n: f64) -> Self {
-                    self.0.num_cpus = ::core::option::Option::Some(n);
-                    self
-                }
-
-                /// Custom resources this call holds while it runs, e.g.
-                /// `&[("gpu", 1.0)]` (replaces the function's).
-                pub fn resources(mut self, r: &[(&str, f64)]) -> Self {
-                    self.0.resources = ::core::option::Option::Some(r.iter().map(|(k, v)| (k.to_string(), *v)).collect());
-                    self
-                }
-
-                /// Whether a panic of this call is retried (within `max_retries`),
-                /// not only a worker death (overrides the function's).
-                pub fn retry_exceptions(mut self, yes: bool) -> Self {
-                    self.0.retry_exceptions = ::core::option::Option::Some(yes);
-                    self
-                }
-
-                /// The same as [`retry_exceptions`](Self::retry_exceptions).
-                pub fn retry_on_panic(self, yes: bool) -> Self {
-                    self.retry_exceptions(yes)
-                }
-
-                /// Runs the call on `node` only (Ray's node affinity, `soft=False`):
-                /// it waits for room there, and fails as `Unschedulable` if the
-                /// node is gone. Node ids: `shoal::cluster_status_blocking()?.alive_nodes()`.
-                pub fn on_node(mut self, node: ::shoal::NodeId) -> Self {
-                    self.0.placement = ::shoal::Placement::Node { node, soft: false };
-                    self
-                }
-
-                /// Runs the call on `node` if it has room now, else anywhere
-                /// (Ray's node affinity with `soft=True`).
-                pub fn prefer_node(mut self, node: ::shoal::NodeId) -> Self {
-                    self.0.placement = ::shoal::Placement::Node { node, soft: true };
-                    self
-                }
-
-                /// Spreads calls over the nodes with room, ignoring where their
-                /// inputs are (Ray's `"SPREAD"` strategy).
-                pub fn spread(mut self) -> Self {
-                    self.0.placement = ::shoal::Placement::Spread;
-                    self
-                }
+                #setters
 
                 /// Submits the call with these options.
                 pub fn remote(self, #(#arg_names: impl ::shoal::IntoArg<#arg_types>),*) -> #remote_ret {
