@@ -230,6 +230,19 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
     let call = if is_async { quote!(::shoal::__private::block_on(super::#ident(#(#arg_names),*))) } else { quote!(super::#ident(#(#arg_names),*)) };
     let doc = format!("Remote form of [`{ident}`](fn@super::{ident}): `{ident}::remote(..)` runs it on the cluster and returns an `ObjectRef` at once.");
     let setters = option_setters();
+    let name_and_meta = quote! {
+        /// Registered name of the function (stable across builds of the same source).
+        pub const NAME: &str = #name_expr;
+
+        /// How the cluster runs this function: its name, resources and retries.
+        pub static META: ::shoal::__private::FunctionMeta = ::shoal::__private::FunctionMeta::new(
+            NAME,
+            #num_cpus,
+            &[#((#res_names, #res_amounts)),*],
+            #max_retries,
+            #retry_exceptions,
+        );
+    };
     if let Some((item, is_stream)) = generator_item(&ret) {
         if opts.num_returns.is_some() {
             return Err(syn::Error::new_spanned(&sig.output, "a generator function streams its items: num_returns does not apply"));
@@ -247,17 +260,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             #vis mod #ident {
                 use super::*;
 
-                /// Registered name of the function (stable across builds of the same source).
-                pub const NAME: &str = #name_expr;
-
-                /// How the cluster runs this function: its name, resources and retries.
-                pub static META: ::shoal::__private::FunctionMeta = ::shoal::__private::FunctionMeta::new(
-                    NAME,
-                    #num_cpus,
-                    &[#((#res_names, #res_amounts)),*],
-                    #max_retries,
-                    #retry_exceptions,
-                );
+                #name_and_meta
 
                 #[doc(hidden)]
                 pub fn __invoke(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::shoal::__private::Encoded, ::shoal::__private::InvokeError> {
@@ -361,17 +364,7 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
         #vis mod #ident {
             use super::*;
 
-            /// Registered name of the function (stable across builds of the same source).
-            pub const NAME: &str = #name_expr;
-
-            /// How the cluster runs this function: its name, resources and retries.
-            pub static META: ::shoal::__private::FunctionMeta = ::shoal::__private::FunctionMeta::new(
-                NAME,
-                #num_cpus,
-                &[#((#res_names, #res_amounts)),*],
-                #max_retries,
-                #retry_exceptions,
-            );
+            #name_and_meta
 
             #[doc(hidden)]
             pub fn __invoke(args: &[::shoal::__private::Bytes]) -> ::core::result::Result<::shoal::__private::Encoded, ::shoal::__private::InvokeError> {
