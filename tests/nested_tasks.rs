@@ -18,6 +18,16 @@ fn fib(n: u64) -> u64 {
     a.get().unwrap() + b.get().unwrap()
 }
 
+/// The async form: awaiting children lends the CPU too.
+#[shoal::remote]
+async fn afib(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let (a, b) = (afib::remote(n - 1), afib::remote(n - 2));
+    a.await.unwrap() + b.await.unwrap()
+}
+
 #[shoal::remote]
 fn square(x: u64) -> u64 {
     x * x
@@ -43,6 +53,7 @@ fn a_recursive_program_runs_on_a_one_cpu_node() {
     // 41 tasks, 6 deep, each waiting for its two children, on a node with
     // one CPU: only possible if a waiting task lends its CPU.
     assert_eq!(fib::remote(7).get_timeout(Duration::from_secs(120)).unwrap(), 13);
+    assert_eq!(afib::remote(6).get_timeout(Duration::from_secs(120)).unwrap(), 8, "an async task awaiting its children lends its CPU");
     let (base, ready, squares) = fan_out::remote(6).get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!((base, ready), (10, 6));
     assert_eq!(squares, vec![0, 1, 4, 9, 16, 25]);

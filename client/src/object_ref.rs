@@ -68,12 +68,15 @@ impl Drop for RefInner {
 /// ```
 pub struct ObjectRef<T> {
     pub(crate) inner: Arc<RefInner>,
+    /// While an `.await` of it inside a task waits, the task lends its CPU
+    /// (as a blocking `get` does).
+    lend: Option<crate::executor::Blocked>,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        ObjectRef { inner: self.inner.clone(), _t: PhantomData }
+        ObjectRef { inner: self.inner.clone(), lend: None, _t: PhantomData }
     }
 }
 
@@ -100,7 +103,7 @@ fn decode_bytes<T: DeserializeOwned>(b: &Bytes) -> Result<T, TaskError> {
 
 impl<T> ObjectRef<T> {
     pub(crate) fn new(id: u64, slot: Arc<Slot>, driver: Option<Arc<Cluster>>) -> Self {
-        ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None), borrowed: false }), _t: PhantomData }
+        ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None), borrowed: false }), lend: None, _t: PhantomData }
     }
 
     /// A ref that reached this process inside a value.
@@ -109,7 +112,7 @@ impl<T> ObjectRef<T> {
     }
 
     pub(crate) fn from_inner(inner: Arc<RefInner>) -> Self {
-        ObjectRef { inner, _t: PhantomData }
+        ObjectRef { inner, lend: None, _t: PhantomData }
     }
 
     pub(crate) fn failed(e: TaskError) -> Self {
@@ -158,11 +161,18 @@ impl<T: DeserializeOwned> ObjectRef<T> {
 impl<T: DeserializeOwned> Future for ObjectRef<T> {
     type Output = Result<T, TaskError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &self.inner;
-        let v = match inner.slot.poll_value(cx) {
+        let this = self.get_mut();
+        let v = match this.inner.slot.poll_value(cx) {
             Poll::Ready(v) => v,
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                if this.lend.is_none() {
+                    this.lend = Some(crate::executor::Blocked::enter());
+                }
+                return Poll::Pending;
+            }
         };
+        this.lend = None;
+        let inner = &this.inner;
         let mut fetch = inner.fetch.lock().expect("fetch lock");
         if fetch.is_none() {
             match v.map(|v| crate::objects::locate(inner.driver.as_ref(), v)) {
