@@ -13,6 +13,11 @@ use std::time::Duration;
 pub(crate) async fn ensure(cache: &Path, hash: &str, head: &str, token: Option<&str>) -> Result<PathBuf, String> {
     let store = BinaryStore::open(cache).map_err(|e| format!("cannot open binary cache {}: {e}", cache.display()))?;
     let path = store.path(hash).ok_or_else(|| format!("invalid binary id {hash:?}"))?;
+    // Jobs of one program (a program and its tasks' sessions) share a
+    // binary: one fetch per binary at a time, the others wait for it.
+    static FETCHING: std::sync::LazyLock<dashmap::DashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>> = std::sync::LazyLock::new(dashmap::DashMap::new);
+    let gate = FETCHING.entry(hash.to_string()).or_default().clone();
+    let _one_at_a_time = gate.lock().await;
     if !path.is_file() {
         let mut client = client::connect(head, token, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
         let mut stream = client

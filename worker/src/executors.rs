@@ -74,7 +74,20 @@ pub(crate) fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
+    // ETXTBSY: a binary just written (a job's binary fetched a moment
+    // ago) is still open for writing in some process forked meanwhile,
+    // until that process execs and closes it. It passes in microseconds to
+    // milliseconds: try again a few times before calling it a failure.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2 * tries));
+            }
+            r => break r?,
+        }
+    };
     let pid = child.id().unwrap_or(0);
     let tail: StderrTail = Arc::new(Mutex::new(VecDeque::new()));
     if let Some(stderr) = child.stderr.take() {
