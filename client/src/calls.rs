@@ -143,13 +143,11 @@ pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, ar
     let mut wire = Vec::with_capacity(args.len());
     // Refs inside argument values: the task holds them.
     let mut contains = Vec::new();
-    for r in args.iter().flat_map(|a| a.1.iter()) {
-        if !r.driver.as_ref().is_some_and(|d| Arc::ptr_eq(d, &driver)) {
-            return ObjectRef::failed(TaskError::ObjectLost {
-                message: format!("object {} inside an argument belongs to another cluster session", crate::ObjectId(r.id)),
-            });
+    for a in &args {
+        match crate::refs::ids_on(&driver, &a.1, "an argument") {
+            Ok(ids) => contains.extend(ids),
+            Err(e) => return ObjectRef::failed(e),
         }
-        contains.push(r.id);
     }
     // Large values passed directly are put in the object store first (as
     // Ray does), so they travel worker to worker, not through the head.

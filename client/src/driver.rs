@@ -254,6 +254,12 @@ impl Driver {
     pub(crate) fn expect(&self, id: u64) -> Arc<Slot> {
         let slot = Slot::pending();
         self.slots.insert(id, slot.clone());
+        self.failed_if_closed(slot)
+    }
+
+    /// `slot`, failed at once if the session has ended (nothing would
+    /// complete it any more).
+    fn failed_if_closed(&self, slot: Arc<Slot>) -> Arc<Slot> {
         if let Some(reason) = self.closed_reason() {
             slot.complete(Err(TaskError::Disconnected { message: reason }));
         }
@@ -286,10 +292,7 @@ impl Driver {
     /// this process), made if there is none.
     pub(crate) fn slot_for(&self, id: u64) -> Arc<Slot> {
         let slot = self.slots.entry(id).or_insert_with(Slot::pending).clone();
-        if let Some(reason) = self.closed_reason() {
-            slot.complete(Err(TaskError::Disconnected { message: reason }));
-        }
-        slot
+        self.failed_if_closed(slot)
     }
 
     /// Takes (`hold`) or drops a ref that reached this process inside a

@@ -302,12 +302,7 @@ pub(crate) fn prepare_put<T: Serialize + ?Sized>(driver: &Arc<Cluster>, value: &
     let ser = |e: postcard::Error| TaskError::Serialization { message: format!("{} could not be serialized: {e}", std::any::type_name::<T>()) };
     let (size, refs) = crate::refs::collecting(|| postcard::experimental::serialized_size(value));
     let size = size.map_err(ser)?;
-    if let Some(r) = refs.iter().find(|r| !r.driver.as_ref().is_some_and(|d| Arc::ptr_eq(d, driver))) {
-        return Err(Error::Task(TaskError::ObjectLost {
-            message: format!("object {} inside the value belongs to another cluster session", crate::ObjectId(r.id)),
-        }));
-    }
-    let contains = crate::refs::ids(&refs);
+    let contains = crate::refs::ids_on(driver, &refs, "the value")?;
     if !contains.is_empty() {
         driver.mark_unsynced();
     }

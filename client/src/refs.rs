@@ -51,6 +51,16 @@ pub(crate) fn ids(refs: &[Arc<RefInner>]) -> Vec<u64> {
     refs.iter().map(|r| r.id).collect()
 }
 
+/// The ids of refs collected from a value (`what`: "an argument", "the
+/// value") sent on `cluster`'s session: each must be of that session, the
+/// only one whose head can count it.
+pub(crate) fn ids_on(cluster: &Arc<Cluster>, refs: &[Arc<RefInner>], what: &str) -> Result<Vec<u64>, TaskError> {
+    match refs.iter().find(|r| !r.driver.as_ref().is_some_and(|d| Arc::ptr_eq(d, cluster))) {
+        Some(r) => Err(TaskError::ObjectLost { message: format!("object {} inside {what} belongs to another cluster session", crate::ObjectId(r.id)) }),
+        None => Ok(ids(refs)),
+    }
+}
+
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if self.inner.driver.is_none() {
@@ -79,24 +89,16 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
 /// The borrowed ref to `id` in this process: the live one if there is
 /// one, else a new one (and the head is told it was taken).
 fn borrow(cluster: &Arc<Cluster>, id: u64) -> Arc<RefInner> {
-    use dashmap::mapref::entry::Entry;
-    match cluster.borrows.entry(id) {
-        Entry::Occupied(mut e) => {
-            if let Some(live) = e.get().upgrade() {
-                return live;
-            }
-            let inner = ObjectRef::<()>::borrowed_inner(id, cluster.slot_for(id), cluster.clone());
-            e.insert(Arc::downgrade(&inner));
-            cluster.borrow(id, true);
-            inner
-        }
-        Entry::Vacant(e) => {
-            let inner = ObjectRef::<()>::borrowed_inner(id, cluster.slot_for(id), cluster.clone());
-            e.insert(Arc::downgrade(&inner));
-            cluster.borrow(id, true);
-            inner
-        }
+    // Under the entry's lock: a ref dropping meanwhile (see `unborrow`)
+    // either is still live here or finds the new one in its place.
+    let mut entry = cluster.borrows.entry(id).or_default();
+    if let Some(live) = entry.upgrade() {
+        return live;
     }
+    let inner = ObjectRef::<()>::borrowed_inner(id, cluster.slot_for(id), cluster.clone());
+    *entry = Arc::downgrade(&inner);
+    cluster.borrow(id, true);
+    inner
 }
 
 /// The last copy of the borrowed ref to `id` here dropped. If a new one
