@@ -1520,7 +1520,12 @@ impl Core {
                     out.result(job, id, answer);
                 }
             } else {
-                if let Some(r) = self.refs_mut(id) {
+                // (Not `refs_mut`: dropping a borrow never makes a table.)
+                let refs = match self.objects.get_mut(&id) {
+                    Some(o) => o.refs.as_deref_mut(),
+                    None => self.tasks.get_mut(&id).and_then(|t| t.extra.as_deref_mut()).map(|e| &mut e.refs),
+                };
+                if let Some(r) = refs {
                     r.borrowers.retain(|b| *b != job);
                 }
                 self.maybe_free(id, out);
