@@ -75,11 +75,7 @@ fn panics_once(marker: String) -> u64 {
 }
 
 fn cluster() -> Cluster {
-    let mut c = Cluster::head(&[]);
-    c.add_worker(&["--num-cpus", "1", "--resources", "a=1"]);
-    c.add_worker(&["--num-cpus", "1", "--resources", "b=1"]);
-    c.connect();
-    c
+    Cluster::connected(&[&["--num-cpus", "1", "--resources", "a=1"], &["--num-cpus", "1", "--resources", "b=1"]])
 }
 
 fn running(c: &Cluster) -> u64 {
@@ -146,8 +142,7 @@ fn an_async_stream_and_large_items_across_nodes_and_a_nested_consumer() {
     assert_eq!(sum_of_blocks::remote(5).get_timeout(Duration::from_secs(60)).unwrap(), (10, 5 << 20));
     // Items are freed when their refs go, like any object.
     drop(blocks);
-    let held = || c.workers.iter().map(|w| c.node(&w.node_id).map_or(0, |n| n["store"]["objects"].as_u64().unwrap_or(0))).sum::<u64>();
-    wait_for(Duration::from_secs(30), "every store to be empty", || (held() == 0).then_some(()));
+    c.wait_stores_empty();
 }
 
 #[test]

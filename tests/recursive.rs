@@ -43,11 +43,7 @@ fn tree(depth: u32) -> u64 {
 }
 
 fn cluster() -> Cluster {
-    let mut c = Cluster::head(&[]);
-    c.add_worker(&["--num-cpus", "1"]);
-    c.add_worker(&["--num-cpus", "1"]);
-    c.connect();
-    c
+    Cluster::connected(&[&["--num-cpus", "1"], &["--num-cpus", "1"]])
 }
 
 #[test]

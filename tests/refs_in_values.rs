@@ -49,20 +49,8 @@ pub struct Bag {
     pub pieces: Vec<ObjectRef<Vec<u8>>>,
 }
 
-fn stores_hold(c: &Cluster) -> u64 {
-    c.workers.iter().map(|w| c.node(&w.node_id).map_or(0, |n| n["store"]["objects"].as_u64().unwrap_or(0))).sum()
-}
-
-fn wait_stores_empty(c: &Cluster) {
-    wait_for(Duration::from_secs(30), "every store to be empty", || (stores_hold(c) == 0).then_some(()));
-}
-
 fn cluster() -> Cluster {
-    let mut c = Cluster::head(&[]);
-    c.add_worker(&["--num-cpus", "1"]);
-    c.add_worker(&["--num-cpus", "1"]);
-    c.connect();
-    c
+    Cluster::connected(&[&["--num-cpus", "1"], &["--num-cpus", "1"]])
 }
 
 #[test]
@@ -80,13 +68,13 @@ fn a_task_returns_refs_to_pieces_its_children_made_and_dropping_them_empties_eve
         let v = r.get_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("piece {i}: {e}"));
         assert_eq!((v.len(), v[0], v[PIECE - 1]), (PIECE, i as u8, i as u8), "piece {i} is the bytes its child made");
     }
-    wait_for(Duration::from_secs(10), "the pieces to be reported stored", || (stores_hold(&c) >= 6).then_some(()));
+    wait_for(Duration::from_secs(10), "the pieces to be reported stored", || (c.stored_objects() >= 6).then_some(()));
     // The pieces also work as arguments of the driver's own calls, and
     // inside a value passed to a task.
     let bag = Bag { label: "six".into(), pieces: refs.clone() };
     assert_eq!(read_pieces::remote(bag).get_timeout(Duration::from_secs(60)).unwrap(), (6, 15, 6 * PIECE));
     drop(refs);
-    wait_stores_empty(&c);
+    c.wait_stores_empty();
     assert_eq!(c.status()["tasks"]["failed"], 0);
 }
 
@@ -104,7 +92,7 @@ fn a_put_holding_refs_keeps_them_alive_after_the_driver_drops_its_own() {
     assert_eq!(back.pieces[2].get().unwrap()[0], 2);
     drop(back);
     drop(bag);
-    wait_stores_empty(&c);
+    c.wait_stores_empty();
 }
 
 /// A driver that exits frees everything its tasks made, refs or not.
@@ -114,9 +102,9 @@ fn a_driver_that_exits_frees_what_its_tasks_made() {
     let refs = make_pieces::remote(4, true).get_timeout(Duration::from_secs(60)).unwrap();
     let kept: Vec<ObjectRef<Vec<u8>>> = (0..2).map(piece::remote).collect();
     shoal::wait_blocking(&kept, 2, None);
-    wait_for(Duration::from_secs(10), "the pieces to be reported stored", || (stores_hold(&c) >= 6).then_some(()));
+    wait_for(Duration::from_secs(10), "the pieces to be reported stored", || (c.stored_objects() >= 6).then_some(()));
     tokio::runtime::Runtime::new().unwrap().block_on(shoal::shutdown());
-    wait_stores_empty(&c);
+    c.wait_stores_empty();
     wait_for(Duration::from_secs(10), "every job to end", || (c.status()["jobs"] == 0).then_some(()));
     drop((refs, kept));
 }
@@ -142,5 +130,5 @@ fn an_object_outlives_the_executor_that_made_it_while_it_is_referenced() {
     let v = r.get_timeout(Duration::from_secs(30)).expect("still readable");
     assert_eq!((v.len(), v[0]), (PIECE, 7));
     drop(r);
-    wait_stores_empty(&c);
+    c.wait_stores_empty();
 }

@@ -77,11 +77,7 @@ async fn async_double(x: u64) -> u64 {
 }
 
 fn two_worker_cluster(a: &[&str], b: &[&str]) -> Cluster {
-    let mut c = Cluster::head(&[]);
-    c.add_worker(a);
-    c.add_worker(b);
-    c.connect();
-    c
+    Cluster::connected(&[a, b])
 }
 
 #[test]

@@ -67,6 +67,17 @@ impl Cluster {
         Cluster::head_on("127.0.0.1", extra)
     }
 
+    /// A head with no local worker, one worker per entry of `workers` (its
+    /// arguments), and this test process connected as the driver.
+    pub fn connected(workers: &[&[&str]]) -> Cluster {
+        let mut c = Cluster::head(&[]);
+        for args in workers {
+            c.add_worker(args);
+        }
+        c.connect();
+        c
+    }
+
     /// A head listening on `bind` (e.g. 0.0.0.0 to serve other hosts).
     pub fn head_on(bind: &str, extra: &[&str]) -> Cluster {
         let home = tempfile::tempdir().expect("tempdir");
@@ -146,6 +157,19 @@ impl Cluster {
         let out = shoal(self.home.path(), &["status", "--json"]);
         assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Objects in the workers' stores, as their heartbeats last reported
+    /// them (one `shoal status`).
+    pub fn stored_objects(&self) -> u64 {
+        let st = self.status();
+        let nodes = st["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.iter().filter(|n| self.workers.iter().any(|w| n["id"] == w.node_id)).map(|n| n["store"]["objects"].as_u64().unwrap_or(0)).sum()
+    }
+
+    /// Waits until every worker's store reports no object.
+    pub fn wait_stores_empty(&self) {
+        wait_for(Duration::from_secs(30), "every store to be empty", || (self.stored_objects() == 0).then_some(()));
     }
 
     /// The status entry of node `id`.
