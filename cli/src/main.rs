@@ -2,7 +2,7 @@
 //!
 //! - `shoal start --head` runs the head (and a worker on the same node);
 //! - `shoal start --address HOST:PORT` joins a worker to a head;
-//! - `shoal status` shows nodes, resources and task counts;
+//! - `shoal status` shows nodes, resources, task counts and actors;
 //! - `shoal stop` stops the daemons started from this machine.
 //!
 //! The binary is thin: parse arguments, build the library configs, run.
@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Start a head (--head) or a worker joining a head (--address).
     Start(Box<StartArgs>),
-    /// Show nodes, resources and task counts.
+    /// Show nodes, resources, task counts and actors.
     Status(StatusArgs),
     /// Stop the shoal daemons started from this machine (this $SHOAL_HOME).
     Stop(StopArgs),

@@ -1,4 +1,4 @@
-//! `shoal status`: nodes, resources and task counts, as a table or JSON.
+//! `shoal status`: nodes, resources, task counts and actors, as a table or JSON.
 
 use crate::{DrainArgs, StatusArgs, SubmitArgs};
 use anyhow::anyhow;
@@ -119,4 +119,31 @@ fn print_table(address: &str, st: &ClusterStatus) {
     let t = &st.tasks;
     println!("Tasks: queued {}, running {}, finished {}, failed {}", t.queued, t.running, t.finished, t.failed);
     println!("Drivers connected: {}", st.jobs);
+    if st.actors.is_empty() {
+        return;
+    }
+    let live = st.actors.iter().filter(|a| a.state != shoal::ActorState::Dead).count();
+    println!("Actors: {live} live, {} dead", st.actors.len() - live);
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_content_arrangement(ContentArrangement::Dynamic);
+    table.set_header(["ID", "CLASS", "NAME", "STATE", "NODE", "RESTARTS", "DEATH"]);
+    for a in &st.actors {
+        let name = if a.name.is_empty() {
+            String::new()
+        } else if a.namespace.is_empty() {
+            a.name.clone()
+        } else {
+            format!("{}/{}", a.namespace, a.name)
+        };
+        table.add_row([
+            a.id.to_string(),
+            a.class.clone(),
+            name,
+            a.state.to_string(),
+            a.node.map(|n| n.to_string()).unwrap_or_default(),
+            a.restarts.to_string(),
+            a.death.clone(),
+        ]);
+    }
+    println!("{table}");
 }

@@ -28,6 +28,20 @@ pub struct CallOptions {
     /// Run it in an executor process started for it and ended after it
     /// (what `Process::spawn` does), not in a pooled one.
     pub dedicated: bool,
+    /// Set by [`crate::actor`]: the call creates an actor, or calls one.
+    pub(crate) actor: ActorCall,
+}
+
+/// What a call is to an actor (set by the actor API, never by users).
+#[derive(Clone, Debug, Default)]
+pub(crate) enum ActorCall {
+    /// A plain call.
+    #[default]
+    None,
+    /// It creates an actor.
+    Create(pb::ActorCreate),
+    /// A method call on this actor.
+    Method(u64),
 }
 
 /// Where a call may run; see `f::options().on_node(..)`, `.prefer_node(..)`
@@ -210,6 +224,14 @@ pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, ar
         node_soft,
         spread,
         dedicated: opts.dedicated,
+        actor_create: match &opts.actor {
+            ActorCall::Create(c) => Some(c.clone()),
+            _ => None,
+        },
+        actor: match opts.actor {
+            ActorCall::Method(a) => a,
+            _ => 0,
+        },
     }));
     // `args` (holding referenced objects alive) drops only now, after the
     // submission is queued, so a release can never overtake it.

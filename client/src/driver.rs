@@ -41,6 +41,8 @@ pub(crate) enum Out {
     Item(u64, u64, pb::PutObject),
     /// This caller consumed so many items of a generator task.
     GeneratorAck(u64, u64),
+    /// End these actors (`shoal::kill`).
+    KillActor(u64),
     /// End the session cleanly (the head ends the job at once); answer
     /// once the stream is closed.
     Close(tokio::sync::oneshot::Sender<()>),
@@ -323,6 +325,11 @@ impl Driver {
         if !self.unsynced.swap(false, Ordering::AcqRel) {
             return;
         }
+        self.sync().await;
+    }
+
+    /// Waits until the head has applied everything this session sent.
+    pub(crate) async fn sync(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(Out::Sync(done)).is_ok() {
             let _ = wait.await;
@@ -551,6 +558,10 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
             msg.release.push(id);
             8
         }
+        Out::KillActor(id) => {
+            msg.kill_actors.push(id);
+            8
+        }
         Out::Locate(id) => {
             msg.locate.push(id);
             8
@@ -607,5 +618,6 @@ pub(crate) fn failure_to_error(f: pb::TaskFailure) -> TaskError {
         FailureKind::ResultEncode => TaskError::Serialization { message },
         FailureKind::ObjectStoreFull => TaskError::ObjectStoreFull { message },
         FailureKind::Internal => TaskError::Internal { message },
+        FailureKind::ActorDied => TaskError::ActorDied { class: function, message, node },
     }
 }

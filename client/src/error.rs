@@ -120,6 +120,19 @@ pub enum TaskError {
         /// What the head saw.
         message: String,
     },
+    /// The actor the method call was addressed to is dead: killed
+    /// ([`kill`](crate::kill)), its node or process died with no restart
+    /// left, its constructor panicked, or its job ended. The message says
+    /// which. Later calls fail the same way; retrying cannot help.
+    #[error("{message}")]
+    ActorDied {
+        /// The actor's type.
+        class: String,
+        /// Which actor, and why it died.
+        message: String,
+        /// Node id where it ran, when known.
+        node: String,
+    },
     /// The connection to the cluster was lost before the result arrived,
     /// or the head could not be reached. Retrying after reconnecting may
     /// help.
@@ -202,6 +215,18 @@ pub enum Error {
         /// The job.
         job: u32,
         /// Head's message.
+        message: String,
+    },
+    /// No live actor has that name in that namespace
+    /// ([`get_actor`](crate::get_actor)), or the one that has it is of
+    /// another type.
+    #[error("no actor {name:?} in namespace {namespace:?}: {message}")]
+    ActorNotFound {
+        /// The name looked up.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+        /// What was found instead.
         message: String,
     },
     /// Invalid configuration (address, token file, resources).

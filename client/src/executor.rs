@@ -45,7 +45,7 @@ pub(crate) fn is_executor() -> bool {
 }
 
 thread_local! {
-    static CURRENT_TASK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    pub(crate) static CURRENT_TASK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
 }
 
@@ -70,12 +70,12 @@ static RELEASED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 static WRITER: std::sync::OnceLock<Mutex<UnixStream>> = std::sync::OnceLock::new();
 
 /// A task is running (its calls may block on other tasks).
-static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Threads of the running task now blocked waiting for other tasks.
 static BLOCKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-fn send(msg: &ExecutorToWorker) -> std::io::Result<()> {
+pub(crate) fn send(msg: &ExecutorToWorker) -> std::io::Result<()> {
     let Some(w) = WRITER.get() else { return Err(std::io::Error::other("the executor is not connected")) };
     let mut w = w.lock().map_err(|_| std::io::Error::other("the executor's socket lock is poisoned"))?;
     frame::write_blocking(&mut *w, msg)
@@ -109,7 +109,7 @@ impl Drop for Blocked {
     }
 }
 
-fn take_released() -> Vec<u64> {
+pub(crate) fn take_released() -> Vec<u64> {
     std::mem::take(&mut *RELEASED.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
@@ -138,7 +138,7 @@ fn map_arena() -> Option<Arc<Arena>> {
 }
 
 /// The `Bytes` of one argument.
-fn arg_bytes(arena: Option<&Arc<Arena>>, a: pb::ExecArg) -> Result<Bytes, String> {
+pub(crate) fn arg_bytes(arena: Option<&Arc<Arena>>, a: pb::ExecArg) -> Result<Bytes, String> {
     if a.object == 0 {
         return Ok(a.value);
     }
@@ -223,6 +223,15 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
         let mut out_bytes = 0usize;
         let mut last_flush = Instant::now();
         while let Some(t) = pending.pop_front() {
+            if t.actor_create {
+                // This process is an actor's own from now on: it serves
+                // the actor's calls until the worker ends it.
+                out.released = take_released();
+                if !out.results.is_empty() || !out.released.is_empty() {
+                    send(&out)?;
+                }
+                return crate::actor_exec::serve(t, reader, pending, &names, arena);
+            }
             let name = names.get(t.func as usize).cloned().unwrap_or_else(|| "?".into());
             let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(arena.as_ref(), a)).collect();
             CURRENT_TASK.with(|c| c.set(t.task));
@@ -233,57 +242,16 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             };
             RUNNING.store(false, std::sync::atomic::Ordering::Release);
             CURRENT_TASK.with(|c| c.set(0));
-            // Encoding runs user code (Serialize impls): guarded like the call.
-            // Sizing encodes the whole value once: the refs it holds are
-            // met then.
-            let (sized, refs) = crate::refs::collecting(|| {
-                result.and_then(|enc| match guarded(&name, || enc.size())? {
-                    Ok(size) => Ok((enc, size)),
-                    Err(m) => Err(fail(FailureKind::ResultEncode, &name, m, String::new())),
-                })
-            });
-            let outcome = match sized {
-                Err(failed) => failed,
-                Ok((enc, size)) if size > shoal_domain::limits::STORE_THRESHOLD_BYTES && arena.is_some() => {
-                    let arena = arena.as_ref().expect("checked");
-                    let size = size as u64;
-                    // Ask for room (sending what is ready meanwhile), then
-                    // encode the value straight into shared memory.
-                    out.alloc = Some(pb::AllocRequest { task: t.task, size });
-                    out.released = take_released();
-                    send(&out)?;
-                    out = ExecutorToWorker::default();
-                    out_bytes = 0;
-                    let a = await_allocation(&mut reader, t.task, &mut pending, &mut names, &mut functions, &registry)?;
-                    if a.error.is_empty() && a.offset.checked_add(size).is_some_and(|end| end <= arena.len()) {
-                        // SAFETY: the worker reserved this range for this
-                        // task's result; nobody reads it before we report it.
-                        let buf = unsafe { std::slice::from_raw_parts_mut(arena.ptr(a.offset, size), size as usize) };
-                        match guarded(&name, || enc.write(buf)) {
-                            Ok(Ok(())) => pb::task_result::Outcome::Stored(pb::StoredObject { id: t.task, size, holders: Vec::new() }),
-                            // The worker drops the unsealed space when it sees the failure.
-                            Ok(Err(m)) => fail(FailureKind::ResultEncode, &name, m, String::new()),
-                            Err(failed) => failed,
-                        }
-                    } else {
-                        fail(FailureKind::ObjectStoreFull, &name, format!("no room for the {size}-byte result: {}", a.error), String::new())
-                    }
-                }
-                Ok((_, size)) if size > shoal_domain::limits::MAX_INLINE_VALUE_BYTES => fail(
-                    FailureKind::ResultEncode,
-                    &name,
-                    format!(
-                        "the result is {size} bytes, over the {} MiB limit of values sent inline, and this node has no object store",
-                        shoal_domain::limits::MAX_INLINE_VALUE_BYTES >> 20
-                    ),
-                    String::new(),
-                ),
-                Ok((enc, size)) => match guarded(&name, || enc.to_vec(size)) {
-                    Ok(Ok(v)) => pb::task_result::Outcome::Value(v.into()),
-                    Ok(Err(m)) => fail(FailureKind::ResultEncode, &name, m, String::new()),
-                    Err(failed) => failed,
-                },
+            let mut alloc = LoopAlloc {
+                out: &mut out,
+                out_bytes: &mut out_bytes,
+                reader: &mut reader,
+                pending: &mut pending,
+                names: &mut names,
+                functions: &mut functions,
+                registry: &registry,
             };
+            let (outcome, refs) = encode_outcome(&name, t.task, result, arena.as_ref(), &mut alloc)?;
             settle_refs(t.task, &outcome, refs);
             if let pb::task_result::Outcome::Value(v) = &outcome {
                 out_bytes += v.len();
@@ -304,6 +272,93 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
     }
 }
 
+/// Where the space for a large result comes from: the worker, asked
+/// over the executor's socket.
+pub(crate) trait Alloc {
+    /// Asks for `size` bytes of arena space for task `task`'s result.
+    fn alloc(&mut self, task: u64, size: u64) -> std::io::Result<pb::AllocReply>;
+}
+
+/// The task loop's way: send what is ready with the request, then read
+/// frames until the answer comes (keeping tasks that arrive meanwhile).
+struct LoopAlloc<'a> {
+    out: &'a mut ExecutorToWorker,
+    out_bytes: &'a mut usize,
+    reader: &'a mut BufReader<UnixStream>,
+    pending: &'a mut VecDeque<pb::ExecTask>,
+    names: &'a mut Vec<String>,
+    functions: &'a mut Vec<Option<&'static RemoteFunction>>,
+    registry: &'a HashMap<&'static str, &'static RemoteFunction>,
+}
+
+impl Alloc for LoopAlloc<'_> {
+    fn alloc(&mut self, task: u64, size: u64) -> std::io::Result<pb::AllocReply> {
+        self.out.alloc = Some(pb::AllocRequest { task, size });
+        self.out.released = take_released();
+        send(self.out)?;
+        *self.out = ExecutorToWorker::default();
+        *self.out_bytes = 0;
+        await_allocation(self.reader, task, self.pending, self.names, self.functions, self.registry)
+    }
+}
+
+/// A task's outcome as it leaves: its result encoded inline, or straight
+/// into the node's arena when large (space from `alloc`), or why there is
+/// none; with the refs the value holds.
+pub(crate) fn encode_outcome(
+    name: &str,
+    task: u64,
+    result: Result<Encoded, pb::task_result::Outcome>,
+    arena: Option<&Arc<Arena>>,
+    alloc: &mut dyn Alloc,
+) -> std::io::Result<(pb::task_result::Outcome, Vec<Arc<crate::object_ref::RefInner>>)> {
+    // Encoding runs user code (Serialize impls): guarded like the call.
+    // Sizing encodes the whole value once: the refs it holds are met then.
+    let (sized, refs) = crate::refs::collecting(|| {
+        result.and_then(|enc| match guarded(name, || enc.size())? {
+            Ok(size) => Ok((enc, size)),
+            Err(m) => Err(fail(FailureKind::ResultEncode, name, m, String::new())),
+        })
+    });
+    let outcome = match sized {
+        Err(failed) => failed,
+        Ok((enc, size)) if size > shoal_domain::limits::STORE_THRESHOLD_BYTES && arena.is_some() => {
+            let Some(arena) = arena else { return Err(std::io::Error::other("no arena")) };
+            let size = size as u64;
+            // Ask for room, then encode the value straight into shared memory.
+            let a = alloc.alloc(task, size)?;
+            if a.error.is_empty() && a.offset.checked_add(size).is_some_and(|end| end <= arena.len()) {
+                // SAFETY: the worker reserved this range for this task's
+                // result; nobody reads it before we report it.
+                let buf = unsafe { std::slice::from_raw_parts_mut(arena.ptr(a.offset, size), size as usize) };
+                match guarded(name, || enc.write(buf)) {
+                    Ok(Ok(())) => pb::task_result::Outcome::Stored(pb::StoredObject { id: task, size, holders: Vec::new() }),
+                    // The worker drops the unsealed space when it sees the failure.
+                    Ok(Err(m)) => fail(FailureKind::ResultEncode, name, m, String::new()),
+                    Err(failed) => failed,
+                }
+            } else {
+                fail(FailureKind::ObjectStoreFull, name, format!("no room for the {size}-byte result: {}", a.error), String::new())
+            }
+        }
+        Ok((_, size)) if size > shoal_domain::limits::MAX_INLINE_VALUE_BYTES => fail(
+            FailureKind::ResultEncode,
+            name,
+            format!(
+                "the result is {size} bytes, over the {} MiB limit of values sent inline, and this node has no object store",
+                shoal_domain::limits::MAX_INLINE_VALUE_BYTES >> 20
+            ),
+            String::new(),
+        ),
+        Ok((enc, size)) => match guarded(name, || enc.to_vec(size)) {
+            Ok(Ok(v)) => pb::task_result::Outcome::Value(v.into()),
+            Ok(Err(m)) => fail(FailureKind::ResultEncode, name, m, String::new()),
+            Err(failed) => failed,
+        },
+    };
+    Ok((outcome, refs))
+}
+
 /// Forgets the last panic's details (before running an item).
 pub(crate) fn clear_panic() {
     LAST_PANIC.with(|p| p.borrow_mut().take());
@@ -314,17 +369,30 @@ pub(crate) fn take_panic() -> Option<(String, String)> {
     LAST_PANIC.with(|p| p.borrow_mut().take())
 }
 
-fn fail(kind: FailureKind, function: &str, message: String, location: String) -> pb::task_result::Outcome {
+pub(crate) fn fail(kind: FailureKind, function: &str, message: String, location: String) -> pb::task_result::Outcome {
     pb::task_result::Outcome::Failure(pb::TaskFailure { kind: kind as i32, message, location, function: function.to_string(), ..Default::default() })
 }
 
 /// Runs `f` under `catch_unwind`; a panic becomes a `Panicked` failure.
-fn guarded<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, pb::task_result::Outcome> {
+pub(crate) fn guarded<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, pb::task_result::Outcome> {
     LAST_PANIC.with(|p| p.borrow_mut().take());
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let (message, location) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| (shoal_domain::panic::message(&*payload), String::new()));
-        fail(FailureKind::Panicked, name, message, location)
-    })
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| panicked(name, payload))
+}
+
+/// The failure of a call that panicked with `payload` (its message and
+/// location, as the panic hook saw them).
+pub(crate) fn panicked(name: &str, payload: Box<dyn std::any::Any + Send>) -> pb::task_result::Outcome {
+    let (message, location) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| (shoal_domain::panic::message(&*payload), String::new()));
+    fail(FailureKind::Panicked, name, message, location)
+}
+
+/// The failure of an invocation that went wrong around the function body.
+pub(crate) fn invoke_failure(name: &str, e: InvokeError) -> pb::task_result::Outcome {
+    match e {
+        InvokeError::Arity { expected, got } => fail(FailureKind::ArgDecode, name, format!("expected {expected} arguments, got {got}"), String::new()),
+        InvokeError::ArgDecode { index, message } => fail(FailureKind::ArgDecode, name, format!("argument {index}: {message}"), String::new()),
+        InvokeError::ResultEncode(m) => fail(FailureKind::ResultEncode, name, m, String::new()),
+    }
 }
 
 /// Runs one task: its result, not yet encoded, or why there is none.
@@ -337,12 +405,7 @@ fn run_one(f: Option<&'static RemoteFunction>, name: &str, args: &[Bytes]) -> Re
             String::new(),
         ));
     };
-    Err(match guarded(name, || (f.invoke)(args))? {
-        Ok(v) => return Ok(v),
-        Err(InvokeError::Arity { expected, got }) => fail(FailureKind::ArgDecode, name, format!("expected {expected} arguments, got {got}"), String::new()),
-        Err(InvokeError::ArgDecode { index, message }) => fail(FailureKind::ArgDecode, name, format!("argument {index}: {message}"), String::new()),
-        Err(InvokeError::ResultEncode(m)) => fail(FailureKind::ResultEncode, name, m, String::new()),
-    })
+    guarded(name, || (f.invoke)(args))?.map_err(|e| invoke_failure(name, e))
 }
 
 thread_local! {
@@ -404,7 +467,7 @@ pub fn context() -> Option<TaskContext> {
 /// told which refs the result holds, and has applied every ref this
 /// process took or sent meanwhile, so none can be freed in between (see
 /// [`crate::refs`]). Free when the task touched no refs.
-fn settle_refs(task: u64, outcome: &pb::task_result::Outcome, refs: Vec<std::sync::Arc<crate::object_ref::RefInner>>) {
+pub(crate) fn settle_refs(task: u64, outcome: &pb::task_result::Outcome, refs: Vec<std::sync::Arc<crate::object_ref::RefInner>>) {
     let Some(session) = crate::init::current() else { return };
     if !refs.is_empty() && !matches!(outcome, pb::task_result::Outcome::Failure(_)) {
         session.contain(task, crate::refs::ids(&refs));

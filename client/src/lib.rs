@@ -62,6 +62,8 @@
 //   calls:    init (init, put, cancel, shutdown), calls (submit)
 //   shapes:   pool (Pool, Process, Parallel)
 // executor (the other role of the same binary) uses only the leaves.
+mod actor;
+mod actor_exec;
 mod buffer;
 mod calls;
 mod driver;
@@ -83,6 +85,7 @@ mod values;
 pub mod config;
 pub mod status;
 
+pub use actor::{Actor, ActorHandle, ActorOptions, ActorState, ActorStatus, RawActor, get_actor, get_actor_in, kill, list_actors};
 pub use buffer::{Buffer, Pod};
 pub use calls::{Arg, CallOptions, IntoArg, Placement};
 pub use error::{Error, Result, TaskError};
@@ -115,8 +118,41 @@ pub use shoal_macros::remote;
 /// before it), so code in `main` runs only in the driver.
 pub use shoal_macros::main;
 
+/// Makes a type an actor: put it on the type's `impl` block.
+///
+/// ```ignore
+/// struct Counter { n: u64 }
+///
+/// #[shoal::actor]
+/// impl Counter {
+///     fn new(start: u64) -> Self { Counter { n: start } }
+///     fn incr(&mut self, k: u64) -> u64 { self.n += k; self.n }
+///     async fn slow(&self, ms: u64) -> u64 { tokio::time::sleep(std::time::Duration::from_millis(ms)).await; ms }
+/// }
+///
+/// let c = Counter::remote(0);            // ActorHandle<Counter>, at once
+/// assert_eq!(c.incr(5).get()?, 5);       // each method: ObjectRef<R>
+/// ```
+///
+/// The block must have `fn new(..) -> Self` (the constructor, run on the
+/// node the actor is placed on). Every other `fn` taking `&self` or `&mut
+/// self` becomes a remote method; `&mut self` ones run one at a time, in
+/// the order calls were made; `async fn` ones taking `&self` may run
+/// concurrently, up to `max_concurrency`. Associated functions without a
+/// receiver stay local.
+///
+/// Options, each overridable per actor with `Counter::options()`:
+/// `num_cpus = N` (held while the actor lives; default 0),
+/// `resources(gpu = 1)`, `max_restarts = N` (default 0),
+/// `max_task_retries = N` (default 0), `max_concurrency = N` (default 1),
+/// `name = "stable::name"` (the registered type name; default
+/// `module::path::Type`).
+pub use shoal_macros::actor;
+
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::actor::{ActorDefaults, create as create_actor};
+    pub use crate::actor_exec::{ACTOR_CLASSES, ACTOR_METHODS, ActorClass, ActorGuard, ActorMethod, MethodFuture, State as ActorState, boxed_state};
     pub use crate::calls::{submit, submit_with};
     pub use crate::executor::block_on;
     pub use crate::functions::{Encoded, FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result};

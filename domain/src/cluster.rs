@@ -100,6 +100,9 @@ pub struct ClusterStatus {
     pub jobs: u32,
     /// Head version.
     pub version: String,
+    /// Actors, alive and dead.
+    #[serde(default)]
+    pub actors: Vec<crate::actor::ActorStatus>,
 }
 
 impl ClusterStatus {

@@ -33,6 +33,9 @@ pub enum FailureKind {
     /// A daemon found its own state inconsistent for this task (a bug):
     /// the task fails, everything else goes on.
     Internal,
+    /// The actor a method call was addressed to is dead (killed, its node
+    /// died, its constructor panicked, or it ran out of restarts).
+    ActorDied,
 }
 
 impl FailureKind {
@@ -60,6 +63,7 @@ impl fmt::Display for FailureKind {
             FailureKind::ResultEncode => "result encode error",
             FailureKind::ObjectStoreFull => "object store full",
             FailureKind::Internal => "internal error",
+            FailureKind::ActorDied => "actor died",
         };
         f.write_str(s)
     }

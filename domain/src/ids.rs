@@ -69,6 +69,29 @@ impl fmt::Debug for ObjectId {
     }
 }
 
+impl ObjectId {
+    /// Parses the printed form `job.seq`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (job, seq) = s.split_once('.')?;
+        let (job, seq): (JobId, u64) = (job.parse().ok()?, seq.parse().ok()?);
+        (seq < (1 << SEQ_BITS)).then(|| ObjectId::new(job, seq))
+    }
+}
+
+impl serde::Serialize for ObjectId {
+    /// `job.seq`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ObjectId::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an id (job.seq)")))
+    }
+}
+
 /// Builds a raw object id from a job id and a sequence number.
 pub fn object_id(job: JobId, seq: u64) -> u64 {
     ((job as u64) << SEQ_BITS) | (seq & ((1 << SEQ_BITS) - 1))
@@ -152,6 +175,9 @@ mod tests {
         assert_eq!(format!("{id:?}"), "7.123456");
         assert_eq!(display(id.0), "7.123456");
         assert_eq!(ObjectId::new(MAX_JOB, 1).job(), MAX_JOB);
+        assert_eq!(ObjectId::parse("7.123456"), Some(id));
+        assert_eq!(ObjectId::parse("7"), None);
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"7.123456\"");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing))]
 
+pub mod actor;
 pub mod cluster;
 pub mod failure;
 pub mod ids;

@@ -2,6 +2,7 @@
 //! submitted and as dispatched, a value as a worker reports it, a put, and
 //! the job snapshot the head's log keeps.
 
+use crate::actor::{ActorPart, ActorRole};
 use crate::failure::Failure;
 use crate::ids::{JobId, NodeId, ObjectId, TaskId};
 use crate::resources::ResourceSet;
@@ -72,6 +73,8 @@ pub struct NewTask {
     pub placement: Placement,
     /// Runs in an executor process of its own (a `Process`).
     pub dedicated: bool,
+    /// It creates an actor, or calls one.
+    pub actor: ActorRole,
 }
 
 /// A finished value as a worker reports it.
@@ -193,6 +196,8 @@ pub struct Dispatch {
     /// Runs in an executor process of its own, started for it and ended
     /// after it (a `Process`).
     pub dedicated: bool,
+    /// It starts an actor, or calls one.
+    pub actor: ActorPart,
 }
 
 /// What a worker needs to run a job's tasks: its program binary and its
@@ -245,4 +250,25 @@ pub struct ExecTask {
     pub func: u32,
     /// Arguments.
     pub args: Vec<ExecArg>,
+    /// What it is to an actor: a method call names its method (the
+    /// caller's function table is not the actor's).
+    pub actor: ExecActor,
+}
+
+/// What a task an executor runs is to an actor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ExecActor {
+    /// A plain task.
+    #[default]
+    None,
+    /// Construct the actor; this process then serves its calls.
+    Create {
+        /// Async calls running at once.
+        max_concurrency: u32,
+    },
+    /// Call this method (registered name) of the actor this process serves.
+    Call {
+        /// The method's registered name.
+        method: String,
+    },
 }

@@ -8,10 +8,11 @@
 
 use crate::pb;
 use bytes::Bytes;
+use shoal_domain::actor::{ActorPart, ActorRole, ActorSpec, ActorState, ActorStatus};
 use shoal_domain::cluster::{ClusterStatus, NodeStatus, TaskCounts};
 use shoal_domain::task::{
-    Dispatch, ExecArg, ExecTask, FunctionDef, JobInfo, JobSnapshot, NewArg, NewTask, Payload, Placement, PutValue, SnapshotObject, SnapshotTask, SnapshotValue,
-    StoredRef, Value,
+    Dispatch, ExecActor, ExecArg, ExecTask, FunctionDef, JobInfo, JobSnapshot, NewArg, NewTask, Payload, Placement, PutValue, SnapshotObject, SnapshotTask,
+    SnapshotValue, StoredRef, Value,
 };
 use shoal_domain::{Failure, FailureKind, JobId, NodeId, ObjectId, ResourceSet, StoreUsage, TaskId};
 
@@ -70,6 +71,7 @@ impl From<pb::FailureKind> for FailureKind {
             P::ResultEncode => FailureKind::ResultEncode,
             P::ObjectStoreFull => FailureKind::ObjectStoreFull,
             P::Internal => FailureKind::Internal,
+            P::ActorDied => FailureKind::ActorDied,
         }
     }
 }
@@ -91,6 +93,7 @@ impl From<FailureKind> for pb::FailureKind {
             FailureKind::ResultEncode => P::ResultEncode,
             FailureKind::ObjectStoreFull => P::ObjectStoreFull,
             FailureKind::Internal => P::Internal,
+            FailureKind::ActorDied => P::ActorDied,
         }
     }
 }
@@ -237,6 +240,18 @@ impl From<pb::TaskSubmit> for NewTask {
                 (None, false) => Placement::Any,
             },
             dedicated: t.dedicated,
+            actor: match (t.actor_create, t.actor) {
+                (Some(c), _) => ActorRole::Create(Box::new(ActorSpec {
+                    class: c.class,
+                    name: c.name,
+                    namespace: c.namespace,
+                    max_task_retries: c.max_task_retries,
+                    max_concurrency: c.max_concurrency,
+                    detached: c.detached,
+                })),
+                (None, 0) => ActorRole::None,
+                (None, a) => ActorRole::Call(ObjectId(a)),
+            },
         }
     }
 }
@@ -268,6 +283,21 @@ impl From<NewTask> for pb::TaskSubmit {
             node_soft: matches!(t.placement, Placement::Node { soft: true, .. }),
             spread: t.placement == Placement::Spread,
             dedicated: t.dedicated,
+            actor_create: match &t.actor {
+                ActorRole::Create(c) => Some(pb::ActorCreate {
+                    class: c.class.clone(),
+                    name: c.name.clone(),
+                    namespace: c.namespace.clone(),
+                    max_task_retries: c.max_task_retries,
+                    max_concurrency: c.max_concurrency,
+                    detached: c.detached,
+                }),
+                _ => None,
+            },
+            actor: match t.actor {
+                ActorRole::Call(a) => a.0,
+                _ => 0,
+            },
         }
     }
 }
@@ -292,6 +322,15 @@ impl From<Dispatch> for pb::TaskDispatch {
             attempt: d.attempt,
             resources: d.resources.as_ref().map(pb::Resources::from),
             dedicated: d.dedicated,
+            actor_create: matches!(d.actor, ActorPart::Create { .. }),
+            max_concurrency: match d.actor {
+                ActorPart::Create { max_concurrency } => max_concurrency,
+                _ => 0,
+            },
+            actor: match d.actor {
+                ActorPart::Call(a) => a.0,
+                _ => 0,
+            },
         }
     }
 }
@@ -315,6 +354,11 @@ impl From<pb::TaskDispatch> for Dispatch {
             attempt: d.attempt,
             resources: d.resources.as_ref().map(ResourceSet::from),
             dedicated: d.dedicated,
+            actor: match (d.actor_create, d.actor) {
+                (true, _) => ActorPart::Create { max_concurrency: d.max_concurrency },
+                (false, 0) => ActorPart::None,
+                (false, a) => ActorPart::Call(ObjectId(a)),
+            },
         }
     }
 }
@@ -351,7 +395,12 @@ impl From<ExecTask> for pb::ExecTask {
                 ExecArg::File { object, path, len } => pb::ExecArg { object: object.0, len, file: path.to_string_lossy().into_owned(), ..Default::default() },
             })
             .collect();
-        pb::ExecTask { task: t.task.0, func: t.func, args }
+        let (actor_create, max_concurrency, method) = match t.actor {
+            ExecActor::None => (false, 0, String::new()),
+            ExecActor::Create { max_concurrency } => (true, max_concurrency, String::new()),
+            ExecActor::Call { method } => (false, 0, method),
+        };
+        pb::ExecTask { task: t.task.0, func: t.func, args, actor_create, max_concurrency, method }
     }
 }
 
@@ -435,6 +484,21 @@ impl From<ClusterStatus> for pb::ClusterStatus {
             tasks: Some(pb::TaskCounts { queued: s.tasks.queued, running: s.tasks.running, finished: s.tasks.finished, failed: s.tasks.failed }),
             jobs: s.jobs,
             version: s.version,
+            actors: s
+                .actors
+                .into_iter()
+                .map(|a| pb::ActorStatus {
+                    id: a.id.0,
+                    class: a.class,
+                    name: a.name,
+                    namespace: a.namespace,
+                    state: a.state.to_string(),
+                    node: a.node.map(|n| n.0.to_string()).unwrap_or_default(),
+                    restarts: a.restarts,
+                    death: a.death,
+                    detached: a.detached,
+                })
+                .collect(),
         }
     }
 }
@@ -475,6 +539,25 @@ impl TryFrom<pb::ClusterStatus> for ClusterStatus {
             tasks: TaskCounts { queued: t.queued, running: t.running, finished: t.finished, failed: t.failed },
             jobs: s.jobs,
             version: s.version,
+            actors: s
+                .actors
+                .into_iter()
+                .map(|a| ActorStatus {
+                    id: ObjectId(a.id),
+                    class: a.class,
+                    name: a.name,
+                    namespace: a.namespace,
+                    state: match a.state.as_str() {
+                        "alive" => ActorState::Alive,
+                        "dead" => ActorState::Dead,
+                        _ => ActorState::Pending,
+                    },
+                    node: NodeId::parse(&a.node),
+                    restarts: a.restarts,
+                    death: a.death,
+                    detached: a.detached,
+                })
+                .collect(),
         })
     }
 }
@@ -511,8 +594,13 @@ mod tests {
             attempt: 2,
             resources: Some(ResourceSet::cpus(0.5).with("gpu", 1.0)),
             dedicated: true,
+            actor: ActorPart::Create { max_concurrency: 4 },
         };
         assert_eq!(Dispatch::from(pb::TaskDispatch::from(d.clone())), d);
+        for actor in [ActorPart::None, ActorPart::Call(ObjectId::new(3, 1))] {
+            let d = Dispatch { actor, ..d.clone() };
+            assert_eq!(Dispatch::from(pb::TaskDispatch::from(d.clone())), d);
+        }
         let t = NewTask {
             id: ObjectId::new(1, 4),
             func: 0,
@@ -523,8 +611,19 @@ mod tests {
             contains: vec![ObjectId::new(2, 7)],
             placement: Placement::Node { node: NodeId::parse("00000000-0000-0000-0000-000000000007").unwrap(), soft: true },
             dedicated: true,
+            actor: ActorRole::Create(Box::new(ActorSpec {
+                class: "m::Counter".into(),
+                name: "c".into(),
+                namespace: "ns".into(),
+                max_task_retries: 2,
+                max_concurrency: 3,
+                detached: false,
+            })),
         };
         let back = NewTask::from(pb::TaskSubmit::from(t.clone()));
+        assert_eq!(back.actor, t.actor);
+        let call = NewTask { actor: ActorRole::Call(ObjectId::new(1, 2)), ..t.clone() };
+        assert_eq!(NewTask::from(pb::TaskSubmit::from(call)).actor, ActorRole::Call(ObjectId::new(1, 2)));
         assert_eq!(back.contains, t.contains);
         assert_eq!((back.placement, back.dedicated), (t.placement, t.dedicated));
         assert_eq!((back.id, back.func, back.max_retries, back.retry_exceptions), (t.id, t.func, t.max_retries, t.retry_exceptions));

@@ -80,7 +80,12 @@ mod tests {
         let msg = WorkerToExecutor {
             first_function: 3,
             functions: vec!["a::b".into()],
-            tasks: vec![ExecTask { task: 9, func: 3, args: vec![ExecArg { value: bytes::Bytes::from_static(b"xy"), ..Default::default() }] }],
+            tasks: vec![ExecTask {
+                task: 9,
+                func: 3,
+                args: vec![ExecArg { value: bytes::Bytes::from_static(b"xy"), ..Default::default() }],
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let mut wire = Vec::new();

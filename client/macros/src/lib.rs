@@ -1,6 +1,8 @@
 //! Procedural macros of the `shoal` SDK. Use them through `shoal`
 //! (`#[shoal::remote]`, `#[shoal::main]`), not directly.
 
+mod actor;
+
 use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::{format_ident, quote};
@@ -17,7 +19,7 @@ struct RemoteOptions {
     num_returns: Option<usize>,
 }
 
-fn number(e: &Expr) -> syn::Result<f64> {
+pub(crate) fn number(e: &Expr) -> syn::Result<f64> {
     match e {
         Expr::Lit(l) => match &l.lit {
             Lit::Int(i) => i.base10_parse::<f64>(),
@@ -473,6 +475,17 @@ fn expand_remote(opts: RemoteOptions, func: ItemFn) -> syn::Result<proc_macro2::
             }
         }
     })
+}
+
+/// Makes an `impl` block's type an actor. See `shoal::actor`.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let opts = syn::parse_macro_input!(attr as actor::ActorOptions);
+    let block = syn::parse_macro_input!(item as syn::ItemImpl);
+    match actor::expand(opts, block) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
 }
 
 /// Marks the program's entry point. See `shoal::main`.

@@ -11,6 +11,7 @@
 //! Handlers only change state; [`Core::schedule`] does the placement, once
 //! per batch of events.
 
+mod actors;
 mod invariants;
 #[cfg(test)]
 mod schedules;
@@ -21,6 +22,7 @@ mod types;
 pub use types::*;
 
 use bytes::Bytes;
+use shoal_domain::actor::{ActorPart, ActorRole};
 use shoal_domain::failure::{self, Retry, RetryState};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -229,6 +231,8 @@ struct Extra {
     placement: Placement,
     /// It runs in an executor process of its own (a `Process`).
     dedicated: bool,
+    /// A method call on this actor.
+    actor_of: Option<TaskId>,
 }
 
 /// A running generator task's stream.
@@ -365,6 +369,8 @@ pub struct Core {
     recovering_until: Option<Instant>,
     /// Every node ever registered, by slot (`TaskState::Dispatched`).
     slots: Vec<NodeId>,
+    /// Actors, their queued calls and names.
+    actors: actors::Actors,
 }
 
 impl Core {
@@ -385,6 +391,7 @@ impl Core {
             alive_dirty: true,
             recovering_until: None,
             slots: Vec::new(),
+            actors: actors::Actors::default(),
         }
     }
 
@@ -603,7 +610,11 @@ impl Core {
                 requeue.push(t);
             } else {
                 let history = task.history().map(|h| h.join("; ")).unwrap_or_default();
+                let call = task.extra.as_ref().is_some_and(|e| e.actor_of.is_some());
                 let mut f = Failure::new(FailureKind::WorkerDied, format!("node {id} died ({reason}) while running the task; history: {history}"));
+                if call {
+                    f = Failure::new(FailureKind::ActorDied, format!("node {id}, running the actor, died ({reason}) during the call; history: {history}"));
+                }
                 f.node = id.0.to_string();
                 f.attempts = task.attempts as u32;
                 self.fail_task(t, f, out);
@@ -630,8 +641,14 @@ impl Core {
             self.counts.queued += 1;
         }
         task.state = TaskState::Ready;
-        if self.wait_for_inputs(tid, out) {
-            self.ready.push_front(tid);
+        if self.is_actor(tid) {
+            self.actor_restarting(tid);
+        }
+        let ready = self.wait_for_inputs(tid, out);
+        match self.actor_of(tid) {
+            Some(actor) => self.queue_call(actor, tid, true, out),
+            None if ready => self.ready.push_front(tid),
+            None => {}
         }
     }
 
@@ -782,6 +799,7 @@ impl Core {
                     contains: Vec::new(),
                     placement: Placement::Any,
                     dedicated: false,
+                    actor: ActorRole::None,
                 }),
             })
             .collect();
@@ -800,6 +818,11 @@ impl Core {
                     contains: t.extra.as_ref().map(|e| e.arg_refs.clone()).unwrap_or_default(),
                     placement: t.extra.as_ref().map(|e| e.placement).unwrap_or_default(),
                     dedicated: t.extra.as_ref().is_some_and(|e| e.dedicated),
+                    actor: match (self.actors.by_id.get(id), t.extra.as_ref().and_then(|e| e.actor_of)) {
+                        (Some(a), _) => ActorRole::Create(Box::new(a.spec.clone())),
+                        (None, Some(actor)) => ActorRole::Call(actor),
+                        (None, None) => ActorRole::None,
+                    },
                 },
                 driver_ref: t.driver_ref,
             })
@@ -950,6 +973,7 @@ impl Core {
             }
             removed.push((*id, task));
         }
+        self.actors_job_ended(job, out);
         // What its tasks held: inputs (maybe other jobs' objects), refs in
         // their arguments and in their future results; jobs that borrowed
         // a future result are told it will not come.
@@ -1185,6 +1209,21 @@ impl Core {
             if t.func as usize >= nfuncs {
                 early = Some(Failure::new(FailureKind::FunctionNotFound, format!("function index {} was never defined by job {job}", t.func)));
             }
+            let actor_of = match &t.actor {
+                ActorRole::Call(actor) => {
+                    if let Err(f) = self.actor_accepts(*actor) {
+                        early.get_or_insert(f);
+                    }
+                    Some(*actor)
+                }
+                ActorRole::Create(spec) if early.is_none() => {
+                    if let Err(f) = self.actor_created(job, t.id, (**spec).clone()) {
+                        early = Some(f);
+                    }
+                    None
+                }
+                _ => None,
+            };
             // Pinned to a node that cannot run it now or later: say so at once.
             if let Placement::Node { node, soft: false } = t.placement
                 && self.recovering_until.is_none()
@@ -1195,8 +1234,14 @@ impl Core {
             }
             let state = if missing == 0 { TaskState::Ready } else { TaskState::Waiting };
             let (def_retries, def_exceptions) = defaults.get(t.func as usize).copied().unwrap_or((0, false));
-            let max_retries = t.max_retries.unwrap_or(def_retries).min(u16::MAX as u32) as u16;
-            let retry_exceptions = t.retry_exceptions.unwrap_or(def_exceptions);
+            let mut max_retries = t.max_retries.unwrap_or(def_retries).min(u16::MAX as u32) as u16;
+            let mut retry_exceptions = t.retry_exceptions.unwrap_or(def_exceptions);
+            // A method call is retried (after the actor died under it) as
+            // its actor says, and never after a panic.
+            if let Some(a) = actor_of.and_then(|a| self.actors.by_id.get(&a)) {
+                max_retries = a.spec.max_task_retries.min(u16::MAX as u32) as u16;
+                retry_exceptions = false;
+            }
             self.tasks.insert(
                 t.id,
                 Task {
@@ -1217,12 +1262,13 @@ impl Core {
                 },
             );
             self.counts.queued += 1;
-            if (t.placement != Placement::Any || t.dedicated)
+            if (t.placement != Placement::Any || t.dedicated || actor_of.is_some())
                 && let Some(task) = self.tasks.get_mut(&t.id)
             {
                 let e = task.extra.get_or_insert_default();
                 e.placement = t.placement;
                 e.dedicated = t.dedicated;
+                e.actor_of = actor_of;
             }
             if !t.contains.is_empty() {
                 let kept: Vec<ObjectId> = t.contains.into_iter().filter(|c| self.add_contained(*c)).collect();
@@ -1232,6 +1278,8 @@ impl Core {
             }
             if let Some(f) = early {
                 self.fail_task(t.id, f, out);
+            } else if let Some(actor) = actor_of {
+                self.queue_call(actor, t.id, false, out);
             } else if missing == 0 && nested {
                 front.push(t.id);
             } else if missing == 0 {
@@ -1302,6 +1350,8 @@ impl Core {
                 Ok(_) => Retry::Fail,
                 Err(f) => self.tasks.get(&tid).map_or(Retry::Fail, |t| failure::decide(f.kind, t.retry_state(rebuilding))),
             };
+            // A call on an actor that is dead fails as the actor died.
+            let death = if outcome.is_err() { self.actor_of(tid).and_then(|a| self.actor_death(a)) } else { None };
             let Some(task) = self.tasks.get_mut(&tid) else { continue };
             let def = self.jobs.get(&task.job).and_then(|j| j.functions.get(task.func as usize));
             if let Some(node) = self.nodes.get_mut(&node_id) {
@@ -1341,6 +1391,13 @@ impl Core {
                     if f.function.is_empty() {
                         f.function = name;
                     }
+                    if f.kind == FailureKind::WorkerDied && task.extra.as_ref().is_some_and(|e| e.actor_of.is_some()) {
+                        f = death.unwrap_or_else(|| Failure {
+                            kind: FailureKind::ActorDied,
+                            message: format!("the actor died during the call: {}", f.message),
+                            ..f
+                        });
+                    }
                     if f.kind == FailureKind::WorkerDied
                         && let Some(h) = task.history()
                     {
@@ -1354,6 +1411,10 @@ impl Core {
 
     /// Task `tid` produced `value` on `node`: record it and wake what waits.
     fn finished(&mut self, tid: TaskId, node: NodeId, value: Value, out: &mut impl Outbox) {
+        if self.is_actor(tid) {
+            // An actor's process ended its creation task on its own.
+            self.actor_ended(tid, &Failure::new(FailureKind::WorkerDied, "the actor's process ended"), out);
+        }
         let Some(task) = self.tasks.remove(&tid) else { return };
         self.counts.finished += 1;
         self.release_args(&task, out);
@@ -1601,6 +1662,9 @@ impl Core {
             }
             self.counts.failed += 1;
             self.release_args(&task, out);
+            if self.is_actor(tid) {
+                self.actor_ended(tid, &f, out);
+            }
             for dep in self.settle(tid, task, ObjectState::Failed(Box::new(f.clone())), out) {
                 work.push((dep, f.clone()));
             }
@@ -1621,7 +1685,10 @@ impl Core {
         }
         // Keep the object only while someone can still ask for it.
         if task.driver_ref || task.result_refs > 0 || refs.as_ref().is_some_and(|r| r.keeps()) {
-            let lineage = matches!(state, ObjectState::Stored { .. }).then(|| {
+            // An actor call's result is not rebuilt: the actor's state has
+            // moved on since (as Ray's actor tasks are not reconstructed).
+            let rebuildable = matches!(state, ObjectState::Stored { .. }) && task.extra.as_ref().is_none_or(|e| e.actor_of.is_none());
+            let lineage = rebuildable.then(|| {
                 Box::new(Lineage {
                     func: task.func,
                     args: task.args.clone(),
@@ -1646,7 +1713,10 @@ impl Core {
                     t.missing = t.missing.saturating_sub(1);
                     if t.missing == 0 && t.state == TaskState::Waiting {
                         t.state = TaskState::Ready;
-                        self.ready.push_back(d);
+                        match t.extra.as_ref().and_then(|e| e.actor_of) {
+                            Some(actor) => self.call_ready(actor),
+                            None => self.ready.push_back(d),
+                        }
                     }
                 }
                 _ => doomed.push(d),
@@ -1662,6 +1732,9 @@ impl Core {
     /// bytes of the task's inputs, then one with the resources free now,
     /// then round-robin.
     pub fn schedule(&mut self, out: &mut impl Outbox) {
+        if !self.actors.to_pump.is_empty() {
+            self.pump_actors(out);
+        }
         if self.ready.is_empty() || self.total_credits == 0 {
             return;
         }
@@ -1867,6 +1940,7 @@ impl Core {
                         generator: None,
                         placement: Placement::Any,
                         dedicated: false,
+                        actor_of: None,
                     })),
                     max_retries: lin.max_retries,
                     retry_exceptions: lin.retry_exceptions,
@@ -2029,7 +2103,12 @@ impl Core {
         self.counts.running += 1;
         let resources = task.own_resources().cloned();
         let dedicated = task.extra.as_ref().is_some_and(|e| e.dedicated);
-        out.dispatch(node_id, Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32, resources, dedicated });
+        let mut d = Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32, resources, dedicated, actor: ActorPart::None };
+        let slot = node.slot;
+        if let Some(part) = self.actor_placed(tid, slot) {
+            d.actor = part;
+        }
+        out.dispatch(node_id, d);
     }
 
     // ------------------------------------------------------------ queries
@@ -2058,7 +2137,7 @@ impl Core {
                 store_ino: n.info.store_file.1,
             })
             .collect();
-        ClusterStatus { nodes, tasks: self.counts, jobs: self.jobs.len() as u32, version: env!("CARGO_PKG_VERSION").to_string() }
+        ClusterStatus { nodes, tasks: self.counts, jobs: self.jobs.len() as u32, version: env!("CARGO_PKG_VERSION").to_string(), actors: self.actor_statuses() }
     }
 
     /// Number of entries in the object table (for tests and metrics).

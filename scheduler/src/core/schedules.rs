@@ -485,7 +485,18 @@ impl World {
                 2 => Placement::Spread,
                 _ => Placement::Any,
             };
-            tasks.push(NewTask { id, func, args, max_retries, resources, retry_exceptions, contains: Vec::new(), placement, dedicated: false });
+            tasks.push(NewTask {
+                id,
+                func,
+                args,
+                max_retries,
+                resources,
+                retry_exceptions,
+                contains: Vec::new(),
+                placement,
+                dedicated: false,
+                actor: Default::default(),
+            });
         }
         let n = tasks.len();
         let desc = format!("job {job} submits {n} tasks: {:?}", tasks.iter().map(|t| (t.id, t.func, t.args.len())).collect::<Vec<_>>());

@@ -91,6 +91,7 @@ fn task(job: JobId, seq: u64, func: u32, args: Vec<NewArg>) -> NewTask {
         contains: Vec::new(),
         placement: Placement::Any,
         dedicated: false,
+        actor: Default::default(),
     }
 }
 
@@ -353,6 +354,7 @@ fn foreign_ids_and_unknown_functions_are_refused_without_panicking() {
             contains: Vec::new(),
             placement: Placement::Any,
             dedicated: false,
+            actor: Default::default(),
         }],
         &mut out,
     );

@@ -103,7 +103,16 @@ mod tests {
         for i in 0..10 {
             out.dispatch(
                 node,
-                Dispatch { task: ObjectId::new(1, i), job: 1, func: 0, args: vec![Payload::Inline(mb.clone())], attempt: 1, resources: None, dedicated: false },
+                Dispatch {
+                    task: ObjectId::new(1, i),
+                    job: 1,
+                    func: 0,
+                    args: vec![Payload::Inline(mb.clone())],
+                    attempt: 1,
+                    resources: None,
+                    dedicated: false,
+                    actor: Default::default(),
+                },
             );
         }
         out.cancel(node, ObjectId::new(1, 99));

@@ -248,6 +248,9 @@ pub(super) fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToH
     if !msg.cancel.is_empty() {
         core.cancel(job, &ids_of(&msg.cancel), out);
     }
+    if !msg.kill_actors.is_empty() {
+        core.kill_actors(&ids_of(&msg.kill_actors), out);
+    }
     if !msg.locate.is_empty() {
         core.locate(job, &ids_of(&msg.locate), out);
     }

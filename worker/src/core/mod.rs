@@ -24,7 +24,8 @@ mod schedules;
 mod tests;
 
 use crate::pipeline::{self, ServiceTime};
-use shoal_domain::task::{Dispatch, ExecArg, ExecTask, FunctionDef, JobInfo, Payload, StoredRef, Value};
+use shoal_domain::actor::ActorPart;
+use shoal_domain::task::{Dispatch, ExecActor, ExecArg, ExecTask, FunctionDef, JobInfo, Payload, StoredRef, Value};
 use shoal_domain::{Failure, FailureKind, JobId, ObjectId, ResourceSet, TaskId};
 use shoal_store::Location;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -209,6 +210,10 @@ struct Exec {
     /// Started for one dedicated task (a `Process`): it runs nothing else
     /// and is ended once that task is done.
     dedicated: bool,
+    /// It serves this actor (the id of its creation task, which stays at
+    /// the front of `inflight` while the actor lives): the actor's calls
+    /// go straight to it, in order, holding nothing.
+    actor: Option<TaskId>,
 }
 
 /// Where an executor's `held` resources are.
@@ -227,6 +232,12 @@ enum Lent {
 impl Exec {
     fn idle(&self) -> bool {
         self.inflight.is_empty()
+    }
+
+    /// Counts toward the node's executor caps (an actor's process is its
+    /// own, outside them, as its resources are held for its lifetime).
+    fn capped(&self) -> bool {
+        self.actor.is_none()
     }
 
     /// Gives its resources back to `free` (it goes idle, or away).
@@ -373,7 +384,10 @@ impl<S: LocalStore> WorkerCore<S> {
             self.store.free(id);
         }
         for d in msg.tasks {
-            self.outstanding = self.outstanding.saturating_sub(1);
+            // A call on an actor rides on the actor's slot, not a credit.
+            if !matches!(d.actor, ActorPart::Call(_)) {
+                self.outstanding = self.outstanding.saturating_sub(1);
+            }
             // Its result is already sealed here: an earlier run of the
             // same task finished on this node after the head lost track
             // of it (e.g. the head restarted mid-rebuild). That copy is
@@ -383,8 +397,10 @@ impl<S: LocalStore> WorkerCore<S> {
                 self.result(d.task, Ok(Value::Stored { size }));
                 continue;
             }
-            // The call's own resources, else its function's.
+            // The call's own resources, else its function's; an actor's
+            // calls hold none (the actor holds its own).
             let res = match &d.resources {
+                _ if matches!(d.actor, ActorPart::Call(_)) => ResourceSet::default(),
                 Some(r) => r.clone(),
                 None => self.jobs.get(&d.job).and_then(|j| j.functions.get(d.func as usize)).map_or_else(|| ResourceSet::cpus(1.0), |f| f.resources.clone()),
             };
@@ -536,7 +552,7 @@ impl<S: LocalStore> WorkerCore<S> {
                 self.store.abort(task);
             }
         }
-        if !done.is_empty() {
+        if !done.is_empty() && e.actor.is_none() {
             let per = now.saturating_duration_since(e.last_progress) / done.len() as u32;
             for (k, f) in funcs.iter().enumerate() {
                 if k < 8 {
@@ -565,6 +581,12 @@ impl<S: LocalStore> WorkerCore<S> {
                 stderr_tail
             );
             self.break_job(e.job, msg, e.inflight);
+            return;
+        }
+        if let Some(actor) = e.actor {
+            tracing::warn!(pid = e.pid, actor = %actor, %status, "an actor's process died");
+            let msg = format!("the actor's process (pid {}) died: {status}", e.pid);
+            self.actor_exec_gone(e, failure(FailureKind::WorkerDied, msg));
             return;
         }
         if let Some(first) = e.inflight.pop_front() {
@@ -642,6 +664,20 @@ impl<S: LocalStore> WorkerCore<S> {
         self.results.push((task, outcome));
     }
 
+    /// An actor's process is gone: its creation task ends with `why`, and
+    /// every call it held fails (the head retries those it may, on the
+    /// actor's next instance).
+    fn actor_exec_gone(&mut self, e: Exec, why: Failure) {
+        for l in e.inflight {
+            if Some(l.d.task) == e.actor {
+                self.result(l.d.task, Err(why.clone()));
+            } else {
+                let msg = format!("the actor's process ended during the call ({})", why.message);
+                self.result(l.d.task, Err(failure(FailureKind::WorkerDied, msg)));
+            }
+        }
+    }
+
     /// Tasks that were on an executor and did not start go back to the
     /// front of the queue, in order (their pins went with the executor).
     fn requeue_front(&mut self, tasks: VecDeque<Local>) {
@@ -658,6 +694,18 @@ impl<S: LocalStore> WorkerCore<S> {
             return;
         }
         let Some(id) = self.executors.iter().find(|(_, e)| e.inflight.iter().any(|l| l.d.task == task)).map(|(id, _)| *id) else { return };
+        if let Some(actor) = self.executors.get(&id).and_then(|e| e.actor) {
+            // A call an actor already has is not interrupted (that would
+            // end the actor): its result is dropped by the head. The
+            // creation task itself is the actor: ending it kills it.
+            if actor != task {
+                return;
+            }
+            let Some(e) = self.remove_exec(id, true, fx) else { return };
+            tracing::info!(actor = %actor, pid = e.pid, "killed an actor by ending its process");
+            self.actor_exec_gone(e, failure(FailureKind::Cancelled, "the actor was killed"));
+            return;
+        }
         // The executor may be running it: end the process (the only way to
         // interrupt arbitrary code) and requeue what was behind it.
         let Some(mut e) = self.remove_exec(id, true, fx) else { return };
@@ -722,8 +770,17 @@ impl<S: LocalStore> WorkerCore<S> {
         for id in retired {
             self.remove_exec(id, true, fx);
         }
+        // Actors with a call held back in this pass: their later calls
+        // wait too (calls run in the order they came).
+        let mut held_back: Vec<TaskId> = Vec::new();
         let mut i = 0;
         while let Some(l) = self.queue.get(i) {
+            if let ActorPart::Call(actor) = l.d.actor {
+                if !self.place_call(i, actor, &mut held_back, &mut sends) {
+                    i += 1;
+                }
+                continue;
+            }
             if l.stored_args().any(|s| self.pulls.contains(&s.id)) {
                 i += 1;
                 continue;
@@ -764,20 +821,23 @@ impl<S: LocalStore> WorkerCore<S> {
                 // Blocked tasks lend their slots, so their executors do
                 // not count either, up to BLOCKED_EXECUTORS_FACTOR times
                 // the cap.
-                let blocked = self.executors.values().filter(|e| e.blocked).count();
-                let io_busy = self.executors.values().filter(|e| !e.blocked && !e.idle() && e.held.is_empty()).count();
+                let blocked = self.executors.values().filter(|e| e.blocked && e.capped()).count();
+                let io_busy = self.executors.values().filter(|e| e.capped() && !e.blocked && !e.idle() && e.held.is_empty()).count();
+                let running = self.executors.values().filter(|e| e.capped()).count();
                 let cap = if res.is_empty() { max + IO_EXECUTORS } else { max + io_busy + blocked.min(max * BLOCKED_EXECUTORS_FACTOR) };
                 // A dedicated task gets a process of its own: never an idle one.
                 if !dedicated {
                     target = self.executors.iter().filter(|(_, e)| e.job == job_id && e.idle() && !e.dedicated).map(|(id, _)| *id).min();
                 }
+                let mut running = running;
                 if target.is_none()
-                    && self.executors.len() >= cap
+                    && running >= cap
                     && let Some(victim) = self.executors.iter().filter(|(_, e)| (e.job != job_id || dedicated) && e.idle()).map(|(id, _)| *id).min()
                 {
                     self.remove_exec(victim, true, fx);
+                    running -= 1;
                 }
-                if target.is_none() && self.executors.len() < cap {
+                if target.is_none() && running < cap {
                     match self.spawn(job_id, &path, now, fx) {
                         Ok(id) => target = Some(id),
                         Err(msg) => {
@@ -832,6 +892,9 @@ impl<S: LocalStore> WorkerCore<S> {
             } else {
                 e.unsent += 1;
             }
+            if matches!(l.d.actor, ActorPart::Create { .. }) {
+                e.actor = Some(l.d.task);
+            }
             l.built = Some(built);
             e.dedicated |= dedicated;
             e.inflight.push_back(l);
@@ -846,6 +909,49 @@ impl<S: LocalStore> WorkerCore<S> {
         for (id, tasks) in by_exec {
             self.send_to(id, tasks, fx);
         }
+    }
+
+    /// Tries to send queued call `i` on `actor` to the executor serving it;
+    /// returns whether it left the queue (sent, or failed). A call waits
+    /// while its arguments are pulled here, or while the actor's process
+    /// is starting; later calls of that actor wait behind it.
+    fn place_call(&mut self, i: usize, actor: TaskId, held_back: &mut Vec<TaskId>, sends: &mut Vec<(ExecId, ExecTask)>) -> bool {
+        let Some(l) = self.queue.get(i) else { return false };
+        let task = l.d.task;
+        let exec = self.executors.iter().find(|(_, e)| e.actor == Some(actor)).map(|(id, _)| *id);
+        let wait = held_back.contains(&actor) || l.stored_args().any(|s| self.pulls.contains(&s.id));
+        let Some(exec) = exec else {
+            // Its creation task is still queued here (its binary is being
+            // fetched): wait for it.
+            if wait || self.queue.iter().any(|q| q.d.task == actor) {
+                held_back.push(actor);
+                return false;
+            }
+            self.queue.remove(i);
+            self.result(task, Err(failure(FailureKind::WorkerDied, format!("actor {actor} has no process on this node (it died)"))));
+            return true;
+        };
+        if wait {
+            held_back.push(actor);
+            return false;
+        }
+        let Some(mut l) = self.queue.remove(i) else { return false };
+        let built = match self.build(exec, &l) {
+            Ok(t) => t,
+            Err(msg) => {
+                self.result(task, Err(failure(FailureKind::ObjectLost, msg)));
+                return true;
+            }
+        };
+        let Some(e) = self.executors.get_mut(&exec) else { return true };
+        if e.connected && e.unsent == 0 {
+            sends.push((exec, built.clone()));
+        } else {
+            e.unsent += 1;
+        }
+        l.built = Some(built);
+        e.inflight.push_back(l);
+        true
     }
 
     /// The message for executor `exec` to run `l`: inline arguments as
@@ -884,7 +990,14 @@ impl<S: LocalStore> WorkerCore<S> {
                 return Err(format!("executor {exec} went away"));
             }
         }
-        Ok(ExecTask { task: l.d.task, func: l.d.func, args })
+        let actor = match &l.d.actor {
+            ActorPart::None => ExecActor::None,
+            ActorPart::Create { max_concurrency } => ExecActor::Create { max_concurrency: *max_concurrency },
+            ActorPart::Call(_) => {
+                ExecActor::Call { method: self.jobs.get(&l.d.job).and_then(|j| j.functions.get(l.d.func as usize)).map(|f| f.name.clone()).unwrap_or_default() }
+            }
+        };
+        Ok(ExecTask { task: l.d.task, func: l.d.func, args, actor })
     }
 
     fn send_to(&mut self, id: ExecId, tasks: Vec<ExecTask>, fx: &mut impl Effects) {
@@ -917,6 +1030,7 @@ impl<S: LocalStore> WorkerCore<S> {
                 last_progress: now,
                 pins: Vec::new(),
                 dedicated: false,
+                actor: None,
             },
         );
         Ok(id)
@@ -931,8 +1045,15 @@ impl<S: LocalStore> WorkerCore<S> {
         }
         // Running tasks that hold nothing (I/O waits) do not use up credits:
         // the node keeps asking for work while they wait.
-        let running: usize = self.executors.values().filter(|e| !e.blocked && (e.idle() || !e.held.is_empty())).map(|e| e.inflight.len()).sum();
-        let held = self.queue.len() + running + self.outstanding;
+        // An actor holds one task's worth (its creation), whatever calls it has.
+        let running: usize = self
+            .executors
+            .values()
+            .filter(|e| !e.blocked && (e.idle() || !e.held.is_empty()))
+            .map(|e| if e.actor.is_some() { 1 } else { e.inflight.len() })
+            .sum();
+        let queued = self.queue.iter().filter(|l| !matches!(l.d.actor, ActorPart::Call(_))).count();
+        let held = queued + running + self.outstanding;
         let wanted = pipeline::wanted(self.slots, self.service.depth());
         let credits = if self.draining { 0 } else { pipeline::grant(wanted, held, self.outstanding) };
         self.outstanding += credits as usize;

@@ -182,7 +182,7 @@ pub(super) fn job_info(job: JobId, funcs: Vec<FunctionDef>) -> JobInfo {
 }
 
 pub(super) fn dispatch(task: TaskId, func: u32, args: Vec<Payload>) -> Dispatch {
-    Dispatch { task, job: task.job(), func, args, attempt: 1, resources: None, dedicated: false }
+    Dispatch { task, job: task.job(), func, args, attempt: 1, resources: None, dedicated: false, actor: Default::default() }
 }
 
 pub(super) fn stored(id: ObjectId) -> Payload {

@@ -1,0 +1,319 @@
+//! The actor's side of an executor process: once a worker sends it an
+//! actor's creation task, the process holds that actor's value and serves
+//! its method calls until the worker ends it.
+//!
+//! Calls arrive in the order their callers made them (the head and the
+//! worker keep it) and start in that order: a `&mut self` method takes the
+//! value exclusively and runs alone; an `async fn(&self)` shares it and
+//! may run concurrently with others, up to `max_concurrency`. Everything
+//! runs on one thread (a tokio `LocalSet`), so the value needs neither
+//! `Send` nor `Sync`. A panic in a method fails that call only; a panic in
+//! the constructor fails the creation (the head marks the actor dead) and
+//! every call after it.
+
+use crate::executor::{self, Alloc, arg_bytes, encode_outcome, fail, guarded, invoke_failure, panicked, send, settle_refs, take_released};
+use crate::functions::{Encoded, InvokeError};
+use bytes::Bytes;
+use futures::FutureExt;
+use shoal_proto::frame;
+use shoal_proto::pb::{self, ExecutorToWorker, FailureKind, WorkerToExecutor};
+use shoal_store::Arena;
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, Semaphore, mpsc};
+
+/// An actor's value, type-erased.
+pub type State = Box<dyn Any>;
+
+/// A method call in progress.
+pub type MethodFuture = Pin<Box<dyn std::future::Future<Output = Result<Encoded, InvokeError>>>>;
+
+/// An actor type's constructor, registered at link time by `#[shoal::actor]`.
+pub struct ActorClass {
+    /// Registered name of the constructor (the function the creation
+    /// task names).
+    pub name: &'static str,
+    /// Decodes the arguments and builds the value.
+    pub construct: fn(&[Bytes]) -> Result<State, InvokeError>,
+}
+
+/// A method of an actor type, registered at link time by `#[shoal::actor]`.
+pub struct ActorMethod {
+    /// Registered name (`Type::method`).
+    pub name: &'static str,
+    /// Takes `&mut self`: runs alone.
+    pub exclusive: bool,
+    /// An `async fn`: may wait without holding up later shared calls.
+    pub is_async: bool,
+    /// Decodes the arguments and runs the method on the guarded value.
+    pub call: fn(ActorGuard, Vec<Bytes>) -> MethodFuture,
+}
+
+/// Every actor type linked into this program.
+#[linkme::distributed_slice]
+pub static ACTOR_CLASSES: [ActorClass];
+
+/// Every actor method linked into this program.
+#[linkme::distributed_slice]
+pub static ACTOR_METHODS: [ActorMethod];
+
+/// Access to the actor's value for one call: shared or exclusive.
+pub enum ActorGuard {
+    /// `&self` methods.
+    Shared(OwnedRwLockReadGuard<State>),
+    /// `&mut self` methods.
+    Exclusive(OwnedRwLockWriteGuard<State>),
+}
+
+impl ActorGuard {
+    /// The value, as `T`.
+    pub fn get<T: 'static>(&self) -> Result<&T, InvokeError> {
+        let v: &State = match self {
+            ActorGuard::Shared(g) => g,
+            ActorGuard::Exclusive(g) => g,
+        };
+        v.downcast_ref::<T>().ok_or_else(|| wrong_type::<T>())
+    }
+
+    /// The value, as `T`, mutably (only for exclusive calls).
+    pub fn get_mut<T: 'static>(&mut self) -> Result<&mut T, InvokeError> {
+        match self {
+            ActorGuard::Exclusive(g) => g.downcast_mut::<T>().ok_or_else(|| wrong_type::<T>()),
+            ActorGuard::Shared(_) => Err(InvokeError::ArgDecode { index: 0, message: "a &mut self method was given shared access".into() }),
+        }
+    }
+}
+
+fn wrong_type<T>() -> InvokeError {
+    InvokeError::ArgDecode { index: 0, message: format!("this actor's value is not a {}", std::any::type_name::<T>()) }
+}
+
+/// Boxes a constructed value (used by the macro).
+pub fn boxed_state<T: 'static>(v: T) -> State {
+    Box::new(v)
+}
+
+/// A finished async call: its task, method name and outcome (or panic).
+type Done = (u64, &'static str, std::thread::Result<Result<Encoded, InvokeError>>);
+
+/// Serves the actor that `create` constructs until the worker goes.
+/// `names` are the job's function names (the constructor is among them);
+/// `pending` holds tasks that arrived with it (its first calls).
+pub(crate) fn serve(
+    create: pb::ExecTask,
+    reader: BufReader<UnixStream>,
+    pending: VecDeque<pb::ExecTask>,
+    names: &[String],
+    arena: Option<Arc<Arena>>,
+) -> std::io::Result<()> {
+    let class_name = names.get(create.func as usize).cloned().unwrap_or_default();
+    let methods: HashMap<&'static str, &'static ActorMethod> = ACTOR_METHODS.iter().map(|m| (m.name, m)).collect();
+    executor::CURRENT_TASK.with(|c| c.set(create.task));
+    let built = construct(&class_name, create.args, arena.as_ref());
+    let (state, dead) = match built {
+        // Owned guards need an `Arc`; the value never leaves this thread.
+        #[allow(clippy::arc_with_non_send_sync)]
+        Ok(v) => (Some(Arc::new(RwLock::new(v))), None),
+        Err(failure) => {
+            // The creation fails (the head marks the actor dead); every
+            // call that still reaches this process fails the same way.
+            let msg = match &failure {
+                pb::task_result::Outcome::Failure(f) => format!("the actor's constructor failed: {}{}", f.message, at(&f.location)),
+                _ => "the actor's constructor failed".to_string(),
+            };
+            send(&ExecutorToWorker { results: vec![pb::TaskResult { task: create.task, outcome: Some(failure) }], ..Default::default() })?;
+            (None, Some(msg))
+        }
+    };
+    // Calls may block on other tasks from here on (a nested `get`): the
+    // worker lends the actor's resources meanwhile.
+    executor::RUNNING.store(state.is_some(), std::sync::atomic::Ordering::Release);
+    let (tasks_tx, tasks_rx) = mpsc::unbounded_channel::<Vec<pb::ExecTask>>();
+    let (alloc_tx, alloc_rx) = std::sync::mpsc::channel::<pb::AllocReply>();
+    if !pending.is_empty() {
+        let _ = tasks_tx.send(pending.into_iter().collect());
+    }
+    std::thread::Builder::new().name("shoal-actor-reader".into()).spawn(move || read_frames(reader, tasks_tx, alloc_tx))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    let server = Server { state, dead, methods, arena, alloc_rx, out: ExecutorToWorker::default(), class: class_name };
+    local.block_on(&rt, server.run(tasks_rx, create.max_concurrency.max(1) as usize))
+}
+
+/// Reads the worker's frames on a thread of its own: tasks go to the
+/// serving loop, allocation answers to whoever waits for one.
+fn read_frames(mut reader: BufReader<UnixStream>, tasks: mpsc::UnboundedSender<Vec<pb::ExecTask>>, allocs: std::sync::mpsc::Sender<pb::AllocReply>) {
+    while let Ok(Some(msg)) = frame::read_blocking::<WorkerToExecutor, _>(&mut reader) {
+        if let Some(a) = msg.allocated
+            && allocs.send(a).is_err()
+        {
+            return;
+        }
+        if !msg.tasks.is_empty() && tasks.send(msg.tasks).is_err() {
+            return;
+        }
+    }
+}
+
+fn at(location: &str) -> String {
+    if location.is_empty() { String::new() } else { format!(" at {location}") }
+}
+
+/// Runs the constructor registered as `name` on `args`.
+fn construct(name: &str, args: Vec<pb::ExecArg>, arena: Option<&Arc<Arena>>) -> Result<State, pb::task_result::Outcome> {
+    let Some(class) = ACTOR_CLASSES.iter().find(|c| c.name == name) else {
+        return Err(fail(
+            FailureKind::FunctionNotFound,
+            name,
+            format!("no actor type with the constructor {name:?} is linked into this program binary (built from different source than the driver?)"),
+            String::new(),
+        ));
+    };
+    let args: Vec<Bytes> =
+        args.into_iter().map(|a| arg_bytes(arena, a)).collect::<Result<_, _>>().map_err(|e| fail(FailureKind::ObjectLost, name, e, String::new()))?;
+    guarded(name, || (class.construct)(&args))?.map_err(|e| invoke_failure(name, e))
+}
+
+struct Server {
+    state: Option<Arc<RwLock<State>>>,
+    /// Set when the constructor failed: why every call fails.
+    dead: Option<String>,
+    methods: HashMap<&'static str, &'static ActorMethod>,
+    arena: Option<Arc<Arena>>,
+    alloc_rx: std::sync::mpsc::Receiver<pb::AllocReply>,
+    /// Results not yet sent.
+    out: ExecutorToWorker,
+    class: String,
+}
+
+impl Server {
+    async fn run(mut self, mut tasks: mpsc::UnboundedReceiver<Vec<pb::ExecTask>>, max_concurrency: usize) -> std::io::Result<()> {
+        let permits = Arc::new(Semaphore::new(max_concurrency));
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        loop {
+            tokio::select! {
+                batch = tasks.recv() => {
+                    let Some(batch) = batch else { return Ok(()) }; // the worker is gone
+                    for t in batch {
+                        self.start(t, &permits, &done_tx).await?;
+                    }
+                }
+                Some(done) = done_rx.recv() => {
+                    self.finish(done.0, done.1, done.2)?;
+                    while let Ok(done) = done_rx.try_recv() {
+                        self.finish(done.0, done.1, done.2)?;
+                    }
+                }
+            }
+            self.flush()?;
+        }
+    }
+
+    /// Starts call `t` (in order): a sync one runs to its end here; an
+    /// async one is spawned once it has a permit and its access.
+    async fn start(&mut self, t: pb::ExecTask, permits: &Arc<Semaphore>, done: &mpsc::UnboundedSender<Done>) -> std::io::Result<()> {
+        let Some(m) = self.methods.get(t.method.as_str()).copied() else {
+            let name = if t.method.is_empty() { "?" } else { t.method.as_str() };
+            let msg = format!("actor type {} has no method {name:?} in this program binary (built from different source than the caller?)", self.class);
+            return self.push(t.task, fail(FailureKind::FunctionNotFound, name, msg, String::new()), Vec::new());
+        };
+        let (Some(state), None) = (&self.state, &self.dead) else {
+            let msg = self.dead.clone().unwrap_or_default();
+            return self.push(t.task, fail(FailureKind::ActorDied, &self.class.clone(), msg, String::new()), Vec::new());
+        };
+        let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(self.arena.as_ref(), a)).collect();
+        let args = match args {
+            Ok(a) => a,
+            Err(e) => return self.push(t.task, fail(FailureKind::ObjectLost, m.name, e, String::new()), Vec::new()),
+        };
+        let state = state.clone();
+        if m.is_async {
+            let permit = permits.clone().acquire_owned().await.map_err(std::io::Error::other)?;
+            let guard = if m.exclusive { ActorGuard::Exclusive(state.write_owned().await) } else { ActorGuard::Shared(state.read_owned().await) };
+            let done = done.clone();
+            let task = t.task;
+            tokio::task::spawn_local(async move {
+                executor::clear_panic();
+                let r = AssertUnwindSafe((m.call)(guard, args)).catch_unwind().await;
+                drop(permit);
+                let _ = done.send((task, m.name, r));
+            });
+            return Ok(());
+        }
+        let guard = if m.exclusive { ActorGuard::Exclusive(state.write_owned().await) } else { ActorGuard::Shared(state.read_owned().await) };
+        // A sync method's future completes at its first poll.
+        let r = match guarded(m.name, || (m.call)(guard, args).now_or_never()) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Ok(Err(InvokeError::ResultEncode("a sync actor method did not complete".into()))),
+            Err(failed) => Err(failed),
+        };
+        match r {
+            Ok(r) => self.finish_ok(t.task, m.name, r),
+            Err(failed) => self.push(t.task, failed, Vec::new()),
+        }
+    }
+
+    fn finish(&mut self, task: u64, name: &'static str, r: std::thread::Result<Result<Encoded, InvokeError>>) -> std::io::Result<()> {
+        match r {
+            Ok(r) => self.finish_ok(task, name, r),
+            Err(payload) => {
+                let failed = panicked(name, payload);
+                self.push(task, failed, Vec::new())
+            }
+        }
+    }
+
+    fn finish_ok(&mut self, task: u64, name: &'static str, r: Result<Encoded, InvokeError>) -> std::io::Result<()> {
+        let result = r.map_err(|e| invoke_failure(name, e));
+        let arena = self.arena.clone();
+        let mut alloc = ServerAlloc { out: &mut self.out, replies: &self.alloc_rx };
+        let (outcome, refs) = encode_outcome(name, task, result, arena.as_ref(), &mut alloc)?;
+        self.push(task, outcome, refs)
+    }
+
+    fn push(&mut self, task: u64, outcome: pb::task_result::Outcome, refs: Vec<Arc<crate::object_ref::RefInner>>) -> std::io::Result<()> {
+        settle_refs(task, &outcome, refs);
+        self.out.results.push(pb::TaskResult { task, outcome: Some(outcome) });
+        if self.out.results.len() >= 1024 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.released = take_released();
+        if !self.out.results.is_empty() || !self.out.released.is_empty() {
+            send(&self.out)?;
+            self.out.results.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Space for a large result: results so far go with the request; the
+/// reader thread hands over the answer.
+struct ServerAlloc<'a> {
+    out: &'a mut ExecutorToWorker,
+    replies: &'a std::sync::mpsc::Receiver<pb::AllocReply>,
+}
+
+impl Alloc for ServerAlloc<'_> {
+    fn alloc(&mut self, task: u64, size: u64) -> std::io::Result<pb::AllocReply> {
+        self.out.alloc = Some(pb::AllocRequest { task, size });
+        self.out.released = take_released();
+        send(self.out)?;
+        *self.out = ExecutorToWorker::default();
+        loop {
+            match self.replies.recv() {
+                Ok(a) if a.task == task => return Ok(a),
+                Ok(_) => continue,
+                Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone")),
+            }
+        }
+    }
+}

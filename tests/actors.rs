@@ -1,0 +1,285 @@
+//! Actors on real processes: a head with no local worker, workers as
+//! separate `shoal` processes, this test as the driver (a second driver is
+//! this binary again, running an ignored helper test).
+
+mod common;
+
+use common::*;
+use shoal::{ActorHandle, TaskError};
+use std::time::{Duration, Instant};
+
+/// A counter with a few ways to fail.
+pub struct Counter {
+    n: u64,
+}
+
+#[shoal::actor]
+impl Counter {
+    fn new(start: u64) -> Self {
+        if start == 666 {
+            panic!("refusing to count from 666");
+        }
+        Counter { n: start }
+    }
+
+    fn incr(&mut self, k: u64) -> u64 {
+        self.n += k;
+        self.n
+    }
+
+    fn value(&self) -> u64 {
+        self.n
+    }
+
+    fn fail_if(&mut self, bad: bool) -> u64 {
+        if bad {
+            panic!("asked to fail at {}", self.n);
+        }
+        self.n
+    }
+
+    /// Sleeps (holding the actor) and returns the value.
+    fn sleep_ms(&mut self, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.n
+    }
+
+    /// Where the actor runs.
+    fn node(&self) -> String {
+        shoal::context().map(|c| c.node_id).unwrap_or_default()
+    }
+}
+
+/// An actor whose async methods overlap.
+pub struct Napper;
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+#[shoal::actor(max_concurrency = 8)]
+impl Napper {
+    fn new() -> Self {
+        Napper
+    }
+
+    /// Sleeps without blocking the actor; returns when it started and ended (us since the epoch).
+    async fn nap(&self, ms: u64) -> (u64, u64) {
+        let start = micros_now();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        (start, micros_now())
+    }
+}
+
+/// A task handed a handle: it calls the actor itself.
+#[shoal::remote]
+fn add_through(counter: ActorHandle<Counter>, k: u64) -> u64 {
+    counter.incr(k).get().expect("the actor answers the task")
+}
+
+/// A task that makes an actor of its own and uses it.
+#[shoal::remote]
+fn make_and_use(start: u64) -> u64 {
+    let c = Counter::remote(start);
+    c.incr(1).get().unwrap();
+    c.incr(2).get().unwrap()
+}
+
+/// An actor that calls another actor.
+pub struct Relay {
+    target: ActorHandle<Counter>,
+}
+
+#[shoal::actor]
+impl Relay {
+    fn new(target: ActorHandle<Counter>) -> Self {
+        Relay { target }
+    }
+
+    fn forward(&mut self, k: u64) -> u64 {
+        self.target.incr(k).get().expect("the target actor answers")
+    }
+}
+
+fn two_workers(a: &[&str], b: &[&str]) -> Cluster {
+    Cluster::connected(&[a, b])
+}
+
+/// The node an actor runs on, from `shoal status --json`.
+fn actor_node(c: &Cluster, id: shoal::ObjectId) -> Option<String> {
+    let st = c.status();
+    let a = st["actors"].as_array()?.iter().find(|a| a["id"] == id.to_string())?.clone();
+    (a["state"] == "alive").then(|| a["node"].as_str().map(str::to_string)).flatten()
+}
+
+#[test]
+fn ten_thousand_calls_from_one_caller_come_back_in_order() {
+    let _c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let counter = Counter::remote(0);
+    let refs: Vec<_> = (0..10_000).map(|_| counter.incr(1)).collect();
+    let got = shoal::get_all_blocking(&refs).unwrap();
+    assert_eq!(got, (1..=10_000).collect::<Vec<u64>>(), "each call saw every call before it, and none after");
+    assert_eq!(counter.value().get().unwrap(), 10_000);
+}
+
+/// Run by `two_drivers_share_a_named_actor` as the second driver.
+#[test]
+#[ignore = "helper: run by two_drivers_share_a_named_actor"]
+fn helper_second_driver_uses_the_named_actor() {
+    let Ok(address) = std::env::var("SHOAL_TEST_ADDRESS") else { return };
+    let token = std::env::var("SHOAL_TEST_TOKEN").unwrap();
+    shoal::init_blocking_with(shoal::InitConfig::default().address(address).token(token)).unwrap();
+    let shared = shoal::get_actor::<Counter>("shared").expect("the named actor is found from another driver");
+    let mut last = 0;
+    for _ in 0..100 {
+        let v = shared.incr(1).get().unwrap();
+        assert!(v > last, "values only grow: {v} after {last}");
+        last = v;
+    }
+    // Wrong type under that name: a clear error.
+    let wrong = shoal::get_actor::<Napper>("shared").unwrap_err();
+    assert!(matches!(wrong, shoal::Error::ActorNotFound { .. }), "{wrong}");
+    futures::executor::block_on(shoal::shutdown());
+}
+
+#[test]
+fn two_drivers_share_a_named_actor_and_a_task_calls_it_through_a_handle() {
+    let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let shared = Counter::options().name("shared").remote(1000);
+    assert_eq!(shared.incr(0).get().unwrap(), 1000);
+    let other = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_second_driver_uses_the_named_actor", "--ignored", "--nocapture"])
+        .env("SHOAL_TEST_ADDRESS", &c.address)
+        .env("SHOAL_TEST_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&other.stdout);
+    assert!(other.status.success() && text.contains("1 passed"), "second driver failed:\n{text}\n{}", String::from_utf8_lossy(&other.stderr));
+    assert_eq!(shared.value().get().unwrap(), 1100, "the second driver's 100 calls reached the same actor");
+    // Tasks get the handle in their arguments and call the actor directly.
+    let from_tasks: Vec<_> = (0..8).map(|_| add_through::remote(shared.clone(), 10)).collect();
+    shoal::get_all_blocking(&from_tasks).unwrap();
+    assert_eq!(shared.value().get().unwrap(), 1180);
+    // A second live actor cannot take the name.
+    let dup = Counter::options().name("shared").remote(0);
+    let err = dup.value().get().unwrap_err();
+    assert!(matches!(&err, TaskError::ActorDied { message, .. } if message.contains("taken")), "{err}");
+    let st = c.status();
+    let names: Vec<&str> = st["actors"].as_array().unwrap().iter().filter(|a| a["state"] == "alive").filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(names, vec!["shared"], "status lists the live named actor");
+}
+
+#[test]
+fn an_actor_whose_node_dies_restarts_on_the_other_node() {
+    let mut c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let counter = Counter::options().max_restarts(1).remote(7);
+    assert_eq!(counter.incr(1).get().unwrap(), 8);
+    let first = actor_node(&c, counter.id()).expect("the actor is alive on a node");
+    assert_eq!(counter.node().get().unwrap(), first, "status and the actor agree on its node");
+    let victim = c.workers.iter().position(|w| w.node_id == first).unwrap();
+    c.kill_worker(victim);
+    // Its constructor runs again on the other node: a fresh 7.
+    let second = wait_for(Duration::from_secs(30), "the actor to restart on the other node", || actor_node(&c, counter.id()).filter(|n| *n != first));
+    let after = counter.incr(1).get().expect("calls work after the restart");
+    assert_eq!(after, 8, "a restart runs the constructor again");
+    assert_eq!(counter.node().get().unwrap(), second);
+    let st = c.status();
+    let a = st["actors"].as_array().unwrap().iter().find(|a| a["id"] == counter.id().to_string()).unwrap().clone();
+    assert_eq!(a["restarts"], 1, "{a}");
+}
+
+#[test]
+fn without_restarts_the_calls_of_an_actor_whose_node_dies_fail_with_actor_died() {
+    let mut c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let counter = Counter::remote(0);
+    assert_eq!(counter.incr(1).get().unwrap(), 1);
+    let node = actor_node(&c, counter.id()).unwrap();
+    // One call running, more queued behind it.
+    let running = counter.sleep_ms(10_000);
+    let queued: Vec<_> = (0..5).map(|_| counter.incr(1)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let victim = c.workers.iter().position(|w| w.node_id == node).unwrap();
+    c.kill_worker(victim);
+    let t = Instant::now();
+    for r in std::iter::once(&running).chain(&queued) {
+        let e = r.get().unwrap_err();
+        assert!(matches!(e, TaskError::ActorDied { .. }), "pending calls get ActorDied, got {e}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(9), "they fail when the node dies, not when the sleep would end");
+    let later = counter.incr(1).get().unwrap_err();
+    assert!(matches!(&later, TaskError::ActorDied { message, .. } if message.contains("no restarts")), "{later}");
+}
+
+#[test]
+fn a_panicking_method_fails_that_call_and_the_actor_keeps_serving() {
+    let _c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let counter = Counter::remote(5);
+    let before = counter.incr(1);
+    let bad = counter.fail_if(true);
+    let after = counter.incr(1);
+    assert_eq!(before.get().unwrap(), 6);
+    let e = bad.get().unwrap_err();
+    assert!(matches!(&e, TaskError::Panicked { message, .. } if message.contains("asked to fail at 6")), "{e}");
+    assert_eq!(after.get().unwrap(), 7, "the actor kept its value and serves on");
+}
+
+#[test]
+fn a_panicking_constructor_fails_every_call_with_actor_died() {
+    let _c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let doomed = Counter::remote(666);
+    let calls: Vec<_> = (0..3).map(|_| doomed.incr(1)).collect();
+    for r in &calls {
+        let e = r.get().unwrap_err();
+        assert!(matches!(&e, TaskError::ActorDied { message, .. } if message.contains("refusing to count from 666")), "{e}");
+    }
+    // Later calls too, at once.
+    let e = doomed.value().get().unwrap_err();
+    assert!(matches!(&e, TaskError::ActorDied { message, .. } if message.contains("constructor")), "{e}");
+}
+
+#[test]
+fn an_actor_asking_for_a_gpu_runs_only_on_the_node_that_has_it() {
+    let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1", "--resources", "gpu=1"]);
+    let gpu_node = c.workers[1].node_id.clone();
+    for _ in 0..3 {
+        let a = Counter::options().resources(&[("gpu", 1.0)]).remote(0);
+        assert_eq!(a.node().get().unwrap(), gpu_node);
+        // It holds the GPU while it lives: the next one waits for it.
+        shoal::kill(&a);
+        let e = a.value().get().unwrap_err();
+        assert!(matches!(&e, TaskError::ActorDied { message, .. } if message.contains("killed")), "{e}");
+    }
+}
+
+#[test]
+fn an_async_actor_runs_up_to_max_concurrency_calls_at_once() {
+    let _c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let napper = Napper::remote();
+    napper.nap(0).get().unwrap();
+    let t = Instant::now();
+    let refs: Vec<_> = (0..8).map(|_| napper.nap(100)).collect();
+    let spans = shoal::get_all_blocking(&refs).unwrap();
+    let elapsed = t.elapsed();
+    let last_start = spans.iter().map(|s| s.0).max().unwrap();
+    let first_end = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(last_start < first_end, "all 8 naps overlapped (the last started before the first ended): {spans:?}");
+    println!("8 calls of 100 ms on max_concurrency = 8: {elapsed:?}");
+    // Beyond the bound they queue: 16 naps run in two waves.
+    let refs: Vec<_> = (0..16).map(|_| napper.nap(100)).collect();
+    let mut spans = shoal::get_all_blocking(&refs).unwrap();
+    spans.sort();
+    let ninth_start = spans[8].0;
+    let first_end = spans.iter().map(|s| s.1).min().unwrap();
+    assert!(ninth_start >= first_end, "the 9th call waited for a free slot: {spans:?}");
+}
+
+#[test]
+fn tasks_and_actors_create_and_call_actors() {
+    let _c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    assert_eq!(make_and_use::remote(40).get().unwrap(), 43, "a task made an actor and called it");
+    let target = Counter::remote(0);
+    let relay = Relay::remote(target.clone());
+    let sums: Vec<u64> = (1..=5).map(|k| relay.forward(k).get().unwrap()).collect();
+    assert_eq!(sums, vec![1, 3, 6, 10, 15], "one actor called another, in order");
+    assert_eq!(target.value().get().unwrap(), 15);
+}
