@@ -283,3 +283,25 @@ fn tasks_and_actors_create_and_call_actors() {
     assert_eq!(sums, vec![1, 3, 6, 10, 15], "one actor called another, in order");
     assert_eq!(target.value().get().unwrap(), 15);
 }
+
+#[test]
+fn a_restarted_head_keeps_its_actors_from_its_log() {
+    let mut c = Cluster::head(&["--heartbeat-timeout", "2"]);
+    c.add_worker(&["--num-cpus", "1"]);
+    c.add_worker(&["--num-cpus", "1"]);
+    c.connect();
+    let counter = Counter::options().name("survivor").remote(10);
+    assert_eq!(counter.incr(1).get().unwrap(), 11);
+    c.kill_head();
+    c.restart_head(2);
+    // The head rebuilt the actor from its log; the workers lost their
+    // session with the old head (and the actor's process with it), so the
+    // actor runs its constructor again, as after a node death.
+    let after = counter.incr(1).get_timeout(Duration::from_secs(60)).expect("calls work after the head restart");
+    assert!(after == 11 || after == 12, "the actor is back (fresh from its constructor, or the call replayed): {after}");
+    let found = shoal::get_actor::<Counter>("survivor").expect("its name survives the restart");
+    assert_eq!(found.id(), counter.id());
+    let st = c.status();
+    let a = st["actors"].as_array().unwrap().iter().find(|a| a["id"] == counter.id().to_string()).cloned().unwrap();
+    assert_eq!(a["state"], "alive", "{a}");
+}

@@ -54,6 +54,47 @@ struct Args {
     model_runs: usize,
 }
 
+/// Ray's model benchmark's actor: a counter.
+pub struct Counter {
+    n: u64,
+}
+
+#[shoal::actor]
+impl Counter {
+    fn new(n: u64) -> Self {
+        Counter { n }
+    }
+
+    fn incr(&mut self, k: u64) -> u64 {
+        self.n += k;
+        self.n
+    }
+}
+
+/// Actors as Ray's model script measures them: one counter, created and
+/// called once first; 500 sequential round trips (median); 10,000 calls in
+/// flight, then wait for all (median of `runs`). Keys get `prefix`.
+fn actor_calls(out: &mut Map<String, Value>, prefix: &str, runs: usize) {
+    let c = Counter::remote(0);
+    c.incr(0).get().unwrap();
+    let mut lat: Vec<f64> = (0..500)
+        .map(|_| {
+            let t = Instant::now();
+            c.incr(1).get().unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    out.insert(format!("{prefix}actor_call_roundtrip_median_us"), round(lat[lat.len() / 2] * 1e6));
+    let (m, spread) = model::timed(runs, || {
+        let refs: Vec<_> = (0..10_000).map(|_| c.incr(1)).collect();
+        shoal::get_all_blocking(&refs).unwrap();
+    });
+    out.insert(format!("{prefix}actor_calls_async_per_s"), round(10_000.0 / m));
+    out.insert(format!("{prefix}actor_calls_async_spread"), round(spread));
+    shoal::kill(&c);
+}
+
 /// One task submits `n` no-ops from inside itself and waits for them.
 #[shoal::remote]
 fn fanout(n: u64) -> u64 {
@@ -171,6 +212,9 @@ fn main() {
         .collect();
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     out.insert("roundtrip_median_us".into(), round(lat[lat.len() / 2] * 1e6));
+
+    // W2b: actor calls, as Ray's model script makes them.
+    actor_calls(&mut out, "", 5);
 
     // W3: tree reduction, 4096 leaves.
     let t = Instant::now();
@@ -400,7 +444,7 @@ mod model {
     }
 
     /// Median and (max - min) / median of `runs` timings of `f`.
-    fn timed(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
+    pub fn timed(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
         let mut v: Vec<f64> = (0..runs.max(1))
             .map(|_| {
                 let t = Instant::now();
@@ -436,6 +480,17 @@ mod model {
         });
         out.insert("streaming_10k_items_s".into(), round(m));
         out.insert("streaming_10k_items_spread".into(), round(spread));
+        actor_calls(&mut out, "model_", args.model_runs);
+        // The same path for a plain no-op task, for comparison.
+        let mut lat: Vec<f64> = (0..500)
+            .map(|_| {
+                let t = Instant::now();
+                noop::remote().get().unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        out.insert("model_task_roundtrip_median_us".into(), round(lat[lat.len() / 2] * 1e6));
         println!("{}", Value::Object(out));
     }
 }

@@ -60,7 +60,9 @@ impl Core {
                 }
                 TaskState::Ready => {
                     queued += 1;
-                    if !in_queue.contains(id) {
+                    // An actor's calls wait in the actor's queue instead.
+                    let call = t.extra.as_ref().is_some_and(|e| e.actor_of.is_some());
+                    if !call && !in_queue.contains(id) {
                         return Err(format!("ready task {} is not in the ready queue", d(*id)));
                     }
                     if t.missing != 0 {
@@ -92,6 +94,7 @@ impl Core {
                 }
             }
         }
+        self.check_actors()?;
         let mut credits = 0u64;
         for (nid, n) in &self.nodes {
             credits += n.credits as u64;
@@ -223,5 +226,60 @@ impl Core {
     /// Whether nothing is queued or running: every submitted task ended.
     pub fn is_idle(&self) -> bool {
         self.tasks.is_empty()
+    }
+
+    /// Actors: a live one is its creation task (queued while pending, on
+    /// the node its life names while alive); a dead one has none; every
+    /// call not on a node is in its actor's queue, exactly once, and no
+    /// dead actor's queue holds calls; names point at live actors.
+    fn check_actors(&self) -> Result<(), String> {
+        use super::actors::Life;
+        let d = |id: ObjectId| id.to_string();
+        let mut queued_calls: IdMap<TaskId, TaskId> = IdMap::default();
+        for (aid, a) in &self.actors.by_id {
+            if !self.jobs.contains_key(&a.job) {
+                return Err(format!("actor {} belongs to gone job {}", d(*aid), a.job));
+            }
+            let creation = self.tasks.get(aid).map(|t| t.state);
+            match (&a.life, creation) {
+                (Life::Pending, Some(TaskState::Ready | TaskState::Waiting)) => {}
+                (Life::Alive(slot), Some(TaskState::Dispatched(s))) if *slot == s => {}
+                (Life::Dead(_), None) => {
+                    if !a.queue.is_empty() {
+                        return Err(format!("dead actor {} still queues {} calls", d(*aid), a.queue.len()));
+                    }
+                }
+                (life, state) => {
+                    let life = match life {
+                        Life::Pending => "pending".to_string(),
+                        Life::Alive(s) => format!("alive in slot {s}"),
+                        Life::Dead(_) => "dead".to_string(),
+                    };
+                    return Err(format!("actor {} is {life} but its creation task is {state:?}", d(*aid)));
+                }
+            }
+            for t in &a.queue {
+                // Entries of calls that finished or were cancelled since
+                // are skipped when the queue is pumped.
+                if self.tasks.get(t).is_some_and(|t| !matches!(t.state, TaskState::Dispatched(_))) && queued_calls.insert(*t, *aid).is_some() {
+                    return Err(format!("call {} is queued twice", d(*t)));
+                }
+            }
+        }
+        for (id, t) in &self.tasks {
+            let Some(actor) = t.extra.as_ref().and_then(|e| e.actor_of) else { continue };
+            if matches!(t.state, TaskState::Dispatched(_)) {
+                continue;
+            }
+            if queued_calls.get(id) != Some(&actor) {
+                return Err(format!("call {} on actor {} is {:?} but not in the actor's queue", d(*id), d(actor), t.state));
+            }
+        }
+        for (key, aid) in &self.actors.names {
+            if !self.actors.by_id.get(aid).is_some_and(|a| !matches!(a.life, Life::Dead(_))) {
+                return Err(format!("name {key:?} points at actor {}, which is not live", d(*aid)));
+            }
+        }
+        Ok(())
     }
 }

@@ -287,6 +287,11 @@ impl Task {
 
 /// The resources `task` holds on its node: its own, else its function's.
 fn needs<'a>(task: &'a Task, def: &'a FunctionDef) -> &'a ResourceSet {
+    // An actor's call holds nothing: the actor holds its resources.
+    static NOTHING: ResourceSet = ResourceSet { cpus: 0.0, custom: Vec::new() };
+    if task.extra.as_ref().is_some_and(|e| e.actor_of.is_some()) {
+        return &NOTHING;
+    }
     task.own_resources().unwrap_or(&def.resources)
 }
 
@@ -1662,11 +1667,13 @@ impl Core {
             }
             self.counts.failed += 1;
             self.release_args(&task, out);
-            if self.is_actor(tid) {
-                self.actor_ended(tid, &f, out);
-            }
             for dep in self.settle(tid, task, ObjectState::Failed(Box::new(f.clone())), out) {
                 work.push((dep, f.clone()));
+            }
+            // After its own object is settled: the calls failing with it
+            // may take that object as an argument.
+            if self.is_actor(tid) {
+                self.actor_ended(tid, &f, out);
             }
         }
     }
@@ -1686,8 +1693,10 @@ impl Core {
         // Keep the object only while someone can still ask for it.
         if task.driver_ref || task.result_refs > 0 || refs.as_ref().is_some_and(|r| r.keeps()) {
             // An actor call's result is not rebuilt: the actor's state has
-            // moved on since (as Ray's actor tasks are not reconstructed).
-            let rebuildable = matches!(state, ObjectState::Stored { .. }) && task.extra.as_ref().is_none_or(|e| e.actor_of.is_none());
+            // moved on since (as Ray's actor tasks are not reconstructed);
+            // nor is an actor's creation (the actor itself).
+            let rebuildable =
+                matches!(state, ObjectState::Stored { .. }) && task.extra.as_ref().is_none_or(|e| e.actor_of.is_none()) && !self.actors.by_id.contains_key(&id);
             let lineage = rebuildable.then(|| {
                 Box::new(Lineage {
                     func: task.func,
@@ -1732,9 +1741,19 @@ impl Core {
     /// bytes of the task's inputs, then one with the resources free now,
     /// then round-robin.
     pub fn schedule(&mut self, out: &mut impl Outbox) {
+        // Actors' calls first (they need no credits), then ready tasks;
+        // actors placed by this pass get their queued calls right behind
+        // their creation.
         if !self.actors.to_pump.is_empty() {
             self.pump_actors(out);
         }
+        self.schedule_ready(out);
+        if !self.actors.to_pump.is_empty() {
+            self.pump_actors(out);
+        }
+    }
+
+    fn schedule_ready(&mut self, out: &mut impl Outbox) {
         if self.ready.is_empty() || self.total_credits == 0 {
             return;
         }

@@ -95,6 +95,8 @@ struct SimJob {
     made: HashSet<ObjectId>,
     /// The latest answer it got per object.
     answers: HashMap<ObjectId, Result<Payload, Failure>>,
+    /// Actors it created (their creation tasks' ids).
+    actors: Vec<TaskId>,
 }
 
 struct World {
@@ -167,6 +169,7 @@ impl World {
             tasks: HashSet::new(),
             made: HashSet::new(),
             answers: HashMap::new(),
+            actors: Vec::new(),
         });
     }
 
@@ -300,7 +303,7 @@ impl World {
     /// One random event. Returns what it was, for the trace.
     fn step(&mut self) -> String {
         let mut out = Sent::default();
-        let what = match self.rng.random_range(0..104) {
+        let what = match self.rng.random_range(0..106) {
             0..=17 => self.submit(&mut out),
             18..=23 => self.put(&mut out),
             24..=29 => {
@@ -421,6 +424,14 @@ impl World {
                 self.new_job();
                 "a new driver connects".into()
             }
+            104..=105 => {
+                // Any job may kill any actor it has a handle to.
+                let Some(j) = self.pick_job() else { return "no job".into() };
+                let all: Vec<TaskId> = self.jobs.iter().filter(|j| !j.ended).flat_map(|j| j.actors.iter().copied()).collect();
+                let Some(&a) = all.get(self.rng.random_range(0..all.len().max(1))) else { return "no actor".into() };
+                self.core.kill_actors(&[a], &mut out);
+                format!("job {} kills actor {a}", self.jobs[j].id)
+            }
             _ => self.restart_head(&mut out),
         };
         self.core.schedule(&mut out);
@@ -485,21 +496,37 @@ impl World {
                 2 => Placement::Spread,
                 _ => Placement::Any,
             };
-            tasks.push(NewTask {
-                id,
-                func,
-                args,
-                max_retries,
-                resources,
-                retry_exceptions,
-                contains: Vec::new(),
-                placement,
-                dedicated: false,
-                actor: Default::default(),
-            });
+            // Some tasks create actors (some named, so names clash); some
+            // call an actor of this job or another.
+            let all_actors: Vec<TaskId> = self.jobs.iter().filter(|j| !j.ended).flat_map(|j| j.actors.iter().copied()).collect();
+            let actor = match self.rng.random_range(0..10) {
+                0 => {
+                    self.jobs[j].actors.push(id);
+                    let name = ["", "", "a", "b"][self.rng.random_range(0..4)].to_string();
+                    ActorRole::Create(Box::new(shoal_domain::actor::ActorSpec {
+                        class: "C".into(),
+                        name,
+                        max_task_retries: self.rng.random_range(0..2),
+                        max_concurrency: 1,
+                        ..Default::default()
+                    }))
+                }
+                1..=3 if !all_actors.is_empty() => ActorRole::Call(all_actors[self.rng.random_range(0..all_actors.len())]),
+                _ => ActorRole::None,
+            };
+            let dedicated = matches!(actor, ActorRole::Create(_));
+            tasks.push(NewTask { id, func, args, max_retries, resources, retry_exceptions, contains: Vec::new(), placement, dedicated, actor });
         }
         let n = tasks.len();
-        let desc = format!("job {job} submits {n} tasks: {:?}", tasks.iter().map(|t| (t.id, t.func, t.args.len())).collect::<Vec<_>>());
+        let role = |t: &NewTask| match &t.actor {
+            ActorRole::None => String::new(),
+            ActorRole::Create(spec) => format!(" creates actor {:?}", spec.name),
+            ActorRole::Call(a) => format!(" calls actor {a}"),
+        };
+        let desc = format!(
+            "job {job} submits {n} tasks: {:?}",
+            tasks.iter().map(|t| format!("{} f{} {} args{}", t.id, t.func, t.args.len(), role(t))).collect::<Vec<_>>()
+        );
         self.core.submit(job, tasks, out);
         desc
     }

@@ -1325,3 +1325,223 @@ fn a_spread_call_ignores_where_its_inputs_are() {
     assert_eq!(nodes, HashSet::from([a, b]), "spread calls use both nodes");
     let _ = (eb, b);
 }
+
+// ------------------------------------------------------------ actors
+
+fn actor_spec(name: &str) -> Box<shoal_domain::actor::ActorSpec> {
+    Box::new(shoal_domain::actor::ActorSpec { class: "t::Counter".into(), name: name.into(), max_concurrency: 1, ..Default::default() })
+}
+
+/// A job with a constructor (index 0, no CPU) and a method (index 1).
+fn actor_job(core: &mut Core) -> JobId {
+    job_with(core, &[("t::Counter::new", ResourceSet::default(), 0), ("t::Counter::incr", ResourceSet::default(), 0)])
+}
+
+fn create(job: JobId, seq: u64, name: &str, restarts: u32) -> NewTask {
+    NewTask { max_retries: Some(restarts), dedicated: true, actor: ActorRole::Create(actor_spec(name)), ..task(job, seq, 0, vec![]) }
+}
+
+fn call(job: JobId, seq: u64, actor: TaskId, args: Vec<NewArg>) -> NewTask {
+    NewTask { actor: ActorRole::Call(actor), ..task(job, seq, 1, args) }
+}
+
+fn checked(core: &Core) {
+    if let Err(e) = core.check_invariants() {
+        panic!("invariant broken: {e}");
+    }
+}
+
+#[test]
+fn actor_calls_follow_the_creation_to_its_node_in_order_without_credits() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let job = actor_job(&mut core);
+    let aid = ObjectId::new(job, 1);
+    core.submit(job, vec![create(job, 1, "", 0)], &mut out);
+    core.submit(job, (2..=4).map(|i| call(job, i, aid, vec![val(b"k")])).collect(), &mut out);
+    core.schedule(&mut out);
+    checked(&core);
+    out.assert_quiet();
+    // One credit places the actor; its calls need none.
+    core.node_credits(a, ea, 1, now);
+    core.schedule(&mut out);
+    checked(&core);
+    let d = out.take_dispatched();
+    assert_eq!(d.iter().map(|(_, t)| t.task.seq()).collect::<Vec<_>>(), vec![1, 2, 3, 4], "creation first, then the calls in order");
+    assert_eq!(d[0].1.actor, ActorPart::Create { max_concurrency: 1 });
+    assert!(d[1..].iter().all(|(n, t)| *n == a && t.actor == ActorPart::Call(aid)));
+    core.tasks_finished(a, ea, vec![(ObjectId::new(job, 2), ok(b"1")), (ObjectId::new(job, 3), ok(b"2"))], now, &mut out);
+    assert_eq!(out.results.len(), 2);
+    out.results.clear();
+    // A later call goes straight to the actor's node.
+    core.submit(job, vec![call(job, 5, aid, vec![])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(n, t)| (*n, t.task.seq())).collect::<Vec<_>>(), vec![(a, 5)]);
+    let st = core.snapshot(now);
+    assert_eq!(st.actors.len(), 1);
+    assert_eq!((st.actors[0].state.clone(), st.actors[0].node), (shoal_domain::actor::ActorState::Alive, Some(a)));
+    checked(&core);
+    out.assert_quiet();
+}
+
+#[test]
+fn a_call_waiting_for_an_argument_holds_back_the_calls_behind_it() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let job = job_with(
+        &mut core,
+        &[("t::Counter::new", ResourceSet::default(), 0), ("t::Counter::incr", ResourceSet::default(), 0), ("slow", ResourceSet::cpus(1.0), 0)],
+    );
+    let aid = ObjectId::new(job, 1);
+    let p = ObjectId::new(job, 2);
+    core.submit(job, vec![create(job, 1, "", 0), task(job, 2, 2, vec![]), call(job, 3, aid, vec![NewArg::Object(p)]), call(job, 4, aid, vec![])], &mut out);
+    core.node_credits(a, ea, 5, now);
+    core.schedule(&mut out);
+    checked(&core);
+    let seqs: Vec<u64> = out.take_dispatched().iter().map(|(_, t)| t.task.seq()).collect();
+    assert_eq!(seqs, vec![1, 2], "call 4 waits behind call 3, which waits for task 2");
+    core.tasks_finished(a, ea, vec![(p, ok(b"v"))], now, &mut out);
+    core.schedule(&mut out);
+    checked(&core);
+    let d = out.take_dispatched();
+    assert_eq!(d.iter().map(|(_, t)| t.task.seq()).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(d[0].1.args, vec![inline(b"v")], "the call got its argument's value");
+}
+
+#[test]
+fn an_actor_whose_node_dies_restarts_within_max_restarts_and_its_calls_fail_without_retries() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let (b, eb) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let job = actor_job(&mut core);
+    let aid = ObjectId::new(job, 1);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![create(job, 1, "", 1), call(job, 2, aid, vec![])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![a, a]);
+    core.node_disconnected(a, ea, &mut out);
+    checked(&core);
+    let (_, t, r) = out.results.pop().expect("the running call failed");
+    assert_eq!(t, ObjectId::new(job, 2));
+    assert_eq!(r.unwrap_err().kind, FailureKind::ActorDied);
+    // Calls made meanwhile wait for the new instance.
+    core.submit(job, vec![call(job, 3, aid, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.assert_quiet();
+    assert_eq!(core.snapshot(now).actors[0].state, shoal_domain::actor::ActorState::Pending);
+    core.node_credits(b, eb, 1, now);
+    core.schedule(&mut out);
+    checked(&core);
+    let d = out.take_dispatched();
+    assert_eq!(d.iter().map(|(n, t)| (*n, t.task.seq(), t.attempt)).collect::<Vec<_>>(), vec![(b, 1, 2), (b, 3, 1)]);
+    assert_eq!(core.snapshot(now).actors[0].restarts, 1);
+    // Its process dies again: out of restarts, the actor is dead for good.
+    core.tasks_finished(
+        b,
+        eb,
+        vec![(aid, Err(Failure::new(FailureKind::WorkerDied, "exec gone"))), (ObjectId::new(job, 3), Err(Failure::new(FailureKind::WorkerDied, "exec gone")))],
+        now,
+        &mut out,
+    );
+    checked(&core);
+    let (_, _, r) = out.results.pop().unwrap();
+    let f = r.unwrap_err();
+    assert!(f.kind == FailureKind::ActorDied && f.message.contains("ran out of restarts"), "{f:?}");
+    out.results.clear();
+    core.submit(job, vec![call(job, 4, aid, vec![])], &mut out);
+    let (_, _, r) = out.results.pop().expect("a call on a dead actor fails at once");
+    assert_eq!(r.unwrap_err().kind, FailureKind::ActorDied);
+    checked(&core);
+}
+
+#[test]
+fn killing_an_actor_fails_its_queued_calls_and_it_is_not_restarted() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let job = actor_job(&mut core);
+    let aid = ObjectId::new(job, 1);
+    core.node_credits(a, ea, 1, now);
+    core.submit(job, vec![create(job, 1, "k", 5)], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    core.submit(job, vec![call(job, 2, aid, vec![])], &mut out);
+    // Killed in the same batch as a call: the call is not sent.
+    core.kill_actors(&[aid], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.cancels, vec![(a, aid)], "the node is told to end the actor's process");
+    assert!(out.take_dispatched().is_empty());
+    checked(&core);
+    out.cancels.clear();
+    core.tasks_finished(a, ea, vec![(aid, Err(Failure::new(FailureKind::Cancelled, "killed")))], now, &mut out);
+    checked(&core);
+    let (_, _, r) = out.results.iter().find(|(_, t, _)| *t == ObjectId::new(job, 2)).cloned().expect("the queued call failed");
+    let f = r.unwrap_err();
+    assert!(f.kind == FailureKind::ActorDied && f.message.contains("killed"), "{f:?}");
+    out.results.clear();
+    core.node_credits(a, ea, 1, now);
+    core.schedule(&mut out);
+    assert!(out.take_dispatched().is_empty(), "a killed actor is not restarted");
+    // Its name is free again.
+    core.submit(job, vec![create(job, 3, "k", 0)], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().len(), 1);
+    checked(&core);
+}
+
+#[test]
+fn names_are_unique_among_live_actors() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let job = actor_job(&mut core);
+    core.submit(job, vec![create(job, 1, "n", 0), create(job, 2, "n", 0), call(job, 3, ObjectId::new(job, 2), vec![])], &mut out);
+    checked(&core);
+    let (_, t, r) = out.results.pop().expect("the duplicate's call failed");
+    assert_eq!(t, ObjectId::new(job, 3));
+    let f = r.unwrap_err();
+    assert!(f.kind == FailureKind::ActorDied && f.message.contains("taken"), "{f:?}");
+    let st = core.snapshot(t0());
+    assert_eq!(
+        st.actors.iter().map(|a| a.state.clone()).collect::<Vec<_>>(),
+        vec![shoal_domain::actor::ActorState::Pending, shoal_domain::actor::ActorState::Dead]
+    );
+}
+
+#[test]
+fn a_job_that_ends_ends_its_actors_and_other_jobs_calls_on_them_fail() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(1.0), now, &mut out);
+    let owner = actor_job(&mut core);
+    let other = actor_job(&mut core);
+    let aid = ObjectId::new(owner, 1);
+    core.submit(owner, vec![create(owner, 1, "", 0)], &mut out);
+    core.node_credits(a, ea, 1, now);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    // The other job's calls: one on the node, one waiting for an input.
+    let p = ObjectId::new(other, 1);
+    core.submit(other, vec![task(other, 1, 0, vec![]), call(other, 2, aid, vec![]), call(other, 3, aid, vec![NewArg::Object(p)])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(_, t)| t.task).collect::<Vec<_>>(), vec![ObjectId::new(other, 2)]);
+    core.job_disconnected(owner, &mut out);
+    checked(&core);
+    assert!(out.cancels.contains(&(a, aid)), "the actor's process is ended");
+    let failed: Vec<TaskId> = out.results.iter().filter(|(_, _, r)| matches!(r, Err(f) if f.kind == FailureKind::ActorDied)).map(|(_, t, _)| *t).collect();
+    assert_eq!(failed, vec![ObjectId::new(other, 3)], "the queued call fails at once");
+    out.results.clear();
+    // The one on the node fails when the node says so.
+    core.tasks_finished(a, ea, vec![(ObjectId::new(other, 2), Err(Failure::new(FailureKind::WorkerDied, "the actor's process ended")))], now, &mut out);
+    let (_, _, r) = out.results.pop().unwrap();
+    assert_eq!(r.unwrap_err().kind, FailureKind::ActorDied);
+    assert!(core.snapshot(now).actors.is_empty());
+    checked(&core);
+}

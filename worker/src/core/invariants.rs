@@ -2,6 +2,7 @@
 //! event, whatever the order of events.
 
 use super::*;
+use shoal_domain::actor::ActorPart;
 
 impl<S: LocalStore> WorkerCore<S> {
     /// Checks the core's own consistency; the first broken rule, if any.
@@ -24,8 +25,17 @@ impl<S: LocalStore> WorkerCore<S> {
                 if l.built.is_none() {
                     return Err(format!("task {} on {id} was never built", l.d.task));
                 }
-                if l.d.job != e.job {
-                    return Err(format!("task {} of job {} runs on {id} of job {}", l.d.task, l.d.job, e.job));
+                // An actor serves calls from any job; nothing else crosses jobs.
+                match l.d.actor {
+                    ActorPart::Call(a) if e.actor != Some(a) => {
+                        return Err(format!("call {} on actor {a} is on {id}, which serves {:?}", l.d.task, e.actor));
+                    }
+                    ActorPart::Call(_) => {}
+                    _ if l.d.job != e.job => return Err(format!("task {} of job {} runs on {id} of job {}", l.d.task, l.d.job, e.job)),
+                    _ => {}
+                }
+                if e.actor.is_some() && !matches!(l.d.actor, ActorPart::Call(_)) && Some(l.d.task) != e.actor {
+                    return Err(format!("task {} runs on {id}, an actor's process", l.d.task));
                 }
             }
             if e.idle() && !e.held.is_empty() {
@@ -86,6 +96,11 @@ impl<S: LocalStore> WorkerCore<S> {
     /// its hello or the next placement pass), in the order it runs them.
     pub fn executor_tasks_sent(&self, id: ExecId) -> Vec<TaskId> {
         self.executors.get(&id).map(|e| e.inflight.iter().take(e.inflight.len() - e.unsent).map(|l| l.d.task).collect()).unwrap_or_default()
+    }
+
+    /// Whether executor `id` serves an actor.
+    pub fn is_actor_exec(&self, id: ExecId) -> bool {
+        self.executors.get(&id).is_some_and(|e| e.actor.is_some())
     }
 
     /// Tasks waiting in the local queue.

@@ -432,7 +432,31 @@ impl<S: LocalStore> WorkerCore<S> {
             self.blocking_fns.retain(|(j, _)| *j != job);
             let ids: Vec<ExecId> = self.executors.iter().filter(|(_, e)| e.job == job).map(|(id, _)| *id).collect();
             for id in ids {
-                self.remove_exec(id, true, fx);
+                let Some(e) = self.remove_exec(id, true, fx) else { continue };
+                // Its actors' calls from other jobs are still awaited.
+                for l in e.inflight.iter().filter(|l| l.d.job != job) {
+                    let msg = "the actor's process ended: the job that made it ended";
+                    self.results.push((l.d.task, Err(failure(FailureKind::WorkerDied, msg))));
+                }
+            }
+            // Its calls on other jobs' actors: nobody waits for them now.
+            // A call the actor already has still runs (it cannot be
+            // interrupted); its result is dropped when it comes.
+            for e in self.executors.values_mut().filter(|e| e.actor.is_some()) {
+                let first_unsent = e.inflight.len().saturating_sub(e.unsent);
+                let (mut at, mut unsent_gone) = (0, 0);
+                e.inflight.retain(|l| {
+                    let keep = l.d.job != job;
+                    if !keep && at >= first_unsent {
+                        unsent_gone += 1;
+                    }
+                    at += 1;
+                    keep
+                });
+                e.unsent -= unsent_gone;
+                if e.inflight.is_empty() {
+                    e.release(&mut self.free);
+                }
             }
             self.store.free_job(job, &self.kept);
         }

@@ -13,6 +13,7 @@ use super::tests::{FakeStore, Rec, dispatch, func, job_info, stored};
 use super::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use shoal_domain::actor::ActorPart;
 
 struct Sim {
     core: WorkerCore<FakeStore>,
@@ -24,6 +25,8 @@ struct Sim {
     given: HashSet<TaskId>,
     reported: usize,
     killed: usize,
+    /// Actors created here (their creation tasks).
+    actors: Vec<TaskId>,
 }
 
 const JOBS: [JobId; 2] = [1, 2];
@@ -35,7 +38,7 @@ impl Sim {
         let max = if rng.random_bool(0.3) { Some(1) } else { None };
         let mut core = WorkerCore::new(CoreConfig::new(ResourceSet::cpus(cpus), max), FakeStore::default());
         core.connected("node".into());
-        Sim { core, fx: Rec::default(), rng, now: Instant::now(), next_seq: 1, given: HashSet::new(), reported: 0, killed: 0 }
+        Sim { core, fx: Rec::default(), rng, now: Instant::now(), next_seq: 1, given: HashSet::new(), reported: 0, killed: 0, actors: Vec::new() }
     }
 
     fn jobs_msg(&self) -> HeadMessage {
@@ -90,8 +93,22 @@ impl Sim {
                     }
                     let f = self.rng.random_range(0..4);
                     let mut d = dispatch(id, f, args);
-                    // Some are `Process`es: an executor of their own.
+                    // Some are `Process`es: an executor of their own; some
+                    // create actors, some call them (another job's too:
+                    // calls reach an actor whatever job made them).
                     d.dedicated = self.rng.random_bool(0.1);
+                    match self.rng.random_range(0..12) {
+                        0 => {
+                            d.dedicated = true;
+                            d.actor = ActorPart::Create { max_concurrency: 1 };
+                            self.actors.push(id);
+                        }
+                        1..=3 if !self.actors.is_empty() => {
+                            d.dedicated = false;
+                            d.actor = ActorPart::Call(self.actors[self.rng.random_range(0..self.actors.len())]);
+                        }
+                        _ => {}
+                    }
                     ds.push(d);
                     self.given.insert(id);
                 }
@@ -295,7 +312,15 @@ impl Sim {
                 return Err(format!("{exec} was sent a task twice: {sent:?}"));
             }
             let holds = self.core.executor_tasks_sent(exec);
-            if connected {
+            if connected && self.core.is_actor_exec(exec) {
+                // An actor's process drops the calls of jobs that ended
+                // from anywhere in its line: what it holds is what it was
+                // sent, in order, with gaps.
+                let mut rest = sent.iter();
+                if !holds.iter().all(|h| rest.any(|s| s == h)) {
+                    return Err(format!("actor {exec} holds {holds:?}, not in the order it was sent {sent:?}"));
+                }
+            } else if connected {
                 let tail = sent.get(sent.len().saturating_sub(holds.len())..).unwrap_or_default();
                 if tail != holds.as_slice() {
                     return Err(format!("{exec} holds {holds:?} but was sent {sent:?}"));

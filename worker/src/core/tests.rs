@@ -3,6 +3,7 @@
 
 use super::*;
 use bytes::Bytes;
+use shoal_domain::actor::ActorPart;
 use std::cell::RefCell;
 
 /// An object in the fake store.
@@ -862,4 +863,92 @@ fn a_dedicated_task_runs_in_a_process_of_its_own_that_ends_with_it() {
     d.dedicated = true;
     w.tasks(vec![d]);
     assert_eq!(w.fx.spawned.len(), 3, "the next dedicated task starts another process");
+}
+
+// ------------------------------------------------------------ actors
+
+fn creation(task: TaskId) -> Dispatch {
+    Dispatch { dedicated: true, actor: ActorPart::Create { max_concurrency: 1 }, ..dispatch(task, 1, vec![]) }
+}
+
+fn method_call(task: TaskId, actor: TaskId) -> Dispatch {
+    Dispatch { actor: ActorPart::Call(actor), ..dispatch(task, 1, vec![]) }
+}
+
+#[test]
+fn an_actor_gets_a_process_of_its_own_and_its_calls_go_to_it_in_order() {
+    let mut w = World::new(1.0);
+    let actor = t(1);
+    w.tasks(vec![creation(actor), method_call(t(2), actor), method_call(t(3), actor)]);
+    assert_eq!(w.fx.spawned, vec![(E1, JOB)]);
+    assert!(w.fx.sent.is_empty(), "nothing before hello");
+    w.hello(E1);
+    assert_eq!(w.fx.sent_to(E1), vec![actor, t(2), t(3)], "constructor first, then the calls in order");
+    let kinds: Vec<ExecActor> = w.fx.sent.iter().flat_map(|s| s.3.iter().map(|t| t.actor.clone())).collect();
+    assert_eq!(kinds[0], ExecActor::Create { max_concurrency: 1 });
+    assert_eq!(kinds[1], ExecActor::Call { method: "io".into() }, "a call names its method");
+    // Calls answered; the actor stays, and ordinary tasks never go to it.
+    w.finish(E1, vec![(t(2), ok(b"1")), (t(3), ok(b"2"))]);
+    w.tasks(vec![dispatch(t(4), 0, vec![]), method_call(t(5), actor)]);
+    assert_eq!(w.fx.spawned.len(), 2, "a plain task gets another executor");
+    assert_eq!(w.fx.sent_to(E1), vec![actor, t(2), t(3), t(5)]);
+    assert!(w.fx.killed.is_empty());
+}
+
+#[test]
+fn calls_use_no_credits() {
+    let mut w = World::new(1.0);
+    let before = w.fx.credits();
+    w.tasks(vec![creation(t(1))]);
+    w.hello(E1);
+    let granted = w.fx.credits();
+    w.tasks((2..50).map(|i| method_call(t(i), t(1))).collect());
+    w.finish(E1, (2..50).map(|i| (t(i), ok(b""))).collect());
+    // Had the calls used credits, the worker would ask the head for 48 more.
+    assert_eq!(w.fx.credits(), granted, "calls neither used nor withheld credits ({before} -> {granted} -> {})", w.fx.credits());
+}
+
+#[test]
+fn an_actor_process_that_dies_fails_its_creation_and_every_call_it_held() {
+    let mut w = World::new(1.0);
+    let actor = t(1);
+    w.tasks(vec![creation(actor), method_call(t(2), actor), method_call(t(3), actor)]);
+    w.hello(E1);
+    w.exited(E1, "signal 9");
+    for task in [actor, t(2), t(3)] {
+        assert_eq!(w.fx.failure_of(task).map(|f| f.kind), Some(FailureKind::WorkerDied), "{task}");
+    }
+    // A call arriving later finds no process here.
+    w.tasks(vec![method_call(t(4), actor)]);
+    assert_eq!(w.fx.failure_of(t(4)).map(|f| f.kind), Some(FailureKind::WorkerDied));
+    assert_eq!(w.fx.spawned.len(), 1, "no process is started for a call");
+}
+
+#[test]
+fn cancelling_a_call_leaves_the_actor_running_and_cancelling_the_creation_kills_it() {
+    let mut w = World::new(1.0);
+    let actor = t(1);
+    w.tasks(vec![creation(actor), method_call(t(2), actor)]);
+    w.hello(E1);
+    w.head(HeadMessage { cancel: vec![t(2)], ..Default::default() });
+    assert!(w.fx.killed.is_empty(), "a running call is not interrupted");
+    w.head(HeadMessage { cancel: vec![actor], ..Default::default() });
+    assert_eq!(w.fx.killed, vec![E1]);
+    assert_eq!(w.fx.failure_of(actor).map(|f| f.kind), Some(FailureKind::Cancelled));
+    assert_eq!(w.fx.failure_of(t(2)).map(|f| f.kind), Some(FailureKind::WorkerDied));
+}
+
+#[test]
+fn calls_wait_behind_a_call_whose_argument_is_being_pulled() {
+    let mut w = World::new(1.0);
+    let actor = t(1);
+    w.tasks(vec![creation(actor)]);
+    w.hello(E1);
+    let x = ObjectId::new(JOB, 100);
+    w.tasks(vec![Dispatch { actor: ActorPart::Call(actor), ..dispatch(t(2), 1, vec![stored(x)]) }, method_call(t(3), actor)]);
+    assert_eq!(w.fx.sent_to(E1), vec![actor], "call 3 waits behind call 2");
+    w.core.store().sealed(x);
+    w.core.pulled(x, Ok(()));
+    w.step();
+    assert_eq!(w.fx.sent_to(E1), vec![actor, t(2), t(3)]);
 }
