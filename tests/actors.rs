@@ -44,6 +44,11 @@ impl Counter {
         self.n
     }
 
+    /// A large value (it goes through the node's object store).
+    fn blob(&self, n: usize) -> shoal::Buffer {
+        pattern(n, self.n)
+    }
+
     /// Where the actor runs.
     fn node(&self) -> String {
         shoal::context().map(|c| c.node_id).unwrap_or_default()
@@ -68,6 +73,12 @@ impl Napper {
         let start = micros_now();
         tokio::time::sleep(Duration::from_millis(ms)).await;
         (start, micros_now())
+    }
+
+    /// A large value made by an async method.
+    async fn blob(&self, n: usize) -> shoal::Buffer {
+        tokio::task::yield_now().await;
+        pattern(n, 7)
     }
 }
 
@@ -304,4 +315,19 @@ fn a_restarted_head_keeps_its_actors_from_its_log() {
     let st = c.status();
     let a = st["actors"].as_array().unwrap().iter().find(|a| a["id"] == counter.id().to_string()).cloned().unwrap();
     assert_eq!(a["state"], "alive", "{a}");
+}
+
+#[test]
+fn large_results_of_actor_methods_go_through_the_object_store() {
+    let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let counter = Counter::remote(3);
+    let napper = Napper::remote();
+    let n = 4 << 20;
+    let (a, b) = (counter.blob(n), napper.blob(n));
+    let (a, b) = (a.get().unwrap(), b.get().unwrap());
+    assert_eq!(digest(&a), digest(&pattern(n, 3)), "from a sync method");
+    assert_eq!(digest(&b), digest(&pattern(n, 7)), "from an async method");
+    wait_for(Duration::from_secs(10), "both results in the workers' stores", || (c.stored_objects() >= 2).then_some(()));
+    // Calls after a large result are served as before.
+    assert_eq!(counter.incr(1).get().unwrap(), 4);
 }

@@ -40,6 +40,9 @@ pub struct ActorClass {
     pub name: &'static str,
     /// Decodes the arguments and builds the value.
     pub construct: fn(&[Bytes]) -> Result<State, InvokeError>,
+    /// Some method is an `async fn` (the actor then serves calls on an
+    /// async loop; without, on a plain one, one thread hop shorter).
+    pub has_async: bool,
 }
 
 /// A method of an actor type, registered at link time by `#[shoal::actor]`.
@@ -133,6 +136,13 @@ pub(crate) fn serve(
     // Calls may block on other tasks from here on (a nested `get`): the
     // worker lends the actor's resources meanwhile.
     executor::RUNNING.store(state.is_some(), std::sync::atomic::Ordering::Release);
+    let has_async = ACTOR_CLASSES.iter().find(|c| c.name == class_name).is_none_or(|c| c.has_async);
+    if !has_async {
+        // Only sync methods: one thread reads the socket and runs each
+        // call as it comes, as the task loop does.
+        let server = Server { state, dead, methods, arena, replies: Replies::Socket(reader, pending), out: ExecutorToWorker::default(), class: class_name };
+        return server.run_sync();
+    }
     let (tasks_tx, tasks_rx) = mpsc::unbounded_channel::<Vec<pb::ExecTask>>();
     let (alloc_tx, alloc_rx) = std::sync::mpsc::channel::<pb::AllocReply>();
     if !pending.is_empty() {
@@ -141,7 +151,7 @@ pub(crate) fn serve(
     std::thread::Builder::new().name("shoal-actor-reader".into()).spawn(move || read_frames(reader, tasks_tx, alloc_tx))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
-    let server = Server { state, dead, methods, arena, alloc_rx, out: ExecutorToWorker::default(), class: class_name };
+    let server = Server { state, dead, methods, arena, replies: Replies::Thread(alloc_rx), out: ExecutorToWorker::default(), class: class_name };
     local.block_on(&rt, server.run(tasks_rx, create.max_concurrency.max(1) as usize))
 }
 
@@ -185,13 +195,94 @@ struct Server {
     dead: Option<String>,
     methods: HashMap<&'static str, &'static ActorMethod>,
     arena: Option<Arc<Arena>>,
-    alloc_rx: std::sync::mpsc::Receiver<pb::AllocReply>,
+    /// Where frames from the worker come from.
+    replies: Replies,
     /// Results not yet sent.
     out: ExecutorToWorker,
     class: String,
 }
 
+/// A call ready to start: its method, the actor's value, its arguments.
+type Prepared = (&'static ActorMethod, Arc<RwLock<State>>, Vec<Bytes>);
+
+/// How the serving loop gets the worker's frames.
+enum Replies {
+    /// A reader thread forwards tasks to the async loop and allocation
+    /// answers here.
+    Thread(std::sync::mpsc::Receiver<pb::AllocReply>),
+    /// The loop reads the socket itself; tasks not yet run wait here.
+    Socket(BufReader<UnixStream>, VecDeque<pb::ExecTask>),
+}
+
 impl Server {
+    /// Serves an actor with only sync methods: read, run in order, reply.
+    fn run_sync(mut self) -> std::io::Result<()> {
+        loop {
+            let next = match &mut self.replies {
+                Replies::Socket(_, queue) => queue.pop_front(),
+                Replies::Thread(_) => return Err(std::io::Error::other("the sync loop needs the socket")),
+            };
+            if let Some(t) = next {
+                self.start_sync(t)?;
+                continue;
+            }
+            // Nothing left to run: what is done leaves before we wait.
+            self.flush()?;
+            let Replies::Socket(reader, queue) = &mut self.replies else { return Ok(()) };
+            let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Ok(()) }; // the worker is gone
+            queue.extend(msg.tasks);
+        }
+    }
+
+    /// Looks up call `t`'s method and decodes its arguments; a call that
+    /// cannot run gets its failure here (`None`).
+    fn prepare(&mut self, t: pb::ExecTask) -> std::io::Result<Option<Prepared>> {
+        let Some(m) = self.methods.get(t.method.as_str()).copied() else {
+            let name = if t.method.is_empty() { "?" } else { t.method.as_str() };
+            let msg = format!("actor type {} has no method {name:?} in this program binary (built from different source than the caller?)", self.class);
+            self.push(t.task, fail(FailureKind::FunctionNotFound, name, msg, String::new()), Vec::new())?;
+            return Ok(None);
+        };
+        let (Some(state), None) = (&self.state, &self.dead) else {
+            let msg = self.dead.clone().unwrap_or_default();
+            self.push(t.task, fail(FailureKind::ActorDied, &self.class.clone(), msg, String::new()), Vec::new())?;
+            return Ok(None);
+        };
+        let state = state.clone();
+        let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(self.arena.as_ref(), a)).collect();
+        match args {
+            Ok(a) => Ok(Some((m, state, a))),
+            Err(e) => {
+                self.push(t.task, fail(FailureKind::ObjectLost, m.name, e, String::new()), Vec::new())?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Runs call `t` to its end on this thread (nothing else holds the
+    /// value: calls run one after another).
+    fn start_sync(&mut self, t: pb::ExecTask) -> std::io::Result<()> {
+        let task = t.task;
+        let Some((m, state, args)) = self.prepare(t)? else { return Ok(()) };
+        let guard = if m.exclusive { state.try_write_owned().map(ActorGuard::Exclusive).ok() } else { state.try_read_owned().map(ActorGuard::Shared).ok() };
+        let Some(guard) = guard else {
+            return self.push(task, fail(FailureKind::Internal, m.name, "the actor's value is in use by another call".into(), String::new()), Vec::new());
+        };
+        let r = guarded(m.name, || {
+            let fut = (m.call)(guard, args);
+            // A sync method's future completes at its first poll; an
+            // async one (not expected here) is driven to its end.
+            match fut.now_or_never() {
+                Some(r) => r,
+                None => Err(InvokeError::ResultEncode("an async method reached an actor served without an async loop".into())),
+            }
+        });
+        match r {
+            Ok(r) => self.finish_ok(task, m.name, r),
+            Err(failed) => self.push(task, failed, Vec::new()),
+        }
+    }
+
     async fn run(mut self, mut tasks: mpsc::UnboundedReceiver<Vec<pb::ExecTask>>, max_concurrency: usize) -> std::io::Result<()> {
         let permits = Arc::new(Semaphore::new(max_concurrency));
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -217,26 +308,12 @@ impl Server {
     /// Starts call `t` (in order): a sync one runs to its end here; an
     /// async one is spawned once it has a permit and its access.
     async fn start(&mut self, t: pb::ExecTask, permits: &Arc<Semaphore>, done: &mpsc::UnboundedSender<Done>) -> std::io::Result<()> {
-        let Some(m) = self.methods.get(t.method.as_str()).copied() else {
-            let name = if t.method.is_empty() { "?" } else { t.method.as_str() };
-            let msg = format!("actor type {} has no method {name:?} in this program binary (built from different source than the caller?)", self.class);
-            return self.push(t.task, fail(FailureKind::FunctionNotFound, name, msg, String::new()), Vec::new());
-        };
-        let (Some(state), None) = (&self.state, &self.dead) else {
-            let msg = self.dead.clone().unwrap_or_default();
-            return self.push(t.task, fail(FailureKind::ActorDied, &self.class.clone(), msg, String::new()), Vec::new());
-        };
-        let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(self.arena.as_ref(), a)).collect();
-        let args = match args {
-            Ok(a) => a,
-            Err(e) => return self.push(t.task, fail(FailureKind::ObjectLost, m.name, e, String::new()), Vec::new()),
-        };
-        let state = state.clone();
+        let task = t.task;
+        let Some((m, state, args)) = self.prepare(t)? else { return Ok(()) };
         if m.is_async {
             let permit = permits.clone().acquire_owned().await.map_err(std::io::Error::other)?;
             let guard = if m.exclusive { ActorGuard::Exclusive(state.write_owned().await) } else { ActorGuard::Shared(state.read_owned().await) };
             let done = done.clone();
-            let task = t.task;
             tokio::task::spawn_local(async move {
                 executor::clear_panic();
                 let r = AssertUnwindSafe((m.call)(guard, args)).catch_unwind().await;
@@ -253,8 +330,8 @@ impl Server {
             Err(failed) => Err(failed),
         };
         match r {
-            Ok(r) => self.finish_ok(t.task, m.name, r),
-            Err(failed) => self.push(t.task, failed, Vec::new()),
+            Ok(r) => self.finish_ok(task, m.name, r),
+            Err(failed) => self.push(task, failed, Vec::new()),
         }
     }
 
@@ -271,7 +348,7 @@ impl Server {
     fn finish_ok(&mut self, task: u64, name: &'static str, r: Result<Encoded, InvokeError>) -> std::io::Result<()> {
         let result = r.map_err(|e| invoke_failure(name, e));
         let arena = self.arena.clone();
-        let mut alloc = ServerAlloc { out: &mut self.out, replies: &self.alloc_rx };
+        let mut alloc = ServerAlloc { out: &mut self.out, replies: &mut self.replies };
         let (outcome, refs) = encode_outcome(name, task, result, arena.as_ref(), &mut alloc)?;
         self.push(task, outcome, refs)
     }
@@ -299,7 +376,7 @@ impl Server {
 /// reader thread hands over the answer.
 struct ServerAlloc<'a> {
     out: &'a mut ExecutorToWorker,
-    replies: &'a std::sync::mpsc::Receiver<pb::AllocReply>,
+    replies: &'a mut Replies,
 }
 
 impl Alloc for ServerAlloc<'_> {
@@ -308,11 +385,23 @@ impl Alloc for ServerAlloc<'_> {
         self.out.released = take_released();
         send(self.out)?;
         *self.out = ExecutorToWorker::default();
+        let gone = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone");
         loop {
-            match self.replies.recv() {
-                Ok(a) if a.task == task => return Ok(a),
-                Ok(_) => continue,
-                Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone")),
+            match self.replies {
+                Replies::Thread(rx) => match rx.recv() {
+                    Ok(a) if a.task == task => return Ok(a),
+                    Ok(_) => continue,
+                    Err(_) => return Err(gone()),
+                },
+                Replies::Socket(reader, queue) => {
+                    let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Err(gone()) };
+                    queue.extend(msg.tasks);
+                    if let Some(a) = msg.allocated
+                        && a.task == task
+                    {
+                        return Ok(a);
+                    }
+                }
             }
         }
     }

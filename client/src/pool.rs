@@ -216,6 +216,10 @@ impl<F: RemoteFn, I: Iterator<Item = F::Args>> Mapper<F, I> {
             let len = items.len();
             let r: ObjectRef<ChunkOutput<F::Output>> = submit(self.f.chunk_meta(), vec![IntoArg::<Vec<F::Args>>::into_arg(items)]);
             self.state.inflight.lock().expect("pool lock").insert(r.inner.id);
+            // `terminate` may have drained the in-flight set just before.
+            if self.state.terminated.load(Ordering::Relaxed) {
+                r.cancel();
+            }
             self.pending.push_back(Pending { start: self.next_index, len, r });
             self.next_index += len;
             self.stats.chunks.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +282,11 @@ impl<F: RemoteFn, I: Iterator<Item = F::Args>> Iterator for Mapper<F, I> {
                 self.done = true;
                 if let Some(pb) = &self.progress {
                     pb.finish();
+                }
+                // Terminated before every item was even submitted: the
+                // map did not finish (it must not look like an empty one).
+                if self.state.terminated.load(Ordering::Relaxed) && self.input.next().is_some() {
+                    return Some(Err(PoolError::Terminated));
                 }
                 return None;
             }

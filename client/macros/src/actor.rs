@@ -144,6 +144,7 @@ pub(crate) fn expand(opts: ActorOptions, block: ItemImpl) -> syn::Result<TokenSt
     let (max_restarts, max_task_retries, max_concurrency) = (opts.max_restarts, opts.max_task_retries, opts.max_concurrency);
     let ctor_slot = format_ident!("__SHOAL_ACTOR_{}_NEW", upper, span = Span::call_site());
 
+    let has_async = remote_methods.iter().any(|f| f.sig.asyncness.is_some());
     let mut method_items = Vec::new();
     let mut handle_methods = Vec::new();
     for f in &remote_methods {
@@ -228,7 +229,7 @@ pub(crate) fn expand(opts: ActorOptions, block: ItemImpl) -> syn::Result<TokenSt
 
             #[::shoal::__private::linkme::distributed_slice(::shoal::__private::ACTOR_CLASSES)]
             #[linkme(crate = ::shoal::__private::linkme)]
-            static #ctor_slot: ::shoal::__private::ActorClass = ::shoal::__private::ActorClass { name: CTOR_META.name, construct };
+            static #ctor_slot: ::shoal::__private::ActorClass = ::shoal::__private::ActorClass { name: CTOR_META.name, construct, has_async: #has_async };
 
             #(#method_items)*
         }
