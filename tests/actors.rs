@@ -183,12 +183,17 @@ fn two_drivers_share_a_named_actor_and_a_task_calls_it_through_a_handle() {
 #[test]
 fn an_actor_whose_node_dies_restarts_on_the_other_node() {
     let mut c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
-    let counter = Counter::options().max_restarts(1).remote(7);
+    let counter = Counter::options().max_restarts(1).max_task_retries(1).remote(7);
     assert_eq!(counter.incr(1).get().unwrap(), 8);
     let first = actor_node(&c, counter.id()).expect("the actor is alive on a node");
     assert_eq!(counter.node().get().unwrap(), first, "status and the actor agree on its node");
+    // A call running when the node dies runs again on the new instance
+    // (max_task_retries = 1), before the calls made after it.
+    let interrupted = counter.sleep_ms(1500);
+    std::thread::sleep(Duration::from_millis(300));
     let victim = c.workers.iter().position(|w| w.node_id == first).unwrap();
     c.kill_worker(victim);
+    assert_eq!(interrupted.get().unwrap(), 7, "retried on the restarted actor, whose constructor ran again");
     // Its constructor runs again on the other node: a fresh 7.
     let second = wait_for(Duration::from_secs(30), "the actor to restart on the other node", || actor_node(&c, counter.id()).filter(|n| *n != first));
     let after = counter.incr(1).get().expect("calls work after the restart");
@@ -330,4 +335,46 @@ fn large_results_of_actor_methods_go_through_the_object_store() {
     wait_for(Duration::from_secs(10), "both results in the workers' stores", || (c.stored_objects() >= 2).then_some(()));
     // Calls after a large result are served as before.
     assert_eq!(counter.incr(1).get().unwrap(), 4);
+}
+
+/// Run by `a_detached_actor_outlives_the_driver_that_made_it`: makes the
+/// actor, uses it, and exits.
+#[test]
+#[ignore = "helper: run by a_detached_actor_outlives_the_driver_that_made_it"]
+fn helper_driver_makes_a_detached_actor() {
+    let Ok(address) = std::env::var("SHOAL_TEST_ADDRESS") else { return };
+    let token = std::env::var("SHOAL_TEST_TOKEN").unwrap();
+    shoal::init_blocking_with(shoal::InitConfig::default().address(address).token(token)).unwrap();
+    let kept = Counter::options().name("kept").detached().remote(500);
+    let plain = Counter::options().name("plain").remote(0);
+    assert_eq!(kept.incr(5).get().unwrap(), 505);
+    assert_eq!(plain.incr(1).get().unwrap(), 1);
+    futures::executor::block_on(shoal::shutdown());
+}
+
+#[test]
+fn a_detached_actor_outlives_the_driver_that_made_it() {
+    let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let maker = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_driver_makes_a_detached_actor", "--ignored", "--nocapture"])
+        .env("SHOAL_TEST_ADDRESS", &c.address)
+        .env("SHOAL_TEST_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&maker.stdout);
+    assert!(maker.status.success() && text.contains("1 passed"), "the first driver failed:\n{text}\n{}", String::from_utf8_lossy(&maker.stderr));
+    // Its driver is gone; the detached actor, with its value, is not.
+    let kept = shoal::get_actor::<Counter>("kept").expect("the detached actor outlived its driver");
+    assert_eq!(kept.incr(1).get().unwrap(), 506, "the same actor, its value intact");
+    // The actor that was not detached ended with its job.
+    wait_for(Duration::from_secs(10), "the plain actor to end with its job", || shoal::get_actor::<Counter>("plain").is_err().then_some(()));
+    shoal::kill(&kept);
+    let e = kept.value().get().unwrap_err();
+    assert!(matches!(&e, TaskError::ActorDied { message, .. } if message.contains("killed")), "{e}");
+    // With its last detached actor gone, its job is over.
+    let log = c.head_log();
+    assert!(log.contains("lingers for its detached actors"), "the first driver's job waited for its detached actor:\n{log}");
+    wait_for(Duration::from_secs(10), "the lingering job to end", || {
+        c.head_log().lines().any(|l| l.contains("job finished") && l.contains(&format!("job={}", kept.id().job()))).then_some(())
+    });
 }

@@ -70,7 +70,7 @@ impl RawActor {
 /// and callable: `handle.method(args..)` returns an `ObjectRef` at once.
 /// Calls from one caller run in the order they were made. Dropping every
 /// handle does not end the actor: it lives until its job ends or it is
-/// [`kill`]ed.
+/// [`kill`]ed (or, [`detached`](ActorOptions::detached), until killed).
 pub struct ActorHandle<A: Actor> {
     methods: A::Methods,
     _a: PhantomData<fn() -> A>,
@@ -142,6 +142,7 @@ pub struct ActorOptions {
     name: String,
     namespace: String,
     placement: crate::Placement,
+    detached: bool,
 }
 
 impl ActorOptions {
@@ -194,6 +195,14 @@ impl ActorOptions {
         self
     }
 
+    /// The actor outlives the job that made it (Ray's
+    /// `lifetime="detached"`): it lives until [`kill`]ed, found by its
+    /// [`name`](Self::name) from later drivers.
+    pub fn detached(mut self) -> Self {
+        self.detached = true;
+        self
+    }
+
     /// Starts the actor on `node` only.
     pub fn on_node(mut self, node: crate::NodeId) -> Self {
         self.placement = crate::Placement::Node { node, soft: false };
@@ -228,7 +237,7 @@ pub fn create<A: Actor>(ctor: &'static FunctionMeta, defaults: &ActorDefaults, o
         namespace: opts.namespace,
         max_task_retries: opts.max_task_retries.unwrap_or(defaults.max_task_retries),
         max_concurrency: opts.max_concurrency.unwrap_or(defaults.max_concurrency).max(1),
-        detached: false,
+        detached: opts.detached,
     };
     let call = CallOptions {
         max_retries: Some(opts.max_restarts.unwrap_or(defaults.max_restarts)),

@@ -155,6 +155,8 @@ pub struct JobSnapshot {
     pub objects: Vec<SnapshotObject>,
     /// Unfinished tasks, in id order (producers before consumers).
     pub tasks: Vec<SnapshotTask>,
+    /// Its driver is gone; it lives on only for its detached actors.
+    pub lingering: bool,
 }
 
 /// Where a stored object can be read.

@@ -430,6 +430,7 @@ pub fn job_snapshot_to_wire(job: JobId, s: JobSnapshot, applied_seq: u64) -> pb:
             .collect(),
         tasks: s.tasks.into_iter().map(|t| pb::SnapshotTask { task: Some(t.task.into()), driver_ref: t.driver_ref }).collect(),
         applied_seq,
+        lingering: s.lingering,
     }
 }
 
@@ -450,7 +451,14 @@ pub fn job_snapshot_from_wire(s: pb::JobSnapshot) -> Result<(JobId, JobSnapshot,
         })
         .collect();
     let tasks = s.tasks.into_iter().filter_map(|t| Some(SnapshotTask { task: t.task?.into(), driver_ref: t.driver_ref })).collect();
-    let snap = JobSnapshot { binary: j.binary, name: j.name, functions: s.functions.into_iter().map(FunctionDef::from).collect(), objects, tasks };
+    let snap = JobSnapshot {
+        binary: j.binary,
+        name: j.name,
+        functions: s.functions.into_iter().map(FunctionDef::from).collect(),
+        objects,
+        tasks,
+        lingering: s.lingering,
+    };
     Ok((j.job, snap, s.applied_seq))
 }
 

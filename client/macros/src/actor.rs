@@ -293,6 +293,10 @@ pub(crate) fn expand(opts: ActorOptions, block: ItemImpl) -> syn::Result<TokenSt
             pub fn namespace(self, namespace: &str) -> Self {
                 #options_ty(self.0.namespace(namespace))
             }
+            /// It outlives the job that made it, until killed (`lifetime="detached"`).
+            pub fn detached(self) -> Self {
+                #options_ty(self.0.detached())
+            }
             /// Starts it on `node` only.
             pub fn on_node(self, node: ::shoal::NodeId) -> Self {
                 #options_ty(self.0.on_node(node))

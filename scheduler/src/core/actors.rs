@@ -28,6 +28,8 @@ pub(super) struct Actor {
     pub(super) queue: VecDeque<TaskId>,
     /// `shoal::kill` asked for its end: it is not restarted.
     pub(super) killed: bool,
+    /// Its job ended (it was not detached): ended like a kill.
+    pub(super) job_ended: bool,
 }
 
 /// Where an actor is in its life.
@@ -48,6 +50,8 @@ pub(super) struct Actors {
     pub(super) names: HashMap<String, TaskId>,
     /// Actors whose queue may have calls to send.
     pub(super) to_pump: Vec<TaskId>,
+    /// Lingering jobs whose last detached actor died: they end now.
+    pub(super) jobs_to_end: Vec<JobId>,
 }
 
 fn died(message: String) -> Failure {
@@ -66,14 +70,14 @@ impl Core {
             // It exists, dead from the start: its calls say why.
             let f = died(format!("actor {id} ({}) was never started: the name {k:?} is taken by live actor {other}", spec.class));
             let life = Life::Dead(Box::new(f.clone()));
-            self.actors.by_id.insert(id, Actor { job, spec, life, restarts: 0, queue: VecDeque::new(), killed: false });
+            self.actors.by_id.insert(id, Actor { job, spec, life, restarts: 0, queue: VecDeque::new(), killed: false, job_ended: false });
             return Err(f);
         }
         if let Some(k) = key {
             self.actors.names.insert(k, id);
         }
         tracing::info!(actor = %id, class = %spec.class, name = %spec.name, "actor created");
-        self.actors.by_id.insert(id, Actor { job, spec, life: Life::Pending, restarts: 0, queue: VecDeque::new(), killed: false });
+        self.actors.by_id.insert(id, Actor { job, spec, life: Life::Pending, restarts: 0, queue: VecDeque::new(), killed: false, job_ended: false });
         Ok(())
     }
 
@@ -226,7 +230,9 @@ impl Core {
         if matches!(a.life, Life::Dead(_)) {
             return;
         }
-        let cause = if a.killed {
+        let cause = if a.job_ended {
+            "its job ended".to_string()
+        } else if a.killed {
             "it was killed".to_string()
         } else {
             match why.kind {
@@ -248,9 +254,70 @@ impl Core {
         {
             self.actors.names.remove(&k);
         }
+        let job = a.job;
         for tid in queued {
             self.fail_task(tid, f.clone(), out);
         }
+        if self.jobs.get(&job).is_some_and(|j| j.lingering) && !self.has_live_detached_actors(job) {
+            self.actors.jobs_to_end.push(job);
+        }
+    }
+
+    /// Whether `job` made detached actors that are not dead.
+    pub(super) fn has_live_detached_actors(&self, job: JobId) -> bool {
+        self.actors.by_id.values().any(|a| a.job == job && a.spec.detached && !matches!(a.life, Life::Dead(_)))
+    }
+
+    /// `job`'s driver is gone but its detached actors are not: everything
+    /// else of it ends (tasks cancelled, its objects released, its other
+    /// actors ended); the job record, its functions and those actors stay
+    /// until the last of them dies. Jobs its tasks started stay too (a
+    /// detached actor's own session is one of them).
+    pub(super) fn linger(&mut self, job: JobId, out: &mut impl Outbox) {
+        let Some(j) = self.jobs.get_mut(&job) else { return };
+        j.lingering = true;
+        j.detached_since = None;
+        let keep: Vec<TaskId> =
+            self.actors.by_id.iter().filter(|(_, a)| a.job == job && a.spec.detached && !matches!(a.life, Life::Dead(_))).map(|(id, _)| *id).collect();
+        tracing::info!(job, detached_actors = keep.len(), "the job's driver is gone; it lingers for its detached actors");
+        // Its other actors end with it.
+        let others: Vec<TaskId> =
+            self.actors.by_id.iter().filter(|(id, a)| a.job == job && !keep.contains(id) && !matches!(a.life, Life::Dead(_))).map(|(id, _)| *id).collect();
+        for aid in &others {
+            if let Some(a) = self.actors.by_id.get_mut(aid) {
+                a.job_ended = true;
+            }
+        }
+        self.kill_actors(&others, out);
+        // Nobody holds its results or objects any more.
+        let mine: Vec<TaskId> = self.tasks.iter().filter(|(id, t)| t.job == job && !keep.contains(id) && !others.contains(id)).map(|(id, _)| *id).collect();
+        for id in &mine {
+            if let Some(t) = self.tasks.get_mut(id) {
+                t.driver_ref = false;
+            }
+        }
+        for id in mine {
+            let Some(state) = self.tasks.get(&id).map(|t| t.state) else { continue };
+            if let TaskState::Dispatched(slot) = state
+                && let Some(node) = self.slots.get(slot as usize)
+            {
+                out.cancel(*node, id);
+            }
+            self.fail_task(id, Failure::new(FailureKind::Cancelled, "its job ended"), out);
+        }
+        for id in &keep {
+            if let Some(t) = self.tasks.get_mut(id) {
+                t.driver_ref = false;
+            }
+        }
+        let objects: Vec<TaskId> = self.objects.iter().filter(|(id, o)| id.job() == job && o.driver_ref).map(|(id, _)| *id).collect();
+        for id in objects {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.driver_ref = false;
+            }
+            self.maybe_free(id, out);
+        }
+        out.job_lingering(job);
     }
 
     /// `shoal::kill`: the actor ends now and is not restarted; its

@@ -62,6 +62,9 @@ pub trait Outbox {
     /// `node` keeps its copy of `id` when the job that made it ends
     /// (others still reference it); it is freed later like any object.
     fn keep_object(&mut self, node: NodeId, id: ObjectId);
+    /// Job `job`'s driver is gone but its detached actors live on: what
+    /// it logged may shrink to them (a snapshot now).
+    fn job_lingering(&mut self, _job: JobId) {}
 }
 
 /// Tunables of the core.
@@ -127,6 +130,9 @@ struct Job {
     /// The job whose task submitted this job's tasks (a nested driver):
     /// this job ends with it.
     parent: Option<JobId>,
+    /// Its driver is gone; it lives on only for its detached actors, and
+    /// ends when the last of them does.
+    lingering: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -748,7 +754,7 @@ impl Core {
         self.next_job += 1;
         tracing::info!(job, name = %name, binary = %&binary[..binary.len().min(12)], "job started");
         let parent = parent.filter(|p| self.jobs.contains_key(p));
-        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: None, parent });
+        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: None, parent, lingering: false });
         Ok(job)
     }
 
@@ -767,7 +773,7 @@ impl Core {
     /// (detached) for its driver to reconnect.
     pub fn restore_job(&mut self, job: JobId, binary: String, name: String, now: Instant) {
         self.next_job = self.next_job.max(job + 1);
-        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: Some(now), parent: None });
+        self.jobs.insert(job, Job { binary, name, functions: Vec::new(), detached_since: Some(now), parent: None, lingering: false });
     }
 
     /// The whole state of `job`, to log instead of its history.
@@ -833,7 +839,7 @@ impl Core {
             })
             .collect();
         tasks.sort_unstable_by_key(|t| t.task.id);
-        Some(JobSnapshot { binary: j.binary.clone(), name: j.name.clone(), functions: j.functions.clone(), objects, tasks })
+        Some(JobSnapshot { binary: j.binary.clone(), name: j.name.clone(), functions: j.functions.clone(), objects, tasks, lingering: j.lingering })
     }
 
     /// Rebuilds `job` from a snapshot (after a restart). Unfinished tasks
@@ -879,6 +885,13 @@ impl Core {
         for id in unreferenced {
             self.maybe_free(id, out);
         }
+        // Its driver is gone for good: no grace to wait out.
+        if snap.lingering
+            && let Some(j) = self.jobs.get_mut(&job)
+        {
+            j.lingering = true;
+            j.detached_since = None;
+        }
     }
 
     /// After a restart: for `grace`, tasks whose inputs are held only by
@@ -910,7 +923,8 @@ impl Core {
     /// missed (finished objects it still references), to send again; it
     /// ignores those it has. `None` if the job is unknown.
     pub fn job_reattached(&mut self, job: JobId) -> Option<Vec<(TaskId, Result<Payload, Failure>)>> {
-        self.jobs.get_mut(&job)?.detached_since = None;
+        // A lingering job's driver ended it; nobody resumes it.
+        self.jobs.get_mut(&job).filter(|j| !j.lingering)?.detached_since = None;
         let mut out = Vec::new();
         // A stored object whose holders have not re-registered yet (a
         // restart) is left out: the driver is told when one does, or asks
@@ -956,6 +970,13 @@ impl Core {
     /// A driver disconnected: its queued tasks are dropped, running ones
     /// cancelled, its objects freed, and its executors released.
     pub fn job_disconnected(&mut self, job: JobId, out: &mut impl Outbox) {
+        // Detached actors outlive their driver: the job lingers for them.
+        if self.has_live_detached_actors(job) {
+            if self.jobs.get(&job).is_some_and(|j| !j.lingering) {
+                self.linger(job, out);
+            }
+            return;
+        }
         let Some(j) = self.jobs.remove(&job) else { return };
         let mine: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| t.job == job).map(|(id, _)| *id).collect();
         let mut removed = Vec::with_capacity(mine.len());
@@ -1741,6 +1762,9 @@ impl Core {
     /// bytes of the task's inputs, then one with the resources free now,
     /// then round-robin.
     pub fn schedule(&mut self, out: &mut impl Outbox) {
+        for job in std::mem::take(&mut self.actors.jobs_to_end) {
+            self.job_disconnected(job, out);
+        }
         // Actors' calls first (they need no credits), then ready tasks;
         // actors placed by this pass get their queued calls right behind
         // their creation.
@@ -2156,7 +2180,9 @@ impl Core {
                 store_ino: n.info.store_file.1,
             })
             .collect();
-        ClusterStatus { nodes, tasks: self.counts, jobs: self.jobs.len() as u32, version: env!("CARGO_PKG_VERSION").to_string(), actors: self.actor_statuses() }
+        // Jobs with a driver (a lingering one has none).
+        let jobs = self.jobs.values().filter(|j| !j.lingering).count() as u32;
+        ClusterStatus { nodes, tasks: self.counts, jobs, version: env!("CARGO_PKG_VERSION").to_string(), actors: self.actor_statuses() }
     }
 
     /// Number of entries in the object table (for tests and metrics).

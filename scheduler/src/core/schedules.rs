@@ -418,6 +418,9 @@ impl World {
                 let Some(j) = self.pick_job() else { return "no job".into() };
                 let job = self.jobs[j].id;
                 self.core.job_disconnected(job, &mut out);
+                // Its driver is gone (the job may linger for detached
+                // actors; nobody resumes it).
+                self.jobs[j].attached = false;
                 format!("job {job}'s driver exits")
             }
             96 => {
@@ -508,6 +511,7 @@ impl World {
                         name,
                         max_task_retries: self.rng.random_range(0..2),
                         max_concurrency: 1,
+                        detached: self.rng.random_bool(0.3),
                         ..Default::default()
                     }))
                 }

@@ -1545,3 +1545,57 @@ fn a_job_that_ends_ends_its_actors_and_other_jobs_calls_on_them_fail() {
     assert!(core.snapshot(now).actors.is_empty());
     checked(&core);
 }
+
+#[test]
+fn a_detached_actor_outlives_its_job_which_ends_with_it() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let (a, ea) = node(&mut core, ResourceSet::cpus(2.0), now, &mut out);
+    let owner = actor_job(&mut core);
+    let aid = ObjectId::new(owner, 1);
+    let mut spec = actor_spec("keeper");
+    spec.detached = true;
+    let plain = ObjectId::new(owner, 2);
+    core.submit(
+        owner,
+        vec![NewTask { actor: ActorRole::Create(spec), ..create(owner, 1, "", 0) }, create(owner, 2, "", 0), task(owner, 3, 1, vec![])],
+        &mut out,
+    );
+    core.node_credits(a, ea, 3, now);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().len(), 3);
+    core.job_disconnected(owner, &mut out);
+    checked(&core);
+    // Its other actor and its task are cancelled on the node; the
+    // detached one is not, and the job is not over on the node.
+    assert!(out.cancels.contains(&(a, plain)) && out.cancels.contains(&(a, ObjectId::new(owner, 3))), "{:?}", out.cancels);
+    assert!(!out.cancels.contains(&(a, aid)));
+    assert!(out.finished_jobs.is_empty(), "the node keeps the job for its detached actor");
+    out.cancels.clear();
+    core.tasks_finished(
+        a,
+        ea,
+        vec![(plain, Err(Failure::new(FailureKind::Cancelled, "killed"))), (ObjectId::new(owner, 3), Err(Failure::new(FailureKind::Cancelled, "x")))],
+        now,
+        &mut out,
+    );
+    checked(&core);
+    out.results.clear();
+    assert!(core.job_reattached(owner).is_none(), "nobody resumes a job whose driver ended it");
+    // Another driver calls it.
+    let other = actor_job(&mut core);
+    core.submit(other, vec![call(other, 1, aid, vec![])], &mut out);
+    core.schedule(&mut out);
+    assert_eq!(out.take_dispatched().iter().map(|(_, d)| d.task).collect::<Vec<_>>(), vec![ObjectId::new(other, 1)]);
+    let st = core.snapshot(now);
+    let live: Vec<_> = st.actors.iter().filter(|x| x.state != shoal_domain::actor::ActorState::Dead).map(|x| x.id).collect();
+    assert_eq!(live, vec![aid]);
+    // Killed: the job ends at last.
+    core.kill_actors(&[aid], &mut out);
+    core.tasks_finished(a, ea, vec![(aid, Err(Failure::new(FailureKind::Cancelled, "killed")))], now, &mut out);
+    core.schedule(&mut out);
+    checked(&core);
+    assert_eq!(out.finished_jobs, vec![(a, owner)], "the job ended with its last detached actor");
+    assert!(core.snapshot(now).actors.iter().all(|x| x.id.job() != owner));
+}

@@ -70,6 +70,9 @@ impl Loop {
             self.drivers.remove(&job);
             self.state.job_ended(job);
         }
+        for job in self.out.lingering.drain(..) {
+            self.state.compact(&self.core, job);
+        }
         for (node, epoch) in self.out.disconnect.drain(..) {
             // Dropping the sender ends the session's response stream; a
             // newer session of the same node (it registered again) stays.

@@ -22,6 +22,8 @@ pub(super) struct BatchingOutbox {
     pub(super) disconnect: Vec<(NodeId, u64)>,
     /// Jobs to forget.
     pub(super) ended: Vec<JobId>,
+    /// Jobs whose logs to compact now (they linger for detached actors).
+    pub(super) lingering: Vec<JobId>,
 }
 
 // The one `expect` of the crate: the vector was made non-empty on the
@@ -87,6 +89,9 @@ impl Outbox for BatchingOutbox {
     }
     fn job_ended(&mut self, job: JobId) {
         self.ended.push(job);
+    }
+    fn job_lingering(&mut self, job: JobId) {
+        self.lingering.push(job);
     }
 }
 

@@ -125,9 +125,17 @@ impl LoopState {
         if *total < self.compact_after.max(2 * *snap) {
             return;
         }
+        self.compact(core, job);
+    }
+
+    /// Compacts `job`'s log to a snapshot of its state now (a lingering
+    /// job's state is only its detached actors: a restarted head must not
+    /// replay the rest of its history).
+    pub(super) fn compact(&mut self, core: &Core, job: JobId) {
         let (Some(log), Some(s)) = (&self.log, core.job_snapshot(job)) else { return };
         let applied = self.applied.get(&job).copied().unwrap_or(0);
         let size = log.compact(job, convert::job_snapshot_to_wire(job, s, applied)) as u64;
+        let (total, snap) = self.logged.entry(job).or_default();
         tracing::info!(job, history_bytes = *total, snapshot_bytes = size, "compacted the job's log to a snapshot");
         *total = size;
         *snap = size;
