@@ -52,6 +52,9 @@ struct Args {
     /// Runs of each model workload (the median is reported).
     #[arg(long, default_value_t = 5)]
     model_runs: usize,
+    /// Only the embedded actor workloads (to profile them), `runs` times.
+    #[arg(long)]
+    only_actors: Option<usize>,
 }
 
 /// Ray's model benchmark's actor: a counter.
@@ -193,6 +196,11 @@ fn main() {
     init(&args).expect("connecting to the cluster");
     noop::remote().get().unwrap();
     out.insert("startup_to_first_task_s".into(), round(t0.elapsed().as_secs_f64()));
+    if let Some(runs) = args.only_actors {
+        actor_calls(&mut out, "", runs);
+        println!("{}", Value::Object(out));
+        return;
+    }
 
     // W1: async throughput.
     let n = args.tasks;
