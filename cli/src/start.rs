@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 pub fn run(args: StartArgs) -> anyhow::Result<()> {
     let home = config::shoal_home();
-    std::fs::create_dir_all(&home).with_context(|| format!("creating the session dir {}", home.display()))?;
+    config::private_dir(&home).with_context(|| format!("creating the session dir {}", home.display()))?;
     if !args.block {
         return daemonize(&args, &home);
     }
@@ -85,7 +85,7 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
         None
     };
     let data_dir = args.data_dir.clone().unwrap_or_else(|| home.join("head-data"));
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    config::private_dir(&data_dir).with_context(|| format!("creating the data dir {}", data_dir.display()))?;
     // A restarted head keeps its token, so its workers and drivers can
     // reconnect with what they have.
     let kept_token = data_dir.join("token");
@@ -145,7 +145,7 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     };
     let local = format!("{scheme}{local_host}:{port}");
     let record = HeadSession { address: local.clone(), token_file: token.as_ref().map(|_| token_file.clone()), pid: std::process::id() };
-    std::fs::write(config::head_session_path(home), serde_json::to_vec_pretty(&record)?)?;
+    config::write_private_file(&config::head_session_path(home), &serde_json::to_vec_pretty(&record)?)?;
     let pid_file = session::write_pid_file(home, "head")?;
     let public = if ip.is_unspecified() { format!("{scheme}{}", join_address(port)) } else { local.clone() };
     println!("Shoal head started (pid {}).", std::process::id());
@@ -239,7 +239,7 @@ fn daemonize(args: &StartArgs, home: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let role = if args.head { "head" } else { "worker" };
     let logs = session::log_dir(home);
-    std::fs::create_dir_all(&logs)?;
+    config::private_dir(&logs)?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let log_path = logs.join(format!("{role}-{stamp}.log"));
     let log = std::fs::File::create(&log_path)?;

@@ -104,6 +104,12 @@ pub fn resolve_token(token: Option<&str>, token_file: Option<&Path>) -> Result<O
 /// Writes `token` to `path` with mode 0600 (created that way, never
 /// readable by others even briefly).
 pub fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
+    write_private_file(path, format!("{token}\n").as_bytes())
+}
+
+/// Writes `bytes` to `path` (replacing it) with mode 0600, created that
+/// way: session records name the token file and the cluster's address.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
@@ -111,8 +117,15 @@ pub fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
     }
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(token.as_bytes())?;
-    f.write_all(b"\n")?;
+    f.write_all(bytes)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
+}
+
+/// Creates `dir` (and its parents) if missing and makes it private to
+/// this user (0700): the session dir, the head's data dir, log dirs.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }

@@ -98,6 +98,8 @@ struct Session {
     down: BoxStream<pb::HeadToDriver>,
     job: u32,
     acked: u64,
+    /// The job's resume secret (from the welcome of a new job).
+    secret: String,
 }
 
 /// What reopening a session needs.
@@ -118,8 +120,9 @@ struct Endpoint {
 const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 
 impl Endpoint {
-    /// Opens a session: a new job, or `resume` an existing one.
-    async fn open(&self, resume: u32) -> Result<Session> {
+    /// Opens a session: a new job, or `resume` an existing one with the
+    /// secret the head gave it.
+    async fn open(&self, resume: u32, secret: &str) -> Result<Session> {
         let address = self.address.as_str();
         let (up, stream_rx) = mpsc::channel::<DriverToHead>(16);
         let hello = DriverToHead {
@@ -131,6 +134,7 @@ impl Endpoint {
                 pid: std::process::id(),
                 resume_job: resume,
                 parent_job: self.parent_job,
+                resume_secret: secret.to_string(),
             }),
             ..Default::default()
         };
@@ -138,7 +142,9 @@ impl Endpoint {
         // The head answers a resume of a job it does not know with
         // NotFound: a typed error, so the reconnect loop stops at once.
         let refused = |s: tonic::Status| match s.code() {
-            tonic::Code::NotFound if resume != 0 => Error::JobUnknown { address: address.to_string(), job: resume, message: s.message().to_string() },
+            tonic::Code::NotFound | tonic::Code::PermissionDenied if resume != 0 => {
+                Error::JobUnknown { address: address.to_string(), job: resume, message: s.message().to_string() }
+            }
             _ => status_to_error(address, s),
         };
         let mut down: BoxStream<pb::HeadToDriver> = match &self.local {
@@ -157,7 +163,10 @@ impl Endpoint {
         };
         let first = down.next().await.transpose().map_err(refused)?;
         match first {
-            Some(pb::HeadToDriver { welcome: Some(w), acked, .. }) => Ok(Session { up, down, job: w.job, acked }),
+            Some(pb::HeadToDriver { welcome: Some(w), acked, .. }) => {
+                let secret = if resume == 0 { w.resume_secret } else { secret.to_string() };
+                Ok(Session { up, down, job: w.job, acked, secret })
+            }
             _ => Err(Error::Refused { address: address.to_string(), message: "the head closed the session without a welcome".into() }),
         }
     }
@@ -187,7 +196,7 @@ impl Driver {
             local,
             parent_job,
         };
-        let session = endpoint.open(0).await?;
+        let session = endpoint.open(0, "").await?;
         let job = session.job;
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = Arc::new(Driver {
@@ -492,7 +501,7 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
             if weak.upgrade().is_none() {
                 return;
             }
-            match endpoint.open(job).await {
+            match endpoint.open(job, &session.secret).await {
                 Ok(s) => break s,
                 Err(e @ Error::JobUnknown { .. }) => {
                     break 'session format!("{broken}; {e}");

@@ -28,6 +28,9 @@ pub struct NodeRegistration {
     /// The store's memory file: descriptor number in the worker process
     /// and inode, for drivers on the same machine to map it.
     pub store_file: (u32, u64),
+    /// Random per worker process (0: unknown): tells a reconnect of the
+    /// same worker from another process claiming its node id.
+    pub instance: u64,
 }
 
 /// One node, as `shoal status` and `shoal::cluster_status` show it (the

@@ -23,6 +23,11 @@ fn getrandom(buf: &mut [u8]) {
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("reading /dev/urandom");
 }
 
+/// Whether `given` equals `expected`, compared in constant time.
+pub fn secrets_match(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
 /// Client side: attaches the token (if any) to every request.
 #[derive(Clone)]
 pub struct AttachToken {

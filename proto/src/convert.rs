@@ -410,7 +410,7 @@ impl From<ExecTask> for pb::ExecTask {
 pub fn job_snapshot_to_wire(job: JobId, s: JobSnapshot, applied_seq: u64) -> pb::JobSnapshot {
     use pb::snapshot_object::Value as V;
     pb::JobSnapshot {
-        job: Some(pb::JobStarted { job, binary: s.binary, name: s.name }),
+        job: Some(pb::JobStarted { job, binary: s.binary, name: s.name, ..Default::default() }),
         functions: s.functions.iter().map(pb::FunctionDef::from).collect(),
         objects: s
             .objects

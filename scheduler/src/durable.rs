@@ -75,6 +75,11 @@ impl Log {
         // The log is written, and read once at start: a small cache keeps
         // the head's memory for its tasks, not for pages it will not read.
         let db = redb::Builder::new().set_cache_size(16 << 20).create(&path).map_err(|e| err(e.to_string()))?;
+        // The log holds task arguments and results: this user's only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
+        }
         let replay = read(&db).map_err(err)?;
         let mut next: BTreeMap<u32, u64> = replay.jobs.iter().map(|(j, r)| (*j, r.len() as u64)).collect();
         let (tx, rx) = mpsc::channel::<Entry>();
@@ -248,7 +253,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     fn started(job: u32) -> pb::LogRecord {
-        pb::LogRecord { kind: Some(pb::log_record::Kind::Job(pb::JobStarted { job, binary: "b".into(), name: "n".into() })) }
+        pb::LogRecord { kind: Some(pb::log_record::Kind::Job(pb::JobStarted { job, binary: "b".into(), name: "n".into(), ..Default::default() })) }
     }
 
     fn batch(seq: u64) -> pb::LogRecord {
@@ -298,7 +303,11 @@ mod tests {
             for seq in 1..=5 {
                 log.append(1, &batch(seq), seq);
             }
-            let snap = pb::JobSnapshot { job: Some(pb::JobStarted { job: 1, binary: "b".into(), name: "n".into() }), applied_seq: 5, ..Default::default() };
+            let snap = pb::JobSnapshot {
+                job: Some(pb::JobStarted { job: 1, binary: "b".into(), name: "n".into(), ..Default::default() }),
+                applied_seq: 5,
+                ..Default::default()
+            };
             log.compact(1, snap);
             log.append(1, &batch(6), 6);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

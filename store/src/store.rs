@@ -273,7 +273,8 @@ impl Store {
         let bytes = unsafe { self.arena.slice(offset, size) };
         // The file is laid out as the arena is (see `spill_offset`), so a
         // mapping of it keeps byte strings aligned.
-        let written = std::fs::create_dir_all(&self.spill_dir).and_then(|()| std::fs::File::create(&path)).and_then(|mut f| {
+        // Spilled values are this user's only: the dir 0700, files 0600.
+        let written = private_dir(&self.spill_dir).and_then(|()| private_file(&path)).and_then(|mut f| {
             use std::io::Write;
             f.write_all(&[0u8; crate::alloc::ALIGN as usize][..spill_offset(size) as usize])?;
             f.write_all(bytes)
@@ -547,6 +548,19 @@ impl Drop for PinGuard {
     fn drop(&mut self) {
         self.store.unpin(self.id);
     }
+}
+
+/// Creates `dir` if missing, private to this user (0700).
+fn private_dir(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Creates (or truncates) `path` readable by this user only (0600).
+fn private_file(path: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
 }
 
 #[cfg(test)]

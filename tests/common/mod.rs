@@ -145,6 +145,29 @@ impl Cluster {
         self.workers.len() - 1
     }
 
+    /// Starts a worker with `args` and extra environment `env` (e.g. its
+    /// own `TMPDIR`) and waits until it has registered.
+    pub fn add_worker_env(&mut self, args: &[&str], env: &[(&str, &Path)]) -> usize {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(SHOAL);
+        cmd.args(["start", "--block", "--address", &self.address, "--token-file"]).arg(self.token_file()).args(args);
+        cmd.env("SHOAL_HOME", home.path()).env("RUST_LOG", "info,h2=warn").env("SHOAL_OBJECT_STORE_PREFAULT", "0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = spawn_logged(cmd, &home.path().join("worker.log"));
+        let session = env.iter().find(|(k, _)| *k == "SHOAL_HOME").map_or(home.path(), |(_, v)| *v);
+        let ready = session.join("run").join(format!("worker-{}.ready", child.id()));
+        let node_id = wait_for(Duration::from_secs(20), "the worker to register", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("worker exited early ({status}): {}", std::fs::read_to_string(home.path().join("worker.log")).unwrap_or_default());
+            }
+            std::fs::read_to_string(&ready).ok().filter(|s| !s.is_empty())
+        });
+        self.workers.push(Worker { child, home, node_id });
+        self.workers.len() - 1
+    }
+
     pub fn spawn_worker(&self, home: &Path, args: &[&str]) -> Child {
         let mut cmd = Command::new(SHOAL);
         cmd.args(["start", "--block", "--address", &self.address, "--token-file"]).arg(self.token_file()).args(args);

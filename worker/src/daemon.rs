@@ -114,6 +114,9 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)?;
     let (events, rx) = mpsc::unbounded_channel();
+    if let Some(parent) = config.spill_dir.parent() {
+        remove_stale_spill_dirs(parent);
+    }
     let store = Store::open(config.object_store_bytes, config.object_store_prefault, config.spill_dir.clone())?;
     let object_listener = tokio::net::TcpListener::bind(config.object_listen).await?;
     let object_port = object_listener.local_addr()?.port();
@@ -128,6 +131,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         object_host: config.object_host.clone().unwrap_or_default(),
         store_fd: store.arena().fd() as u32,
         store_ino: store.arena().inode(),
+        instance: shoal_domain::NodeId::random().0.as_u64_pair().0 | 1,
     };
     let sess = tokio::spawn(session::run(
         config.head.clone(),
@@ -157,6 +161,27 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         r
     });
     Ok(WorkerHandle { events, store, node: node_rx, join })
+}
+
+/// Removes the spill dirs under `parent` whose worker is gone
+/// (it was SIGKILLed and could not clean up): their files are nobody's.
+fn remove_stale_spill_dirs(parent: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        // `shoal-spill-<pid>` (the default, in the temp dir) or `<pid>`
+        // in a dir of spill dirs only (`$SHOAL_HOME/spill/<pid>`).
+        let bare_ok = parent.file_name().is_some_and(|n| n == "spill");
+        let pid = name.to_str().and_then(|n| n.strip_prefix("shoal-spill-").or(if bare_ok { Some(n) } else { None }));
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match std::fs::remove_dir_all(e.path()) {
+            Ok(()) => tracing::info!(dir = %e.path().display(), "removed the spill files of a worker that is gone"),
+            Err(err) => tracing::debug!(dir = %e.path().display(), error = %err, "could not remove a stale spill dir"),
+        }
+    }
 }
 
 /// A short, private path for the executor socket (Unix socket paths are

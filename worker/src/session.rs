@@ -24,6 +24,8 @@ pub(crate) struct Registration {
     pub object_host: String,
     pub store_fd: u32,
     pub store_ino: u64,
+    /// Random per process (see `RegisterNode.instance`).
+    pub instance: u64,
 }
 
 enum OpenError {
@@ -31,6 +33,8 @@ enum OpenError {
     Transient(String),
     /// The head refused this worker: stop.
     Refused(String),
+    /// Its node id is held by another live worker: retry until it goes.
+    InUse(String),
 }
 
 async fn open(
@@ -43,6 +47,9 @@ async fn open(
         tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
             OpenError::Refused(format!("the head at {head} refused this worker: {}", s.message()))
         }
+        // Its node id is another live worker's: wait (that one may be
+        // going away, as when a service manager restarts a worker).
+        tonic::Code::AlreadyExists => OpenError::InUse(s.message().to_string()),
         _ => OpenError::Transient(s.to_string()),
     };
     match local {
@@ -68,6 +75,7 @@ pub(crate) async fn run(
     let mut backoff = delays();
     let mut session: u64 = 0;
     let mut logged_unreachable = false;
+    let mut in_use_refusals: u64 = 0;
     loop {
         session += 1;
         let (tx, rx) = mpsc::unbounded_channel::<WorkerToHead>();
@@ -86,6 +94,7 @@ pub(crate) async fn run(
                 objects: store.ids(),
                 store_fd: reg.store_fd,
                 store_ino: reg.store_ino,
+                instance: reg.instance,
             }),
             ..Default::default()
         });
@@ -125,6 +134,13 @@ pub(crate) async fn run(
             Err(OpenError::Refused(msg)) => {
                 let _ = events.send(Ev::Fatal(msg));
                 return;
+            }
+            Err(OpenError::InUse(msg)) => {
+                // Once, and again every ~30 tries (a minute at the cap).
+                if in_use_refusals.is_multiple_of(30) {
+                    tracing::warn!(error = %msg, "the head refused the registration; retrying until the node id is free");
+                }
+                in_use_refusals += 1;
             }
             Err(OpenError::Transient(e)) => {
                 if !logged_unreachable {

@@ -96,6 +96,18 @@ pub enum CoreError {
     /// No alive node has that id.
     #[error("no alive node {0}")]
     NoSuchNode(String),
+    /// Another worker process registered under this node id and is alive.
+    #[error(
+        "node id {node:#} is in use by a live worker (pid {pid} on {hostname}); a second worker cannot take it over: give it another --node-id, or stop that one"
+    )]
+    NodeIdInUse {
+        /// The id.
+        node: NodeId,
+        /// The live worker's pid.
+        pid: u32,
+        /// Its host.
+        hostname: String,
+    },
 }
 
 struct Node {
@@ -491,6 +503,18 @@ impl Core {
             self.reconstruct(&lost, &format!("node {id} came back without its copy"), out);
         }
         (id, epoch)
+    }
+
+    /// Why `reg` may not register: its node id is held by another worker
+    /// process that is alive (heartbeating). The same process coming back
+    /// on a new connection, or a worker restarted after the old one went
+    /// silent, may.
+    pub fn registration_conflict(&self, reg: &NodeRegistration, now: Instant) -> Option<CoreError> {
+        let id = reg.node_id?;
+        let n = self.nodes.get(&id).filter(|n| n.alive)?;
+        let other_process = reg.instance != 0 && n.info.instance != 0 && reg.instance != n.info.instance;
+        let heard_lately = now.saturating_duration_since(n.last_heartbeat) <= self.config.heartbeat_timeout;
+        (other_process && heard_lately).then(|| CoreError::NodeIdInUse { node: id, pid: n.info.pid, hostname: n.info.hostname.clone() })
     }
 
     fn live_node(&mut self, id: NodeId, epoch: u64) -> Option<&mut Node> {

@@ -1599,3 +1599,20 @@ fn a_detached_actor_outlives_its_job_which_ends_with_it() {
     assert_eq!(out.finished_jobs, vec![(a, owner)], "the job ended with its last detached actor");
     assert!(core.snapshot(now).actors.iter().all(|x| x.id.job() != owner));
 }
+
+#[test]
+fn a_live_nodes_id_is_refused_to_another_process_but_not_to_the_same_one_or_after_it_went_silent() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let now = t0();
+    let id = NodeId::random();
+    let reg =
+        |instance| NodeRegistration { node_id: Some(id), instance, resources: ResourceSet::cpus(1.0), pid: 7, hostname: "h".into(), ..Default::default() };
+    assert!(core.registration_conflict(&reg(1), now).is_none(), "a new id is free");
+    core.node_registered(reg(1), now, &mut out);
+    let e = core.registration_conflict(&reg(2), now).expect("another process is refused");
+    assert!(e.to_string().contains("pid 7 on h"), "{e}");
+    assert!(core.registration_conflict(&reg(1), now).is_none(), "the same process reconnecting is not");
+    let later = now + CoreConfig::default().heartbeat_timeout + Duration::from_secs(1);
+    assert!(core.registration_conflict(&reg(2), later).is_none(), "nor a new process once the old one went silent");
+}

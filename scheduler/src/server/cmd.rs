@@ -13,7 +13,7 @@ pub(crate) enum Cmd {
     WorkerRegister {
         reg: NodeRegistration,
         tx: Sender<HeadToWorker>,
-        reply: oneshot::Sender<(NodeId, u64)>,
+        reply: oneshot::Sender<Result<(NodeId, u64), Status>>,
     },
     WorkerMsg {
         node: NodeId,
@@ -28,6 +28,8 @@ pub(crate) enum Cmd {
         binary: String,
         name: String,
         resume_job: JobId,
+        /// The job's secret, with `resume_job`.
+        resume_secret: String,
         /// Non-zero: a task of this job submits tasks (see `DriverHello`).
         parent_job: JobId,
         tx: Sender<HeadToDriver>,

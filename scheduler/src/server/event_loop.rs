@@ -105,6 +105,11 @@ impl Loop {
         let (core, out) = (&mut self.core, &mut self.out);
         match cmd {
             Cmd::WorkerRegister { reg, tx, reply } => {
+                if let Some(e) = core.registration_conflict(&reg, now) {
+                    tracing::warn!(error = %e, address = %reg.address, "refused a worker registration");
+                    let _ = reply.send(Err(Status::already_exists(e.to_string())));
+                    return;
+                }
                 let (id, epoch) = core.node_registered(reg, now, out);
                 let _ = tx.send(Ok(HeadToWorker {
                     registered: Some(pb::Registered {
@@ -115,7 +120,7 @@ impl Loop {
                     ..Default::default()
                 }));
                 self.workers.insert(id, (epoch, tx));
-                let _ = reply.send((id, epoch));
+                let _ = reply.send(Ok((id, epoch)));
             }
             Cmd::WorkerMsg { node, epoch, msg } => {
                 if msg.heartbeat != 0 {
@@ -145,11 +150,12 @@ impl Loop {
                     self.workers.remove(&node);
                 }
             }
-            Cmd::DriverHello { binary, name, resume_job: 0, parent_job, tx, reply } => {
+            Cmd::DriverHello { binary, name, resume_job: 0, parent_job, tx, reply, .. } => {
                 match core.job_connected_under(binary.clone(), name.clone(), (parent_job != 0).then_some(parent_job)) {
                     Ok(job) => {
-                        self.state.job_started(core, job, binary, name);
-                        let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), ..Default::default() }));
+                        let resume_secret = self.state.job_started(core, job, binary, name);
+                        let welcome = pb::Welcome { job, protocol_version: PROTOCOL_VERSION, resume_secret };
+                        let _ = tx.send(Ok(HeadToDriver { welcome: Some(welcome), ..Default::default() }));
                         self.drivers.insert(job, tx);
                         let _ = reply.send(Ok(job));
                     }
@@ -158,11 +164,20 @@ impl Loop {
                     }
                 }
             }
+            // Only the driver the job's secret was given to resumes it:
+            // job ids are small counters, easy to guess.
+            Cmd::DriverHello { resume_job: job, resume_secret, reply, .. } if !self.state.may_resume(job, &resume_secret) => {
+                tracing::warn!(job, "refused a driver resuming a job with the wrong secret");
+                let _ = reply.send(Err(Status::permission_denied(format!(
+                    "job {job} belongs to another driver: the resume secret does not match (a driver resumes only the job it started)"
+                ))));
+            }
             Cmd::DriverHello { resume_job: job, tx, reply, .. } => match core.job_reattached(job) {
                 Some(results) => {
                     tracing::info!(job, results = results.len(), "driver reconnected");
                     let acked = self.state.acked(job);
-                    let _ = tx.send(Ok(HeadToDriver { welcome: Some(pb::Welcome { job, protocol_version: PROTOCOL_VERSION }), acked, ..Default::default() }));
+                    let welcome = pb::Welcome { job, protocol_version: PROTOCOL_VERSION, ..Default::default() };
+                    let _ = tx.send(Ok(HeadToDriver { welcome: Some(welcome), acked, ..Default::default() }));
                     for (task, r) in results {
                         out.result(job, task, r);
                     }
@@ -249,7 +264,7 @@ mod tests {
         let (reply, mut got) = oneshot::channel();
         let reg = NodeRegistration { resources: ResourceSet::cpus(4.0), ..Default::default() };
         l.handle(Cmd::WorkerRegister { reg, tx, reply }, Instant::now());
-        let (node, epoch) = got.try_recv().unwrap();
+        let (node, epoch) = got.try_recv().unwrap().unwrap();
         l.handle(Cmd::WorkerMsg { node, epoch, msg: pb::WorkerToHead { credits: 10_000, ..Default::default() } }, Instant::now());
         rx
     }
@@ -257,7 +272,10 @@ mod tests {
     fn driver(l: &mut Loop) -> (JobId, Sender<HeadToDriver>, Rx<HeadToDriver>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (reply, mut got) = oneshot::channel();
-        l.handle(Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: 0, parent_job: 0, tx: tx.clone(), reply }, Instant::now());
+        l.handle(
+            Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: 0, resume_secret: String::new(), parent_job: 0, tx: tx.clone(), reply },
+            Instant::now(),
+        );
         let job = got.try_recv().unwrap().unwrap();
         (job, tx, rx)
     }
@@ -328,6 +346,8 @@ mod tests {
         let (log, _, committed) = log_in(dir.path());
         let mut l = new_loop(LoopState::new(Some(log), u64::MAX));
         let (job, tx, mut d) = driver(&mut l);
+        let secret = d.try_recv().unwrap().unwrap().welcome.map(|w| w.resume_secret).unwrap_or_default();
+        assert_eq!(secret.len(), 64, "a new job gets a secret");
         l.handle(Cmd::DriverMsg { job, msg: batch(job, 1, 1..2) }, Instant::now());
         l.flush();
         assert!(acks(&mut d).is_empty(), "applied but not yet durable: no acknowledgement");
@@ -343,9 +363,18 @@ mod tests {
         // The connection breaks; the driver comes back and is told what
         // the head has, so it resends only what came after.
         l.handle(Cmd::DriverGone { job, tx, clean: false }, Instant::now());
+        // Another driver guessing the job id is refused.
+        let (tx3, _d3) = mpsc::unbounded_channel();
+        let (reply, mut got) = oneshot::channel();
+        let hijack = Cmd::DriverHello { binary: "b".into(), name: "x".into(), resume_job: job, resume_secret: "0".repeat(64), parent_job: 0, tx: tx3, reply };
+        l.handle(hijack, Instant::now());
+        assert_eq!(got.try_recv().unwrap().unwrap_err().code(), tonic::Code::PermissionDenied);
         let (tx2, mut d2) = mpsc::unbounded_channel();
         let (reply, mut got) = oneshot::channel();
-        l.handle(Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: job, parent_job: 0, tx: tx2, reply }, Instant::now());
+        l.handle(
+            Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: job, resume_secret: secret, parent_job: 0, tx: tx2, reply },
+            Instant::now(),
+        );
         assert_eq!(got.try_recv().unwrap().unwrap(), job);
         let welcome = d2.try_recv().unwrap().unwrap();
         assert_eq!((welcome.welcome.map(|w| w.job), welcome.acked), (Some(job), 1));

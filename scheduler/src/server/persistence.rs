@@ -22,6 +22,8 @@ pub(super) struct LoopState {
     logged: HashMap<JobId, (u64, u64)>,
     /// See [`HeadConfig::compact_after_bytes`](super::HeadConfig::compact_after_bytes).
     compact_after: u64,
+    /// Per job: the secret its driver resumes it with.
+    secrets: HashMap<JobId, String>,
 }
 
 impl LoopState {
@@ -87,15 +89,31 @@ impl LoopState {
     }
 
     /// A job started: the log remembers it and the next job id.
-    pub(super) fn job_started(&mut self, core: &Core, job: JobId, binary: String, name: String) {
+    /// A job started: its record is logged and its resume secret made
+    /// (returned, for the driver's welcome).
+    pub(super) fn job_started(&mut self, core: &Core, job: JobId, binary: String, name: String) -> String {
+        let secret = shoal_proto::auth::generate_token();
         if let Some(log) = &self.log {
             log.next_job(core.next_job());
-            log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Job(pb::JobStarted { job, binary, name })) }, 0);
+            let started = pb::JobStarted { job, binary, name, secret: secret.clone() };
+            log.append(job, &pb::LogRecord { kind: Some(pb::log_record::Kind::Job(started)) }, 0);
+        }
+        self.secrets.insert(job, secret.clone());
+        secret
+    }
+
+    /// Whether `given` is `job`'s resume secret (a job logged before
+    /// secrets existed has none, and any driver of it may resume it).
+    pub(super) fn may_resume(&self, job: JobId, given: &str) -> bool {
+        match self.secrets.get(&job) {
+            Some(s) if !s.is_empty() => shoal_proto::auth::secrets_match(given, s),
+            _ => true,
         }
     }
 
     /// A job ended: nothing of it is kept.
     pub(super) fn job_ended(&mut self, job: JobId) {
+        self.secrets.remove(&job);
         self.applied.remove(&job);
         self.durable.remove(&job);
         self.logged.remove(&job);
@@ -134,7 +152,11 @@ impl LoopState {
     pub(super) fn compact(&mut self, core: &Core, job: JobId) {
         let (Some(log), Some(s)) = (&self.log, core.job_snapshot(job)) else { return };
         let applied = self.applied.get(&job).copied().unwrap_or(0);
-        let size = log.compact(job, convert::job_snapshot_to_wire(job, s, applied)) as u64;
+        let mut wire = convert::job_snapshot_to_wire(job, s, applied);
+        if let Some(started) = wire.job.as_mut() {
+            started.secret = self.secrets.get(&job).cloned().unwrap_or_default();
+        }
+        let size = log.compact(job, wire) as u64;
         let (total, snap) = self.logged.entry(job).or_default();
         tracing::info!(job, history_bytes = *total, snapshot_bytes = size, "compacted the job's log to a snapshot");
         *total = size;
@@ -168,6 +190,7 @@ pub(super) fn restore(core: &mut Core, state: &mut LoopState, replay: Replay, he
         for r in records {
             match r.kind {
                 Some(pb::log_record::Kind::Job(j)) => {
+                    state.secrets.insert(j.job, j.secret);
                     core.restore_job(j.job, j.binary, j.name, now);
                     jobs += 1;
                 }
@@ -177,6 +200,9 @@ pub(super) fn restore(core: &mut Core, state: &mut LoopState, replay: Replay, he
                     batches += 1;
                 }
                 Some(pb::log_record::Kind::Snapshot(s)) => {
+                    if let Some(started) = &s.job {
+                        state.secrets.insert(started.job, started.secret.clone());
+                    }
                     if let Ok((j, snap, seq)) = convert::job_snapshot_from_wire(s) {
                         core.restore_snapshot(j, snap, now, &mut out);
                         state.replayed(job, seq);

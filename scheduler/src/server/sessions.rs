@@ -50,12 +50,13 @@ pub(super) async fn open_worker_session(
         object_address: crate::address::object_address(&reg.object_host, reg.object_port, &peer),
         objects: reg.objects.iter().map(|r| ObjectId(*r)).collect(),
         store_file: (reg.store_fd, reg.store_ino),
+        instance: reg.instance,
         address: peer,
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();
     events.send(Cmd::WorkerRegister { reg: registration, tx, reply: reply_tx }).map_err(|_| head_gone())?;
-    let (node, epoch) = reply_rx.await.map_err(|_| head_gone())?;
+    let (node, epoch) = reply_rx.await.map_err(|_| head_gone())??;
     tokio::spawn(async move {
         if first.credits > 0 || !first.results.is_empty() || first.heartbeat != 0 {
             let _ = events.send(Cmd::WorkerMsg { node, epoch, msg: first });
@@ -96,7 +97,15 @@ pub(super) async fn open_driver_session(
     let name = format!("{} (pid {} on {})", hello.name, hello.pid, hello.hostname);
     let session_tx = tx.clone();
     events
-        .send(Cmd::DriverHello { binary: hello.binary, name, resume_job: hello.resume_job, parent_job: hello.parent_job, tx, reply: reply_tx })
+        .send(Cmd::DriverHello {
+            binary: hello.binary,
+            name,
+            resume_job: hello.resume_job,
+            resume_secret: hello.resume_secret,
+            parent_job: hello.parent_job,
+            tx,
+            reply: reply_tx,
+        })
         .map_err(|_| head_gone())?;
     let job = reply_rx.await.map_err(|_| head_gone())??;
     tokio::spawn(async move {
