@@ -197,3 +197,45 @@ fn echo(x: u64) -> u64 {
 fn tokio_stream_wrapper_steps(rx: tokio::sync::mpsc::Receiver<pb::WriteStep>) -> impl futures::Stream<Item = pb::WriteStep> {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
 }
+
+/// The soft and hard open-file limits of process `pid`.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let v: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (v[0], v[1])
+}
+
+#[test]
+fn a_head_started_under_a_low_open_file_limit_raises_it_and_keeps_answering_with_2000_idle_connections() {
+    // This test opens 2,000 sockets itself.
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let hard = lim.rlim_max;
+    assert!(hard >= 4096, "this machine's hard open-file limit ({hard}) is too low for the test");
+    let home = tempfile::tempdir().unwrap();
+    let cmd = format!("ulimit -Sn 1024 && exec {SHOAL} start --head --block --port 0 --bind 127.0.0.1 --num-cpus 0");
+    let log = std::fs::File::create(home.path().join("head.log")).unwrap();
+    let mut head =
+        std::process::Command::new("sh").args(["-c", &cmd]).env("SHOAL_HOME", home.path()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+    let address = wait_for(Duration::from_secs(20), "the head to start", || {
+        let s: serde_json::Value = serde_json::from_slice(&std::fs::read(home.path().join("head.json")).ok()?).ok()?;
+        (s["pid"].as_u64()? == head.id() as u64).then(|| s["address"].as_str().map(str::to_string)).flatten()
+    });
+    assert_eq!(open_file_limits(head.id()), (hard, hard), "the head raised its soft limit from 1,024 to the hard limit");
+    // 2,000 connections that never speak.
+    let idle: Vec<std::net::TcpStream> = (0..2000).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    let out = shoal(home.path(), &["status", "--json"]);
+    assert!(out.status.success(), "status answers with 2,000 idle connections open: {}", String::from_utf8_lossy(&out.stderr));
+    println!("status with 2,000 idle connections: {:?}", t.elapsed());
+    drop(idle);
+    let _ = head.kill();
+    let _ = head.wait();
+}

@@ -180,6 +180,25 @@ struct StopArgs {
     grace: f64,
 }
 
+/// Raises this process's open-file limit to its hard limit: a head holds
+/// one descriptor per connection (workers, drivers, and whoever else
+/// connects), a worker one per executor socket and spill file; the common
+/// default of 1,024 lets a thousand idle connections make a head
+/// unreachable.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!(before, "could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn"));

@@ -17,6 +17,7 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
         return daemonize(&args, &home);
     }
     init_tracing();
+    crate::raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async { if args.head { run_head(args, &home).await } else { run_worker(args, &home).await } })
 }
