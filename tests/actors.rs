@@ -158,14 +158,7 @@ fn two_drivers_share_a_named_actor_and_a_task_calls_it_through_a_handle() {
     let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
     let shared = Counter::options().name("shared").remote(1000);
     assert_eq!(shared.incr(0).get().unwrap(), 1000);
-    let other = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_second_driver_uses_the_named_actor", "--ignored", "--nocapture"])
-        .env("SHOAL_TEST_ADDRESS", &c.address)
-        .env("SHOAL_TEST_TOKEN", &c.token)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&other.stdout);
-    assert!(other.status.success() && text.contains("1 passed"), "second driver failed:\n{text}\n{}", String::from_utf8_lossy(&other.stderr));
+    c.run_helper_driver("helper_second_driver_uses_the_named_actor");
     assert_eq!(shared.value().get().unwrap(), 1100, "the second driver's 100 calls reached the same actor");
     // Tasks get the handle in their arguments and call the actor directly.
     let from_tasks: Vec<_> = (0..8).map(|_| add_through::remote(shared.clone(), 10)).collect();
@@ -355,14 +348,7 @@ fn helper_driver_makes_a_detached_actor() {
 #[test]
 fn a_detached_actor_outlives_the_driver_that_made_it() {
     let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
-    let maker = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_driver_makes_a_detached_actor", "--ignored", "--nocapture"])
-        .env("SHOAL_TEST_ADDRESS", &c.address)
-        .env("SHOAL_TEST_TOKEN", &c.token)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&maker.stdout);
-    assert!(maker.status.success() && text.contains("1 passed"), "the first driver failed:\n{text}\n{}", String::from_utf8_lossy(&maker.stderr));
+    c.run_helper_driver("helper_driver_makes_a_detached_actor");
     // Its driver is gone; the detached actor, with its value, is not.
     let kept = shoal::get_actor::<Counter>("kept").expect("the detached actor outlived its driver");
     assert_eq!(kept.incr(1).get().unwrap(), 506, "the same actor, its value intact");

@@ -74,21 +74,26 @@ impl Counter {
     }
 }
 
+/// The median of `n` timings of `call`, in microseconds.
+fn median_roundtrip_us<T>(n: usize, mut call: impl FnMut() -> T) -> f64 {
+    let mut lat: Vec<f64> = (0..n.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(call());
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    lat[lat.len() / 2] * 1e6
+}
+
 /// Actors as Ray's model script measures them: one counter, created and
 /// called once first; 500 sequential round trips (median); 10,000 calls in
 /// flight, then wait for all (median of `runs`). Keys get `prefix`.
 fn actor_calls(out: &mut Map<String, Value>, prefix: &str, runs: usize) {
     let c = Counter::remote(0);
     c.incr(0).get().unwrap();
-    let mut lat: Vec<f64> = (0..500)
-        .map(|_| {
-            let t = Instant::now();
-            c.incr(1).get().unwrap();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    out.insert(format!("{prefix}actor_call_roundtrip_median_us"), round(lat[lat.len() / 2] * 1e6));
+    out.insert(format!("{prefix}actor_call_roundtrip_median_us"), round(median_roundtrip_us(500, || c.incr(1).get().unwrap())));
     let (m, spread) = model::timed(runs, || {
         let refs: Vec<_> = (0..10_000).map(|_| c.incr(1)).collect();
         shoal::get_all_blocking(&refs).unwrap();
@@ -211,15 +216,7 @@ fn main() {
     drop(refs);
 
     // W2: sync round trip.
-    let mut lat: Vec<f64> = (0..500)
-        .map(|_| {
-            let t = Instant::now();
-            noop::remote().get().unwrap();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    out.insert("roundtrip_median_us".into(), round(lat[lat.len() / 2] * 1e6));
+    out.insert("roundtrip_median_us".into(), round(median_roundtrip_us(500, || noop::remote().get().unwrap())));
 
     // W2b: actor calls, as Ray's model script makes them.
     actor_calls(&mut out, "", 5);
@@ -490,15 +487,7 @@ mod model {
         out.insert("streaming_10k_items_spread".into(), round(spread));
         actor_calls(&mut out, "model_", args.model_runs);
         // The same path for a plain no-op task, for comparison.
-        let mut lat: Vec<f64> = (0..500)
-            .map(|_| {
-                let t = Instant::now();
-                noop::remote().get().unwrap();
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        lat.sort_by(|a, b| a.total_cmp(b));
-        out.insert("model_task_roundtrip_median_us".into(), round(lat[lat.len() / 2] * 1e6));
+        out.insert("model_task_roundtrip_median_us".into(), round(median_roundtrip_us(500, || noop::remote().get().unwrap())));
         println!("{}", Value::Object(out));
     }
 }

@@ -212,6 +212,20 @@ impl Cluster {
         shoal::init_blocking_with(cfg).expect("connecting the driver");
     }
 
+    /// Runs ignored test `name` of this test binary as another driver of
+    /// this cluster (it finds the address and token in `SHOAL_TEST_*`), and
+    /// panics with its output unless it passed.
+    pub fn run_helper_driver(&self, name: &str) {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--ignored", "--nocapture"])
+            .env("SHOAL_TEST_ADDRESS", &self.address)
+            .env("SHOAL_TEST_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("1 passed"), "the driver {name} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn head_log(&self) -> String {
         std::fs::read_to_string(self.home.path().join("head.log")).unwrap_or_default()
     }

@@ -5,7 +5,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{Expr, FnArg, ImplItem, ImplItemFn, ItemImpl, Lit, LitStr, Meta, Pat, ReturnType, Token, Type};
+use syn::{FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Meta, Pat, ReturnType, Token, Type};
 
 /// Options of `#[shoal::actor(..)]`.
 pub(crate) struct ActorOptions {
@@ -32,24 +32,8 @@ impl Parse for ActorOptions {
                 Meta::NameValue(nv) if nv.path.is_ident("max_restarts") => o.max_restarts = number(&nv.value)? as u32,
                 Meta::NameValue(nv) if nv.path.is_ident("max_task_retries") => o.max_task_retries = number(&nv.value)? as u32,
                 Meta::NameValue(nv) if nv.path.is_ident("max_concurrency") => o.max_concurrency = (number(&nv.value)? as u32).max(1),
-                Meta::NameValue(nv) if nv.path.is_ident("name") => match &nv.value {
-                    Expr::Lit(l) => match &l.lit {
-                        Lit::Str(s) => o.name = Some(s.clone()),
-                        _ => return Err(syn::Error::new_spanned(&nv.value, "name must be a string")),
-                    },
-                    _ => return Err(syn::Error::new_spanned(&nv.value, "name must be a string")),
-                },
-                Meta::List(list) if list.path.is_ident("resources") => {
-                    let inner = list.parse_args_with(Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated)?;
-                    for nv in inner {
-                        let key = nv.path.get_ident().ok_or_else(|| syn::Error::new_spanned(&nv.path, "expected a resource name"))?.to_string();
-                        let v = number(&nv.value)?;
-                        if v < 0.0 {
-                            return Err(syn::Error::new_spanned(&nv.value, "resource amounts must be >= 0"));
-                        }
-                        o.resources.push((key, v));
-                    }
-                }
+                Meta::NameValue(nv) if nv.path.is_ident("name") => o.name = Some(crate::string(&nv.value, "name")?),
+                Meta::List(list) if list.path.is_ident("resources") => o.resources.extend(crate::resources(list)?),
                 other => {
                     return Err(syn::Error::new_spanned(
                         other,

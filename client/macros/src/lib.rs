@@ -60,24 +60,8 @@ impl Parse for RemoteOptions {
                     },
                     _ => return Err(syn::Error::new_spanned(&nv.value, "retry_exceptions must be true or false")),
                 },
-                Meta::NameValue(nv) if nv.path.is_ident("name") => match &nv.value {
-                    Expr::Lit(l) => match &l.lit {
-                        Lit::Str(s) => o.name = Some(s.clone()),
-                        _ => return Err(syn::Error::new_spanned(&nv.value, "name must be a string")),
-                    },
-                    _ => return Err(syn::Error::new_spanned(&nv.value, "name must be a string")),
-                },
-                Meta::List(list) if list.path.is_ident("resources") => {
-                    let inner = list.parse_args_with(Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated)?;
-                    for nv in inner {
-                        let key = nv.path.get_ident().ok_or_else(|| syn::Error::new_spanned(&nv.path, "expected a resource name"))?.to_string();
-                        let v = number(&nv.value)?;
-                        if v < 0.0 {
-                            return Err(syn::Error::new_spanned(&nv.value, "resource amounts must be >= 0"));
-                        }
-                        o.resources.push((key, v));
-                    }
-                }
+                Meta::NameValue(nv) if nv.path.is_ident("name") => o.name = Some(string(&nv.value, "name")?),
+                Meta::List(list) if list.path.is_ident("resources") => o.resources.extend(resources(list)?),
                 other => {
                     return Err(syn::Error::new_spanned(
                         other,
@@ -88,6 +72,32 @@ impl Parse for RemoteOptions {
         }
         Ok(o)
     }
+}
+
+/// A string literal option (`name = "..."`).
+pub(crate) fn string(e: &Expr, what: &str) -> syn::Result<LitStr> {
+    match e {
+        Expr::Lit(l) => match &l.lit {
+            Lit::Str(s) => Ok(s.clone()),
+            _ => Err(syn::Error::new_spanned(e, format!("{what} must be a string"))),
+        },
+        _ => Err(syn::Error::new_spanned(e, format!("{what} must be a string"))),
+    }
+}
+
+/// `resources(gpu = 1, ssd = 0.5)`: names and amounts (>= 0).
+pub(crate) fn resources(list: &syn::MetaList) -> syn::Result<Vec<(String, f64)>> {
+    let inner = list.parse_args_with(Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated)?;
+    let mut out = Vec::new();
+    for nv in inner {
+        let key = nv.path.get_ident().ok_or_else(|| syn::Error::new_spanned(&nv.path, "expected a resource name"))?.to_string();
+        let v = number(&nv.value)?;
+        if v < 0.0 {
+            return Err(syn::Error::new_spanned(&nv.value, "resource amounts must be >= 0"));
+        }
+        out.push((key, v));
+    }
+    Ok(out)
 }
 
 /// The item type of a generator function's return type: `impl

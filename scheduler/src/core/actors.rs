@@ -10,7 +10,7 @@
 //! queue, and go to the actor's node in the order the head received them,
 //! without credits or resources (the actor holds those).
 
-use super::{Core, IdMap, Outbox, TaskState, Unready};
+use super::{Core, IdMap, Outbox, TaskState};
 use shoal_domain::actor::{ActorPart, ActorSpec, ActorState, ActorStatus};
 use shoal_domain::task::Dispatch;
 use shoal_domain::{Failure, FailureKind, JobId, NodeId, TaskId};
@@ -160,32 +160,21 @@ impl Core {
 
     /// Sends call `tid` to the node running `actor`.
     fn dispatch_call(&mut self, tid: TaskId, actor: TaskId, node_id: NodeId, out: &mut impl Outbox) {
-        let Some(task) = self.tasks.get(&tid) else { return };
-        let args = match self.resolve_args(task) {
-            Ok(args) => args,
-            Err(Unready::Fail(f)) => return self.fail_task(tid, f, out),
-            Err(Unready::Recheck) => {
-                // An input is being rebuilt: wait for it at the front.
-                if self.wait_for_inputs(tid, out) {
-                    self.fail_task(tid, Failure::new(FailureKind::Internal, "the head could not resolve this call's inputs"), out);
-                } else if self.tasks.contains_key(&tid)
-                    && let Some(a) = self.actors.by_id.get_mut(&actor)
-                {
-                    a.queue.push_front(tid);
-                }
-                return;
+        let Some(args) = self.args_to_send(tid, out) else {
+            // Waiting for an input being rebuilt: at the front of its line.
+            if self.tasks.contains_key(&tid)
+                && let Some(a) = self.actors.by_id.get_mut(&actor)
+            {
+                a.queue.push_front(tid);
             }
+            return;
         };
         let (Some(task), Some(node)) = (self.tasks.get_mut(&tid), self.nodes.get_mut(&node_id)) else { return };
         if !node.alive {
             return;
         }
         let Some(job) = self.jobs.get(&task.job) else { return };
-        let sent = node.functions_sent.entry(task.job).or_insert(0);
-        if task.func >= *sent {
-            out.job_info(node_id, task.job, &job.binary, *sent, job.functions.get(*sent as usize..).unwrap_or_default());
-            *sent = job.functions.len() as u32;
-        }
+        super::send_job_info(node, node_id, task.job, task.func, job, out);
         node.assigned.insert(tid);
         task.attempts = task.attempts.saturating_add(1);
         task.state = TaskState::Dispatched(node.slot);

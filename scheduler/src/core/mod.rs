@@ -303,6 +303,16 @@ impl Task {
     }
 }
 
+/// Tells `node` about `job` (its binary and functions) up to function
+/// `func`, before a task of it is sent there, if it was not told yet.
+fn send_job_info(node: &mut Node, node_id: NodeId, job_id: JobId, func: u32, job: &Job, out: &mut impl Outbox) {
+    let sent = node.functions_sent.entry(job_id).or_insert(0);
+    if func >= *sent {
+        out.job_info(node_id, job_id, &job.binary, *sent, job.functions.get(*sent as usize..).unwrap_or_default());
+        *sent = job.functions.len() as u32;
+    }
+}
+
 /// The resources `task` holds on its node: its own, else its function's.
 fn needs<'a>(task: &'a Task, def: &'a FunctionDef) -> &'a ResourceSet {
     // An actor's call holds nothing: the actor holds its resources.
@@ -2137,11 +2147,17 @@ impl Core {
         Ok(args)
     }
 
-    fn dispatch(&mut self, tid: TaskId, node_id: NodeId, out: &mut impl Outbox) {
-        let Some(task) = self.tasks.get(&tid) else { return };
-        let args = match self.resolve_args(task) {
-            Ok(args) => args,
-            Err(Unready::Fail(f)) => return self.fail_task(tid, f, out),
+    /// The argument values of ready task `tid`, to send it; `None` when it
+    /// failed (an input failed for good) or waits again (an input is being
+    /// rebuilt).
+    fn args_to_send(&mut self, tid: TaskId, out: &mut impl Outbox) -> Option<Vec<Payload>> {
+        let task = self.tasks.get(&tid)?;
+        match self.resolve_args(task) {
+            Ok(args) => Some(args),
+            Err(Unready::Fail(f)) => {
+                self.fail_task(tid, f, out);
+                None
+            }
             Err(Unready::Recheck) => {
                 // Not ready after all: waits for what is being rebuilt (or
                 // fails with its input's error).
@@ -2149,17 +2165,17 @@ impl Core {
                     tracing::error!(task = %tid, "a ready task's inputs could not be resolved");
                     self.fail_task(tid, Failure::new(FailureKind::Internal, "the head could not resolve this task's inputs"), out);
                 }
-                return;
+                None
             }
-        };
+        }
+    }
+
+    fn dispatch(&mut self, tid: TaskId, node_id: NodeId, out: &mut impl Outbox) {
+        let Some(args) = self.args_to_send(tid, out) else { return };
         let (Some(task), Some(node)) = (self.tasks.get_mut(&tid), self.nodes.get_mut(&node_id)) else { return };
         let Some(job) = self.jobs.get(&task.job) else { return };
         let Some(def) = job.functions.get(task.func as usize) else { return };
-        let sent = node.functions_sent.entry(task.job).or_insert(0);
-        if task.func >= *sent {
-            out.job_info(node_id, task.job, &job.binary, *sent, job.functions.get(*sent as usize..).unwrap_or_default());
-            *sent = job.functions.len() as u32;
-        }
+        send_job_info(node, node_id, task.job, task.func, job, out);
         node.credits = node.credits.saturating_sub(1);
         self.total_credits = self.total_credits.saturating_sub(1);
         node.assigned.insert(tid);
