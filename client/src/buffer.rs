@@ -233,3 +233,42 @@ mod tests {
         assert_eq!(&buf[..], &[5u8; 10]);
     }
 }
+
+/// A fuzz body (`fuzz/`, cargo fuzz; also run by this module's tests):
+/// argument bytes decoded as the types tasks commonly take, and views of
+/// a `Buffer` as arrays. Garbage must give errors or `None`, not panics.
+#[doc(hidden)]
+pub fn fuzz_values(data: &[u8]) {
+    let bytes = Bytes::copy_from_slice(data);
+    let _ = decode::<u64>(&bytes);
+    let _ = decode::<String>(&bytes);
+    let _ = decode::<Vec<u8>>(&bytes);
+    let _ = decode::<(u32, Vec<f64>, Option<String>)>(&bytes);
+    let _ = decode::<Buffer>(&bytes);
+    let _ = decode::<Vec<Buffer>>(&bytes);
+    let b = Buffer::from(data.to_vec());
+    let _ = b.values::<f64>();
+    let _ = b.values::<u32>();
+    let _ = b.to_values::<u64>();
+    let _ = b.to_values::<i16>();
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    #[test]
+    fn argument_bytes_and_array_views_answer_garbage_without_panicking() {
+        let mut x: u64 = 0xb0ff;
+        for _ in 0..3000 {
+            let len = (x % 200) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            super::fuzz_values(&data);
+        }
+    }
+}

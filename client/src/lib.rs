@@ -153,6 +153,7 @@ pub use shoal_macros::actor;
 pub mod __private {
     pub use crate::actor::{ActorDefaults, create as create_actor};
     pub use crate::actor_exec::{ACTOR_CLASSES, ACTOR_METHODS, ActorClass, ActorGuard, ActorMethod, MethodFuture, State as ActorState, boxed_state};
+    pub use crate::buffer::fuzz_values;
     pub use crate::calls::{submit, submit_with};
     pub use crate::executor::block_on;
     pub use crate::functions::{Encoded, FunctionMeta, InvokeError, REMOTE_FUNCTIONS, RemoteFunction, check_arity, decode_arg, encode_result};

@@ -22,6 +22,8 @@ pub mod binaries;
 pub mod client;
 pub mod convert;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod local;
 pub mod pad;
 

@@ -12,6 +12,8 @@
 //! per batch of events.
 
 mod actors;
+#[doc(hidden)]
+pub mod fuzz;
 mod invariants;
 #[cfg(test)]
 mod schedules;
