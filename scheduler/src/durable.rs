@@ -74,13 +74,26 @@ impl Log {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         // The log is written, and read once at start: a small cache keeps
         // the head's memory for its tasks, not for pages it will not read.
-        let db = redb::Builder::new().set_cache_size(16 << 20).create(&path).map_err(|e| err(e.to_string()))?;
+        // A file cut short by a crash mid-write makes redb 3.1 assert (a
+        // panic) instead of returning an error: caught, it is the typed
+        // error the head reports, with what to do about it.
+        let damaged = |what: &str| {
+            err(format!("the log file is damaged ({what}); move {} aside to start the head with an empty log, keeping it for inspection", path.display()))
+        };
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(Database, Replay), LogError> {
+            let db = redb::Builder::new().set_cache_size(16 << 20).create(&path).map_err(|e| err(e.to_string()))?;
+            let replay = read(&db).map_err(err)?;
+            Ok((db, replay))
+        }));
+        let (db, replay) = match opened {
+            Ok(r) => r?,
+            Err(payload) => return Err(damaged(&shoal_domain::panic::message(&*payload))),
+        };
         // The log holds task arguments and results: this user's only.
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
         }
-        let replay = read(&db).map_err(err)?;
         let mut next: BTreeMap<u32, u64> = replay.jobs.iter().map(|(j, r)| (*j, r.len() as u64)).collect();
         let (tx, rx) = mpsc::channel::<Entry>();
         let writer = std::thread::Builder::new()
@@ -282,6 +295,56 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_torn_or_garbled_log_file_is_an_error_or_a_replay_never_a_panic() {
+        // A real log, then copies of its file cut short (a write torn by a
+        // crash) or with bytes flipped (a bad disk), each opened as a
+        // restarted head would.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = Log::open(dir.path(), |_| {}).unwrap();
+            for job in 1..=3 {
+                log.append(job, &started(job), 0);
+                for seq in 1..=20 {
+                    log.append(job, &batch(seq), seq);
+                }
+            }
+            log.close();
+        }
+        let whole = std::fs::read(dir.path().join("head.redb")).unwrap();
+        let mut x: u64 = 0x7043;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut opened, mut refused) = (0, 0);
+        for i in 0..40 {
+            let mut bytes = whole.clone();
+            if i % 2 == 0 {
+                bytes.truncate((next() as usize) % whole.len());
+            } else {
+                for _ in 0..1 + next() % 8 {
+                    let at = (next() as usize) % bytes.len();
+                    bytes[at] ^= (next() as u8) | 1;
+                }
+            }
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::write(copy.path().join("head.redb"), &bytes).unwrap();
+            let outcome = std::panic::catch_unwind(|| Log::open(copy.path(), |_| {}).map(|(log, replay)| (log.close(), replay.jobs.len())));
+            match outcome {
+                Ok(Ok(_)) => opened += 1,
+                Ok(Err(e)) => {
+                    assert!(!e.to_string().is_empty());
+                    refused += 1;
+                }
+                Err(_) => panic!("opening damaged copy {i} panicked"),
+            }
+        }
+        assert_eq!(opened + refused, 40);
     }
 
     #[test]
