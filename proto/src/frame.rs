@@ -36,8 +36,13 @@ pub async fn read_async<M: Message + Default, R: AsyncRead + Unpin>(r: &mut R, b
         Err(e) => return Err(e),
     }
     let len = frame_len(len)?;
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
+    // Grown as bytes arrive: a header announcing a large frame costs
+    // memory only once its bytes are really sent.
+    buf.clear();
+    let got = r.take(len as u64).read_to_end(buf).await?;
+    if got < len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the stream ended {got} bytes into a {len}-byte frame")));
+    }
     M::decode(bytes::Bytes::copy_from_slice(buf)).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -57,8 +62,12 @@ pub fn read_blocking<M: Message + Default, R: Read>(r: &mut R) -> io::Result<Opt
         Err(e) => return Err(e),
     }
     let len = frame_len(len)?;
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
+    // Grown as bytes arrive (see `read_async`).
+    let mut buf = Vec::with_capacity(len.min(1 << 20));
+    let got = r.take(len as u64).read_to_end(&mut buf)?;
+    if got < len {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the stream ended {got} bytes into a {len}-byte frame")));
+    }
     M::decode(bytes::Bytes::from(buf)).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
