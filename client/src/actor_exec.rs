@@ -11,7 +11,9 @@
 //! the constructor fails the creation (the head marks the actor dead) and
 //! every call after it.
 
-use crate::executor::{self, Alloc, arg_bytes, encode_outcome, fail, guarded, invoke_failure, panicked, send, settle_refs, take_released};
+use crate::executor::{
+    self, Alloc, arg_bytes, encode_outcome, fail, guarded, invoke_failure, panicked, read_until_allocated, request_alloc, send, settle_refs, take_released,
+};
 use crate::functions::{Encoded, InvokeError};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -117,7 +119,8 @@ pub(crate) fn serve(
     let class_name = names.get(create.func as usize).cloned().unwrap_or_default();
     let methods: HashMap<&'static str, &'static ActorMethod> = ACTOR_METHODS.iter().map(|m| (m.name, m)).collect();
     executor::CURRENT_TASK.with(|c| c.set(create.task));
-    let built = construct(&class_name, create.args, arena.as_ref());
+    let class = ACTOR_CLASSES.iter().find(|c| c.name == class_name);
+    let built = construct(class, &class_name, create.args, arena.as_ref());
     let (state, dead) = match built {
         // Owned guards need an `Arc`; the value never leaves this thread.
         #[allow(clippy::arc_with_non_send_sync)]
@@ -136,8 +139,7 @@ pub(crate) fn serve(
     // Calls may block on other tasks from here on (a nested `get`): the
     // worker lends the actor's resources meanwhile.
     executor::RUNNING.store(state.is_some(), std::sync::atomic::Ordering::Release);
-    let has_async = ACTOR_CLASSES.iter().find(|c| c.name == class_name).is_none_or(|c| c.has_async);
-    if !has_async {
+    if class.is_some_and(|c| !c.has_async) {
         // Only sync methods: one thread reads the socket and runs each
         // call as it comes, as the task loop does.
         let server = Server { state, dead, methods, arena, replies: Replies::Socket(reader, pending), out: ExecutorToWorker::default(), class: class_name };
@@ -174,9 +176,9 @@ fn at(location: &str) -> String {
     if location.is_empty() { String::new() } else { format!(" at {location}") }
 }
 
-/// Runs the constructor registered as `name` on `args`.
-fn construct(name: &str, args: Vec<pb::ExecArg>, arena: Option<&Arc<Arena>>) -> Result<State, pb::task_result::Outcome> {
-    let Some(class) = ACTOR_CLASSES.iter().find(|c| c.name == name) else {
+/// Runs `class`'s constructor (registered as `name`) on `args`.
+fn construct(class: Option<&ActorClass>, name: &str, args: Vec<pb::ExecArg>, arena: Option<&Arc<Arena>>) -> Result<State, pb::task_result::Outcome> {
+    let Some(class) = class else {
         return Err(fail(
             FailureKind::FunctionNotFound,
             name,
@@ -381,28 +383,16 @@ struct ServerAlloc<'a> {
 
 impl Alloc for ServerAlloc<'_> {
     fn alloc(&mut self, task: u64, size: u64) -> std::io::Result<pb::AllocReply> {
-        self.out.alloc = Some(pb::AllocRequest { task, size });
-        self.out.released = take_released();
-        send(self.out)?;
-        *self.out = ExecutorToWorker::default();
-        let gone = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone");
-        loop {
-            match self.replies {
-                Replies::Thread(rx) => match rx.recv() {
+        request_alloc(self.out, task, size)?;
+        match self.replies {
+            Replies::Thread(rx) => loop {
+                match rx.recv() {
                     Ok(a) if a.task == task => return Ok(a),
                     Ok(_) => continue,
-                    Err(_) => return Err(gone()),
-                },
-                Replies::Socket(reader, queue) => {
-                    let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Err(gone()) };
-                    queue.extend(msg.tasks);
-                    if let Some(a) = msg.allocated
-                        && a.task == task
-                    {
-                        return Ok(a);
-                    }
+                    Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone")),
                 }
-            }
+            },
+            Replies::Socket(reader, queue) => read_until_allocated(reader, task, |msg| queue.extend(msg.tasks)),
         }
     }
 }

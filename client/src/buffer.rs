@@ -257,18 +257,10 @@ pub fn fuzz_values(data: &[u8]) {
 mod fuzz_tests {
     #[test]
     fn argument_bytes_and_array_views_answer_garbage_without_panicking() {
-        let mut x: u64 = 0xb0ff;
+        let mut r = shoal_domain::seeded::Xorshift::new(0xb0ff);
         for _ in 0..3000 {
-            let len = (x % 200) as usize;
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            super::fuzz_values(&data);
+            let len = r.below(200) as usize;
+            super::fuzz_values(&r.bytes(len));
         }
     }
 }

@@ -165,13 +165,32 @@ fn await_allocation(
     functions: &mut Vec<Option<&'static RemoteFunction>>,
     registry: &HashMap<&'static str, &'static RemoteFunction>,
 ) -> std::io::Result<pb::AllocReply> {
-    loop {
-        let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone"));
-        };
+    read_until_allocated(reader, task, |msg| {
         absorb(msg.first_function, msg.functions, names, functions, registry);
         pending.extend(msg.tasks);
-        if let Some(a) = msg.allocated
+    })
+}
+
+/// Sends what `out` holds (and the released arguments) with a request for
+/// `size` bytes of arena space for `task`'s result; `out` starts afresh.
+pub(crate) fn request_alloc(out: &mut ExecutorToWorker, task: u64, size: u64) -> std::io::Result<()> {
+    out.alloc = Some(pb::AllocRequest { task, size });
+    out.released = take_released();
+    send(out)?;
+    *out = ExecutorToWorker::default();
+    Ok(())
+}
+
+/// Reads the worker's frames until the answer to `task`'s allocation
+/// request; everything else they carry goes to `keep`, in order.
+pub(crate) fn read_until_allocated(reader: &mut BufReader<UnixStream>, task: u64, mut keep: impl FnMut(WorkerToExecutor)) -> std::io::Result<pb::AllocReply> {
+    loop {
+        let Some(mut msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone"));
+        };
+        let allocated = msg.allocated.take();
+        keep(msg);
+        if let Some(a) = allocated
             && a.task == task
         {
             return Ok(a);
@@ -293,10 +312,7 @@ struct LoopAlloc<'a> {
 
 impl Alloc for LoopAlloc<'_> {
     fn alloc(&mut self, task: u64, size: u64) -> std::io::Result<pb::AllocReply> {
-        self.out.alloc = Some(pb::AllocRequest { task, size });
-        self.out.released = take_released();
-        send(self.out)?;
-        *self.out = ExecutorToWorker::default();
+        request_alloc(self.out, task, size)?;
         *self.out_bytes = 0;
         await_allocation(self.reader, task, self.pending, self.names, self.functions, self.registry)
     }

@@ -18,6 +18,8 @@ pub mod limits;
 pub mod panic;
 pub mod paths;
 pub mod resources;
+#[doc(hidden)]
+pub mod seeded;
 pub mod size;
 pub mod store;
 pub mod task;

@@ -89,13 +89,8 @@ mod tests {
 
     /// Seeded random inputs, and valid messages with random bytes flipped.
     fn inputs(seed: u64, n: usize) -> Vec<Vec<u8>> {
-        let mut x = seed | 1;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut r = shoal_domain::seeded::Xorshift::new(seed);
+        let mut next = move || r.next_u64();
         let mut valid = Vec::new();
         let mut f = Vec::new();
         frame::encode(&pb::WorkerToExecutor { tasks: vec![pb::ExecTask { task: 9, method: "m".into(), ..Default::default() }], ..Default::default() }, &mut f);

@@ -314,13 +314,8 @@ mod tests {
             log.close();
         }
         let whole = std::fs::read(dir.path().join("head.redb")).unwrap();
-        let mut x: u64 = 0x7043;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut r = shoal_domain::seeded::Xorshift::new(0x7043);
+        let mut next = move || r.next_u64();
         let (mut opened, mut refused) = (0, 0);
         for i in 0..40 {
             let mut bytes = whole.clone();

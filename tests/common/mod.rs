@@ -130,28 +130,14 @@ impl Cluster {
     /// Starts a worker process with `args` (e.g. `--num-cpus 2`) and waits
     /// until it has registered. Returns its index.
     pub fn add_worker(&mut self, args: &[&str]) -> usize {
-        let home = tempfile::tempdir().expect("tempdir");
-        let child = self.spawn_worker(home.path(), args);
-        let pid = child.id();
-        let ready = home.path().join("run").join(format!("worker-{pid}.ready"));
-        let mut child = child;
-        let node_id = wait_for(Duration::from_secs(20), "the worker to register", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("worker exited early ({status}): {}", std::fs::read_to_string(home.path().join("worker.log")).unwrap_or_default());
-            }
-            std::fs::read_to_string(&ready).ok().filter(|s| !s.is_empty())
-        });
-        self.workers.push(Worker { child, home, node_id });
-        self.workers.len() - 1
+        self.add_worker_env(args, &[])
     }
 
     /// Starts a worker with `args` and extra environment `env` (e.g. its
-    /// own `TMPDIR`) and waits until it has registered.
+    /// own `SHOAL_HOME`) and waits until it has registered.
     pub fn add_worker_env(&mut self, args: &[&str], env: &[(&str, &Path)]) -> usize {
         let home = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(SHOAL);
-        cmd.args(["start", "--block", "--address", &self.address, "--token-file"]).arg(self.token_file()).args(args);
-        cmd.env("SHOAL_HOME", home.path()).env("RUST_LOG", "info,h2=warn").env("SHOAL_OBJECT_STORE_PREFAULT", "0");
+        let mut cmd = self.worker_command(home.path(), args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -168,11 +154,16 @@ impl Cluster {
         self.workers.len() - 1
     }
 
-    pub fn spawn_worker(&self, home: &Path, args: &[&str]) -> Child {
+    /// `shoal start` of a worker joining this cluster, session dir `home`.
+    fn worker_command(&self, home: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(SHOAL);
         cmd.args(["start", "--block", "--address", &self.address, "--token-file"]).arg(self.token_file()).args(args);
         cmd.env("SHOAL_HOME", home).env("RUST_LOG", "info,h2=warn").env("SHOAL_OBJECT_STORE_PREFAULT", "0");
-        spawn_logged(cmd, &home.join("worker.log"))
+        cmd
+    }
+
+    pub fn spawn_worker(&self, home: &Path, args: &[&str]) -> Child {
+        spawn_logged(self.worker_command(home, args), &home.join("worker.log"))
     }
 
     /// `shoal status --json` against this cluster.

@@ -100,7 +100,7 @@ impl Core {
 
     /// The actor task `tid` calls, if it is a method call.
     pub(super) fn actor_of(&self, tid: TaskId) -> Option<TaskId> {
-        self.tasks.get(&tid).and_then(|t| t.extra.as_ref()).and_then(|e| e.actor_of)
+        self.tasks.get(&tid).and_then(|t| t.actor_of())
     }
 
     /// Call `tid` of `actor` is ready (or waiting for inputs) and not on a

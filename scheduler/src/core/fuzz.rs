@@ -215,18 +215,10 @@ pub fn events(data: &[u8]) {
 mod tests {
     #[test]
     fn random_event_bytes_keep_the_core_consistent() {
-        let mut x: u64 = 0x0dd5_eed5;
+        let mut r = shoal_domain::seeded::Xorshift::new(0x0dd5_eed5);
         for _ in 0..400 {
-            let len = 64 + (x % 900) as usize;
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            super::events(&data);
+            let len = 64 + r.below(900) as usize;
+            super::events(&r.bytes(len));
         }
     }
 }

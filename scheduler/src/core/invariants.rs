@@ -61,7 +61,7 @@ impl Core {
                 TaskState::Ready => {
                     queued += 1;
                     // An actor's calls wait in the actor's queue instead.
-                    let call = t.extra.as_ref().is_some_and(|e| e.actor_of.is_some());
+                    let call = t.actor_of().is_some();
                     if !call && !in_queue.contains(id) {
                         return Err(format!("ready task {} is not in the ready queue", d(*id)));
                     }
@@ -267,7 +267,7 @@ impl Core {
             }
         }
         for (id, t) in &self.tasks {
-            let Some(actor) = t.extra.as_ref().and_then(|e| e.actor_of) else { continue };
+            let Some(actor) = t.actor_of() else { continue };
             if matches!(t.state, TaskState::Dispatched(_)) {
                 continue;
             }

@@ -299,6 +299,11 @@ impl Task {
         self.extra.as_ref().map(|e| &e.history).filter(|h| !h.is_empty())
     }
 
+    /// The actor it calls, if it is a method call.
+    fn actor_of(&self) -> Option<TaskId> {
+        self.extra.as_ref().and_then(|e| e.actor_of)
+    }
+
     /// The call's own resources, when they are not its function's.
     fn own_resources(&self) -> Option<&ResourceSet> {
         self.extra.as_ref().and_then(|e| e.resources.as_ref())
@@ -319,7 +324,7 @@ fn send_job_info(node: &mut Node, node_id: NodeId, job_id: JobId, func: u32, job
 fn needs<'a>(task: &'a Task, def: &'a FunctionDef) -> &'a ResourceSet {
     // An actor's call holds nothing: the actor holds its resources.
     static NOTHING: ResourceSet = ResourceSet { cpus: 0.0, custom: Vec::new() };
-    if task.extra.as_ref().is_some_and(|e| e.actor_of.is_some()) {
+    if task.actor_of().is_some() {
         return &NOTHING;
     }
     task.own_resources().unwrap_or(&def.resources)
@@ -657,7 +662,7 @@ impl Core {
                 requeue.push(t);
             } else {
                 let history = task.history().map(|h| h.join("; ")).unwrap_or_default();
-                let call = task.extra.as_ref().is_some_and(|e| e.actor_of.is_some());
+                let call = task.actor_of().is_some();
                 let mut f = Failure::new(FailureKind::WorkerDied, format!("node {id} died ({reason}) while running the task; history: {history}"));
                 if call {
                     f = Failure::new(FailureKind::ActorDied, format!("node {id}, running the actor, died ({reason}) during the call; history: {history}"));
@@ -865,7 +870,7 @@ impl Core {
                     contains: t.extra.as_ref().map(|e| e.arg_refs.clone()).unwrap_or_default(),
                     placement: t.extra.as_ref().map(|e| e.placement).unwrap_or_default(),
                     dedicated: t.extra.as_ref().is_some_and(|e| e.dedicated),
-                    actor: match (self.actors.by_id.get(id), t.extra.as_ref().and_then(|e| e.actor_of)) {
+                    actor: match (self.actors.by_id.get(id), t.actor_of()) {
                         (Some(a), _) => ActorRole::Create(Box::new(a.spec.clone())),
                         (None, Some(actor)) => ActorRole::Call(actor),
                         (None, None) => ActorRole::None,
@@ -1453,7 +1458,7 @@ impl Core {
                     if f.function.is_empty() {
                         f.function = name;
                     }
-                    if f.kind == FailureKind::WorkerDied && task.extra.as_ref().is_some_and(|e| e.actor_of.is_some()) {
+                    if f.kind == FailureKind::WorkerDied && task.actor_of().is_some() {
                         f = death.unwrap_or_else(|| Failure {
                             kind: FailureKind::ActorDied,
                             message: format!("the actor died during the call: {}", f.message),
@@ -1752,8 +1757,7 @@ impl Core {
             // An actor call's result is not rebuilt: the actor's state has
             // moved on since (as Ray's actor tasks are not reconstructed);
             // nor is an actor's creation (the actor itself).
-            let rebuildable =
-                matches!(state, ObjectState::Stored { .. }) && task.extra.as_ref().is_none_or(|e| e.actor_of.is_none()) && !self.actors.by_id.contains_key(&id);
+            let rebuildable = matches!(state, ObjectState::Stored { .. }) && task.actor_of().is_none() && !self.actors.by_id.contains_key(&id);
             let lineage = rebuildable.then(|| {
                 Box::new(Lineage {
                     func: task.func,
@@ -1779,7 +1783,7 @@ impl Core {
                     t.missing = t.missing.saturating_sub(1);
                     if t.missing == 0 && t.state == TaskState::Waiting {
                         t.state = TaskState::Ready;
-                        match t.extra.as_ref().and_then(|e| e.actor_of) {
+                        match t.actor_of() {
                             Some(actor) => self.call_ready(actor),
                             None => self.ready.push_back(d),
                         }

@@ -435,8 +435,7 @@ impl<S: LocalStore> WorkerCore<S> {
                 let Some(e) = self.remove_exec(id, true, fx) else { continue };
                 // Its actors' calls from other jobs are still awaited.
                 for l in e.inflight.iter().filter(|l| l.d.job != job) {
-                    let msg = "the actor's process ended: the job that made it ended";
-                    self.results.push((l.d.task, Err(failure(FailureKind::WorkerDied, msg))));
+                    self.result(l.d.task, Err(failure(FailureKind::WorkerDied, "the actor's process ended: the job that made it ended")));
                 }
             }
             // Its calls on other jobs' actors: nobody waits for them now.
@@ -847,13 +846,12 @@ impl<S: LocalStore> WorkerCore<S> {
                 // the cap.
                 let blocked = self.executors.values().filter(|e| e.blocked && e.capped()).count();
                 let io_busy = self.executors.values().filter(|e| e.capped() && !e.blocked && !e.idle() && e.held.is_empty()).count();
-                let running = self.executors.values().filter(|e| e.capped()).count();
+                let mut running = self.executors.values().filter(|e| e.capped()).count();
                 let cap = if res.is_empty() { max + IO_EXECUTORS } else { max + io_busy + blocked.min(max * BLOCKED_EXECUTORS_FACTOR) };
                 // A dedicated task gets a process of its own: never an idle one.
                 if !dedicated {
                     target = self.executors.iter().filter(|(_, e)| e.job == job_id && e.idle() && !e.dedicated).map(|(id, _)| *id).min();
                 }
-                let mut running = running;
                 if target.is_none()
                     && running >= cap
                     && let Some(victim) = self.executors.iter().filter(|(_, e)| (e.job != job_id || dedicated) && e.idle()).map(|(id, _)| *id).min()
