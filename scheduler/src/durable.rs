@@ -340,6 +340,7 @@ mod tests {
             }
         }
         assert_eq!(opened + refused, 40);
+        assert!(refused > 0, "copies cut short are refused, not opened as empty logs ({opened} opened)");
     }
 
     #[test]
