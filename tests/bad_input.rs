@@ -142,10 +142,12 @@ fn the_object_store_service_refuses_bad_transfers_and_keeps_serving() {
     };
     let rt = rt();
     rt.block_on(async {
-        // Without the cluster token: refused.
-        let mut anon = client::connect_store(&addr, None, Duration::from_secs(5)).await.unwrap();
-        let e = anon.pull(pb::PullRequest { id: 1, offset: 0, len: 0 }).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // Without the cluster token, or with a wrong one: refused in the
+        // TLS handshake, before any request.
+        let anon = client::connect_store(&addr, None, Duration::from_secs(5)).await.expect_err("no token: refused");
+        assert!(matches!(anon, client::ConnectError::Tls { problem: shoal_proto::tls::TlsProblem::NeedsToken, .. }), "{anon}");
+        let wrong = client::connect_store(&addr, Some("not-the-token"), Duration::from_secs(5)).await.expect_err("a wrong token: refused");
+        assert!(matches!(wrong, client::ConnectError::Tls { problem: shoal_proto::tls::TlsProblem::WrongToken, .. }), "{wrong}");
         let mut cl = client::connect_store(&addr, Some(&c.token), Duration::from_secs(5)).await.unwrap();
         // Objects that do not exist.
         let e = cl.pull(pb::PullRequest { id: 12345, offset: 0, len: 0 }).await.unwrap_err();

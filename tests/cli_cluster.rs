@@ -87,7 +87,7 @@ fn token_file_is_private_and_insecure_mode_warns() {
     assert_eq!(mode, 0o600, "token file mode is {mode:o}");
     assert_eq!(c.token.len(), 64);
 
-    let insecure = Cluster::head(&["--insecure-no-token"]);
+    let insecure = Cluster::head(&["--insecure"]);
     assert!(insecure.head_log().contains("WITHOUT a cluster token"));
     let elsewhere = tempfile::tempdir().unwrap();
     let out = shoal(elsewhere.path(), &["status", "--address", &insecure.address]);

@@ -133,9 +133,9 @@ struct StartArgs {
     /// Host or IP peers use to reach the object store (default: the address the head sees).
     #[arg(long)]
     object_host: Option<String>,
-    /// Head: run WITHOUT a cluster token. Anyone who can reach the port can run code.
-    #[arg(long)]
-    insecure_no_token: bool,
+    /// Head: run WITHOUT a cluster token and WITHOUT encryption (plain gRPC everywhere). Anyone who can reach the port can run code.
+    #[arg(long, alias = "insecure-no-token")]
+    insecure: bool,
     /// Head: seconds without a heartbeat before a worker is declared dead.
     #[arg(long, default_value_t = 5.0)]
     heartbeat_timeout: f64,

@@ -90,9 +90,9 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     // A restarted head keeps its token, so its workers and drivers can
     // reconnect with what they have.
     let kept_token = data_dir.join("token");
-    let token = if args.insecure_no_token {
+    let token = if args.insecure {
         eprintln!(
-            "WARNING: starting the head WITHOUT a cluster token (--insecure-no-token): anyone who can reach port {} can run code on this cluster.",
+            "WARNING: starting the head WITHOUT a cluster token and WITHOUT encryption (--insecure): anyone who can reach port {} can run code on this cluster, and everything crosses the network in the clear.",
             args.port
         );
         let _ = std::fs::remove_file(&kept_token);

@@ -74,9 +74,15 @@ pub(crate) struct Driver {
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
+use shoal_proto::tls::TlsProblem;
+
 pub(crate) async fn connect_client(address: &str, token: Option<&str>, timeout: Duration) -> Result<Client> {
     shoal_proto::client::connect(address, token, timeout).await.map_err(|e| match e {
         ConnectError::Token(t) => Error::Config(t.to_string()),
+        ConnectError::Tls { address, problem: p @ (TlsProblem::WrongToken | TlsProblem::RefusedByServer) } => {
+            Error::Unauthenticated { address, message: format!("wrong cluster token: {p}") }
+        }
+        ConnectError::Tls { address, problem: p @ TlsProblem::NeedsToken } => Error::Unauthenticated { address, message: p.to_string() },
         ConnectError::BadAddress { .. } | ConnectError::Tls { .. } => Error::Config(e.to_string()),
         ConnectError::Unreachable { address, source } => Error::Connect { address, message: source.to_string() },
     })

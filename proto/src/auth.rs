@@ -1,7 +1,7 @@
 //! The cluster token. Every RPC carries `authorization: Bearer <token>`;
 //! the head compares it in constant time and refuses anything else with
 //! `Unauthenticated`. Secure by default: a head only runs without a token
-//! when started with `--insecure-no-token`.
+//! when started with `--insecure`.
 
 use subtle::ConstantTimeEq;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -43,7 +43,7 @@ pub enum TokenError {
 }
 
 impl AttachToken {
-    /// Attaches `token` (or nothing when `None`, for `--insecure-no-token` heads).
+    /// Attaches `token` (or nothing when `None`, for `--insecure` heads).
     pub fn new(token: Option<&str>) -> Result<Self, TokenError> {
         let value = match token {
             Some(t) => Some(format!("Bearer {}", t.trim()).parse().map_err(|_| TokenError::InvalidCharacters)?),

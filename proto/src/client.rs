@@ -28,13 +28,13 @@ pub enum ConnectError {
     /// The token cannot be sent.
     #[error(transparent)]
     Token(#[from] crate::auth::TokenError),
-    /// TLS was asked for (an `https://` address) but cannot be set up.
-    #[error("TLS to {address}: {reason}")]
+    /// TLS cannot be set up, or the handshake failed: what is wrong.
+    #[error("TLS to {address}: {problem}")]
     Tls {
         /// Address tried.
         address: String,
         /// What is missing or wrong.
-        reason: String,
+        problem: crate::tls::TlsProblem,
     },
     /// Nothing answered (the head, or a worker's object store).
     #[error("cannot reach {address}: {source}")]
@@ -54,20 +54,18 @@ pub const ENV_TLS_CA: &str = "SHOAL_TLS_CA";
 /// certificate (default: the host of the address).
 pub const ENV_TLS_DOMAIN: &str = "SHOAL_TLS_DOMAIN";
 
-/// Where to find the CA for TLS: `SHOAL_TLS_CA`, else `tls-ca.pem` in the
-/// session dir (a TLS head writes its certificate there for local clients).
+/// Where to find the CA for a head serving its own certificate.
 pub fn tls_ca_path() -> Option<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os(ENV_TLS_CA).filter(|p| !p.is_empty()) {
-        return Some(p.into());
-    }
-    Some(shoal_domain::paths::session_home().join("tls-ca.pem")).filter(|p| p.is_file())
+    crate::tls::own_ca_path()
 }
 
-/// Connects to the head at `address`: `host:port` or `http://host:port`
-/// for plain gRPC, `https://host:port` for TLS (the head's certificate is
-/// checked against [`tls_ca_path`]).
+/// Connects to the head at `address` (`host:port`; an `http://` or
+/// `https://` prefix is accepted). With a token the connection is TLS,
+/// checked against the CA the token derives (or the one [`tls_ca_path`]
+/// names, for a head serving its own certificate); without one it is
+/// plain, unless the address says `https://`.
 pub async fn connect(address: &str, token: Option<&str>, timeout: Duration) -> Result<Client, ConnectError> {
-    let channel = channel(address, timeout).await?;
+    let channel = channel(address, token, timeout, true).await?;
     Ok(HeadClient::with_interceptor(channel, AttachToken::new(token)?)
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES))
@@ -75,24 +73,42 @@ pub async fn connect(address: &str, token: Option<&str>, timeout: Duration) -> R
 
 /// Connects to the object store of the worker at `address` (`host:port`).
 pub async fn connect_store(address: &str, token: Option<&str>, timeout: Duration) -> Result<StoreClient, ConnectError> {
-    let channel = channel(address, timeout).await?;
+    let channel = channel(address, token, timeout, false).await?;
     Ok(ObjectStoreClient::with_interceptor(channel, AttachToken::new(token)?)
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES))
 }
 
-async fn channel(address: &str, timeout: Duration) -> Result<Channel, ConnectError> {
-    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-    let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| ConnectError::BadAddress { address: address.to_string(), reason: e.to_string() })?;
-    if let Some(rest) = url.strip_prefix("https://") {
-        let tls_err = |reason: String| ConnectError::Tls { address: address.to_string(), reason };
-        let ca = tls_ca_path().ok_or_else(|| tls_err(format!("an https:// address needs the head's CA certificate: set {ENV_TLS_CA} or pass --tls-ca")))?;
-        let pem = std::fs::read(&ca).map_err(|e| tls_err(format!("reading {}: {e}", ca.display())))?;
-        let host = rest.split(['/', ':']).next().unwrap_or_default().trim_matches(['[', ']']).to_string();
-        let domain = std::env::var(ENV_TLS_DOMAIN).ok().filter(|d| !d.is_empty()).unwrap_or(host);
-        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)).domain_name(domain);
-        endpoint = endpoint.tls_config(tls).map_err(|e| tls_err(e.to_string()))?;
+async fn channel(address: &str, token: Option<&str>, timeout: Duration, head: bool) -> Result<Channel, ConnectError> {
+    let bad = |reason: String| ConnectError::BadAddress { address: address.to_string(), reason };
+    let (scheme, rest) = match address.split_once("://") {
+        Some((s, r)) => (s, r),
+        None => ("", address),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = authority.rsplit_once(':').ok_or_else(|| bad("expected host:port".into()))?;
+    let port: u16 = port.parse().map_err(|_| bad(format!("{port:?} is not a port")))?;
+    if host.is_empty() {
+        return Err(bad("no host".into()));
     }
+    let tls_err = |problem: crate::tls::TlsProblem| ConnectError::Tls { address: address.to_string(), problem };
+    let tls = if token.is_some() || scheme == "https" {
+        let host = host.trim_matches(['[', ']']).to_string();
+        let peer = if head { crate::tls::Peer::Head { host: host.clone() } } else { crate::tls::Peer::Store };
+        let cfg = crate::tls::client_config(token, &peer).map_err(tls_err)?;
+        let name = rustls::pki_types::ServerName::try_from(host).map_err(|_| bad("the host is not a name or IP address".into()))?;
+        Some((cfg, name))
+    } else {
+        // No token: plain. A server that answers TLS needs a token; say
+        // so rather than fail later with a bare transport error.
+        if crate::tls::speaks_tls(host, port, timeout).await {
+            return Err(tls_err(crate::tls::TlsProblem::NeedsToken));
+        }
+        None
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{authority}")).map_err(|e| bad(e.to_string()))?;
+    let failure = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let dialer = crate::net::Dialer { host: host.to_string(), port, tls, failure: failure.clone() };
     let endpoint = endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
@@ -103,7 +119,16 @@ async fn channel(address: &str, timeout: Duration) -> Result<Channel, ConnectErr
         // flow control does not stall a loopback or LAN transfer.
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20);
-    endpoint.connect().await.map_err(|source| ConnectError::Unreachable { address: address.to_string(), source })
+    match endpoint.connect_with_connector(dialer).await {
+        Ok(c) => Ok(c),
+        Err(source) => {
+            let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match failed.as_ref().and_then(crate::tls::rustls_error) {
+                Some(e) => Err(tls_err(crate::tls::explain(e, if head { tls_ca_path() } else { None }.as_deref()))),
+                None => Err(ConnectError::Unreachable { address: address.to_string(), source }),
+            }
+        }
+    }
 }
 
 /// Delays between attempts to reach a head again: exponential from

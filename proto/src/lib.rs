@@ -25,7 +25,9 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod local;
+pub mod net;
 pub mod pad;
+pub mod tls;
 
 /// Version of the protocol spoken on every stream. A worker, driver or
 /// executor with another version is refused with a clear error at

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 pub struct WorkerConfig {
     /// Head address, `host:port`.
     pub head: String,
-    /// Cluster token (`None` for an `--insecure-no-token` head).
+    /// Cluster token (`None` for an `--insecure` head).
     pub token: Option<String>,
     /// Resources offered: CPUs and custom ones (`gpu=2`).
     pub resources: ResourceSet,

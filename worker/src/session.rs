@@ -55,10 +55,24 @@ async fn open(
     match local {
         Some(link) => link.0.worker_session(Box::pin(UnboundedReceiverStream::new(up).map(Ok))).await.map_err(refused),
         None => {
-            let mut client = client::connect(head, token, Duration::from_secs(3)).await.map_err(|e| OpenError::Transient(format!("the head: {e}")))?;
+            let mut client = client::connect(head, token, Duration::from_secs(3)).await.map_err(|e| match e {
+                // A wrong token (or CA, or name) does not fix itself.
+                client::ConnectError::Tls { problem, .. } => OpenError::Refused(format!("the head at {head} refused this worker: {}", tls_words(&problem))),
+                other => OpenError::Transient(format!("the head: {other}")),
+            })?;
             let resp = client.worker_session(UnboundedReceiverStream::new(up)).await.map_err(refused)?;
             Ok(Box::pin(resp.into_inner()))
         }
+    }
+}
+
+/// A TLS failure in the words the rest of the worker's errors use.
+fn tls_words(p: &shoal_proto::tls::TlsProblem) -> String {
+    use shoal_proto::tls::TlsProblem as P;
+    match p {
+        P::WrongToken | P::RefusedByServer => format!("wrong cluster token ({p})"),
+        P::NeedsToken => format!("missing cluster token ({p})"),
+        other => other.to_string(),
     }
 }
 

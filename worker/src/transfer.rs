@@ -149,18 +149,17 @@ impl ObjectStore for ObjectService {
     }
 }
 
-/// Serves `store` on `listener` (token-checked) until the task is aborted.
-pub fn serve(store: Arc<Store>, listener: tokio::net::TcpListener, token: Option<&str>) -> tokio::task::JoinHandle<()> {
+/// Serves `store` on `listener` (token-checked, and TLS from the cluster CA
+/// when there is a token) until the task is aborted.
+pub fn serve(store: Arc<Store>, listener: tokio::net::TcpListener, token: Option<&str>) -> Result<tokio::task::JoinHandle<()>, shoal_proto::tls::TlsProblem> {
     let svc = ObjectStoreServer::new(ObjectService { store })
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, shoal_proto::auth::CheckToken::new(token));
-    // TCP_NODELAY on every accepted connection: small messages (a result,
-    // then an acknowledgement) must not wait for the peer's delayed ACK.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tokio::spawn(async move {
+    let tls = token.map(|t| shoal_proto::tls::server_config(Some(t), None, shoal_proto::tls::STORE_NAME)).transpose()?;
+    let (incoming, _refusals) = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "object store");
+    Ok(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20)
             .add_service(svc)
@@ -169,7 +168,7 @@ pub fn serve(store: Arc<Store>, listener: tokio::net::TcpListener, token: Option
         if let Err(e) = res {
             tracing::error!(error = %e, "object store service stopped");
         }
-    })
+    }))
 }
 
 /// The ranges a pull of `size` bytes is split into.

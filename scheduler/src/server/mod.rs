@@ -130,14 +130,25 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::CheckToken::new(config.token.as_deref()));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    // TCP_NODELAY on every accepted connection: small messages (a result,
-    // then an acknowledgement) must not wait for the peer's delayed ACK.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(id) = &config.tls {
-        let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&id.cert_pem, &id.key_pem));
-        builder = builder.tls_config(tls).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS setup: {e}")))?;
-    }
+    // With a token, every connection is TLS from the cluster CA the token
+    // derives (or the head's own certificate): see `shoal_proto::tls`.
+    let tls = if config.token.is_some() || config.tls.is_some() {
+        let own = match &config.tls {
+            Some(id) => Some(
+                shoal_proto::tls::Identity::from_pem(&id.cert_pem, &id.key_pem)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS setup: {e}")))?,
+            ),
+            None => None,
+        };
+        let cfg = shoal_proto::tls::server_config(config.token.as_deref(), own.as_ref(), shoal_proto::tls::HEAD_NAME)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("TLS setup: {e}")))?;
+        Some(cfg)
+    } else {
+        None
+    };
+    let encrypted = tls.is_some();
+    let (incoming, _refusals) = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "head");
+    let builder = tonic::transport::Server::builder();
     let server = tokio::spawn(async move {
         let res = builder
             .tcp_nodelay(true)
@@ -152,6 +163,6 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
             tracing::error!(error = %e, "head server stopped with an error");
         }
     });
-    tracing::info!(%addr, token = config.token.is_some(), tls = config.tls.is_some(), "head listening");
+    tracing::info!(%addr, token = config.token.is_some(), tls = encrypted, "head listening");
     Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events, store, loop_ended })
 }
