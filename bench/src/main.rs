@@ -46,6 +46,10 @@ struct Args {
     /// 1-CPU worker processes, as Ray's model script runs them).
     #[arg(long)]
     skip_model: bool,
+    /// Skip the second run of the model workloads on an `--insecure`
+    /// cluster (no encryption), the `*_plain` keys.
+    #[arg(long)]
+    skip_plain: bool,
     /// Internal: run the model workloads against the head at ADDRESS.
     #[arg(long, hide = true)]
     model_probe: bool,
@@ -140,6 +144,12 @@ fn nbytes(x: shoal::Buffer) -> usize {
 #[shoal::remote]
 fn passthrough(x: shoal::Buffer) -> shoal::Buffer {
     x
+}
+
+/// `mib` MiB of ones (an object for the transfer workload).
+#[shoal::remote]
+fn ones(mib: usize) -> shoal::Buffer {
+    shoal::Buffer::from(vec![1u8; mib << 20])
 }
 
 #[shoal::remote]
@@ -301,7 +311,7 @@ fn main() {
         };
     }
     if !args.skip_model && args.address.is_none() {
-        match model::run(args.model_runs) {
+        match model::run_both(args.model_runs, !args.skip_plain) {
             Ok(m) => out.extend(m),
             Err(e) => {
                 out.insert("model_error".into(), json!(e));
@@ -349,7 +359,8 @@ fn start_head(extra: &[&str]) -> Result<(std::process::Child, tempfile::TempDir,
             && let Ok(v) = serde_json::from_slice::<Value>(&b)
         {
             let address = v["address"].as_str().unwrap_or_default().to_string();
-            let token = std::fs::read_to_string(home.path().join("token")).map_err(|e| e.to_string())?.trim().to_string();
+            // No token file: an `--insecure` head.
+            let token = std::fs::read_to_string(home.path().join("token")).map(|t| t.trim().to_string()).unwrap_or_default();
             return Ok((head, home, address, token));
         }
         if Instant::now() > deadline {
@@ -403,17 +414,36 @@ fn rss_probe(args: &Args, n: usize) {
 mod model {
     use super::*;
 
-    pub fn run(runs: usize) -> Result<Map<String, Value>, String> {
-        let (mut head, home, address, token) = start_head(&[])?;
+    /// The model workloads with encryption on (the default; keys
+    /// `model_*` and the anchors' own) and, when `plain`, again on an
+    /// `--insecure` cluster (no token, no TLS; the same keys with
+    /// `_plain`), so one run shows what encryption costs.
+    pub fn run_both(runs: usize, plain: bool) -> Result<Map<String, Value>, String> {
+        let mut out = run(runs, false)?;
+        if plain {
+            for (k, v) in run(runs, true)? {
+                out.insert(format!("{k}_plain"), v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn run(runs: usize, insecure: bool) -> Result<Map<String, Value>, String> {
+        let (mut head, home, address, token) = start_head(if insecure { &["--insecure"] } else { &[] })?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let shoal_bin = exe.with_file_name("shoal");
         let mut workers = Vec::new();
         let mut homes = Vec::new();
         for res in ["a=1", "b=1"] {
             let wh = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let child = std::process::Command::new(&shoal_bin)
-                .args(["start", "--block", "--address", &address, "--token-file"])
-                .arg(home.path().join("token"))
+            let mut cmd = std::process::Command::new(&shoal_bin);
+            cmd.args(["start", "--block", "--address", &address]);
+            if !insecure {
+                cmd.arg("--token-file").arg(home.path().join("token"));
+            }
+            let child = cmd
+                .env_remove("SHOAL_TOKEN")
+                .env_remove("SHOAL_TOKEN_FILE")
                 // 1 GiB stores as in Ray's script; not prefaulted, so no
                 // page clearing competes with the measured runs (these
                 // workloads never touch the stores).
@@ -427,10 +457,14 @@ mod model {
             homes.push(wh);
         }
         let result = (|| {
-            let out = std::process::Command::new(&exe)
-                .args(["--model-probe", "--address", &address, "--token", &token, "--model-runs", &runs.to_string()])
-                .output()
-                .map_err(|e| e.to_string())?;
+            let mut probe = std::process::Command::new(&exe);
+            probe.args(["--model-probe", "--address", &address, "--model-runs", &runs.to_string()]);
+            // Only what is passed here: no token from the environment.
+            probe.env("SHOAL_HOME", home.path()).env_remove("SHOAL_TOKEN").env_remove("SHOAL_TOKEN_FILE");
+            if !insecure {
+                probe.args(["--token", &token]);
+            }
+            let out = probe.output().map_err(|e| e.to_string())?;
             if !out.status.success() {
                 return Err(format!("model probe failed: {}", String::from_utf8_lossy(&out.stderr)));
             }
@@ -488,6 +522,29 @@ mod model {
         actor_calls(&mut out, "model_", args.model_runs);
         // The same path for a plain no-op task, for comparison.
         out.insert("model_task_roundtrip_median_us".into(), round(median_roundtrip_us(500, || noop::remote().get().unwrap())));
+        // No-op throughput through the head and both worker processes.
+        let (m, spread) = timed(args.model_runs, || {
+            let refs: Vec<_> = (0..20_000).map(|_| noop::remote()).collect();
+            shoal::get_all_blocking(&refs).unwrap();
+        });
+        out.insert("model_noop_tasks_per_s".into(), round(20_000.0 / m));
+        out.insert("model_noop_tasks_spread".into(), round(spread));
+        // An object moving between the two workers' stores (over their
+        // object-store ports, so through TLS when it is on): 64 MiB made on
+        // `a`, read by a task on `b`; the time from the read's submission.
+        let mut secs: Vec<f64> = (0..args.model_runs.max(1))
+            .map(|_| {
+                let made = ones::options().resources(&[("a", 1.0)]).remote(64);
+                let _ = shoal::wait_blocking(std::slice::from_ref(&made), 1, None);
+                let t = Instant::now();
+                assert_eq!(nbytes::options().resources(&[("b", 1.0)]).remote(&made).get().unwrap(), 64 << 20);
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        secs.sort_by(|a, b| a.total_cmp(b));
+        let median = secs[secs.len() / 2];
+        out.insert("model_transfer_64MiB_GBps".into(), round((64u64 << 20) as f64 / median / 1e9));
+        out.insert("model_transfer_64MiB_spread".into(), round((secs[secs.len() - 1] - secs[0]) / median));
         println!("{}", Value::Object(out));
     }
 }

@@ -130,6 +130,9 @@ struct StartArgs {
     /// Port of this node's object store service, which peers pull objects from (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     object_port: u16,
+    /// Address the object store service binds (default: the head's --bind on a head, 0.0.0.0 on a worker, which peers on other hosts must reach). Encrypted and token-checked either way.
+    #[arg(long)]
+    object_bind: Option<String>,
     /// Host or IP peers use to reach the object store (default: the address the head sees).
     #[arg(long)]
     object_host: Option<String>,

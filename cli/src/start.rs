@@ -47,11 +47,17 @@ fn worker_config(args: &StartArgs, head: String, token: Option<String>, home: &P
     if let Some(p) = &args.object_store_prefault {
         wc.object_store_prefault = shoal_worker::config::parse_size(p, memory).map_err(|e| anyhow::anyhow!("--object-store-prefault: {e}"))?;
     }
-    if args.head {
-        let ip: std::net::IpAddr = args.bind.parse().with_context(|| format!("--bind {:?} is not an IP address", args.bind))?;
-        wc.object_listen = std::net::SocketAddr::new(ip, args.object_port);
-    } else {
-        wc.object_listen.set_port(args.object_port);
+    let bind = match (&args.object_bind, args.head) {
+        (Some(b), _) => Some((b, "--object-bind")),
+        (None, true) => Some((&args.bind, "--bind")),
+        (None, false) => None,
+    };
+    match bind {
+        Some((b, flag)) => {
+            let ip: std::net::IpAddr = b.parse().with_context(|| format!("{flag} {b:?} is not an IP address"))?;
+            wc.object_listen = std::net::SocketAddr::new(ip, args.object_port);
+        }
+        None => wc.object_listen.set_port(args.object_port),
     }
     wc.object_host = args.object_host.clone();
     wc.spill_dir = home.join("spill").join(std::process::id().to_string());
