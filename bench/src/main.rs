@@ -56,6 +56,10 @@ struct Args {
     /// Runs of each model workload (the median is reported).
     #[arg(long, default_value_t = 5)]
     model_runs: usize,
+    /// Only the model-cluster workloads (encrypted, then plain unless
+    /// --skip-plain), e.g. to compare encryption on and off.
+    #[arg(long)]
+    only_model: bool,
     /// Only the embedded actor workloads (to profile them), `runs` times.
     #[arg(long)]
     only_actors: Option<usize>,
@@ -205,6 +209,11 @@ fn main() {
     }
     if args.model_probe {
         return model::probe(&args);
+    }
+    if args.only_model {
+        let out = model::run_both(args.model_runs, !args.skip_plain).unwrap_or_else(|e| panic!("model workloads: {e}"));
+        println!("{}", Value::Object(out));
+        return;
     }
     let mut out = Map::new();
     let t0 = Instant::now();
