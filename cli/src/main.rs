@@ -154,6 +154,12 @@ struct StartArgs {
     /// Head: compact a job's log to a snapshot once it holds this many bytes (tests use small values).
     #[arg(long, default_value_t = 64 << 20, hide = true)]
     log_compact_bytes: u64,
+    /// Head: unfinished tasks one job may have; past it, the head stops reading that driver until its queue drains below 90% (the driver's submissions wait).
+    #[arg(long, default_value_t = 1_000_000)]
+    max_tasks_per_job: u64,
+    /// Head: unfinished tasks of all jobs together before every driver's submissions wait.
+    #[arg(long, default_value_t = 4_000_000)]
+    max_tasks: u64,
     /// Head: serve TLS with this PEM certificate (chain); clients then use https://.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,

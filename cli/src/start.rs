@@ -141,6 +141,10 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     cfg.driver_grace = Duration::from_secs_f64(args.driver_grace);
     cfg.data_dir = Some(data_dir.clone());
     cfg.compact_after_bytes = args.log_compact_bytes;
+    if args.max_tasks_per_job == 0 || args.max_tasks == 0 {
+        bail!("--max-tasks-per-job and --max-tasks must be at least 1");
+    }
+    cfg.admission = shoal_scheduler::AdmissionLimits { per_job: args.max_tasks_per_job, total: args.max_tasks };
     let head = shoal_scheduler::start(cfg, listener).await.with_context(|| format!("starting the head (data dir {})", data_dir.display()))?;
     let port = head.addr.port();
     let ip: std::net::IpAddr = args.bind.parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));

@@ -28,4 +28,4 @@ pub mod core;
 mod durable;
 pub mod server;
 
-pub use server::{HeadConfig, HeadHandle, TlsIdentity, start};
+pub use server::{AdmissionLimits, HeadConfig, HeadHandle, TlsIdentity, start};

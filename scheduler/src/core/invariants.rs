@@ -18,9 +18,16 @@ impl Core {
     /// - reference counts equal the unfinished tasks' arguments;
     /// - stored objects have holders, all alive (outside the recovery
     ///   window after a restart);
-    /// - task counters match the tables.
+    /// - task counters (also per job) match the tables.
     pub fn check_invariants(&self) -> Result<(), String> {
         let d = |id: ObjectId| id.to_string();
+        let mut per_job: IdMap<JobId, u64> = IdMap::default();
+        for t in self.tasks.values() {
+            *per_job.entry(t.job).or_default() += 1;
+        }
+        if per_job != self.live {
+            return Err(format!("unfinished tasks per job are counted as {:?} but the table holds {:?}", self.live, per_job));
+        }
         let in_queue: IdSet<TaskId> = self.ready.iter().copied().collect();
         let mut refs: IdMap<ObjectId, u32> = IdMap::default();
         let (mut queued, mut running) = (0u64, 0u64);

@@ -411,9 +411,34 @@ pub struct Core {
     slots: Vec<NodeId>,
     /// Actors, their queued calls and names.
     actors: actors::Actors,
+    /// Unfinished tasks per job (admission control reads it).
+    live: IdMap<JobId, u64>,
 }
 
 impl Core {
+    /// Tasks of `job` not finished yet (queued, waiting or running).
+    pub fn unfinished_tasks(&self, job: JobId) -> u64 {
+        self.live.get(&job).copied().unwrap_or(0)
+    }
+
+    /// Tasks of every job not finished yet.
+    pub fn unfinished_total(&self) -> u64 {
+        self.tasks.len() as u64
+    }
+
+    fn task_added(&mut self, job: JobId) {
+        *self.live.entry(job).or_insert(0) += 1;
+    }
+
+    fn task_gone(&mut self, job: JobId) {
+        if let Some(n) = self.live.get_mut(&job) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(&job);
+            }
+        }
+    }
+
     /// An empty cluster.
     pub fn new(config: CoreConfig) -> Self {
         Core {
@@ -428,6 +453,7 @@ impl Core {
             counts: TaskCounts::default(),
             total_credits: 0,
             alive: Vec::new(),
+            live: IdMap::default(),
             alive_dirty: true,
             recovering_until: None,
             slots: Vec::new(),
@@ -1023,6 +1049,7 @@ impl Core {
         let mut removed = Vec::with_capacity(mine.len());
         for id in &mine {
             let Some(task) = self.tasks.remove(id) else { continue };
+            self.task_gone(task.job);
             match task.state {
                 TaskState::Waiting | TaskState::Ready => self.counts.queued = self.counts.queued.saturating_sub(1),
                 TaskState::Dispatched(slot) => {
@@ -1328,6 +1355,7 @@ impl Core {
                     dependents: None,
                 },
             );
+            self.task_added(job);
             self.counts.queued += 1;
             if (t.placement != Placement::Any || t.dedicated || actor_of.is_some())
                 && let Some(task) = self.tasks.get_mut(&t.id)
@@ -1483,6 +1511,7 @@ impl Core {
             self.actor_ended(tid, &Failure::new(FailureKind::WorkerDied, "the actor's process ended"), out);
         }
         let Some(task) = self.tasks.remove(&tid) else { return };
+        self.task_gone(task.job);
         self.counts.finished += 1;
         self.release_args(&task, out);
         let state = match value {
@@ -1715,6 +1744,7 @@ impl Core {
         let mut work = vec![(id, failure)];
         while let Some((tid, f)) = work.pop() {
             let Some(task) = self.tasks.remove(&tid) else { continue };
+            self.task_gone(task.job);
             match task.state {
                 TaskState::Waiting | TaskState::Ready => self.counts.queued = self.counts.queued.saturating_sub(1),
                 TaskState::Dispatched(slot) => {
@@ -2034,6 +2064,7 @@ impl Core {
                     dependents: None,
                 },
             );
+            self.task_added(oid.job());
             self.counts.queued += 1;
             rebuilt.push(oid);
             tracing::info!(object = %oid, "rebuilding a lost object by re-running the task that made it");

@@ -29,6 +29,8 @@ pub struct HeadConfig {
     /// this many bytes (and twice its last snapshot): replay time and disk
     /// stay proportional to the live state, not the history.
     pub compact_after_bytes: u64,
+    /// Bounds on unfinished tasks before a driver's submissions wait.
+    pub admission: super::AdmissionLimits,
 }
 
 /// A PEM certificate chain and private key for serving TLS.
@@ -60,6 +62,7 @@ impl HeadConfig {
             data_dir: None,
             driver_grace: Duration::from_secs(30),
             compact_after_bytes: 64 << 20,
+            admission: super::AdmissionLimits::default(),
         }
     }
 }

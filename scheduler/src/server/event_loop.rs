@@ -2,6 +2,7 @@
 //! queued event, runs one scheduling pass, then flushes the outbox, so
 //! dispatches and results leave in batches.
 
+use super::admission::{Admission, AdmissionLimits};
 use super::cmd::{Cmd, Sender};
 use super::outbox::{BatchingOutbox, current};
 use super::persistence::{LoopState, apply_driver_batch};
@@ -25,11 +26,20 @@ pub(super) struct Loop {
     /// Per job: its driver's reply stream.
     drivers: HashMap<JobId, Sender<HeadToDriver>>,
     heartbeat_interval: Duration,
+    admission: Admission,
 }
 
 impl Loop {
-    pub(super) fn new(core: Core, state: LoopState, heartbeat_interval: Duration) -> Self {
-        Loop { core, state, out: BatchingOutbox::default(), workers: HashMap::new(), drivers: HashMap::new(), heartbeat_interval }
+    pub(super) fn new(core: Core, state: LoopState, heartbeat_interval: Duration, limits: AdmissionLimits) -> Self {
+        Loop {
+            core,
+            state,
+            out: BatchingOutbox::default(),
+            workers: HashMap::new(),
+            drivers: HashMap::new(),
+            heartbeat_interval,
+            admission: Admission::new(limits),
+        }
     }
 
     /// Runs until [`Cmd::Stop`] or until every sender is gone.
@@ -66,7 +76,9 @@ impl Loop {
     /// One scheduling pass, then everything the outbox holds goes out.
     pub(super) fn flush(&mut self) {
         self.core.schedule(&mut self.out);
+        self.admission.review(&self.core);
         for job in self.out.ended.drain(..) {
+            self.admission.detach(job);
             self.drivers.remove(&job);
             self.state.job_ended(job);
         }
@@ -150,9 +162,12 @@ impl Loop {
                     self.workers.remove(&node);
                 }
             }
-            Cmd::DriverHello { binary, name, resume_job: 0, parent_job, tx, reply, .. } => {
+            Cmd::DriverHello { binary, name, resume_job: 0, parent_job, tx, gate, reply, .. } => {
                 match core.job_connected_under(binary.clone(), name.clone(), (parent_job != 0).then_some(parent_job)) {
                     Ok(job) => {
+                        if parent_job == 0 {
+                            self.admission.attach(job, gate);
+                        }
                         let resume_secret = self.state.job_started(core, job, binary, name);
                         let welcome = pb::Welcome { job, protocol_version: PROTOCOL_VERSION, resume_secret };
                         let _ = tx.send(Ok(HeadToDriver { welcome: Some(welcome), ..Default::default() }));
@@ -172,8 +187,11 @@ impl Loop {
                     "job {job} belongs to another driver: the resume secret does not match (a driver resumes only the job it started)"
                 ))));
             }
-            Cmd::DriverHello { resume_job: job, tx, reply, .. } => match core.job_reattached(job) {
+            Cmd::DriverHello { resume_job: job, tx, gate, reply, .. } => match core.job_reattached(job) {
                 Some(results) => {
+                    if !core.job_is_nested(job) {
+                        self.admission.attach(job, gate);
+                    }
                     tracing::info!(job, results = results.len(), "driver reconnected");
                     let acked = self.state.acked(job);
                     let welcome = pb::Welcome { job, protocol_version: PROTOCOL_VERSION, ..Default::default() };
@@ -197,6 +215,9 @@ impl Loop {
                 // task runs again instead), so its batches are not logged:
                 // they are acknowledged once applied.
                 let (logged, ack) = if core.job_is_nested(job) { (0, Some(msg.seq)) } else { self.state.record_batch(job, &msg) };
+                if !msg.submit.is_empty() {
+                    self.admission.submitted(job);
+                }
                 apply_driver_batch(core, job, msg, out);
                 if logged > 0 {
                     self.state.count(core, job, logged);
@@ -256,7 +277,7 @@ mod tests {
     type Rx<T> = mpsc::UnboundedReceiver<Result<T, Status>>;
 
     fn new_loop(state: LoopState) -> Loop {
-        Loop::new(Core::new(CoreConfig::default()), state, Duration::from_millis(500))
+        Loop::new(Core::new(CoreConfig::default()), state, Duration::from_millis(500), AdmissionLimits::default())
     }
 
     fn worker(l: &mut Loop) -> Rx<HeadToWorker> {
@@ -270,14 +291,28 @@ mod tests {
     }
 
     fn driver(l: &mut Loop) -> (JobId, Sender<HeadToDriver>, Rx<HeadToDriver>) {
+        let (job, tx, rx, _) = gated_driver(l);
+        (job, tx, rx)
+    }
+
+    /// A driver, and the gate its session reads through.
+    fn gated_driver(l: &mut Loop) -> (JobId, Sender<HeadToDriver>, Rx<HeadToDriver>, tokio::sync::watch::Receiver<bool>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (reply, mut got) = oneshot::channel();
-        l.handle(
-            Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: 0, resume_secret: String::new(), parent_job: 0, tx: tx.clone(), reply },
-            Instant::now(),
-        );
+        let (gate, gate_rx) = tokio::sync::watch::channel(true);
+        let hello = Cmd::DriverHello {
+            binary: "b".into(),
+            name: "test".into(),
+            resume_job: 0,
+            resume_secret: String::new(),
+            parent_job: 0,
+            tx: tx.clone(),
+            gate,
+            reply,
+        };
+        l.handle(hello, Instant::now());
         let job = got.try_recv().unwrap().unwrap();
-        (job, tx, rx)
+        (job, tx, rx, gate_rx)
     }
 
     /// Driver batch `seq`: submits tasks `seqs` of `job` (and, first,
@@ -314,6 +349,38 @@ mod tests {
         })
         .unwrap();
         (log, replay, rx)
+    }
+
+    #[test]
+    fn a_driver_over_its_bound_is_held_until_its_queue_drains_below_90_percent() {
+        let limits = AdmissionLimits { per_job: 100, total: 1_000 };
+        let mut l = Loop::new(Core::new(CoreConfig::default()), LoopState::new(None, u64::MAX), Duration::from_millis(500), limits);
+        let (job, _tx, _rx, gate) = gated_driver(&mut l);
+        l.handle(Cmd::DriverMsg { job, msg: batch(job, 1, 1..101) }, Instant::now());
+        l.flush();
+        assert!(*gate.borrow() && !l.admission.is_shut(job), "at the bound: still read");
+        l.handle(Cmd::DriverMsg { job, msg: batch(job, 2, 101..151) }, Instant::now());
+        l.flush();
+        assert!(!*gate.borrow(), "150 unfinished > 100: the driver is held");
+        assert_eq!(l.core.unfinished_tasks(job), 150, "a message read is applied whole");
+        // A worker joins and finishes tasks: the gate opens at 90 and not before.
+        let mut w = worker(&mut l);
+        l.flush();
+        let sent = dispatched(&mut w);
+        assert_eq!(sent.len(), 150);
+        let finish = |l: &mut Loop, ids: &[u64]| {
+            let results =
+                ids.iter().map(|t| pb::TaskResult { task: *t, outcome: Some(pb::task_result::Outcome::Value(bytes::Bytes::from_static(b"v"))) }).collect();
+            let node = *l.workers.keys().next().unwrap();
+            let epoch = l.workers[&node].0;
+            l.handle(Cmd::WorkerMsg { node, epoch, msg: pb::WorkerToHead { results, ..Default::default() } }, Instant::now());
+            l.flush();
+        };
+        finish(&mut l, &sent[..59]);
+        assert_eq!(l.core.unfinished_tasks(job), 91);
+        assert!(!*gate.borrow(), "91 > 90: still held");
+        finish(&mut l, &sent[59..60]);
+        assert!(*gate.borrow(), "90: read again");
     }
 
     #[test]
@@ -366,13 +433,31 @@ mod tests {
         // Another driver guessing the job id is refused.
         let (tx3, _d3) = mpsc::unbounded_channel();
         let (reply, mut got) = oneshot::channel();
-        let hijack = Cmd::DriverHello { binary: "b".into(), name: "x".into(), resume_job: job, resume_secret: "0".repeat(64), parent_job: 0, tx: tx3, reply };
+        let hijack = Cmd::DriverHello {
+            binary: "b".into(),
+            name: "x".into(),
+            resume_job: job,
+            resume_secret: "0".repeat(64),
+            parent_job: 0,
+            tx: tx3,
+            gate: tokio::sync::watch::channel(true).0,
+            reply,
+        };
         l.handle(hijack, Instant::now());
         assert_eq!(got.try_recv().unwrap().unwrap_err().code(), tonic::Code::PermissionDenied);
         let (tx2, mut d2) = mpsc::unbounded_channel();
         let (reply, mut got) = oneshot::channel();
         l.handle(
-            Cmd::DriverHello { binary: "b".into(), name: "test".into(), resume_job: job, resume_secret: secret, parent_job: 0, tx: tx2, reply },
+            Cmd::DriverHello {
+                binary: "b".into(),
+                name: "test".into(),
+                resume_job: job,
+                resume_secret: secret,
+                parent_job: 0,
+                tx: tx2,
+                gate: tokio::sync::watch::channel(true).0,
+                reply,
+            },
             Instant::now(),
         );
         assert_eq!(got.try_recv().unwrap().unwrap(), job);

@@ -12,6 +12,7 @@
 //! - `sessions`: opening worker and driver sessions (gRPC or in-process).
 //! - `grpc`: the tonic service; handlers only unpack and forward.
 
+mod admission;
 mod cmd;
 pub mod config;
 mod event_loop;
@@ -20,6 +21,7 @@ mod outbox;
 mod persistence;
 mod sessions;
 
+pub use admission::AdmissionLimits;
 pub use config::{HeadConfig, TlsIdentity};
 
 use crate::core::{ClusterStatus, Core, CoreConfig};
@@ -112,7 +114,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         state = LoopState::new(Some(log), config.compact_after_bytes);
         persistence::restore(&mut core, &mut state, replay, config.heartbeat_timeout);
     }
-    let event_loop = tokio::spawn(event_loop::Loop::new(core, state, config.heartbeat_interval).run(rx));
+    let event_loop = tokio::spawn(event_loop::Loop::new(core, state, config.heartbeat_interval, config.admission).run(rx));
     let (ended_tx, loop_ended) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
         let why = match event_loop.await {

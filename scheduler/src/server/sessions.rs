@@ -96,6 +96,7 @@ pub(super) async fn open_driver_session(
     let (reply_tx, reply_rx) = oneshot::channel();
     let name = format!("{} (pid {} on {})", hello.name, hello.pid, hello.hostname);
     let session_tx = tx.clone();
+    let (gate, mut gate_rx) = tokio::sync::watch::channel(true);
     events
         .send(Cmd::DriverHello {
             binary: hello.binary,
@@ -104,6 +105,7 @@ pub(super) async fn open_driver_session(
             resume_secret: hello.resume_secret,
             parent_job: hello.parent_job,
             tx,
+            gate,
             reply: reply_tx,
         })
         .map_err(|_| head_gone())?;
@@ -111,6 +113,7 @@ pub(super) async fn open_driver_session(
     tokio::spawn(async move {
         let _ = events.send(Cmd::DriverMsg { job, msg: first });
         let clean = loop {
+            super::admission::wait_open(&mut gate_rx).await;
             match inbound.next().await {
                 Some(Ok(msg)) => {
                     if events.send(Cmd::DriverMsg { job, msg }).is_err() {

@@ -1,0 +1,34 @@
+//! Admission control: a driver submitting far more tasks than the head
+//! admits is slowed (the head stops reading it) instead of the head
+//! growing without limit, and every task still runs once nodes take them.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[shoal::remote]
+fn one(x: u64) -> u64 {
+    x
+}
+
+#[test]
+fn a_driver_past_the_bound_waits_and_the_head_holds_only_about_the_bound() {
+    let mut c = Cluster::head(&["--max-tasks-per-job", "2000"]);
+    c.connect();
+    // 50,000 submissions with no node to run them: `remote` returns at
+    // once; what the head holds stays near its bound.
+    let refs: Vec<_> = (0..50_000u64).map(one::remote).collect();
+    let held = |c: &Cluster| c.status()["tasks"]["queued"].as_u64().unwrap();
+    wait_for(Duration::from_secs(20), "the head to hold the first tasks", || (held(&c) >= 2000).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    let at_bound = held(&c);
+    eprintln!("held at the bound: {at_bound}");
+    assert!(at_bound < 12_000, "the head admitted {at_bound} of 50,000 tasks with a bound of 2,000");
+    assert!(c.head_log().contains("holding a driver's submissions"), "the head says why");
+    // A node joins: the queue drains, the driver is read again, and every
+    // task runs.
+    c.add_worker(&["--num-cpus", "2"]);
+    let got = shoal::get_all_blocking(&refs).unwrap();
+    assert_eq!(got, (0..50_000u64).collect::<Vec<_>>());
+}
