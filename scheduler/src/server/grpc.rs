@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub(super) struct HeadService {
     pub(super) events: mpsc::UnboundedSender<Cmd>,
     pub(super) store: BinaryStore,
+    pub(super) uploads: super::uploads::Uploads,
 }
 
 #[tonic::async_trait]
@@ -31,8 +32,23 @@ impl Head for HeadService {
         Ok(Response::new(open_driver_session(self.events.clone(), &self.store, Box::pin(request.into_inner())).await?))
     }
 
+    /// "No" goes to one asker at a time per binary: the others wait for
+    /// its upload (see `uploads`), so concurrent drivers upload once.
     async fn has_binary(&self, request: Request<pb::BinaryId>) -> Result<Response<pb::HasBinaryReply>, Status> {
-        Ok(Response::new(pb::HasBinaryReply { present: self.store.contains(&request.into_inner().hash) }))
+        use super::uploads::Absent;
+        let hash = request.into_inner().hash;
+        loop {
+            if self.store.contains(&hash) {
+                return Ok(Response::new(pb::HasBinaryReply { present: true }));
+            }
+            if !valid_hash(&hash) {
+                return Ok(Response::new(pb::HasBinaryReply { present: false }));
+            }
+            match self.uploads.absent(&hash) {
+                Absent::Upload => return Ok(Response::new(pb::HasBinaryReply { present: false })),
+                Absent::Wait(ended) => super::uploads::wait(ended).await,
+            }
+        }
     }
 
     async fn upload_binary(&self, request: Request<Streaming<pb::BinaryChunk>>) -> Result<Response<pb::UploadBinaryReply>, Status> {
@@ -46,9 +62,15 @@ impl Head for HeadService {
             return Err(Status::invalid_argument(format!("binary of {} bytes exceeds the {MAX_BINARY}-byte limit", first.total_size)));
         }
         let hash = first.hash.clone();
-        if self.store.contains(&hash) {
-            return Ok(Response::new(pb::UploadBinaryReply { hash, size: first.total_size }));
-        }
+        let _uploading = loop {
+            if self.store.contains(&hash) {
+                return Ok(Response::new(pb::UploadBinaryReply { hash, size: first.total_size }));
+            }
+            match self.uploads.begin(&hash) {
+                Ok(guard) => break guard,
+                Err(ended) => super::uploads::wait(ended).await,
+            }
+        };
         let mut w = self.store.writer(&hash).map_err(|e| Status::internal(e.to_string()))?;
         w.write(&first.data).map_err(|e| Status::internal(e.to_string()))?;
         while let Some(chunk) = inbound.message().await? {

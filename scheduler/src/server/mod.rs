@@ -20,6 +20,7 @@ mod grpc;
 mod outbox;
 mod persistence;
 mod sessions;
+mod uploads;
 
 pub use admission::AdmissionLimits;
 pub use config::{HeadConfig, TlsIdentity};
@@ -126,7 +127,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         };
         let _ = ended_tx.send(Some(why));
     });
-    let service = HeadService { events: events.clone(), store: store.clone() };
+    let service = HeadService { events: events.clone(), store: store.clone(), uploads: Default::default() };
     let svc = HeadServer::new(service)
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
