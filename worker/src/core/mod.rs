@@ -17,9 +17,11 @@
 //! After each burst of events the shell calls [`WorkerCore::pump`]
 //! (placement) and [`WorkerCore::flush`] (results and credits to the head).
 
+#[cfg(any(test, feature = "fuzzing"))]
+mod fakes;
 mod invariants;
-#[cfg(test)]
-mod schedules;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod schedules;
 #[cfg(test)]
 mod tests;
 

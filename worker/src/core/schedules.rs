@@ -7,18 +7,25 @@
 //! once (until its job ends or the session is lost).
 //!
 //! `SHOAL_SCHEDULES` sets how many schedules run (default 1000),
-//! `SHOAL_SCHEDULE_SEED` replays one.
+//! `SHOAL_SCHEDULE_SEED` replays one. With the `fuzzing` feature,
+//! [`fuzz_events`] lets a fuzzer's input make every choice instead of the
+//! seeded generator (`fuzz/`, target `worker_core_events`).
 
-use super::tests::{FakeStore, Rec, dispatch, func, job_info, stored};
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use super::fakes::{FakeStore, Rec, dispatch, func, job_info, stored};
 use super::*;
+#[cfg(test)]
+use rand::SeedableRng;
+#[cfg(test)]
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore};
 use shoal_domain::actor::ActorPart;
 
 struct Sim {
     core: WorkerCore<FakeStore>,
     fx: Rec,
-    rng: SmallRng,
+    rng: Box<dyn RngCore>,
     now: Instant,
     next_seq: u64,
     /// Tasks the head gave and has not heard back about.
@@ -32,8 +39,12 @@ struct Sim {
 const JOBS: [JobId; 2] = [1, 2];
 
 impl Sim {
+    #[cfg(test)]
     fn new(seed: u64) -> Sim {
-        let mut rng = SmallRng::seed_from_u64(seed);
+        Sim::with(Box::new(SmallRng::seed_from_u64(seed)))
+    }
+
+    fn with(mut rng: Box<dyn RngCore>) -> Sim {
         let cpus = rng.random_range(1..=3) as f64;
         let max = if rng.random_bool(0.3) { Some(1) } else { None };
         let mut core = WorkerCore::new(CoreConfig::new(ResourceSet::cpus(cpus), max), FakeStore::default());
@@ -338,8 +349,12 @@ impl Sim {
     }
 }
 
+#[cfg(test)]
 fn run(seed: u64, steps: usize) -> Result<(), String> {
-    let mut sim = Sim::new(seed);
+    run_sim(Sim::new(seed), steps)
+}
+
+fn run_sim(mut sim: Sim, steps: usize) -> Result<(), String> {
     let msg = sim.jobs_msg();
     sim.core.head_message(msg, &mut sim.fx);
     sim.warm();
@@ -351,6 +366,46 @@ fn run(seed: u64, steps: usize) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Randomness read from fuzz input: 4 bytes per draw, then zeros.
+struct Bytes(Vec<u8>, usize);
+
+impl RngCore for Bytes {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+    fn next_u64(&mut self) -> u64 {
+        (u64::from(self.next_u32()) << 32) | u64::from(self.next_u32())
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for d in dst {
+            *d = self.0.get(self.1).copied().unwrap_or(0);
+            self.1 += 1;
+        }
+    }
+}
+
+/// The fuzz target's body: the input chooses every event of a schedule
+/// (one draw per choice); panics if the core's invariants, pins or
+/// accounting break (what the fuzzer looks for).
+pub fn fuzz_events(data: &[u8]) {
+    let steps = (data.len() / 8).clamp(1, 400);
+    if let Err(e) = run_sim(Sim::with(Box::new(Bytes(data.to_vec(), 0))), steps) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn the_fuzz_body_survives_seeded_random_inputs() {
+    let mut rng = SmallRng::seed_from_u64(7);
+    for _ in 0..200 {
+        let n = rng.random_range(0..4096);
+        let data: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+        fuzz_events(&data);
+    }
 }
 
 #[test]
