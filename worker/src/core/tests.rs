@@ -768,3 +768,57 @@ fn calls_wait_behind_a_call_whose_argument_is_being_pulled() {
     w.step();
     assert_eq!(w.fx.sent_to(E1), vec![actor, t(2), t(3)]);
 }
+
+#[test]
+fn cancelling_a_running_task_releases_the_pins_of_its_arguments() {
+    let mut w = World::new(1.0);
+    let arg = ObjectId::new(JOB, 100);
+    w.core.store().sealed(arg);
+    w.tasks(vec![dispatch(t(1), 0, vec![stored(arg)])]);
+    w.hello(E1);
+    assert_eq!(w.core.store().pins(arg), 1);
+    w.head(HeadMessage { cancel: vec![t(1)], ..Default::default() });
+    assert_eq!(w.fx.failure_of(t(1)).unwrap().kind, FailureKind::Cancelled);
+    assert_eq!(w.core.store().pins(arg), 0, "a cancel releases what the task had pinned");
+    assert!(w.core.store().has(arg), "the object itself stays (the head decides when it goes)");
+}
+
+#[test]
+fn a_task_the_head_retries_after_a_panic_runs_again_and_reports_each_attempt() {
+    let mut w = World::new(1.0);
+    w.tasks(vec![dispatch(t(1), 0, vec![])]);
+    w.hello(E1);
+    w.finish(E1, vec![(t(1), Err(Failure::new(FailureKind::Panicked, "boom")))]);
+    assert_eq!(w.fx.failure_of(t(1)).unwrap().kind, FailureKind::Panicked);
+    // The head's retry policy sends it again: a new attempt, the same id.
+    let mut again = dispatch(t(1), 0, vec![]);
+    again.attempt = 2;
+    w.tasks(vec![again]);
+    assert_eq!(w.fx.spawned.len(), 1, "the executor survived the panic and takes the retry");
+    assert_eq!(w.fx.sent_to(E1), vec![t(1), t(1)]);
+    w.finish(E1, vec![(t(1), ok(b"fine"))]);
+    let mine: Vec<_> = w.fx.results().into_iter().filter(|(id, _)| *id == t(1)).collect();
+    assert_eq!(mine.len(), 2, "one report per attempt");
+    assert!(mine[1].1.is_ok(), "the second attempt's value is the last word");
+}
+
+#[test]
+fn a_finished_job_releases_the_pins_and_pulls_of_its_waiting_tasks() {
+    let mut w = World::new(1.0);
+    let (here, away) = (ObjectId::new(JOB, 100), ObjectId::new(JOB, 101));
+    w.core.store().sealed(here);
+    // One task runs; the next waits for the CPU holding a local argument;
+    // a third waits for an argument being pulled.
+    w.tasks(vec![dispatch(t(1), 0, vec![]), dispatch(t(2), 0, vec![stored(here)]), dispatch(t(3), 0, vec![stored(away)])]);
+    w.hello(E1);
+    assert_eq!(w.fx.pulls.len(), 1);
+    w.head(HeadMessage { jobs_finished: vec![JOB], ..Default::default() });
+    assert_eq!(w.core.queued(), 0);
+    assert!(w.pins_in_store().values().all(|n| *n == 0), "no pin outlives its job: {:?}", w.pins_in_store());
+    // The pull lands after the job ended: nothing runs, nothing is reported.
+    w.core.store().sealed(away);
+    w.core.pulled(away, Ok(()));
+    w.step();
+    assert_eq!(w.fx.spawned.len(), 1, "no executor starts for a finished job");
+    assert!(w.fx.results().iter().all(|(id, _)| ![t(2), t(3)].contains(id)), "its waiting tasks are not reported");
+}
