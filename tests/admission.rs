@@ -21,11 +21,13 @@ fn a_driver_past_the_bound_waits_and_the_head_holds_only_about_the_bound() {
     let refs: Vec<_> = (0..50_000u64).map(one::remote).collect();
     let held = |c: &Cluster| c.status()["tasks"]["queued"].as_u64().unwrap();
     wait_for(Duration::from_secs(20), "the head to hold the first tasks", || (held(&c) >= 2000).then_some(()));
+    wait_for(Duration::from_secs(20), "the head to say it holds the driver", || c.head_log().contains("holding a driver's submissions").then_some(()));
     std::thread::sleep(Duration::from_millis(500));
     let at_bound = held(&c);
     eprintln!("held at the bound: {at_bound}");
-    assert!(at_bound < 12_000, "the head admitted {at_bound} of 50,000 tasks with a bound of 2,000");
-    assert!(c.head_log().contains("holding a driver's submissions"), "the head says why");
+    // Past the bound by at most the one message read when the credit ran
+    // out (a driver batches a few thousand submissions per message).
+    assert!(at_bound < 8_000, "the head admitted {at_bound} of 50,000 tasks with a bound of 2,000");
     // A node joins: the queue drains, the driver is read again, and every
     // task runs.
     c.add_worker(&["--num-cpus", "2"]);

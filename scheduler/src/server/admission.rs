@@ -11,7 +11,8 @@
 
 use crate::core::{Core, JobId};
 use std::collections::HashMap;
-use tokio::sync::watch;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// The bounds. Reading resumes below 90% of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,14 +29,58 @@ impl Default for AdmissionLimits {
     }
 }
 
-/// The gates of the root drivers' sessions, and which are shut.
+/// What a root driver's session reads through: how many more tasks it
+/// may forward before it waits. The loop sets it after every burst; the
+/// session takes from it as it forwards, so the head passes a bound by at
+/// most the one message read when the credit ran out.
+#[derive(Debug)]
+pub struct Gate {
+    credit: AtomicI64,
+    wake: tokio::sync::Notify,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self { credit: AtomicI64::new(i64::MAX / 2), wake: tokio::sync::Notify::new() }
+    }
+}
+
+impl Gate {
+    /// Waits until the session may read again.
+    pub(super) async fn open(&self) {
+        loop {
+            let woken = self.wake.notified();
+            if self.credit.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// The session forwarded `tasks` submissions.
+    pub(super) fn took(&self, tasks: usize) {
+        self.credit.fetch_sub(tasks as i64, Ordering::AcqRel);
+    }
+
+    fn set(&self, credit: i64) {
+        self.credit.store(credit, Ordering::Release);
+        if credit > 0 {
+            self.wake.notify_one();
+        }
+    }
+
+    fn is_shut(&self) -> bool {
+        self.credit.load(Ordering::Acquire) <= 0
+    }
+}
+
+/// The gates of the root drivers' sessions.
 #[derive(Default)]
 pub(super) struct Admission {
     limits: AdmissionLimits,
-    gates: HashMap<JobId, watch::Sender<bool>>,
-    /// Jobs that submitted in this burst.
-    touched: Vec<JobId>,
-    shut: Vec<JobId>,
+    gates: HashMap<JobId, Arc<Gate>>,
+    /// Jobs known to be held (for the log).
+    held: std::collections::HashSet<JobId>,
 }
 
 impl Admission {
@@ -43,71 +88,47 @@ impl Admission {
         Self { limits, ..Default::default() }
     }
 
-    /// `job`'s (new or resumed) session reads while `gate` is open.
-    pub(super) fn attach(&mut self, job: JobId, gate: watch::Sender<bool>) {
-        let _ = gate.send(true);
+    /// `job`'s (new or resumed) session reads through `gate`.
+    pub(super) fn attach(&mut self, job: JobId, gate: Arc<Gate>) {
         self.gates.insert(job, gate);
-        self.shut.retain(|j| *j != job);
     }
 
     pub(super) fn detach(&mut self, job: JobId) {
         self.gates.remove(&job);
-        self.shut.retain(|j| *j != job);
-        self.touched.retain(|j| *j != job);
+        self.held.remove(&job);
     }
 
-    /// `job`'s driver sent tasks.
-    pub(super) fn submitted(&mut self, job: JobId) {
-        if self.gates.contains_key(&job) && !self.touched.contains(&job) {
-            self.touched.push(job);
-        }
-    }
-
-    /// After a burst: shuts the gates of jobs over a bound, opens those back
-    /// under 90% of it. Costs the jobs touched plus the jobs held.
+    /// After a burst: gives each driver the room its job and the head have
+    /// left. A held driver gets room again only once its queue is under
+    /// 90% of the bound, so it is not woken for a handful of tasks at a
+    /// time. Costs the connected root drivers.
     pub(super) fn review(&mut self, core: &Core) {
-        let (per_job, total) = (self.limits.per_job, self.limits.total);
-        let all = core.unfinished_total();
-        for job in std::mem::take(&mut self.touched) {
-            let n = core.unfinished_tasks(job);
-            if (n > per_job || all > total) && !self.shut.contains(&job) {
-                if let Some(g) = self.gates.get(&job) {
-                    let _ = g.send(false);
+        let (per_job, total) = (self.limits.per_job as i64, self.limits.total as i64);
+        let all = core.unfinished_total() as i64;
+        for (&job, gate) in &self.gates {
+            let n = core.unfinished_tasks(job) as i64;
+            let shut = gate.is_shut();
+            let slack = if shut { (per_job / 10, total / 10) } else { (0, 0) };
+            let room = (per_job - slack.0 - n).min(total - slack.1 - all);
+            if room > 0 || !shut {
+                gate.set(room);
+            }
+            match (gate.is_shut(), self.held.contains(&job)) {
+                (true, false) => {
+                    tracing::info!(job, unfinished = n, all, per_job, total, "holding a driver's submissions until its queue drains (admission control)");
+                    self.held.insert(job);
                 }
-                tracing::info!(job, unfinished = n, all, per_job, total, "holding a driver's submissions until its queue drains (admission control)");
-                self.shut.push(job);
+                (false, true) => {
+                    tracing::info!(job, unfinished = n, "reading a held driver again");
+                    self.held.remove(&job);
+                }
+                _ => {}
             }
         }
-        if self.shut.is_empty() {
-            return;
-        }
-        let under = |n: u64, bound: u64| n <= bound / 10 * 9;
-        let gates = &self.gates;
-        self.shut.retain(|&job| {
-            if under(core.unfinished_tasks(job), per_job) && under(all, total) {
-                if let Some(g) = gates.get(&job) {
-                    let _ = g.send(true);
-                }
-                tracing::debug!(job, "reading a held driver again");
-                false
-            } else {
-                true
-            }
-        });
     }
 
     #[cfg(test)]
     pub(super) fn is_shut(&self, job: JobId) -> bool {
-        self.shut.contains(&job)
-    }
-}
-
-/// Waits while a session's gate is shut (a closed channel counts as open:
-/// the loop is gone and the session ends anyway).
-pub(super) async fn wait_open(gate: &mut watch::Receiver<bool>) {
-    while !*gate.borrow_and_update() {
-        if gate.changed().await.is_err() {
-            return;
-        }
+        self.gates.get(&job).is_some_and(|g| g.is_shut())
     }
 }

@@ -33,9 +33,9 @@ pub(crate) enum Cmd {
         /// Non-zero: a task of this job submits tasks (see `DriverHello`).
         parent_job: JobId,
         tx: Sender<HeadToDriver>,
-        /// The session reads from its driver while this is `true`
-        /// (admission control).
-        gate: tokio::sync::watch::Sender<bool>,
+        /// The session reads from its driver through this (admission
+        /// control).
+        gate: std::sync::Arc<super::admission::Gate>,
         reply: oneshot::Sender<Result<JobId, Status>>,
     },
     DriverMsg {

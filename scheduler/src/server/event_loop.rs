@@ -215,9 +215,6 @@ impl Loop {
                 // task runs again instead), so its batches are not logged:
                 // they are acknowledged once applied.
                 let (logged, ack) = if core.job_is_nested(job) { (0, Some(msg.seq)) } else { self.state.record_batch(job, &msg) };
-                if !msg.submit.is_empty() {
-                    self.admission.submitted(job);
-                }
                 apply_driver_batch(core, job, msg, out);
                 if logged > 0 {
                     self.state.count(core, job, logged);
@@ -296,10 +293,10 @@ mod tests {
     }
 
     /// A driver, and the gate its session reads through.
-    fn gated_driver(l: &mut Loop) -> (JobId, Sender<HeadToDriver>, Rx<HeadToDriver>, tokio::sync::watch::Receiver<bool>) {
+    fn gated_driver(l: &mut Loop) -> (JobId, Sender<HeadToDriver>, Rx<HeadToDriver>, std::sync::Arc<super::super::admission::Gate>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (reply, mut got) = oneshot::channel();
-        let (gate, gate_rx) = tokio::sync::watch::channel(true);
+        let gate = std::sync::Arc::new(super::super::admission::Gate::default());
         let hello = Cmd::DriverHello {
             binary: "b".into(),
             name: "test".into(),
@@ -307,12 +304,12 @@ mod tests {
             resume_secret: String::new(),
             parent_job: 0,
             tx: tx.clone(),
-            gate,
+            gate: gate.clone(),
             reply,
         };
         l.handle(hello, Instant::now());
         let job = got.try_recv().unwrap().unwrap();
-        (job, tx, rx, gate_rx)
+        (job, tx, rx, gate)
     }
 
     /// Driver batch `seq`: submits tasks `seqs` of `job` (and, first,
@@ -356,18 +353,24 @@ mod tests {
         let limits = AdmissionLimits { per_job: 100, total: 1_000 };
         let mut l = Loop::new(Core::new(CoreConfig::default()), LoopState::new(None, u64::MAX), Duration::from_millis(500), limits);
         let (job, _tx, _rx, gate) = gated_driver(&mut l);
-        l.handle(Cmd::DriverMsg { job, msg: batch(job, 1, 1..101) }, Instant::now());
+        // What the session does as it forwards a message.
+        let send = |l: &mut Loop, seq: u64, tasks: std::ops::Range<u64>| {
+            gate.took(tasks.clone().count());
+            l.handle(Cmd::DriverMsg { job, msg: batch(job, seq, tasks) }, Instant::now());
+        };
+        send(&mut l, 1, 1..61);
         l.flush();
-        assert!(*gate.borrow() && !l.admission.is_shut(job), "at the bound: still read");
-        l.handle(Cmd::DriverMsg { job, msg: batch(job, 2, 101..151) }, Instant::now());
+        assert!(!l.admission.is_shut(job), "60 of 100: read on");
+        send(&mut l, 2, 61..111);
+        assert!(l.admission.is_shut(job), "the session holds itself once its credit (40) is spent, before the loop looks");
         l.flush();
-        assert!(!*gate.borrow(), "150 unfinished > 100: the driver is held");
-        assert_eq!(l.core.unfinished_tasks(job), 150, "a message read is applied whole");
-        // A worker joins and finishes tasks: the gate opens at 90 and not before.
+        assert!(l.admission.is_shut(job));
+        assert_eq!(l.core.unfinished_tasks(job), 110, "a message read is applied whole: past the bound by at most one message");
+        // A worker joins and finishes tasks: the gate opens under 90 and not before.
         let mut w = worker(&mut l);
         l.flush();
         let sent = dispatched(&mut w);
-        assert_eq!(sent.len(), 150);
+        assert_eq!(sent.len(), 110);
         let finish = |l: &mut Loop, ids: &[u64]| {
             let results =
                 ids.iter().map(|t| pb::TaskResult { task: *t, outcome: Some(pb::task_result::Outcome::Value(bytes::Bytes::from_static(b"v"))) }).collect();
@@ -376,11 +379,11 @@ mod tests {
             l.handle(Cmd::WorkerMsg { node, epoch, msg: pb::WorkerToHead { results, ..Default::default() } }, Instant::now());
             l.flush();
         };
-        finish(&mut l, &sent[..59]);
-        assert_eq!(l.core.unfinished_tasks(job), 91);
-        assert!(!*gate.borrow(), "91 > 90: still held");
-        finish(&mut l, &sent[59..60]);
-        assert!(*gate.borrow(), "90: read again");
+        finish(&mut l, &sent[..20]);
+        assert_eq!(l.core.unfinished_tasks(job), 90);
+        assert!(l.admission.is_shut(job), "90 is not under 90%: still held");
+        finish(&mut l, &sent[20..21]);
+        assert!(!l.admission.is_shut(job), "89: read again");
     }
 
     #[test]
@@ -440,7 +443,7 @@ mod tests {
             resume_secret: "0".repeat(64),
             parent_job: 0,
             tx: tx3,
-            gate: tokio::sync::watch::channel(true).0,
+            gate: Default::default(),
             reply,
         };
         l.handle(hijack, Instant::now());
@@ -455,7 +458,7 @@ mod tests {
                 resume_secret: secret,
                 parent_job: 0,
                 tx: tx2,
-                gate: tokio::sync::watch::channel(true).0,
+                gate: Default::default(),
                 reply,
             },
             Instant::now(),

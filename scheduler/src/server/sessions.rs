@@ -96,7 +96,7 @@ pub(super) async fn open_driver_session(
     let (reply_tx, reply_rx) = oneshot::channel();
     let name = format!("{} (pid {} on {})", hello.name, hello.pid, hello.hostname);
     let session_tx = tx.clone();
-    let (gate, mut gate_rx) = tokio::sync::watch::channel(true);
+    let gate = std::sync::Arc::new(super::admission::Gate::default());
     events
         .send(Cmd::DriverHello {
             binary: hello.binary,
@@ -105,7 +105,7 @@ pub(super) async fn open_driver_session(
             resume_secret: hello.resume_secret,
             parent_job: hello.parent_job,
             tx,
-            gate,
+            gate: gate.clone(),
             reply: reply_tx,
         })
         .map_err(|_| head_gone())?;
@@ -113,9 +113,10 @@ pub(super) async fn open_driver_session(
     tokio::spawn(async move {
         let _ = events.send(Cmd::DriverMsg { job, msg: first });
         let clean = loop {
-            super::admission::wait_open(&mut gate_rx).await;
+            gate.open().await;
             match inbound.next().await {
                 Some(Ok(msg)) => {
+                    gate.took(msg.submit.len());
                     if events.send(Cmd::DriverMsg { job, msg }).is_err() {
                         break true;
                     }
