@@ -278,7 +278,7 @@ pub fn client_config(token: Option<&str>, peer: &Peer) -> Result<Arc<rustls::Cli
         ),
         None => None,
     };
-    let verifier = Verifier { cluster: cluster_verifier, cluster_name: server_name(expected)?, own, provider: provider() };
+    let verifier = Verifier { cluster: cluster_verifier, cluster_name: server_name(expected)?, own };
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsProblem::Handshake(e.to_string()))?
@@ -359,12 +359,24 @@ fn check_validity(der: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls:
     Ok(())
 }
 
+/// Handshake signatures, checked as the provider does (both verifiers).
+fn tls12(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
+fn tls13(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    provider().signature_verification_algorithms.supported_schemes()
+}
+
 #[derive(Debug)]
 struct Verifier {
     cluster: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     cluster_name: ServerName<'static>,
     own: Option<OwnCa>,
-    provider: Arc<CryptoProvider>,
 }
 
 impl ServerCertVerifier for Verifier {
@@ -386,15 +398,15 @@ impl ServerCertVerifier for Verifier {
     }
 
     fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        schemes()
     }
 }
 
@@ -423,7 +435,7 @@ pub fn explain(e: &rustls::Error, own_ca: Option<&Path>) -> TlsProblem {
 /// only a transport error). Nothing is trusted or sent past the hello.
 pub async fn speaks_tls(host: &str, port: u16, timeout: std::time::Duration) -> bool {
     #[derive(Debug)]
-    struct Probe(Arc<std::sync::atomic::AtomicBool>, Arc<CryptoProvider>);
+    struct Probe(Arc<std::sync::atomic::AtomicBool>);
     impl ServerCertVerifier for Probe {
         fn verify_server_cert(
             &self,
@@ -437,20 +449,20 @@ pub async fn speaks_tls(host: &str, port: u16, timeout: std::time::Duration) -> 
             Err(rustls::Error::General("probe only".into()))
         }
         fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.1.signature_verification_algorithms)
+            tls12(m, c, d)
         }
         fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.1.signature_verification_algorithms)
+            tls13(m, c, d)
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.1.signature_verification_algorithms.supported_schemes()
+            schemes()
         }
     }
     let saw = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13]) else {
         return false;
     };
-    let cfg = builder.dangerous().with_custom_certificate_verifier(Arc::new(Probe(saw.clone(), provider()))).with_no_client_auth();
+    let cfg = builder.dangerous().with_custom_certificate_verifier(Arc::new(Probe(saw.clone()))).with_no_client_auth();
     let probe = async {
         let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)).await.ok()?;
         let name = ServerName::try_from(HEAD_NAME).ok()?;

@@ -203,14 +203,22 @@ fn an_executor_death_fails_the_running_task_and_requeues_the_ones_behind_it() {
     assert!(w.fx.failure_of(t(40)).is_none());
 }
 
+impl World {
+    /// One CPU; task 1 running on executor 1 with a stored argument pinned.
+    fn running_on_a_pinned_argument() -> (World, ObjectId) {
+        let mut w = World::new(1.0);
+        let arg = ObjectId::new(JOB, 100);
+        w.core.store().sealed(arg);
+        w.tasks(vec![dispatch(t(1), 0, vec![stored(arg)])]);
+        w.hello(E1);
+        assert_eq!(w.core.store().pins(arg), 1);
+        (w, arg)
+    }
+}
+
 #[test]
 fn a_dead_executor_releases_its_pins_and_its_half_written_results() {
-    let mut w = World::new(1.0);
-    let arg = ObjectId::new(JOB, 100);
-    w.core.store().sealed(arg);
-    w.tasks(vec![dispatch(t(1), 0, vec![stored(arg)])]);
-    w.hello(E1);
-    assert_eq!(w.core.store().pins(arg), 1);
+    let (mut w, arg) = World::running_on_a_pinned_argument();
     w.core.store().created(t(1), E1);
     w.exited(E1, "exit status 101");
     assert_eq!(w.core.store().pins(arg), 0, "the argument's pin went with it");
@@ -771,12 +779,7 @@ fn calls_wait_behind_a_call_whose_argument_is_being_pulled() {
 
 #[test]
 fn cancelling_a_running_task_releases_the_pins_of_its_arguments() {
-    let mut w = World::new(1.0);
-    let arg = ObjectId::new(JOB, 100);
-    w.core.store().sealed(arg);
-    w.tasks(vec![dispatch(t(1), 0, vec![stored(arg)])]);
-    w.hello(E1);
-    assert_eq!(w.core.store().pins(arg), 1);
+    let (mut w, arg) = World::running_on_a_pinned_argument();
     w.head(HeadMessage { cancel: vec![t(1)], ..Default::default() });
     assert_eq!(w.fx.failure_of(t(1)).unwrap().kind, FailureKind::Cancelled);
     assert_eq!(w.core.store().pins(arg), 0, "a cancel releases what the task had pinned");
