@@ -34,3 +34,32 @@ fn a_driver_past_the_bound_waits_and_the_head_holds_only_about_the_bound() {
     let got = shoal::get_all_blocking(&refs).unwrap();
     assert_eq!(got, (0..50_000u64).collect::<Vec<_>>());
 }
+
+#[test]
+#[ignore = "helper: run by a_held_driver_that_goes_away_does_not_pin_its_job"]
+fn helper_driver_submits_past_the_bound_and_ends() {
+    let Ok(address) = std::env::var("SHOAL_TEST_ADDRESS") else { return };
+    let token = std::env::var("SHOAL_TEST_TOKEN").unwrap();
+    shoal::init_blocking_with(shoal::InitConfig::default().address(address).token(token)).unwrap();
+    let refs: Vec<_> = (0..20_000u64).map(one::remote).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(refs);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(shoal::shutdown());
+}
+
+#[test]
+fn a_held_driver_that_goes_away_does_not_pin_its_job() {
+    // No node: nothing drains, so the driver is held when it exits, with
+    // submissions still unsent. The head notices the connection close
+    // although it was not reading that driver, and the job ends after the
+    // driver grace (1 s here) as any lost driver's does: its tasks go.
+    let c = Cluster::head(&["--max-tasks-per-job", "2000", "--driver-grace", "1"]);
+    c.run_helper_driver("helper_driver_submits_past_the_bound_and_ends");
+    let t = std::time::Instant::now();
+    while c.status()["tasks"]["queued"].as_u64() != Some(0) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.status()["tasks"]["queued"].as_u64(), Some(0), "the held driver's job did not end:\n{}", c.head_log());
+    assert!(c.head_log().contains("job finished"), "{}", c.head_log());
+}

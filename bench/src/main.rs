@@ -56,6 +56,9 @@ struct Args {
     /// Runs of each model workload (the median is reported).
     #[arg(long, default_value_t = 5)]
     model_runs: usize,
+    /// Only the head-memory workload (idle, 1M queued, after the job).
+    #[arg(long)]
+    only_rss: bool,
     /// Only the model-cluster workloads (encrypted, then plain unless
     /// --skip-plain), e.g. to compare encryption on and off.
     #[arg(long)]
@@ -210,6 +213,11 @@ fn main() {
     if args.model_probe {
         return model::probe(&args);
     }
+    if args.only_rss {
+        let (idle, peak, after) = queued_head_rss().unwrap_or_else(|e| panic!("head memory workload: {e}"));
+        println!("{}", json!({"head_idle_rss_mb": round(idle), "noop_1M_queued_head_rss_mb": round(peak), "head_rss_after_1M_job_mb": round(after)}));
+        return;
+    }
     if args.only_model {
         let out = model::run_both(args.model_runs, !args.skip_plain).unwrap_or_else(|e| panic!("model workloads: {e}"));
         println!("{}", Value::Object(out));
@@ -315,7 +323,11 @@ fn main() {
 
     if !args.skip_rss && args.address.is_none() {
         match queued_head_rss() {
-            Ok(mb) => out.insert("noop_1M_queued_head_rss_mb".into(), round(mb)),
+            Ok((idle, peak, after)) => {
+                out.insert("head_idle_rss_mb".into(), round(idle));
+                out.insert("noop_1M_queued_head_rss_mb".into(), round(peak));
+                out.insert("head_rss_after_1M_job_mb".into(), round(after))
+            }
             Err(e) => out.insert("noop_1M_queued_head_rss_error".into(), json!(e)),
         };
     }
@@ -382,18 +394,30 @@ fn start_head(extra: &[&str]) -> Result<(std::process::Child, tempfile::TempDir,
 
 /// Has a child process queue 1M no-ops on a head with no workers, and
 /// reads the head's peak RSS.
-fn queued_head_rss() -> Result<f64, String> {
+/// The head's memory (MiB): idle, at its peak with 1M no-ops queued by a
+/// driver, and after that driver's job ended (the head should give back
+/// close to all of it).
+fn queued_head_rss() -> Result<(f64, f64, f64), String> {
     let (mut head, _home, address, token) = start_head(&[])?;
+    let pid = head.id();
+    let status_kb = |field: &str| -> Result<f64, String> {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+        st.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).ok_or(format!("no {field}"))
+    };
     let result = (|| {
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = status_kb("VmRSS:")?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let status =
             std::process::Command::new(&exe).args(["--rss-probe", "1000000", "--address", &address, "--token", &token]).status().map_err(|e| e.to_string())?;
         if !status.success() {
             return Err(format!("probe failed: {status}"));
         }
-        let st = std::fs::read_to_string(format!("/proc/{}/status", head.id())).map_err(|e| e.to_string())?;
-        let kb: f64 = st.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).ok_or("no VmHWM")?;
-        Ok(kb / 1024.0)
+        let peak = status_kb("VmHWM:")?;
+        // The probe exited: its job ends and its tasks go.
+        std::thread::sleep(Duration::from_secs(3));
+        let after = status_kb("VmRSS:")?;
+        Ok((idle / 1024.0, peak / 1024.0, after / 1024.0))
     })();
     let _ = head.kill();
     let _ = head.wait();
@@ -414,6 +438,8 @@ fn rss_probe(args: &Args, n: usize) {
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(refs);
+    // A clean end: the job ends now, not after the head's driver grace.
+    rt.block_on(shoal::shutdown());
 }
 
 /// The workloads of Ray's model script that Shoal has, on the same shape

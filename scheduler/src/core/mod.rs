@@ -413,6 +413,8 @@ pub struct Core {
     actors: actors::Actors,
     /// Unfinished tasks per job (admission control reads it).
     live: IdMap<JobId, u64>,
+    /// Tables gave room back (see [`Core::take_shrunk`]).
+    shrunk: bool,
 }
 
 impl Core {
@@ -424,6 +426,33 @@ impl Core {
     /// Tasks of every job not finished yet.
     pub fn unfinished_total(&self) -> u64 {
         self.tasks.len() as u64
+    }
+
+    /// Gives back the room of tables that shrank to a quarter of it (a
+    /// big job ended): a head is long-lived and must not keep the peak of
+    /// every job it ever ran. Returns whether it freed any.
+    fn shrink_tables(&mut self) -> bool {
+        fn shrink<K: std::hash::Hash + Eq, V>(m: &mut IdMap<K, V>) -> bool {
+            let big = m.capacity() > 4 * m.len().max(4096);
+            if big {
+                m.shrink_to_fit();
+            }
+            big
+        }
+        let (t, o) = (shrink(&mut self.tasks), shrink(&mut self.objects));
+        let r = self.ready.capacity() > 4 * self.ready.len().max(4096);
+        if r {
+            self.ready.shrink_to_fit();
+        }
+        let shrunk = t || o || r;
+        self.shrunk |= shrunk;
+        shrunk
+    }
+
+    /// Whether tables gave room back since the last call (the server then
+    /// returns the memory to the system).
+    pub fn take_shrunk(&mut self) -> bool {
+        std::mem::take(&mut self.shrunk)
     }
 
     fn task_added(&mut self, job: JobId) {
@@ -454,6 +483,7 @@ impl Core {
             total_credits: 0,
             alive: Vec::new(),
             live: IdMap::default(),
+            shrunk: false,
             alive_dirty: true,
             recovering_until: None,
             slots: Vec::new(),
@@ -1161,6 +1191,7 @@ impl Core {
             }
         }
         tracing::info!(job, name = %j.name, dropped_tasks = mine.len(), "job finished");
+        self.shrink_tables();
         out.job_ended(job);
         // Jobs its tasks started end with it (their executors are gone).
         let children: Vec<JobId> = self.jobs.iter().filter(|(_, c)| c.parent == Some(job)).map(|(id, _)| *id).collect();

@@ -113,10 +113,19 @@ pub(super) async fn open_driver_session(
     tokio::spawn(async move {
         let _ = events.send(Cmd::DriverMsg { job, msg: first });
         let clean = loop {
-            gate.open().await;
             match inbound.next().await {
                 Some(Ok(msg)) => {
-                    gate.took(msg.submit.len());
+                    // Only a message that adds tasks waits for room (the
+                    // ones after it wait behind it, in order); releases,
+                    // acks and the end of the stream still get through.
+                    if !msg.submit.is_empty() {
+                        tokio::select! {
+                            _ = gate.open() => {}
+                            // The driver went away while held.
+                            _ = session_tx.closed() => break false,
+                        }
+                        gate.took(msg.submit.len());
+                    }
                     if events.send(Cmd::DriverMsg { job, msg }).is_err() {
                         break true;
                     }
