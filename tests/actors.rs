@@ -137,9 +137,9 @@ fn ten_thousand_calls_from_one_caller_come_back_in_order() {
 #[test]
 #[ignore = "helper: run by two_drivers_share_a_named_actor"]
 fn helper_second_driver_uses_the_named_actor() {
-    let Ok(address) = std::env::var("SHOAL_TEST_ADDRESS") else { return };
-    let token = std::env::var("SHOAL_TEST_TOKEN").unwrap();
-    shoal::init_blocking_with(shoal::InitConfig::default().address(address).token(token)).unwrap();
+    if !connect_as_helper_driver() {
+        return;
+    }
     let shared = shoal::get_actor::<Counter>("shared").expect("the named actor is found from another driver");
     let mut last = 0;
     for _ in 0..100 {
@@ -335,9 +335,9 @@ fn large_results_of_actor_methods_go_through_the_object_store() {
 #[test]
 #[ignore = "helper: run by a_detached_actor_outlives_the_driver_that_made_it"]
 fn helper_driver_makes_a_detached_actor() {
-    let Ok(address) = std::env::var("SHOAL_TEST_ADDRESS") else { return };
-    let token = std::env::var("SHOAL_TEST_TOKEN").unwrap();
-    shoal::init_blocking_with(shoal::InitConfig::default().address(address).token(token)).unwrap();
+    if !connect_as_helper_driver() {
+        return;
+    }
     let kept = Counter::options().name("kept").detached().remote(500);
     let plain = Counter::options().name("plain").remote(0);
     assert_eq!(kept.incr(5).get().unwrap(), 505);

@@ -38,9 +38,9 @@ fn a_driver_past_the_bound_waits_and_the_head_holds_only_about_the_bound() {
 #[test]
 #[ignore = "helper: run by a_held_driver_that_goes_away_does_not_pin_its_job"]
 fn helper_driver_submits_past_the_bound_and_ends() {
-    let Ok(address) = std::env::var("SHOAL_TEST_ADDRESS") else { return };
-    let token = std::env::var("SHOAL_TEST_TOKEN").unwrap();
-    shoal::init_blocking_with(shoal::InitConfig::default().address(address).token(token)).unwrap();
+    if !connect_as_helper_driver() {
+        return;
+    }
     let refs: Vec<_> = (0..20_000u64).map(one::remote).collect();
     std::thread::sleep(Duration::from_millis(500));
     drop(refs);

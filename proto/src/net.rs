@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -53,47 +52,57 @@ impl Connected for Conn {
     }
 }
 
-macro_rules! delegate {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            Conn::Plain($s, _) => {
-                let $s = Pin::new($s);
-                $e
+/// `AsyncRead` and `AsyncWrite` for an enum of a plain and a TLS stream,
+/// each call passed to the variant's stream (`$plain`/`$tls` are the
+/// patterns binding it; the TLS one is boxed).
+macro_rules! io_enum {
+    ($ty:ident, $plain:pat => $p:ident, $tls:pat => $t:ident) => {
+        impl $ty {
+            fn io(self: Pin<&mut Self>) -> Pin<&mut (dyn IoStream + '_)> {
+                match self.get_mut() {
+                    $plain => Pin::new($p),
+                    $tls => Pin::new($t.as_mut()),
+                }
             }
-            Conn::Tls($s, _) => {
-                let $s = Pin::new($s.as_mut());
-                $e
+            fn io_ref(&self) -> &(dyn IoStream + '_) {
+                match self {
+                    $plain => $p,
+                    $tls => $t.as_ref(),
+                }
+            }
+        }
+
+        impl AsyncRead for $ty {
+            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+                self.io().poll_read(cx, buf)
+            }
+        }
+
+        impl AsyncWrite for $ty {
+            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+                self.io().poll_write(cx, buf)
+            }
+            fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+                self.io().poll_write_vectored(cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                self.io_ref().is_write_vectored()
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                self.io().poll_flush(cx)
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                self.io().poll_shutdown(cx)
             }
         }
     };
 }
 
-impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        delegate!(self, s => s.poll_read(cx, buf))
-    }
-}
+/// A byte stream both connection enums are made of.
+trait IoStream: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> IoStream for T {}
 
-impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        delegate!(self, s => s.poll_write(cx, buf))
-    }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        delegate!(self, s => s.poll_write_vectored(cx, bufs))
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s, _) => s.is_write_vectored(),
-            Conn::Tls(s, _) => s.is_write_vectored(),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        delegate!(self, s => s.poll_flush(cx))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        delegate!(self, s => s.poll_shutdown(cx))
-    }
-}
+io_enum!(Conn, Conn::Plain(s, _) => s, Conn::Tls(s, _) => s);
 
 /// A log line at most once per interval, counting what it held back.
 pub struct RateLimitedLog {
@@ -197,15 +206,6 @@ fn set_abort(table: &Mutex<InFlight>, id: u64, h: tokio::task::AbortHandle) {
     }
 }
 
-/// Counters of what [`incoming`] refused, for logs and tests.
-#[derive(Default, Debug)]
-pub struct Refusals {
-    /// Handshakes dropped to make room for newer ones (a bound was reached).
-    pub evicted: AtomicU64,
-    /// Handshakes that failed or ran past the deadline.
-    pub failed_handshakes: AtomicU64,
-}
-
 /// The connections a server on `listener` serves: TLS with `tls`, plain
 /// without. `what` names the server in logs ("head", "object store").
 pub fn incoming(
@@ -213,10 +213,8 @@ pub fn incoming(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
     what: &'static str,
-) -> (tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>, Arc<Refusals>) {
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    let refusals = Arc::new(Refusals::default());
-    let counts = refusals.clone();
     tokio::spawn(async move {
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let table = Arc::new(Mutex::new(InFlight::default()));
@@ -243,11 +241,10 @@ pub fn incoming(
             };
             let (slot, evicted) = admit(&table, peer.ip(), &limits);
             if evicted > 0 {
-                counts.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
                 over_log.hit(|held| tracing::warn!(%peer, server = what, evicted, held_back = held, "too many TLS handshakes in progress: dropped the oldest"));
             }
             let id = slot.id;
-            let (acceptor, tx, counts, fail_log) = (acceptor.clone(), tx.clone(), counts.clone(), fail_log.clone());
+            let (acceptor, tx, fail_log) = (acceptor.clone(), tx.clone(), fail_log.clone());
             let task = tokio::spawn(async move {
                 let r = tokio::time::timeout(limits.handshake_deadline, acceptor.accept(stream)).await;
                 drop(slot);
@@ -255,14 +252,14 @@ pub fn incoming(
                     Ok(Ok(s)) => {
                         let _ = tx.send(Ok(Conn::Tls(Box::new(s), info))).await;
                     }
-                    Ok(Err(e)) => refused(&counts, &fail_log, peer, what, &handshake_reason(&e)),
-                    Err(_) => refused(&counts, &fail_log, peer, what, "no TLS handshake within the deadline"),
+                    Ok(Err(e)) => refused(&fail_log, peer, what, &handshake_reason(&e)),
+                    Err(_) => refused(&fail_log, peer, what, "no TLS handshake within the deadline"),
                 }
             });
             set_abort(&table, id, task.abort_handle());
         }
     });
-    (tokio_stream::wrappers::ReceiverStream::new(rx), refusals)
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 fn handshake_reason(e: &std::io::Error) -> String {
@@ -279,8 +276,7 @@ fn handshake_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn refused(counts: &Refusals, log: &RateLimitedLog, peer: SocketAddr, what: &'static str, why: &str) {
-    counts.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+fn refused(log: &RateLimitedLog, peer: SocketAddr, what: &'static str, why: &str) {
     log.hit(|held| tracing::warn!(%peer, server = what, held_back = held, "refused a connection: {why}"));
 }
 
@@ -300,47 +296,7 @@ pub(crate) enum Dialed {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl AsyncRead for Dialed {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Dialed::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Dialed::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Dialed {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Dialed::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Dialed::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Dialed::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Dialed::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Dialed::Plain(s) => s.is_write_vectored(),
-            Dialed::Tls(s) => s.is_write_vectored(),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Dialed::Plain(s) => Pin::new(s).poll_flush(cx),
-            Dialed::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Dialed::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Dialed::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+io_enum!(Dialed, Dialed::Plain(s) => s, Dialed::Tls(s) => s);
 
 impl tower_service::Service<http::Uri> for Dialer {
     type Response = hyper_util::rt::TokioIo<Dialed>;

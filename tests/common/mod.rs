@@ -207,19 +207,43 @@ impl Cluster {
     /// this cluster (it finds the address and token in `SHOAL_TEST_*`), and
     /// panics with its output unless it passed.
     pub fn run_helper_driver(&self, name: &str) {
-        let out = Command::new(std::env::current_exe().unwrap())
+        helper_passed(name, self.spawn_helper_driver(name));
+    }
+
+    /// Starts ignored test `name` as another driver of this cluster, without
+    /// waiting for it (see [`helper_passed`]).
+    pub fn spawn_helper_driver(&self, name: &str) -> Child {
+        Command::new(std::env::current_exe().unwrap())
             .args(["--exact", name, "--ignored", "--nocapture"])
             .env("SHOAL_TEST_ADDRESS", &self.address)
             .env("SHOAL_TEST_TOKEN", &self.token)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains("1 passed"), "the driver {name} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     pub fn head_log(&self) -> String {
         std::fs::read_to_string(self.home.path().join("head.log")).unwrap_or_default()
     }
+}
+
+/// Waits for helper driver `name` and panics with its output unless it
+/// passed; returns its standard output.
+pub fn helper_passed(name: &str, child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && text.contains("1 passed"), "the driver {name} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// In a helper driver: connects to the cluster named in `SHOAL_TEST_*`;
+/// `false` when run on its own (the helper then does nothing).
+pub fn connect_as_helper_driver() -> bool {
+    let Ok(address) = std::env::var("SHOAL_TEST_ADDRESS") else { return false };
+    let token = std::env::var("SHOAL_TEST_TOKEN").unwrap();
+    shoal::init_blocking_with(shoal::InitConfig::default().address(address).token(token)).unwrap();
+    true
 }
 
 impl Drop for Cluster {

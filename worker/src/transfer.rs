@@ -157,7 +157,7 @@ pub fn serve(store: Arc<Store>, listener: tokio::net::TcpListener, token: Option
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, shoal_proto::auth::CheckToken::new(token));
     let tls = token.map(|t| shoal_proto::tls::server_config(Some(t), None, shoal_proto::tls::STORE_NAME)).transpose()?;
-    let (incoming, _refusals) = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "object store");
+    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "object store");
     Ok(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .initial_stream_window_size(8 << 20)

@@ -150,7 +150,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         None
     };
     let encrypted = tls.is_some();
-    let (incoming, _refusals) = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "head");
+    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "head");
     let builder = tonic::transport::Server::builder();
     let server = tokio::spawn(async move {
         let res = builder
