@@ -189,6 +189,8 @@ impl Slurm {
         self.dir.path().join("slurm.conf")
     }
 
+    /// Starts Slurm; a port taken between choosing it and slurmctld's bind
+    /// (other tests open sockets all the time) gets a fresh pair of ports.
     fn start() -> Slurm {
         for tool in ["slurmctld", "slurmd", "sbatch", "munged"] {
             assert!(
@@ -197,27 +199,46 @@ impl Slurm {
             );
         }
         // munge authenticates Slurm's messages; start it if it is not running.
-        let munge_ok = || Command::new("sh").args(["-c", "munge -n | unmunge >/dev/null 2>&1"]).status().unwrap().success();
+        let munge_ok = || Command::new("sh").args(["-c", "munge -n 2>/dev/null | unmunge >/dev/null 2>&1"]).status().unwrap().success();
         if !munge_ok() {
             let setup = "mkdir -p /run/munge /var/log/munge /var/lib/munge && chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge \
                          && (test -s /etc/munge/munge.key || runuser -u munge -- mungekey --create) && runuser -u munge -- /usr/sbin/munged";
             let out = Command::new("sh").args(["-c", setup]).output().unwrap();
             assert!(out.status.success() && munge_ok(), "starting munged: {}", String::from_utf8_lossy(&out.stderr));
         }
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match Slurm::try_start() {
+                Ok(s) => return s,
+                Err(log) if log.contains("Address already in use") => last_log = log,
+                Err(log) => panic!("slurm did not come up: {log}"),
+            }
+        }
+        panic!("slurm did not come up (its ports were taken three times): {last_log}");
+    }
+
+    /// Two ports the kernel says are free right now (a fixed guess could be
+    /// any test's outgoing connection; a race is left, which `start` retries).
+    fn free_ports() -> (u16, u16) {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+    }
+
+    fn try_start() -> Result<Slurm, String> {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap().trim().to_string();
-        let base = 20_000 + (std::process::id() % 20_000) * 2;
+        let (ctld_port, slurmd_port) = Slurm::free_ports();
         let cpus = std::thread::available_parallelism().unwrap().get();
         let conf = format!(
-            "ClusterName=shoaltest\nSlurmctldHost={host}\nSlurmUser=root\nSlurmdUser=root\nSlurmctldPort={base}\nSlurmdPort={}\n\
+            "ClusterName=shoaltest\nSlurmctldHost={host}\nSlurmUser=root\nSlurmdUser=root\nSlurmctldPort={ctld_port}\nSlurmdPort={slurmd_port}\n\
              AuthType=auth/munge\nStateSaveLocation={d}/state\nSlurmdSpoolDir={d}/spool\nSlurmctldPidFile={d}/slurmctld.pid\n\
              SlurmdPidFile={d}/slurmd.pid\nSlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.log\n\
              ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nMpiDefault=none\nReturnToService=2\n\
              SchedulerType=sched/builtin\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nJobCompType=jobcomp/none\n\
              AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none\n\
-             NodeName={host} CPUs={cpus} State=UNKNOWN\nPartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n",
-            base + 1
+             NodeName={host} CPUs={cpus} State=UNKNOWN\nPartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n"
         );
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
         std::fs::create_dir_all(dir.path().join("spool")).unwrap();
@@ -237,13 +258,17 @@ impl Slurm {
         loop {
             let out = Command::new("sinfo").args(["-h", "-o", "%t"]).env("SLURM_CONF", s.conf()).output().unwrap();
             if String::from_utf8_lossy(&out.stdout).trim() == "idle" {
-                return s;
+                return Ok(s);
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "slurm did not come up: {}",
-                std::fs::read_to_string(s.dir.path().join("slurmctld.log")).unwrap_or_default()
-            );
+            let log = || {
+                let ctld = std::fs::read_to_string(s.dir.path().join("slurmctld.log")).unwrap_or_default();
+                let slurmd = std::fs::read_to_string(s.dir.path().join("slurmd.log")).unwrap_or_default();
+                format!("{ctld}\n--- slurmd ---\n{slurmd}")
+            };
+            let exited = s.daemons.iter_mut().any(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || std::time::Instant::now() >= deadline {
+                return Err(log());
+            }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
