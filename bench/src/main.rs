@@ -722,8 +722,11 @@ mod sim {
             if msg.tasks.is_empty() {
                 continue;
             }
-            let results: Vec<pb::TaskResult> =
-                msg.tasks.iter().map(|t| pb::TaskResult { task: t.task, outcome: Some(pb::task_result::Outcome::Value(Default::default())) }).collect();
+            let results: Vec<pb::TaskResult> = msg
+                .tasks
+                .iter()
+                .map(|t| pb::TaskResult { task: t.task, outcome: Some(pb::task_result::Outcome::Value(Default::default())), ..Default::default() })
+                .collect();
             let credits = results.len() as u32;
             if tx.send(shoal_proto::pad::pad(WorkerToHead { results, credits, ..Default::default() })).is_err() {
                 return Err("session closed".into());

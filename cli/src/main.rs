@@ -3,7 +3,9 @@
 //! - `shoal start --head` runs the head (and a worker on the same node);
 //! - `shoal start --address HOST:PORT` joins a worker to a head;
 //! - `shoal status` shows nodes, resources, task counts and actors;
-//! - `shoal stop` stops the daemons started from this machine.
+//! - `shoal stop` stops the daemons started from this machine;
+//! - `shoal list|get|summary|timeline` read the head's state API, and
+//!   `shoal dashboard` prints a login link to its web page.
 //!
 //! The binary is thin: parse arguments, build the library configs, run.
 
@@ -11,6 +13,7 @@ mod logs;
 mod net;
 mod session;
 mod start;
+mod state;
 mod status;
 mod stop;
 
@@ -38,6 +41,102 @@ enum Command {
     Submit(SubmitArgs),
     /// Show the logs of the daemons started from this machine.
     Logs(LogsArgs),
+    /// List tasks, jobs, nodes, objects or actors (`shoal list tasks --state failed`).
+    List(ListArgs),
+    /// Show one task: `shoal get task 3.17`.
+    Get(GetArgs),
+    /// Per function: tasks by state, mean and p95 run time (`shoal summary tasks`).
+    Summary(SummaryArgs),
+    /// Write the tasks that ran as a Chrome trace (open in Perfetto).
+    Timeline(TimelineArgs),
+    /// Print a one-time login link to the head's dashboard.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct ListArgs {
+    /// What to list: tasks, jobs, nodes, objects or actors.
+    what: String,
+    /// Only this job's.
+    #[arg(long)]
+    job: Option<u32>,
+    /// Only tasks of this function.
+    #[arg(long)]
+    function: Option<String>,
+    /// Only tasks in this state: pending, running, finished, failed.
+    #[arg(long)]
+    state: Option<String>,
+    /// Only tasks on (or nodes with) an id starting with this.
+    #[arg(long)]
+    node: Option<String>,
+    /// At most this many rows.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+struct GetArgs {
+    /// What to show: task.
+    what: String,
+    /// Its id (`job.seq`, as `shoal list tasks` prints it).
+    id: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+struct SummaryArgs {
+    /// What to summarise: tasks.
+    what: String,
+    /// Only this job's functions.
+    #[arg(long)]
+    job: Option<u32>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+struct TimelineArgs {
+    /// Only this job's tasks.
+    #[arg(long)]
+    job: Option<u32>,
+    /// Where to write the trace (default timeline.json).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+struct DashboardArgs {
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -160,6 +259,18 @@ struct StartArgs {
     /// Head: unfinished tasks of all jobs together before every driver's submissions wait.
     #[arg(long, default_value_t = 4_000_000)]
     max_tasks: u64,
+    /// Head: port of the dashboard and /metrics (0 picks a free one).
+    #[arg(long, default_value_t = 7171)]
+    dashboard_port: u16,
+    /// Head: address the dashboard binds (loopback: reach it from elsewhere through an SSH tunnel, or bind 0.0.0.0; it always needs a login link or the token).
+    #[arg(long, default_value = "127.0.0.1")]
+    dashboard_host: String,
+    /// Head: serve no dashboard and no /metrics.
+    #[arg(long)]
+    no_dashboard: bool,
+    /// Head: task rows kept for `shoal list tasks`, the timeline and the dashboard (older ones are dropped first; counts stay exact).
+    #[arg(long, default_value_t = 100_000)]
+    task_events: usize,
     /// Head: serve TLS with this PEM certificate (chain); clients then use https://.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -221,6 +332,11 @@ fn main() {
         Command::Status(a) => a.token.tls_ca.clone(),
         Command::Drain(a) => a.token.tls_ca.clone(),
         Command::Submit(a) => a.token.tls_ca.clone(),
+        Command::List(a) => a.token.tls_ca.clone(),
+        Command::Get(a) => a.token.tls_ca.clone(),
+        Command::Summary(a) => a.token.tls_ca.clone(),
+        Command::Timeline(a) => a.token.tls_ca.clone(),
+        Command::Dashboard(a) => a.token.tls_ca.clone(),
         Command::Stop(_) | Command::Logs(_) => None,
     };
     if let Some(ca) = tls_ca {
@@ -234,6 +350,11 @@ fn main() {
         Command::Drain(args) => status::drain(args),
         Command::Submit(args) => status::submit(args),
         Command::Logs(args) => logs::run(args),
+        Command::List(args) => state::list(args),
+        Command::Get(args) => state::get(args),
+        Command::Summary(args) => state::summary(args),
+        Command::Timeline(args) => state::timeline(args),
+        Command::Dashboard(args) => state::dashboard(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

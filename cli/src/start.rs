@@ -145,6 +145,11 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
         bail!("--max-tasks-per-job and --max-tasks must be at least 1");
     }
     cfg.admission = shoal_scheduler::AdmissionLimits { per_job: args.max_tasks_per_job, total: args.max_tasks };
+    cfg.task_events = args.task_events;
+    if !args.no_dashboard {
+        let ip: std::net::IpAddr = args.dashboard_host.parse().with_context(|| format!("--dashboard-host {:?} is not an IP address", args.dashboard_host))?;
+        cfg.dashboard = Some(std::net::SocketAddr::new(ip, args.dashboard_port));
+    }
     let head = shoal_scheduler::start(cfg, listener).await.with_context(|| format!("starting the head (data dir {})", data_dir.display()))?;
     let port = head.addr.port();
     let ip: std::net::IpAddr = args.bind.parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -155,7 +160,10 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
         ip.to_string()
     };
     let local = format!("{scheme}{local_host}:{port}");
-    let record = HeadSession { address: local.clone(), token_file: token.as_ref().map(|_| token_file.clone()), pid: std::process::id() };
+    let dashboard =
+        head.dashboard_addr().map(|a| format!("http://{}:{}", if a.ip().is_unspecified() { "127.0.0.1".to_string() } else { a.ip().to_string() }, a.port()));
+    let record =
+        HeadSession { address: local.clone(), token_file: token.as_ref().map(|_| token_file.clone()), pid: std::process::id(), dashboard: dashboard.clone() };
     config::write_private_file(&config::head_session_path(home), &serde_json::to_vec_pretty(&record)?)?;
     let pid_file = session::write_pid_file(home, "head")?;
     let public = if ip.is_unspecified() { format!("{scheme}{}", join_address(port)) } else { local.clone() };
@@ -171,6 +179,11 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
         None => println!("To join another node:\n  shoal start --address {public}"),
     }
     println!("Programs on this machine connect with SHOAL_ADDRESS=auto (or {local}); `shoal status` shows the cluster.");
+    match head.dashboard_login_url("127.0.0.1") {
+        Some(url) => println!("  dashboard:  {url}\n              (a one-time login link; `shoal dashboard` prints a new one)"),
+        None if !args.no_dashboard => println!("  dashboard:  not served: port {} is taken (see the log; --dashboard-port picks another)", args.dashboard_port),
+        None => {}
+    }
 
     let worker = if args.num_cpus != Some(0.0) {
         let mut wc = worker_config(&args, local.clone(), token.clone(), home)?;

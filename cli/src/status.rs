@@ -7,13 +7,13 @@ use shoal::status::ClusterStatus;
 use shoal_domain::ResourceSet;
 use shoal_domain::size::format_size;
 
-fn head_and_token(address: Option<&str>, token: &crate::TokenArgs) -> anyhow::Result<(String, Option<String>)> {
+pub(crate) fn head_and_token(address: Option<&str>, token: &crate::TokenArgs) -> anyhow::Result<(String, Option<String>)> {
     let address = config::resolve_address(address)
         .ok_or_else(|| anyhow!("no head address: pass --address HOST:PORT, set SHOAL_ADDRESS, or run `shoal start --head` on this machine"))?;
     Ok((address, config::resolve_token(token.token.as_deref(), token.token_file.as_deref())?))
 }
 
-fn explain(e: shoal::Error) -> anyhow::Error {
+pub(crate) fn explain(e: shoal::Error) -> anyhow::Error {
     match e {
         shoal::Error::Unauthenticated { address, message } => {
             anyhow!("the head at {address} refused the cluster token ({message}). Pass --token or --token-file, or set SHOAL_TOKEN / SHOAL_TOKEN_FILE.")

@@ -132,7 +132,10 @@ pub(crate) fn serve(
                 pb::task_result::Outcome::Failure(f) => format!("the actor's constructor failed: {}{}", f.message, at(&f.location)),
                 _ => "the actor's constructor failed".to_string(),
             };
-            send(&ExecutorToWorker { results: vec![pb::TaskResult { task: create.task, outcome: Some(failure) }], ..Default::default() })?;
+            send(&ExecutorToWorker {
+                results: vec![pb::TaskResult { task: create.task, outcome: Some(failure), ..Default::default() }],
+                ..Default::default()
+            })?;
             (None, Some(msg))
         }
     };
@@ -357,7 +360,7 @@ impl Server {
 
     fn push(&mut self, task: u64, outcome: pb::task_result::Outcome, refs: Vec<Arc<crate::object_ref::RefInner>>) -> std::io::Result<()> {
         settle_refs(task, &outcome, refs);
-        self.out.results.push(pb::TaskResult { task, outcome: Some(outcome) });
+        self.out.results.push(pb::TaskResult { task, outcome: Some(outcome), ..Default::default() });
         if self.out.results.len() >= 1024 {
             self.flush()?;
         }

@@ -36,6 +36,9 @@ pub struct HeadSession {
     pub token_file: Option<PathBuf>,
     /// Head process id.
     pub pid: u32,
+    /// The dashboard's base URL, when it serves one.
+    #[serde(default)]
+    pub dashboard: Option<String>,
 }
 
 /// Path of the head session record.

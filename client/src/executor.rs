@@ -255,10 +255,13 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(arena.as_ref(), a)).collect();
             CURRENT_TASK.with(|c| c.set(t.task));
             RUNNING.store(true, std::sync::atomic::Ordering::Release);
+            let started_at_us = unix_micros();
+            let clock = Instant::now();
             let result = match args {
                 Ok(args) => run_one(functions.get(t.func as usize).copied().flatten(), &name, &args),
                 Err(e) => Err(fail(FailureKind::ObjectLost, &name, e, String::new())),
             };
+            let run_us = clock.elapsed().as_micros().max(1) as u64;
             RUNNING.store(false, std::sync::atomic::Ordering::Release);
             CURRENT_TASK.with(|c| c.set(0));
             let mut alloc = LoopAlloc {
@@ -275,7 +278,7 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             if let pb::task_result::Outcome::Value(v) = &outcome {
                 out_bytes += v.len();
             }
-            out.results.push(pb::TaskResult { task: t.task, outcome: Some(outcome) });
+            out.results.push(pb::TaskResult { task: t.task, outcome: Some(outcome), started_at_us, run_us, pid: std::process::id() });
             if last_flush.elapsed() >= FLUSH_AFTER || out_bytes >= shoal_domain::limits::BATCH_BYTES {
                 out_bytes = 0;
                 out.released = take_released();
@@ -289,6 +292,11 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             send(&out)?;
         }
     }
+}
+
+/// Now, in microseconds since the Unix epoch (0 if the clock is before it).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Where the space for a large result comes from: the worker, asked

@@ -21,6 +21,7 @@ pub mod resources;
 #[doc(hidden)]
 pub mod seeded;
 pub mod size;
+pub mod state;
 pub mod store;
 pub mod task;
 

@@ -173,7 +173,7 @@ pub fn result_to_wire(task: TaskId, outcome: Result<Value, Failure>) -> pb::Task
         Ok(Value::Stored { size }) => pb::task_result::Outcome::Stored(pb::StoredObject { id: task.0, size, holders: Vec::new() }),
         Err(f) => pb::task_result::Outcome::Failure(f.into()),
     };
-    pb::TaskResult { task: task.0, outcome: Some(outcome) }
+    pb::TaskResult { task: task.0, outcome: Some(outcome), ..Default::default() }
 }
 
 impl From<StoredRef> for pb::StoredObject {
@@ -197,6 +197,7 @@ pub fn delivery_to_wire(task: TaskId, outcome: Result<Payload, Failure>) -> pb::
             Ok(Payload::Stored(r)) => pb::task_result::Outcome::Stored(r.into()),
             Err(f) => pb::task_result::Outcome::Failure(f.into()),
         }),
+        ..Default::default()
     }
 }
 
@@ -647,7 +648,7 @@ mod tests {
 
     #[test]
     fn a_result_without_outcome_reads_as_worker_death() {
-        let (id, r) = result_from_wire(pb::TaskResult { task: 7, outcome: None });
+        let (id, r) = result_from_wire(pb::TaskResult { task: 7, outcome: None, ..Default::default() });
         assert_eq!(id, ObjectId(7));
         assert_eq!(r.unwrap_err().kind, FailureKind::WorkerDied);
     }

@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn results_appended_directly_are_the_jobs_share_as_a_log_record() {
         let dir = tempfile::tempdir().unwrap();
-        let r = |task: u64| pb::TaskResult { task, outcome: Some(pb::task_result::Outcome::Value(bytes::Bytes::from_static(b"v"))) };
+        let r = |task: u64| pb::TaskResult { task, outcome: Some(pb::task_result::Outcome::Value(bytes::Bytes::from_static(b"v"))), ..Default::default() };
         let all = vec![r(shoal_domain::ids::object_id(1, 1)), r(shoal_domain::ids::object_id(2, 1)), r(shoal_domain::ids::object_id(1, 2))];
         {
             let (log, _) = Log::open(dir.path(), |_| {}).unwrap();

@@ -26,6 +26,7 @@
 mod address;
 pub mod core;
 mod durable;
+pub mod events;
 pub mod server;
 
 pub use server::{AdmissionLimits, HeadConfig, HeadHandle, TlsIdentity, start};

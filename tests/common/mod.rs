@@ -82,6 +82,10 @@ impl Cluster {
     pub fn head_on(bind: &str, extra: &[&str]) -> Cluster {
         let home = tempfile::tempdir().expect("tempdir");
         let mut args: Vec<String> = ["start", "--head", "--block", "--port", "0", "--bind", bind, "--num-cpus", "0"].iter().map(|s| s.to_string()).collect();
+        // Every test head serves its dashboard, on a port of its own.
+        if !extra.iter().any(|a| a.starts_with("--dashboard-port") || *a == "--no-dashboard") {
+            args.extend(["--dashboard-port".to_string(), "0".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let head = Self::spawn_head(home.path(), &args, "head.log");
         let session = Self::wait_session(home.path(), &head);
@@ -121,6 +125,17 @@ impl Cluster {
     pub fn restart_head(&mut self, n: usize) {
         self.head = Self::spawn_head(self.home.path(), &self.head_args, &format!("head-{n}.log"));
         Self::wait_session(self.home.path(), &self.head);
+    }
+
+    /// The dashboard's base URL (`http://127.0.0.1:PORT`).
+    pub fn dashboard(&self) -> String {
+        let s: Value = serde_json::from_slice(&std::fs::read(self.home.path().join("head.json")).unwrap()).unwrap();
+        s["dashboard"].as_str().expect("the head serves a dashboard").to_string()
+    }
+
+    /// Runs the `shoal` CLI against this cluster (its session dir).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        shoal(self.home.path(), args)
     }
 
     pub fn token_file(&self) -> PathBuf {

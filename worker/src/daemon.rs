@@ -147,7 +147,16 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let core = WorkerCore::new(CoreConfig::new(config.resources.clone(), config.max_executors), store.clone());
     let daemon = Daemon {
         core,
-        io: Io { config, socket: socket.clone(), events: events.clone(), store: store.clone(), conns: HashMap::new(), tails: HashMap::new(), session: None },
+        io: Io {
+            config,
+            socket: socket.clone(),
+            events: events.clone(),
+            store: store.clone(),
+            conns: HashMap::new(),
+            tails: HashMap::new(),
+            session: None,
+            run_times: HashMap::new(),
+        },
         node_tx,
         heartbeat_seq: 0,
     };
@@ -246,7 +255,15 @@ struct Io {
     /// The last lines each executor wrote to stderr.
     tails: HashMap<ExecId, StderrTail>,
     session: Option<(u64, mpsc::UnboundedSender<WorkerToHead>, String)>,
+    /// What executors measured of the tasks whose results the core holds
+    /// until its next report: start, run time, pid (for the head's task
+    /// events). Bounded: results the core drops (a finished job's) would
+    /// otherwise stay.
+    run_times: HashMap<ObjectId, (u64, u64, u32)>,
 }
+
+/// Most run times kept waiting for a report.
+const MAX_RUN_TIMES: usize = 100_000;
 
 impl Effects for Io {
     fn spawn_executor(&mut self, exec: ExecId, job: JobId, binary: &Path) -> Result<u32, String> {
@@ -287,7 +304,11 @@ impl Effects for Io {
                 size = 0;
             }
             size += len;
-            batch.push(convert::result_to_wire(task, outcome));
+            let mut r = convert::result_to_wire(task, outcome);
+            if let Some((started, run, pid)) = self.run_times.remove(&task) {
+                (r.started_at_us, r.run_us, r.pid) = (started, run, pid);
+            }
+            batch.push(r);
         }
         let copied = report.copied.into_iter().map(|id| id.0).collect();
         let _ = tx.send(pad(WorkerToHead { credits: report.credits, results: batch, copied, ..Default::default() }));
@@ -464,6 +485,12 @@ impl Daemon {
                     io.alloc(exec, req);
                 }
                 if !msg.results.is_empty() {
+                    if io.run_times.len() + msg.results.len() > MAX_RUN_TIMES {
+                        io.run_times.clear();
+                    }
+                    for r in msg.results.iter().filter(|r| r.run_us > 0) {
+                        io.run_times.insert(ObjectId(r.task), (r.started_at_us, r.run_us, r.pid));
+                    }
                     let results = msg.results.into_iter().map(convert::result_from_wire).collect();
                     self.core.executor_results(exec, results, Instant::now());
                 }

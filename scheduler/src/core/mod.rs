@@ -67,6 +67,10 @@ pub trait Outbox {
     /// Job `job`'s driver is gone but its detached actors live on: what
     /// it logged may shrink to them (a snapshot now).
     fn job_lingering(&mut self, _job: JobId) {}
+    /// Task `task` (a call of its job's function number `func`) changed
+    /// phase. For the task-event store and metrics: no decision of the
+    /// core rests on it.
+    fn task_event(&mut self, _task: TaskId, _func: u32, _event: TaskEvent<'_>) {}
 }
 
 /// Tunables of the core.
@@ -747,6 +751,7 @@ impl Core {
         if matches!(task.state, TaskState::Dispatched(_)) {
             self.counts.running = self.counts.running.saturating_sub(1);
             self.counts.queued += 1;
+            out.task_event(tid, task.func, TaskEvent::Requeued);
         }
         task.state = TaskState::Ready;
         if self.is_actor(tid) {
@@ -1388,6 +1393,8 @@ impl Core {
             );
             self.task_added(job);
             self.counts.queued += 1;
+            let name = self.jobs.get(&job).and_then(|j| j.functions.get(t.func as usize)).map_or("?", |d| d.name.as_str());
+            out.task_event(t.id, t.func, TaskEvent::Submitted { function: name });
             if (t.placement != Placement::Any || t.dedicated || actor_of.is_some())
                 && let Some(task) = self.tasks.get_mut(&t.id)
             {
@@ -1544,6 +1551,7 @@ impl Core {
         let Some(task) = self.tasks.remove(&tid) else { return };
         self.task_gone(task.job);
         self.counts.finished += 1;
+        out.task_event(tid, task.func, TaskEvent::Finished);
         self.release_args(&task, out);
         let state = match value {
             Value::Inline(b) => ObjectState::Ready(b),
@@ -1776,6 +1784,7 @@ impl Core {
         while let Some((tid, f)) = work.pop() {
             let Some(task) = self.tasks.remove(&tid) else { continue };
             self.task_gone(task.job);
+            out.task_event(tid, task.func, TaskEvent::Failed { failure: &f, was_running: matches!(task.state, TaskState::Dispatched(_)) });
             match task.state {
                 TaskState::Waiting | TaskState::Ready => self.counts.queued = self.counts.queued.saturating_sub(1),
                 TaskState::Dispatched(slot) => {
@@ -2097,6 +2106,8 @@ impl Core {
             );
             self.task_added(oid.job());
             self.counts.queued += 1;
+            let name = self.jobs.get(&oid.job()).and_then(|j| j.functions.get(lin.func as usize)).map_or("?", |d| d.name.as_str());
+            out.task_event(oid, lin.func, TaskEvent::Submitted { function: name });
             rebuilt.push(oid);
             tracing::info!(object = %oid, "rebuilding a lost object by re-running the task that made it");
         }
@@ -2254,6 +2265,7 @@ impl Core {
         self.counts.running += 1;
         let resources = task.own_resources().cloned();
         let dedicated = task.extra.as_ref().is_some_and(|e| e.dedicated);
+        out.task_event(tid, task.func, TaskEvent::Dispatched { node: node_id });
         let mut d = Dispatch { task: tid, job: task.job, func: task.func, args, attempt: task.attempts as u32, resources, dedicated, actor: ActorPart::None };
         let slot = node.slot;
         if let Some(part) = self.actor_placed(tid, slot) {
@@ -2291,6 +2303,44 @@ impl Core {
         // Jobs with a driver (a lingering one has none).
         let jobs = self.jobs.values().filter(|j| !j.lingering).count() as u32;
         ClusterStatus { nodes, tasks: self.counts, jobs, version: env!("CARGO_PKG_VERSION").to_string(), actors: self.actor_statuses() }
+    }
+
+    /// Finished objects, stored ones first and largest first, at most
+    /// `limit` (for the state API), and how many there are in all.
+    pub fn objects(&self, job: Option<JobId>, limit: usize) -> (Vec<shoal_domain::state::ObjectRow>, u64) {
+        let mut rows: Vec<shoal_domain::state::ObjectRow> = Vec::new();
+        let mut total = 0u64;
+        for (id, o) in self.objects.iter().filter(|(id, _)| job.is_none_or(|j| id.job() == j)) {
+            total += 1;
+            let (size, holders, stored) = match &o.state {
+                ObjectState::Stored { size, holders } => (*size, holders.clone(), true),
+                ObjectState::Ready(b) => (b.len() as u64, Vec::new(), false),
+                ObjectState::Failed(_) => (0, Vec::new(), false),
+            };
+            let refs = o.task_refs as u64 + o.refs.as_ref().map_or(0, |r| r.borrowers.len() as u64 + r.contained_in as u64);
+            rows.push(shoal_domain::state::ObjectRow { id: *id, size, holders, stored, driver_ref: o.driver_ref, refs });
+        }
+        rows.sort_unstable_by(|a, b| b.stored.cmp(&a.stored).then(b.size.cmp(&a.size)).then(a.id.cmp(&b.id)));
+        rows.truncate(limit);
+        (rows, total)
+    }
+
+    /// Queued tasks that wait for a node, by the resources they need
+    /// (why tasks wait: `shoal status`), most common first.
+    pub fn pending_demand(&self) -> Vec<(ResourceSet, u64)> {
+        let mut by_shape: Vec<(ResourceSet, u64)> = Vec::new();
+        for tid in self.ready.iter() {
+            let Some(t) = self.tasks.get(tid) else { continue };
+            let Some(def) = self.jobs.get(&t.job).and_then(|j| j.functions.get(t.func as usize)) else { continue };
+            let need = needs(t, def).clone();
+            if let Some((_, n)) = by_shape.iter_mut().find(|(r, _)| *r == need) {
+                *n += 1;
+            } else if by_shape.len() < 64 {
+                by_shape.push((need, 1));
+            }
+        }
+        by_shape.sort_by_key(|s| std::cmp::Reverse(s.1));
+        by_shape
     }
 
     /// Number of entries in the object table (for tests and metrics).

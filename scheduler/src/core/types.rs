@@ -3,6 +3,7 @@
 //! callers name them in one place. Generated protobuf types stay out of
 //! the core; `shoal_proto::convert` maps them.
 
+pub use crate::events::TaskEvent;
 pub use shoal_domain::cluster::{ClusterStatus, NodeRegistration, NodeStatus, TaskCounts};
 pub use shoal_domain::task::{
     Dispatch, FunctionDef, JobSnapshot, NewArg, NewTask, Payload, Placement, PutValue, SnapshotObject, SnapshotTask, SnapshotValue, StoredRef, Value,

@@ -54,6 +54,11 @@ pub(crate) enum Cmd {
     Status {
         reply: oneshot::Sender<ClusterStatus>,
     },
+    /// A question of the state API (CLI, dashboard, metrics).
+    State {
+        query: super::state::StateQuery,
+        reply: oneshot::Sender<super::state::StateAnswer>,
+    },
     Drain {
         node: NodeId,
         reply: oneshot::Sender<Result<(), CoreError>>,

@@ -31,7 +31,14 @@ pub struct HeadConfig {
     pub compact_after_bytes: u64,
     /// Bounds on unfinished tasks before a driver's submissions wait.
     pub admission: super::AdmissionLimits,
+    /// Task rows the state API keeps (the oldest go first past it).
+    pub task_events: usize,
+    /// Serve the dashboard and `/metrics` here (`None`: no dashboard).
+    pub dashboard: Option<std::net::SocketAddr>,
 }
+
+/// Task rows kept by default (about 15 MB).
+pub const DEFAULT_TASK_EVENTS: usize = 100_000;
 
 /// A PEM certificate chain and private key for serving TLS.
 #[derive(Clone)]
@@ -63,6 +70,8 @@ impl HeadConfig {
             driver_grace: Duration::from_secs(30),
             compact_after_bytes: 64 << 20,
             admission: super::AdmissionLimits::default(),
+            task_events: DEFAULT_TASK_EVENTS,
+            dashboard: None,
         }
     }
 }

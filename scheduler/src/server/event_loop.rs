@@ -6,7 +6,9 @@ use super::admission::{Admission, AdmissionLimits};
 use super::cmd::{Cmd, Sender};
 use super::outbox::{BatchingOutbox, current};
 use super::persistence::{LoopState, apply_driver_batch};
+use super::state::unix_micros;
 use crate::core::{Core, JobId, NodeId, ObjectId, Outbox, StoreUsage};
+use crate::events::RunTime;
 use shoal_proto::pad::pad;
 use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
 use shoal_proto::{PROTOCOL_VERSION, convert};
@@ -30,11 +32,11 @@ pub(super) struct Loop {
 }
 
 impl Loop {
-    pub(super) fn new(core: Core, state: LoopState, heartbeat_interval: Duration, limits: AdmissionLimits) -> Self {
+    pub(super) fn new(core: Core, state: LoopState, heartbeat_interval: Duration, limits: AdmissionLimits, task_events: usize) -> Self {
         Loop {
             core,
             state,
-            out: BatchingOutbox::default(),
+            out: BatchingOutbox::new(task_events),
             workers: HashMap::new(),
             drivers: HashMap::new(),
             heartbeat_interval,
@@ -78,6 +80,7 @@ impl Loop {
         self.core.schedule(&mut self.out);
         self.admission.review(&self.core);
         for job in self.out.ended.drain(..) {
+            self.out.events.job_ended(job);
             self.admission.detach(job);
             self.drivers.remove(&job);
             self.state.job_ended(job);
@@ -117,6 +120,7 @@ impl Loop {
 
     /// Applies one event.
     pub(super) fn handle(&mut self, cmd: Cmd, now: Instant) {
+        self.out.events.set_now(unix_micros());
         let (core, out) = (&mut self.core, &mut self.out);
         match cmd {
             Cmd::WorkerRegister { reg, tx, reply } => {
@@ -149,8 +153,12 @@ impl Loop {
                 }
                 if !msg.results.is_empty() {
                     let logged = self.state.log_results(node, &msg.results);
+                    for r in msg.results.iter().filter(|r| r.run_us > 0) {
+                        out.events.run_time(ObjectId(r.task), RunTime { started_at_us: r.started_at_us, run_us: r.run_us, pid: r.pid });
+                    }
                     let results = msg.results.into_iter().map(convert::result_from_wire).collect();
                     core.tasks_finished(node, epoch, results, now, out);
+                    out.events.end_of_batch();
                     for (job, n) in logged {
                         self.state.count(core, job, n);
                     }
@@ -171,6 +179,7 @@ impl Loop {
                         if parent_job == 0 {
                             self.admission.attach(job, gate);
                         }
+                        out.events.job_started(job, &name, (parent_job != 0).then_some(parent_job));
                         let resume_secret = self.state.job_started(core, job, binary, name);
                         let welcome = pb::Welcome { job, protocol_version: PROTOCOL_VERSION, resume_secret };
                         let _ = tx.send(Ok(HeadToDriver { welcome: Some(welcome), ..Default::default() }));
@@ -254,6 +263,11 @@ impl Loop {
             Cmd::Status { reply } => {
                 let _ = reply.send(core.snapshot(now));
             }
+            Cmd::State { query, reply } => {
+                // After the burst's scheduling pass would be fresher, but
+                // the loop is single-threaded: this is the state now.
+                let _ = reply.send(super::state::answer(core, &mut out.events, query, now));
+            }
             Cmd::Drain { node, reply } => {
                 let _ = reply.send(core.drain(node, out));
             }
@@ -288,7 +302,7 @@ mod tests {
     type Rx<T> = mpsc::UnboundedReceiver<Result<T, Status>>;
 
     fn new_loop(state: LoopState) -> Loop {
-        Loop::new(Core::new(CoreConfig::default()), state, Duration::from_millis(500), AdmissionLimits::default())
+        Loop::new(Core::new(CoreConfig::default()), state, Duration::from_millis(500), AdmissionLimits::default(), 1000)
     }
 
     fn worker(l: &mut Loop) -> Rx<HeadToWorker> {
@@ -365,7 +379,7 @@ mod tests {
     #[test]
     fn a_driver_over_its_bound_is_held_until_its_queue_drains_below_90_percent() {
         let limits = AdmissionLimits { per_job: 100, total: 1_000 };
-        let mut l = Loop::new(Core::new(CoreConfig::default()), LoopState::new(None, u64::MAX), Duration::from_millis(500), limits);
+        let mut l = Loop::new(Core::new(CoreConfig::default()), LoopState::new(None, u64::MAX), Duration::from_millis(500), limits, 1000);
         let (job, _tx, _rx, gate) = gated_driver(&mut l);
         // What the session does as it forwards a message.
         let send = |l: &mut Loop, seq: u64, tasks: std::ops::Range<u64>| {
@@ -386,8 +400,10 @@ mod tests {
         let sent = dispatched(&mut w);
         assert_eq!(sent.len(), 110);
         let finish = |l: &mut Loop, ids: &[u64]| {
-            let results =
-                ids.iter().map(|t| pb::TaskResult { task: *t, outcome: Some(pb::task_result::Outcome::Value(bytes::Bytes::from_static(b"v"))) }).collect();
+            let results = ids
+                .iter()
+                .map(|t| pb::TaskResult { task: *t, outcome: Some(pb::task_result::Outcome::Value(bytes::Bytes::from_static(b"v"))), ..Default::default() })
+                .collect();
             let node = *l.workers.keys().next().unwrap();
             let epoch = l.workers[&node].0;
             l.handle(Cmd::WorkerMsg { node, epoch, msg: pb::WorkerToHead { results, ..Default::default() } }, Instant::now());

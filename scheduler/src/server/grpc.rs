@@ -15,6 +15,7 @@ pub(super) struct HeadService {
     pub(super) events: mpsc::UnboundedSender<Cmd>,
     pub(super) store: BinaryStore,
     pub(super) uploads: super::uploads::Uploads,
+    pub(super) dashboard: Option<(std::net::SocketAddr, std::sync::Arc<super::dashboard::auth::DashboardAuth>)>,
 }
 
 #[tonic::async_trait]
@@ -105,6 +106,48 @@ impl Head for HeadService {
         self.events.send(Cmd::Drain { node, reply: tx }).map_err(|_| head_gone())?;
         rx.await.map_err(|_| head_gone())?.map_err(|e| Status::not_found(e.to_string()))?;
         Ok(Response::new(pb::DrainReply {}))
+    }
+
+    async fn state(&self, request: Request<pb::StateRequest>) -> Result<Response<pb::StateReply>, Status> {
+        use super::state::{StateAnswer, StateQuery};
+        use pb::state_request::Kind;
+        use shoal_domain::state::{TaskFilter, TaskPhase};
+        let r = request.into_inner();
+        let job = (r.job != 0).then_some(r.job);
+        let query = match r.kind() {
+            Kind::Tasks => {
+                let phase = match r.state.trim() {
+                    "" => None,
+                    s => Some(
+                        TaskPhase::parse(s).ok_or_else(|| Status::invalid_argument(format!("unknown state {s:?}: pending, running, finished or failed")))?,
+                    ),
+                };
+                let nonempty = |s: String| Some(s.trim().to_string()).filter(|s| !s.is_empty());
+                StateQuery::Tasks(TaskFilter { job, function: nonempty(r.function), phase, node: nonempty(r.node), limit: r.limit })
+            }
+            Kind::Task => StateQuery::Task(
+                shoal_domain::ObjectId::parse(r.id.trim())
+                    .ok_or_else(|| Status::invalid_argument(format!("{:?} is not a task id (job.seq, e.g. 3.17)", r.id)))?,
+            ),
+            Kind::Jobs => StateQuery::Jobs,
+            Kind::Summary => StateQuery::Summary(job),
+            Kind::Objects => StateQuery::Objects { job, limit: r.limit as usize },
+            Kind::Overview => StateQuery::Overview,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Cmd::State { query, reply: tx }).map_err(|_| head_gone())?;
+        let answer = rx.await.map_err(|_| head_gone())?;
+        if let StateAnswer::Task(None) = answer {
+            return Err(Status::not_found(format!("task {} is not tracked (unknown, or dropped from the bounded task store)", r.id.trim())));
+        }
+        Ok(Response::new(pb::StateReply { json: answer.to_json().into() }))
+    }
+
+    async fn dashboard_login(&self, _request: Request<pb::DashboardLoginRequest>) -> Result<Response<pb::DashboardLoginReply>, Status> {
+        let (addr, auth) =
+            self.dashboard.as_ref().ok_or_else(|| Status::unavailable("this head serves no dashboard (started with --no-dashboard, or its port was taken)"))?;
+        let code = if auth.open() { String::new() } else { auth.login_code(std::time::Instant::now()) };
+        Ok(Response::new(pb::DashboardLoginReply { bind: addr.ip().to_string(), port: addr.port() as u32, code }))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {

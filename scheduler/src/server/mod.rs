@@ -11,15 +11,21 @@
 //!   deduplication and acknowledgement of driver batches, compaction.
 //! - `sessions`: opening worker and driver sessions (gRPC or in-process).
 //! - `grpc`: the tonic service; handlers only unpack and forward.
+//! - `state`: the state API's queries and answers (the loop answers).
+//! - `dashboard`: the web page, its JSON API and `/metrics` (axum).
+//! - `metrics`: the Prometheus series, read from one loop snapshot.
 
 mod admission;
 mod cmd;
 pub mod config;
+mod dashboard;
 mod event_loop;
 mod grpc;
+mod metrics;
 mod outbox;
 mod persistence;
 mod sessions;
+mod state;
 mod uploads;
 
 pub use admission::AdmissionLimits;
@@ -48,6 +54,9 @@ pub struct HeadHandle {
     store: BinaryStore,
     /// Why the event loop ended, once it has.
     loop_ended: tokio::sync::watch::Receiver<Option<String>>,
+    /// Where the dashboard listens, and who may read it.
+    dashboard: Option<(SocketAddr, std::sync::Arc<dashboard::auth::DashboardAuth>)>,
+    dashboard_stop: Option<oneshot::Sender<()>>,
 }
 
 impl HeadHandle {
@@ -69,6 +78,18 @@ impl HeadHandle {
         LocalLink(std::sync::Arc::new(InProcessHead { events: self.events.clone(), store: self.store.clone() }))
     }
 
+    /// The dashboard's address, if it serves one.
+    pub fn dashboard_addr(&self) -> Option<SocketAddr> {
+        self.dashboard.as_ref().map(|(a, _)| *a)
+    }
+
+    /// A one-time login link for the dashboard (`host` names the machine
+    /// in the link when the dashboard listens on every interface).
+    pub fn dashboard_login_url(&self, host: &str) -> Option<String> {
+        let (addr, auth) = self.dashboard.as_ref()?;
+        Some(login_url(*addr, host, auth))
+    }
+
     /// Current cluster snapshot (same data as the Status RPC).
     pub async fn snapshot(&self) -> Option<ClusterStatus> {
         let (tx, rx) = oneshot::channel();
@@ -79,6 +100,9 @@ impl HeadHandle {
     /// Stops serving: sessions are closed, then the server exits.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(tx) = self.dashboard_stop.take() {
             let _ = tx.send(());
         }
         let _ = self.events.send(Cmd::Stop);
@@ -115,7 +139,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         state = LoopState::new(Some(log), config.compact_after_bytes);
         persistence::restore(&mut core, &mut state, replay, config.heartbeat_timeout);
     }
-    let event_loop = tokio::spawn(event_loop::Loop::new(core, state, config.heartbeat_interval, config.admission).run(rx));
+    let event_loop = tokio::spawn(event_loop::Loop::new(core, state, config.heartbeat_interval, config.admission, config.task_events).run(rx));
     let (ended_tx, loop_ended) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
         let why = match event_loop.await {
@@ -127,7 +151,32 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         };
         let _ = ended_tx.send(Some(why));
     });
-    let service = HeadService { events: events.clone(), store: store.clone(), uploads: Default::default() };
+    let auth = std::sync::Arc::new(dashboard::auth::DashboardAuth::new(config.token.clone()));
+    let (dashboard, dashboard_stop) = match config.dashboard {
+        None => (None, None),
+        Some(at) => match tokio::net::TcpListener::bind(at).await {
+            Ok(l) => {
+                let addr = l.local_addr()?;
+                let shared = std::sync::Arc::new(dashboard::Dashboard {
+                    events: events.clone(),
+                    auth: auth.clone(),
+                    metrics: std::sync::Mutex::new(metrics::HeadMetrics::new()),
+                });
+                let (tx, rx) = oneshot::channel::<()>();
+                tokio::spawn(dashboard::serve(l, shared, async {
+                    let _ = rx.await;
+                }));
+                tracing::info!(%addr, "dashboard listening");
+                (Some((addr, auth.clone())), Some(tx))
+            }
+            // The head serves without its dashboard rather than not at all.
+            Err(e) => {
+                tracing::warn!(%at, error = %e, "could not bind the dashboard (pick another with --dashboard-port); the head runs without it");
+                (None, None)
+            }
+        },
+    };
+    let service = HeadService { events: events.clone(), store: store.clone(), uploads: Default::default(), dashboard: dashboard.clone() };
     let svc = HeadServer::new(service)
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
@@ -167,5 +216,15 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         }
     });
     tracing::info!(%addr, token = config.token.is_some(), tls = encrypted, "head listening");
-    Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events, store, loop_ended })
+    Ok(HeadHandle { addr, shutdown: Some(stop_tx), server, events, store, loop_ended, dashboard, dashboard_stop })
+}
+
+/// `http://HOST:PORT/login?code=...` for a dashboard bound to `addr`.
+fn login_url(addr: SocketAddr, host: &str, auth: &dashboard::auth::DashboardAuth) -> String {
+    let host = if addr.ip().is_unspecified() { host.to_string() } else { addr.ip().to_string() };
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
+    if auth.open() {
+        return format!("http://{host}:{}/", addr.port());
+    }
+    format!("http://{host}:{}/login?code={}", addr.port(), auth.login_code(std::time::Instant::now()))
 }

@@ -1,7 +1,8 @@
 //! The core's outbox in production: messages batched per stream, each
 //! batch closed at `BATCH_BYTES` so no frame grows without bound.
 
-use crate::core::{Dispatch, Failure, FunctionDef, JobId, NodeId, ObjectId, Outbox, Payload, TaskId};
+use crate::core::{Dispatch, Failure, FunctionDef, JobId, NodeId, ObjectId, Outbox, Payload, TaskEvent, TaskId};
+use crate::events::TaskEvents;
 use shoal_proto::convert;
 use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
 use std::collections::HashMap;
@@ -12,7 +13,6 @@ pub(super) const BATCH_BYTES: usize = shoal_domain::limits::BATCH_BYTES;
 
 /// Messages for each stream, in batches of about `BATCH_BYTES`, and the
 /// session ends and job ends the loop acts on.
-#[derive(Default)]
 pub(super) struct BatchingOutbox {
     /// Per node: its batches, each with its estimated size.
     pub(super) workers: HashMap<NodeId, Vec<(HeadToWorker, usize)>>,
@@ -24,6 +24,22 @@ pub(super) struct BatchingOutbox {
     pub(super) ended: Vec<JobId>,
     /// Jobs whose logs to compact now (they linger for detached actors).
     pub(super) lingering: Vec<JobId>,
+    /// Every task's transitions, for the state API and metrics.
+    pub(super) events: TaskEvents,
+}
+
+impl BatchingOutbox {
+    /// An empty outbox whose task-event store keeps `task_events` rows.
+    pub(super) fn new(task_events: usize) -> Self {
+        BatchingOutbox {
+            workers: HashMap::new(),
+            drivers: HashMap::new(),
+            disconnect: Vec::new(),
+            ended: Vec::new(),
+            lingering: Vec::new(),
+            events: TaskEvents::new(task_events),
+        }
+    }
 }
 
 // The one `expect` of the crate: the vector was made non-empty on the
@@ -93,6 +109,9 @@ impl Outbox for BatchingOutbox {
     fn job_lingering(&mut self, job: JobId) {
         self.lingering.push(job);
     }
+    fn task_event(&mut self, task: TaskId, func: u32, event: TaskEvent<'_>) {
+        self.events.task_event(task, func, event);
+    }
 }
 
 #[cfg(test)]
@@ -102,7 +121,7 @@ mod tests {
 
     #[test]
     fn batches_close_at_the_size_limit_and_keep_order() {
-        let mut out = BatchingOutbox::default();
+        let mut out = BatchingOutbox::new(10);
         let node = NodeId::random();
         let mb = Bytes::from(vec![0u8; 1 << 20]);
         for i in 0..10 {
@@ -131,7 +150,7 @@ mod tests {
 
     #[test]
     fn one_value_larger_than_a_batch_travels_alone() {
-        let mut out = BatchingOutbox::default();
+        let mut out = BatchingOutbox::new(10);
         out.result(3, ObjectId::new(3, 1), Ok(Payload::Inline(Bytes::from(vec![0u8; BATCH_BYTES + 10]))));
         out.result(3, ObjectId::new(3, 2), Ok(Payload::Inline(Bytes::from_static(b"x"))));
         let batches = &out.drivers[&3];

@@ -184,7 +184,7 @@ pub(super) fn restore(core: &mut Core, state: &mut LoopState, replay: Replay, he
     // (set first: replayed puts and results name nodes not yet back).
     core.recovering(now + heartbeat_timeout * 2);
     // Nobody is connected yet: whatever the replay would send is dropped.
-    let mut out = BatchingOutbox::default();
+    let mut out = BatchingOutbox::new(0);
     let (mut jobs, mut batches, mut results) = (0, 0, 0);
     for (job, records) in replay.jobs {
         for r in records {

@@ -1,0 +1,285 @@
+//! The dashboard, `/metrics` and the state API on a real cluster: a head,
+//! one worker, this test as the driver, and a real headless Chromium
+//! (Debian's `chromium`, driven over the DevTools protocol) that logs in
+//! with a one-time link and reads the page.
+//!
+//! `SHOAL_SCREENSHOT=docs/dashboard.png` also saves a screenshot.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[shoal::remote]
+fn square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(2));
+    x * x
+}
+
+#[shoal::remote]
+fn picky(x: u64) -> u64 {
+    if x == 3 {
+        panic!("task three refuses: {x}");
+    }
+    x
+}
+
+/// Runs the job the checks look at: 40 squares, one picky task that
+/// fails and one that does not (42 tasks: 41 finished, 1 failed).
+fn run_the_job() {
+    let refs: Vec<_> = (0..40).map(square::remote).collect();
+    let sum: u64 = refs.into_iter().map(|r| r.get().unwrap()).sum();
+    assert_eq!(sum, (0..40u64).map(|x| x * x).sum::<u64>());
+    assert!(picky::remote(3).get().is_err());
+    assert_eq!(picky::remote(1).get().unwrap(), 1);
+}
+
+/// `GET url` over a plain socket: (status, body).
+fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host).expect("connecting to the dashboard");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // Read what the response says it holds (DevTools' server keeps the
+    // connection open whatever the request asks).
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let lower = head.to_ascii_lowercase();
+            let length = lower.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+            let done = match length {
+                Some(n) => body.len() >= n,
+                None if lower.contains("transfer-encoding: chunked") => body.contains("\r\n0\r\n\r\n") || body.starts_with("0\r\n"),
+                None => false,
+            };
+            if done {
+                break;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading {url}: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("an HTTP status line");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked bodies: keep only the chunk data.
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    (status, body)
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Parses the Prometheus text format strictly enough to catch a broken
+/// exposition: every line a comment (`# HELP`, `# TYPE`, `# EOF`) or a
+/// sample `name{labels} value`. Returns the samples.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(c) = line.strip_prefix("# ") {
+            assert!(c.starts_with("HELP ") || c.starts_with("TYPE ") || c == "EOF" || c.starts_with("UNIT "), "a bad comment line: {line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample without a value: {line}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "a bad metric name: {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "unclosed labels: {line}");
+        }
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("a value that is not a number: {line}"));
+        samples.push((series.to_string(), v));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], series: &str) -> f64 {
+    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v).unwrap_or_else(|| panic!("no series {series}"))
+}
+
+/// A headless Chromium on one page, driven over the DevTools protocol.
+struct Browser {
+    child: Child,
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    next: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn open(url: &str) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--remote-debugging-port=0"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(["--window-size=1400,2200", url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chromium is needed (Debian package chromium; scripts/test installs it)");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let port = loop {
+            let line = lines.next().expect("chromium printed its DevTools address").unwrap();
+            if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                break rest.split('/').next().unwrap().to_string();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let ws_url = wait_for(Duration::from_secs(20), "chromium's page target", || {
+            let (_, body) = http_get(&format!("http://127.0.0.1:{port}/json/list"), &[]);
+            let targets: Value = serde_json::from_str(&body).ok()?;
+            targets.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"].as_str().map(String::from)
+        });
+        let (ws, _) = tungstenite::connect(ws_url.as_str()).expect("the DevTools socket");
+        Browser { child, ws, next: 0, _profile: profile }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        self.ws.send(tungstenite::Message::text(json!({"id": id, "method": method, "params": params}).to_string())).unwrap();
+        loop {
+            let msg = self.ws.read().expect("a DevTools reply");
+            let Ok(text) = msg.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap_or_default();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true}));
+        r["result"]["value"].clone()
+    }
+
+    fn screenshot(&mut self) -> Vec<u8> {
+        use base64::Engine;
+        let r = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true}));
+        base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap()).unwrap()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_dashboard_metrics_and_state_api_show_a_real_job() {
+    let c = Cluster::connected(&[&["--num-cpus", "2"]]);
+    run_the_job();
+    let base = c.dashboard();
+    let node = c.workers[0].node_id.trim().to_string();
+
+    // Strangers are refused everywhere that shows anything.
+    for path in ["/", "/api/overview", "/api/events", "/api/tasks", "/metrics", "/login?code=0123456789abcdef"] {
+        let (status, _) = http_get(&format!("{base}{path}"), &[]);
+        assert_eq!(status, 401, "{path} without a login");
+    }
+    let (status, _) = http_get(&format!("{base}/metrics"), &[("Authorization", "Bearer not-the-token")]);
+    assert_eq!(status, 401, "a wrong token");
+
+    // /metrics (the cluster token as a bearer token) parses, and its
+    // counters are the job's.
+    let bearer = format!("Bearer {}", c.token);
+    let (status, text) = http_get(&format!("{base}/metrics"), &[("Authorization", &bearer)]);
+    assert_eq!(status, 200, "{text}");
+    let samples = parse_prometheus(&text);
+    assert_eq!(sample(&samples, "shoal_tasks_submitted_total"), 42.0, "{text}");
+    assert_eq!(sample(&samples, "shoal_tasks_finished_total"), 41.0);
+    assert_eq!(sample(&samples, "shoal_tasks_failed_total"), 1.0);
+    assert_eq!(sample(&samples, "shoal_nodes{state=\"alive\"}"), 1.0);
+    assert_eq!(sample(&samples, "shoal_task_dispatch_latency_seconds_count"), 42.0);
+    assert!(samples.iter().any(|(s, v)| s.starts_with("shoal_object_store_capacity_bytes{") && s.contains(&node) && *v > 0.0), "per-node store series");
+
+    // The state API through the CLI: every task with its state; the
+    // failed one with its panic and where it happened.
+    let out = c.cli(&["list", "tasks", "--json", "--limit", "1000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tasks = list["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 42);
+    assert_eq!(tasks.iter().filter(|t| t["phase"] == "finished").count(), 41);
+    let failed: Vec<_> = tasks.iter().filter(|t| t["phase"] == "failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["function"].as_str().unwrap().ends_with("picky"));
+    assert_eq!(failed[0]["error"]["message"], "task three refuses: 3");
+    assert!(failed[0]["error"]["location"].as_str().unwrap().contains("tests/dashboard.rs"), "{}", failed[0]);
+    assert!(tasks.iter().all(|t| t["node"].as_str().is_some_and(|n| n == node)), "each names its node");
+    let id = failed[0]["id"].as_str().unwrap();
+    let got = c.cli(&["get", "task", id]);
+    assert!(String::from_utf8_lossy(&got.stdout).contains("task three refuses"), "{}", String::from_utf8_lossy(&got.stdout));
+    let short = c.cli(&["list", "tasks", "--state", "failed", "--node", &node[..6]]);
+    assert!(String::from_utf8_lossy(&short.stdout).contains("1 of 1 matching"), "a node prefix filters: {}", String::from_utf8_lossy(&short.stdout));
+
+    // Per function: counts by state and run times.
+    let out = c.cli(&["summary", "tasks", "--json"]);
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sq = summary.as_array().unwrap().iter().find(|s| s["function"].as_str().unwrap().ends_with("square")).unwrap();
+    assert_eq!(sq["tasks"]["finished"], 40);
+    assert!(sq["mean_run_us"].as_f64().unwrap() >= 2_000.0, "squares sleep 2 ms: {sq}");
+
+    // The timeline: valid trace JSON, one complete event per task.
+    let trace_file = c.home.path().join("trace.json");
+    let out = c.cli(&["timeline", "-o", trace_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let trace: Value = serde_json::from_slice(&std::fs::read(&trace_file).unwrap()).unwrap();
+    let spans: Vec<_> = trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X").collect();
+    assert_eq!(spans.len(), 42);
+    assert!(spans.iter().all(|e| e["ts"].as_u64().unwrap() > 0 && e["dur"].as_u64().is_some() && e["tid"].as_u64().unwrap() > 0));
+
+    // A real browser: the one-time link logs it in; the page shows the
+    // node, the job's counts and the failed task's error, live.
+    let out = c.cli(&["dashboard"]);
+    let link = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(link.starts_with(&format!("{base}/login?code=")), "{link}");
+    let mut b = Browser::open(&link);
+    let page = wait_for(Duration::from_secs(30), "the page to show the job", || {
+        let text = b.eval("document.body ? document.body.innerText : ''");
+        let text = text.as_str()?.to_string();
+        (text.contains("task three refuses: 3") && text.contains(&node[..8])).then_some(text)
+    });
+    assert!(page.contains("1 node(s)"), "{page}");
+    let job_row = b.eval("[...document.querySelectorAll('#jobs-table tbody tr')[0].cells].map(c => c.innerText)");
+    let cells: Vec<&str> = job_row.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(&cells[5..], ["0", "0", "41", "1"], "pending, running, finished, failed: {cells:?}");
+    assert!(page.contains("tests/dashboard.rs"), "the failure's location");
+    if let Ok(path) = std::env::var("SHOAL_SCREENSHOT") {
+        std::fs::write(path, b.screenshot()).unwrap();
+    }
+    // The link was used: a second browser with it is refused.
+    let (status, _) = http_get(&link, &[]);
+    assert_eq!(status, 401, "a login link works once");
+}
