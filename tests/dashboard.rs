@@ -223,6 +223,15 @@ fn the_dashboard_metrics_and_state_api_show_a_real_job() {
     assert_eq!(sample(&samples, "shoal_nodes{state=\"alive\"}"), 1.0);
     assert_eq!(sample(&samples, "shoal_task_dispatch_latency_seconds_count"), 42.0);
     assert!(samples.iter().any(|(s, v)| s.starts_with("shoal_object_store_capacity_bytes{") && s.contains(&node) && *v > 0.0), "per-node store series");
+    // The Grafana dashboard in deploy/ draws only series the head exports.
+    let grafana: Value = serde_json::from_slice(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/shoal-dashboard.json")).unwrap()).unwrap();
+    for target in grafana["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+        let expr = target["expr"].as_str().unwrap();
+        for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("shoal_")) {
+            let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+            assert!(text.contains(&format!("# TYPE {family} ")), "Grafana uses {name}, which /metrics does not export");
+        }
+    }
 
     // The state API through the CLI: every task with its state; the
     // failed one with its panic and where it happened.
@@ -282,4 +291,49 @@ fn the_dashboard_metrics_and_state_api_show_a_real_job() {
     // The link was used: a second browser with it is refused.
     let (status, _) = http_get(&link, &[]);
     assert_eq!(status, 401, "a login link works once");
+}
+
+#[shoal::remote]
+fn chatty(i: u64) -> u64 {
+    println!("hello from task {i}");
+    eprintln!("warning from task {i}");
+    i
+}
+
+/// A driver of its own (its output is what the test reads).
+#[test]
+#[ignore]
+fn helper_chatty_driver() {
+    if !connect_as_helper_driver() {
+        return;
+    }
+    let got: Vec<u64> = (0..10).map(chatty::remote).map(|r| r.get().unwrap()).collect();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert!(picky::remote(3).get().is_err(), "the panic is the caller's to print, or not");
+}
+
+#[test]
+fn what_a_task_prints_reaches_its_driver_with_a_prefix_and_stays_in_the_jobs_log() {
+    let mut c = Cluster::head(&[]);
+    c.add_worker(&["--num-cpus", "2"]);
+    let node = c.workers[0].node_id.trim().to_string();
+    let child = c.spawn_helper_driver("helper_chatty_driver");
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    for i in 0..10 {
+        let line = stdout.lines().find(|l| l.ends_with(&format!(") hello from task {i}"))).unwrap_or_else(|| panic!("no line of task {i}:\n{stdout}"));
+        assert!(line.starts_with("(chatty task=") && line.contains(&format!("node={}", &node[..8])) && line.contains("pid="), "{line}");
+        assert!(stderr.lines().any(|l| l.starts_with("(chatty task=") && l.ends_with(&format!(") warning from task {i}"))), "stderr to stderr:\n{stderr}");
+    }
+    // The panic reached the caller as its error; nobody printed it raw.
+    let worker_log = std::fs::read_to_string(c.workers[0].home.path().join("worker.log")).unwrap_or_default();
+    assert!(!worker_log.contains("task three refuses") && !stdout.contains("task three refuses"), "{worker_log}");
+    // The head keeps the job's lines.
+    let jobs: Value = serde_json::from_slice(&c.cli(&["list", "jobs", "--json"]).stdout).unwrap();
+    let job = jobs[0]["id"].to_string();
+    let logs = c.cli(&["logs", "--job", &job, "-n", "0"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert_eq!(logs.lines().filter(|l| l.contains(") hello from task")).count(), 10, "{logs}");
+    assert!(logs.lines().any(|l| l.contains("stderr) warning from task 3")), "{logs}");
 }

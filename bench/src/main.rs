@@ -367,8 +367,10 @@ fn start_head(extra: &[&str]) -> Result<(std::process::Child, tempfile::TempDir,
     }
     let home = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut head = std::process::Command::new(&shoal_bin)
-        .args(["start", "--head", "--block", "--port", "0", "--bind", "127.0.0.1", "--num-cpus", "0"])
+        .args(["start", "--head", "--block", "--port", "0", "--bind", "127.0.0.1", "--num-cpus", "0", "--dashboard-port", "0"])
         .args(extra)
+        // An A/B of head settings: e.g. SHOAL_BENCH_HEAD_ARGS="--task-events 0 --no-dashboard".
+        .args(std::env::var("SHOAL_BENCH_HEAD_ARGS").unwrap_or_default().split_whitespace())
         .env("SHOAL_HOME", home.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

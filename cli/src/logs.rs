@@ -9,7 +9,28 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `shoal logs --job ID`: the lines the job's tasks printed.
+fn job(args: &LogsArgs, job: u32) -> anyhow::Result<()> {
+    let (address, token) = crate::status::head_and_token(args.address.as_deref(), &args.token)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let logs = rt.block_on(shoal::status::job_logs(&address, token.as_deref(), job)).map_err(crate::status::explain)?;
+    if logs.dropped > 0 {
+        println!("[{} older lines dropped: the head keeps the latest {} per job]", logs.dropped, logs.lines.len());
+    }
+    let skip = logs.lines.len().saturating_sub(if args.lines == 0 { usize::MAX } else { args.lines });
+    for l in logs.lines.iter().skip(skip) {
+        let function = l.function.rsplit("::").next().unwrap_or(&l.function);
+        let node = l.node.map(|n| n.to_string()).unwrap_or_default();
+        let stream = if l.stderr { " stderr" } else { "" };
+        println!("({function} task={} node={node} pid={}{stream}) {}", l.task, l.pid, l.line);
+    }
+    Ok(())
+}
+
 pub fn run(args: LogsArgs) -> anyhow::Result<()> {
+    if let Some(j) = args.job {
+        return job(&args, j);
+    }
     if let Some(r) = &args.role
         && r != "head"
         && r != "worker"

@@ -162,6 +162,14 @@ struct LogsArgs {
     /// Keep printing what is appended (Ctrl-C to stop).
     #[arg(long, short = 'f')]
     follow: bool,
+    /// Instead: what this job's tasks printed (kept by the head), each line with its function, task and node.
+    #[arg(long)]
+    job: Option<u32>,
+    /// Head address, with --job (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -337,7 +345,8 @@ fn main() {
         Command::Summary(a) => a.token.tls_ca.clone(),
         Command::Timeline(a) => a.token.tls_ca.clone(),
         Command::Dashboard(a) => a.token.tls_ca.clone(),
-        Command::Stop(_) | Command::Logs(_) => None,
+        Command::Logs(a) => a.token.tls_ca.clone(),
+        Command::Stop(_) => None,
     };
     if let Some(ca) = tls_ca {
         // SAFETY: still single-threaded: no runtime or thread exists yet.

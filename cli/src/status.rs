@@ -68,10 +68,40 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let st = rt.block_on(shoal::status::fetch(&address, token.as_deref())).map_err(explain)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
-    } else {
-        print_table(&address, &st);
+        return Ok(());
+    }
+    // What the state API adds (an older head has none of it).
+    let overview = rt.block_on(shoal::status::overview(&address, token.as_deref())).ok();
+    print_table(&address, &st, overview.as_ref());
+    if let Some(o) = &overview {
+        print_extras(o);
+    }
+    let local = config::read_head_session(&config::shoal_home()).filter(|s| s.address == address);
+    if let Some(url) = local.and_then(|s| s.dashboard) {
+        println!("Dashboard: {url} (`shoal dashboard` prints a login link)");
     }
     Ok(())
+}
+
+/// Usage totals, why tasks wait, and the jobs, from the state API.
+fn print_extras(o: &shoal::status::Overview) {
+    let alive: Vec<_> = o.status.alive_nodes().collect();
+    let total: f64 = alive.iter().map(|n| n.resources.cpus).sum();
+    let free: f64 = alive.iter().map(|n| n.available.cpus).sum();
+    let used_store: u64 = alive.iter().map(|n| n.store.used).sum();
+    let cap_store: u64 = alive.iter().map(|n| n.store.capacity).sum();
+    println!("Usage: {:.1}/{total} CPUs, object stores {}/{}", total - free, format_size(used_store), format_size(cap_store));
+    for d in &o.demand {
+        println!("Waiting for a node: {} task(s) needing {}", d.tasks, d.resources);
+    }
+    let running: Vec<_> = o.jobs.iter().filter(|j| j.ended_at_us.is_none()).collect();
+    for j in running.iter().take(10) {
+        let t = &j.tasks;
+        println!("Job {} {}: {} pending, {} running, {} finished, {} failed", j.id, j.name, t.pending, t.running, t.finished, t.failed);
+    }
+    if running.len() > 10 {
+        println!("... and {} more jobs (`shoal list jobs`)", running.len() - 10);
+    }
 }
 
 fn fmt_res(total: &ResourceSet, avail: &ResourceSet) -> String {
@@ -84,14 +114,14 @@ fn fmt_store(s: &shoal::status::StoreUsage) -> String {
     format!("{}/{} ({} obj), {} ({} obj)", format_size(s.used), format_size(s.capacity), s.objects, format_size(s.spilled_bytes), s.spilled_objects)
 }
 
-fn print_table(address: &str, st: &ClusterStatus) {
+fn print_table(address: &str, st: &ClusterStatus, overview: Option<&shoal::status::Overview>) {
     use comfy_table::{CellAlignment, ContentArrangement, Table, presets::NOTHING};
     let alive = st.alive_nodes().count();
     println!("Shoal cluster at {address} (head {})", st.version);
     println!("Nodes: {alive} alive, {} dead", st.nodes.len() - alive);
     let mut table = Table::new();
     table.load_preset(NOTHING).set_content_arrangement(ContentArrangement::Dynamic);
-    table.set_header(["ID", "ADDRESS", "STATE", "RUNNING", "HEARTBEAT", "OBJECT STORE (used/capacity, spilled)", "RESOURCES (available/total)"]);
+    table.set_header(["ID", "HOST", "ADDRESS", "STATE", "RUNNING", "HEARTBEAT", "OBJECT STORE (used/capacity, spilled)", "RESOURCES (available/total)"]);
     for n in &st.nodes {
         let state = if !n.alive {
             "dead"
@@ -100,8 +130,10 @@ fn print_table(address: &str, st: &ClusterStatus) {
         } else {
             "alive"
         };
+        let head = overview.is_some_and(|o| o.head_pid == n.pid && o.head_hostname == n.hostname);
         table.add_row([
-            format!("{:#}", n.id),
+            format!("{:#}{}", n.id, if head { " (head)" } else { "" }),
+            n.hostname.clone(),
             n.address.clone(),
             state.to_string(),
             n.tasks_running.to_string(),
@@ -110,7 +142,7 @@ fn print_table(address: &str, st: &ClusterStatus) {
             fmt_res(&n.resources, &n.available),
         ]);
     }
-    for col in [3, 4] {
+    for col in [4, 5] {
         if let Some(c) = table.column_mut(col) {
             c.set_cell_alignment(CellAlignment::Right);
         }

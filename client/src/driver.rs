@@ -76,6 +76,25 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 use shoal_proto::tls::TlsProblem;
 
+/// Prints lines this job's tasks printed, each prefixed with where it
+/// came from, as `(square task=1.17 node=9e0d5eb5 pid=4242) text`:
+/// stdout lines to stdout, stderr lines to stderr. `SHOAL_LOG_TO_DRIVER=0`
+/// turns it off (the head still keeps them for `shoal logs --job`).
+fn print_task_output(lines: &[pb::TaskOutput]) {
+    use std::io::Write;
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var("SHOAL_LOG_TO_DRIVER").map_or(true, |v| v != "0")) {
+        return;
+    }
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    for l in lines {
+        let function = l.function.rsplit("::").next().unwrap_or(&l.function);
+        let prefix = format!("({function} task={} node={} pid={})", shoal_domain::ObjectId(l.task), l.node, l.pid);
+        let _ = if l.stderr { writeln!(err, "{prefix} {}", l.line) } else { writeln!(out, "{prefix} {}", l.line) };
+    }
+    let _ = out.flush();
+}
+
 pub(crate) async fn connect_client(address: &str, token: Option<&str>, timeout: Duration) -> Result<Client> {
     shoal_proto::client::connect(address, token, timeout).await.map_err(|e| match e {
         ConnectError::Token(t) => Error::Config(t.to_string()),
@@ -453,6 +472,9 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                 m = session.down.next() => match m.transpose() {
                     Ok(Some(msg)) => {
                         let Some(d) = weak.upgrade() else { return };
+                        if !msg.output.is_empty() {
+                            print_task_output(&msg.output);
+                        }
                         // Items first: a generator's final result follows them.
                         for item in msg.items {
                             let Some(v) = item.value else { continue };

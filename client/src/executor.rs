@@ -53,7 +53,11 @@ fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let message = shoal_domain::panic::message(info.payload());
         let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())).unwrap_or_default();
-        eprintln!("shoal task panicked at {location}: {message}");
+        // Inside a task the failure carries it to the caller, which
+        // prints it once; outside one, nobody else would.
+        if CURRENT_TASK.with(|c| c.get()) == 0 {
+            eprintln!("shoal executor panicked at {location}: {message}");
+        }
         LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location)));
     }));
 }
@@ -225,6 +229,7 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
         ..Default::default()
     };
     send(&hello)?;
+    crate::output::capture();
     install_panic_hook();
     let registry: HashMap<&'static str, &'static RemoteFunction> = REMOTE_FUNCTIONS.iter().map(|f| (f.name, f)).collect();
     let mut names: Vec<String> = Vec::new();
@@ -246,7 +251,8 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
                 // This process is an actor's own from now on: it serves
                 // the actor's calls until the worker ends it.
                 out.released = take_released();
-                if !out.results.is_empty() || !out.released.is_empty() {
+                out.output = crate::output::take();
+                if !out.results.is_empty() || !out.released.is_empty() || !out.output.is_empty() {
                     send(&out)?;
                 }
                 return crate::actor_exec::serve(t, reader, pending, &names, arena);
@@ -255,6 +261,7 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             let args: Result<Vec<Bytes>, String> = t.args.into_iter().map(|a| arg_bytes(arena.as_ref(), a)).collect();
             CURRENT_TASK.with(|c| c.set(t.task));
             RUNNING.store(true, std::sync::atomic::Ordering::Release);
+            crate::output::task_started(t.task);
             let started_at_us = unix_micros();
             let clock = Instant::now();
             let result = match args {
@@ -262,6 +269,7 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
                 Err(e) => Err(fail(FailureKind::ObjectLost, &name, e, String::new())),
             };
             let run_us = clock.elapsed().as_micros().max(1) as u64;
+            crate::output::task_ended();
             RUNNING.store(false, std::sync::atomic::Ordering::Release);
             CURRENT_TASK.with(|c| c.set(0));
             let mut alloc = LoopAlloc {
@@ -282,13 +290,15 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
             if last_flush.elapsed() >= FLUSH_AFTER || out_bytes >= shoal_domain::limits::BATCH_BYTES {
                 out_bytes = 0;
                 out.released = take_released();
+                out.output = crate::output::take();
                 send(&out)?;
                 out.results.clear();
                 last_flush = Instant::now();
             }
         }
         out.released = take_released();
-        if !out.results.is_empty() || !out.released.is_empty() {
+        out.output = crate::output::take();
+        if !out.results.is_empty() || !out.released.is_empty() || !out.output.is_empty() {
             send(&out)?;
         }
     }

@@ -74,6 +74,7 @@ mod generator;
 mod init;
 mod object_ref;
 mod objects;
+mod output;
 mod pool;
 mod process;
 mod refs;

@@ -24,7 +24,7 @@ pub async fn drain(address: &str, token: Option<&str>, node_id: &str) -> Result<
     Ok(())
 }
 
-pub use shoal_domain::state::{FunctionSummary, JobRow, ObjectList, ObjectRow, Overview, TaskFilter, TaskList, TaskPhase, TaskRow};
+pub use shoal_domain::state::{FunctionSummary, JobLogs, JobRow, LogLine, ObjectList, ObjectRow, Overview, TaskFilter, TaskList, TaskPhase, TaskRow};
 
 /// Asks the state API and decodes its JSON answer.
 async fn state<T: serde::de::DeserializeOwned>(address: &str, token: Option<&str>, req: pb::StateRequest) -> Result<T> {
@@ -92,4 +92,9 @@ pub async fn dashboard_login(address: &str, token: Option<&str>) -> Result<Strin
         "" => format!("http://{host}:{}/", r.port),
         code => format!("http://{host}:{}/login?code={code}", r.port),
     })
+}
+
+/// What job `job`'s tasks printed (the latest lines the head keeps).
+pub async fn job_logs(address: &str, token: Option<&str>, job: u32) -> Result<JobLogs> {
+    state(address, token, pb::StateRequest { kind: pb::state_request::Kind::Logs as i32, job, ..Default::default() }).await
 }

@@ -256,3 +256,30 @@ pub struct Overview {
     /// Now, by the head's clock (microseconds since the epoch).
     pub now_us: u64,
 }
+
+/// One line a task printed, as `shoal logs --job` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The task that printed it.
+    pub task: ObjectId,
+    /// Its function.
+    pub function: String,
+    /// The node it ran on.
+    pub node: Option<NodeId>,
+    /// The executor process.
+    pub pid: u32,
+    /// Printed to stderr (else stdout).
+    pub stderr: bool,
+    /// The line, without its newline.
+    pub line: String,
+}
+
+/// What a job's tasks printed: the latest lines, and how many older ones
+/// were dropped (the head keeps a bounded number per job).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobLogs {
+    /// Oldest first.
+    pub lines: Vec<LogLine>,
+    /// Lines dropped before these.
+    pub dropped: u64,
+}

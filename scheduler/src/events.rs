@@ -12,11 +12,17 @@
 //! oldest ended job goes first.
 
 use crate::core::{Failure, JobId, NodeId, ObjectId, TaskId};
-use shoal_domain::state::{FunctionSummary, JobRow, PhaseCounts, TaskError, TaskFilter, TaskList, TaskPhase, TaskRow};
+use shoal_domain::state::{FunctionSummary, JobRow, LogLine, PhaseCounts, TaskError, TaskFilter, TaskList, TaskPhase, TaskRow};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Jobs remembered (running ones always; ended ones up to this many).
 pub const MAX_JOBS: usize = 1024;
+
+/// Lines of task output kept per job (the oldest go first).
+pub const MAX_LINES_PER_JOB: usize = 10_000;
+
+/// Jobs whose output is kept (the oldest job's goes first).
+pub const MAX_LOGGED_JOBS: usize = 64;
 
 /// Rows a listing returns when it does not say.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -162,6 +168,8 @@ pub struct TaskEvents {
     /// Dispatch latencies (submitted -> first dispatch) not yet taken by
     /// the metrics, in microseconds.
     latencies: Vec<u64>,
+    /// What each job's tasks printed, and how many lines were dropped.
+    output: BTreeMap<JobId, (VecDeque<LogLine>, u64)>,
 }
 
 fn fkey(job: JobId, func: u32) -> u64 {
@@ -181,7 +189,28 @@ impl TaskEvents {
             run_times: Default::default(),
             totals: Totals::default(),
             latencies: Vec::new(),
+            output: BTreeMap::new(),
         }
+    }
+
+    /// Keeps a line a task printed (bounded per job and in jobs).
+    pub fn output_line(&mut self, line: LogLine) {
+        let job = line.task.job();
+        let (lines, dropped) = self.output.entry(job).or_default();
+        if lines.len() >= MAX_LINES_PER_JOB {
+            lines.pop_front();
+            *dropped += 1;
+        }
+        lines.push_back(line);
+        while self.output.len() > MAX_LOGGED_JOBS {
+            self.output.pop_first();
+        }
+    }
+
+    /// What job `job`'s tasks printed (the latest lines), and how many
+    /// older lines were dropped.
+    pub fn logs(&self, job: JobId) -> (Vec<LogLine>, u64) {
+        self.output.get(&job).map(|(l, d)| (l.iter().cloned().collect(), *d)).unwrap_or_default()
     }
 
     /// The clock for the events that follow, microseconds since the epoch.

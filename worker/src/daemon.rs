@@ -349,6 +349,13 @@ impl Effects for Io {
 }
 
 impl Io {
+    /// Lines tasks printed go to the head at once (before their results,
+    /// which the core batches), for their drivers.
+    fn forward_output(&self, output: Vec<pb::TaskOutput>) {
+        let Some((_, tx, _)) = &self.session else { return };
+        let _ = tx.send(pad(WorkerToHead { output, ..Default::default() }));
+    }
+
     /// An executor needs arena space for a large result. Making room may
     /// spill objects to disk, so it runs off the event loop; the answer
     /// goes straight to the executor.
@@ -469,7 +476,7 @@ impl Daemon {
                     io.conns.insert(exec, tx);
                 }
             }
-            Ev::ExecMsg { exec, msg } => {
+            Ev::ExecMsg { exec, mut msg } => {
                 let exec = ExecId(exec);
                 if !msg.released.is_empty() {
                     let released: Vec<ObjectId> = msg.released.into_iter().map(ObjectId).collect();
@@ -483,6 +490,9 @@ impl Daemon {
                 }
                 if let Some(req) = msg.alloc {
                     io.alloc(exec, req);
+                }
+                if !msg.output.is_empty() {
+                    io.forward_output(std::mem::take(&mut msg.output));
                 }
                 if !msg.results.is_empty() {
                     if io.run_times.len() + msg.results.len() > MAX_RUN_TIMES {

@@ -190,6 +190,7 @@ impl Core {
             dedicated: false,
             actor: ActorPart::Call(actor),
         };
+        out.task_event(tid, task.func, super::TaskEvent::Dispatched { node: node_id });
         out.dispatch(node_id, d);
     }
 

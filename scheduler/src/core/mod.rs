@@ -2343,6 +2343,12 @@ impl Core {
         by_shape
     }
 
+    /// The registered name of the function unfinished task `task` calls.
+    pub fn task_function(&self, task: TaskId) -> Option<&str> {
+        let t = self.tasks.get(&task)?;
+        self.jobs.get(&t.job)?.functions.get(t.func as usize).map(|d| d.name.as_str())
+    }
+
     /// Number of entries in the object table (for tests and metrics).
     pub fn object_count(&self) -> usize {
         self.objects.len()

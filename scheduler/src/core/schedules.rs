@@ -29,6 +29,26 @@ struct Sent {
     freed: Vec<(NodeId, ObjectId)>,
     disconnected: Vec<(NodeId, u64)>,
     ended: Vec<JobId>,
+    /// Task transitions, as the task-event store would get them.
+    events: Vec<(TaskId, Transition)>,
+}
+
+/// A [`TaskEvent`] without its borrowed parts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Transition {
+    Submitted,
+    Dispatched,
+    Requeued,
+    Finished,
+    Failed { was_running: bool },
+}
+
+/// Where the events put a task (the task-event store's view).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Seen {
+    Pending,
+    Running,
+    Done,
 }
 
 impl Outbox for Sent {
@@ -55,6 +75,16 @@ impl Outbox for Sent {
     fn keep_object(&mut self, _: NodeId, _: ObjectId) {}
     fn job_ended(&mut self, job: JobId) {
         self.ended.push(job);
+    }
+    fn task_event(&mut self, task: TaskId, _: u32, event: TaskEvent<'_>) {
+        let t = match event {
+            TaskEvent::Submitted { .. } => Transition::Submitted,
+            TaskEvent::Dispatched { .. } => Transition::Dispatched,
+            TaskEvent::Requeued => Transition::Requeued,
+            TaskEvent::Finished => Transition::Finished,
+            TaskEvent::Failed { was_running, .. } => Transition::Failed { was_running },
+        };
+        self.events.push((task, t));
     }
 }
 
@@ -107,6 +137,9 @@ struct World {
     nodes: Vec<SimNode>,
     jobs: Vec<SimJob>,
     trace: Vec<String>,
+    /// Per task submitted since the last head restart: where its events
+    /// put it. Checked against the core after every step.
+    seen: HashMap<TaskId, Seen>,
 }
 
 const FUNCS: usize = 3;
@@ -128,6 +161,7 @@ impl World {
             nodes: Vec::new(),
             jobs: Vec::new(),
             trace: Vec::new(),
+            seen: HashMap::new(),
         };
         let n = w.rng.random_range(1..=4);
         for i in 0..n {
@@ -197,8 +231,54 @@ impl World {
         self.deliver(out);
     }
 
+    /// Applies task transitions; an impossible one (finished without
+    /// running, sent twice) fails the schedule.
+    fn follow(&mut self, events: &[(TaskId, Transition)]) {
+        for &(task, t) in events {
+            let now = self.seen.get(&task).copied();
+            let next = match (t, now) {
+                (Transition::Submitted, None | Some(Seen::Done)) => Seen::Pending,
+                // Restored after a head restart: not followed.
+                (_, None) => continue,
+                (Transition::Dispatched, Some(Seen::Pending)) => Seen::Running,
+                (Transition::Requeued, Some(Seen::Running)) => Seen::Pending,
+                (Transition::Finished, Some(Seen::Running)) => Seen::Done,
+                (Transition::Failed { was_running: true }, Some(Seen::Running)) => Seen::Done,
+                (Transition::Failed { was_running: false }, Some(Seen::Pending)) => Seen::Done,
+                (t, Some(s)) => self.fail(format!("task {task}: event {t:?} while the events had it {s:?}")),
+            };
+            self.seen.insert(task, next);
+        }
+    }
+
+    /// The events' view of each followed task matches the core's state.
+    fn check_events(&self) -> Result<(), String> {
+        for (id, s) in &self.seen {
+            let core = self.core.tasks.get(id).map(|t| matches!(t.state, TaskState::Dispatched(_)));
+            let ok = match (s, core) {
+                (Seen::Done, None) | (Seen::Pending, Some(false)) | (Seen::Running, Some(true)) => true,
+                // A task of an ended job leaves without an event (the
+                // store ends it with its job).
+                (Seen::Pending | Seen::Running, None) => self.jobs.iter().any(|j| j.id == id.job() && j.ended),
+                _ => false,
+            };
+            if !ok {
+                return Err(format!(
+                    "task {id}: the events say {s:?}, the core {}",
+                    match core {
+                        None => "has no such task",
+                        Some(true) => "has it on a node",
+                        Some(false) => "has it waiting",
+                    }
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Hands what the head sent to the nodes and drivers it reaches.
     fn deliver(&mut self, out: Sent) {
+        self.follow(&out.events);
         for (node, d) in out.dispatched {
             if let Some(n) = self.nodes.iter_mut().find(|n| n.id == node && n.reachable()) {
                 n.running.push((d, false));
@@ -620,6 +700,9 @@ impl World {
         let snaps: Vec<(JobId, JobSnapshot)> = self.jobs.iter().filter(|j| !j.ended).filter_map(|j| Some((j.id, self.core.job_snapshot(j.id)?))).collect();
         let next = self.core.next_job();
         self.core = Core::new(self.config.clone());
+        // The task-event store is not durable: a restarted head starts it
+        // afresh.
+        self.seen.clear();
         self.core.recovering(self.now + self.config.heartbeat_timeout * 2);
         self.core.reserve_jobs_below(next);
         let restored = snaps.len();
@@ -738,7 +821,7 @@ impl World {
             }
         }
         self.deliver(out);
-        if let Err(e) = self.core.check_invariants() {
+        if let Err(e) = self.core.check_invariants().and_then(|()| self.check_events()) {
             self.fail(format!("after releasing everything: {e}"));
         }
         if self.core.object_count() != 0 {
@@ -764,7 +847,7 @@ fn run(seed: u64, steps: usize) {
     for k in 0..steps {
         let what = w.step();
         w.trace.push(format!("{k}: {what}"));
-        if let Err(e) = w.core.check_invariants() {
+        if let Err(e) = w.core.check_invariants().and_then(|()| w.check_events()) {
             w.fail(format!("after step {k} ({what}): {e}"));
         }
     }

@@ -9,6 +9,7 @@ use super::persistence::{LoopState, apply_driver_batch};
 use super::state::unix_micros;
 use crate::core::{Core, JobId, NodeId, ObjectId, Outbox, StoreUsage};
 use crate::events::RunTime;
+use shoal_domain::state::LogLine;
 use shoal_proto::pad::pad;
 use shoal_proto::pb::{self, HeadToDriver, HeadToWorker};
 use shoal_proto::{PROTOCOL_VERSION, convert};
@@ -150,6 +151,15 @@ impl Loop {
                 }
                 for id in msg.copied {
                     core.object_copied(node, epoch, ObjectId(id), out);
+                }
+                for o in msg.output {
+                    let task = ObjectId(o.task);
+                    let function = core.task_function(task).unwrap_or("?").to_string();
+                    let line = LogLine { task, function: function.clone(), node: Some(node), pid: o.pid, stderr: o.stderr, line: o.line };
+                    let size = line.line.len() + line.function.len() + 32;
+                    let wire = pb::TaskOutput { function, node: node.to_string(), line: line.line.clone(), ..o };
+                    current(out.drivers.entry(task.job()).or_default(), size).output.push(wire);
+                    out.events.output_line(line);
                 }
                 if !msg.results.is_empty() {
                     let logged = self.state.log_results(node, &msg.results);

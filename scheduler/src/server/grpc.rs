@@ -133,6 +133,7 @@ impl Head for HeadService {
             Kind::Summary => StateQuery::Summary(job),
             Kind::Objects => StateQuery::Objects { job, limit: r.limit as usize },
             Kind::Overview => StateQuery::Overview,
+            Kind::Logs => StateQuery::Logs(r.job),
         };
         let (tx, rx) = oneshot::channel();
         self.events.send(Cmd::State { query, reply: tx }).map_err(|_| head_gone())?;

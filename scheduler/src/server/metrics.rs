@@ -166,7 +166,8 @@ impl HeadMetrics {
                 resource(&self.node_available, name, *v);
             }
             let u = &n.store;
-            self.store_capacity.get_or_create(&node).set(u.capacity as i64);
+            // Known from registration, before the first heartbeat says it.
+            self.store_capacity.get_or_create(&node).set(u.capacity.max(n.object_store_bytes) as i64);
             self.store_used.get_or_create(&node).set(u.used as i64);
             self.store_pinned.get_or_create(&node).set(u.pinned_bytes as i64);
             self.store_objects.get_or_create(&node).set(u.objects as i64);
@@ -180,10 +181,9 @@ impl HeadMetrics {
         self.jobs.get_or_create(&l(&[("state", "running")])).set(s.jobs.len() as i64 - ended);
         self.jobs.get_or_create(&l(&[("state", "ended")])).set(ended);
         self.objects.set(s.objects as i64);
-        self.actors.clear();
-        for a in &s.status.actors {
-            let state = format!("{:?}", a.state).to_ascii_lowercase();
-            self.actors.get_or_create(&l(&[("state", &state)])).inc();
+        for state in ["pending", "alive", "dead"] {
+            let n = s.status.actors.iter().filter(|a| a.state.to_string() == state).count();
+            self.actors.get_or_create(&l(&[("state", state)])).set(n as i64);
         }
         self.events_tracked.set(s.tracked as i64);
         to_total(&self.events_dropped, s.totals.dropped);

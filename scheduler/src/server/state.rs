@@ -6,7 +6,7 @@
 use crate::core::{Core, JobId, ObjectId};
 use crate::events::{TaskEvents, Totals};
 use shoal_domain::cluster::ClusterStatus;
-use shoal_domain::state::{Demand, FunctionSummary, JobRow, ObjectList, Overview, TaskFilter, TaskList, TaskPhase, TaskRow};
+use shoal_domain::state::{Demand, FunctionSummary, JobLogs, JobRow, ObjectList, Overview, TaskFilter, TaskList, TaskPhase, TaskRow};
 use std::time::Instant;
 
 /// Objects a listing returns when it does not say.
@@ -29,6 +29,8 @@ pub(crate) enum StateQuery {
     Overview,
     /// What `/metrics` exports.
     Metrics,
+    /// What a job's tasks printed.
+    Logs(JobId),
 }
 
 /// What `/metrics` is made of, read in one go on the loop.
@@ -54,6 +56,7 @@ pub(crate) enum StateAnswer {
     Objects(ObjectList),
     Overview(Box<Overview>),
     Metrics(Box<MetricsSnapshot>),
+    Logs(JobLogs),
 }
 
 impl StateAnswer {
@@ -67,6 +70,7 @@ impl StateAnswer {
             StateAnswer::Objects(v) => serde_json::to_vec(v),
             StateAnswer::Overview(v) => serde_json::to_vec(v),
             StateAnswer::Metrics(_) => Ok(b"{}".to_vec()),
+            StateAnswer::Logs(v) => serde_json::to_vec(v),
         };
         r.unwrap_or_else(|e| format!("{{\"error\":\"encoding the answer: {e}\"}}").into_bytes())
     }
@@ -108,6 +112,10 @@ pub(crate) fn answer(core: &Core, events: &mut TaskEvents, query: StateQuery, no
                 dropped: all.dropped,
                 now_us: unix_micros(),
             }))
+        }
+        StateQuery::Logs(job) => {
+            let (lines, dropped) = events.logs(job);
+            StateAnswer::Logs(JobLogs { lines, dropped })
         }
         StateQuery::Metrics => StateAnswer::Metrics(Box::new(MetricsSnapshot {
             status: core.snapshot(now),
