@@ -223,13 +223,31 @@ fn the_dashboard_metrics_and_state_api_show_a_real_job() {
     assert_eq!(sample(&samples, "shoal_nodes{state=\"alive\"}"), 1.0);
     assert_eq!(sample(&samples, "shoal_task_dispatch_latency_seconds_count"), 42.0);
     assert!(samples.iter().any(|(s, v)| s.starts_with("shoal_object_store_capacity_bytes{") && s.contains(&node) && *v > 0.0), "per-node store series");
-    // The Grafana dashboard in deploy/ draws only series the head exports.
+    // Every worker's own /metrics, found through the head (Prometheus's
+    // http_sd format), needs the token too and counts this node's share.
+    let (status, body) = http_get(&format!("{base}/api/prometheus-targets"), &[("Authorization", &bearer)]);
+    assert_eq!(status, 200, "{body}");
+    let groups: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["labels"]["node"], node.as_str());
+    let worker_url = format!("http://{}/metrics", groups[0]["targets"][0].as_str().unwrap());
+    assert_eq!(http_get(&worker_url, &[]).0, 401, "a worker's /metrics without the token");
+    let (status, worker_text) = http_get(&worker_url, &[("Authorization", &bearer)]);
+    assert_eq!(status, 200, "{worker_text}");
+    let w = parse_prometheus(&worker_text);
+    assert_eq!(sample(&w, "shoal_worker_tasks_received_total"), 42.0, "{worker_text}");
+    assert_eq!(sample(&w, "shoal_worker_tasks_finished_total"), 41.0);
+    assert_eq!(sample(&w, "shoal_worker_tasks_failed_total"), 1.0);
+    assert!(sample(&w, "shoal_worker_executors") >= 1.0);
+    assert!(sample(&w, "shoal_worker_heartbeats_total") >= 1.0);
+    let text = format!("{text}\n{worker_text}");
+    // The Grafana dashboard in deploy/ draws only series the cluster exports.
     let grafana: Value = serde_json::from_slice(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/shoal-dashboard.json")).unwrap()).unwrap();
     for target in grafana["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap()) {
         let expr = target["expr"].as_str().unwrap();
         for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("shoal_")) {
             let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
-            assert!(text.contains(&format!("# TYPE {family} ")), "Grafana uses {name}, which /metrics does not export");
+            assert!(text.contains(&format!("# TYPE {family} ")), "Grafana uses {name}, which no /metrics exports");
         }
     }
 

@@ -318,7 +318,10 @@ fn draining_a_node_finishes_its_tasks_then_its_worker_exits() {
     let refs: Vec<_> = (0..8).map(|_| sleep_ms::remote(300)).collect();
     std::thread::sleep(Duration::from_millis(150));
     let a = c.workers[0].node_id.clone();
-    let out = shoal(c.home.path(), &["drain", &a, "--wait", "30"]);
+    let refused = shoal(c.home.path(), &["drain", "zz", "--wait", "0"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("no alive node's id starts with"), "an unknown prefix is refused");
+    // A prefix is enough, as `shoal status` and errors print ids.
+    let out = shoal(c.home.path(), &["drain", &a[..6], "--wait", "30"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("has left the cluster"), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let exit = c.workers[0].child.wait().unwrap();

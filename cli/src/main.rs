@@ -243,6 +243,12 @@ struct StartArgs {
     /// Host or IP peers use to reach the object store (default: the address the head sees).
     #[arg(long)]
     object_host: Option<String>,
+    /// Port of this worker's Prometheus /metrics (0 picks a free one; the head lists every worker's for discovery). It binds where the object store does and needs the cluster token.
+    #[arg(long, default_value_t = 0)]
+    metrics_port: u16,
+    /// Serve no worker /metrics.
+    #[arg(long)]
+    no_metrics: bool,
     /// Head: run WITHOUT a cluster token and WITHOUT encryption (plain gRPC everywhere). Anyone who can reach the port can run code.
     #[arg(long, alias = "insecure-no-token")]
     insecure: bool,

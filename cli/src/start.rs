@@ -59,6 +59,10 @@ fn worker_config(args: &StartArgs, head: String, token: Option<String>, home: &P
         }
         None => wc.object_listen.set_port(args.object_port),
     }
+    // /metrics listens where the object store does (token-checked).
+    if !args.no_metrics {
+        wc.metrics_listen = Some(std::net::SocketAddr::new(wc.object_listen.ip(), args.metrics_port));
+    }
     wc.object_host = args.object_host.clone();
     wc.spill_dir = home.join("spill").join(std::process::id().to_string());
     Ok(wc)

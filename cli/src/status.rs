@@ -25,6 +25,16 @@ pub(crate) fn explain(e: shoal::Error) -> anyhow::Error {
 pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let (address, token) = head_and_token(args.address.as_deref(), &args.token)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Any unambiguous prefix names a node (`shoal drain 58e3`).
+    let st = rt.block_on(shoal::status::fetch(&address, token.as_deref())).map_err(explain)?;
+    let want = args.node_id.trim().to_ascii_lowercase();
+    let matches: Vec<String> = st.alive_nodes().map(|n| format!("{:#}", n.id)).filter(|id| id.starts_with(&want)).collect();
+    let node_id = match matches.as_slice() {
+        [one] => one.clone(),
+        [] => anyhow::bail!("no alive node's id starts with {:?} (`shoal status` lists them)", args.node_id),
+        many => anyhow::bail!("{:?} is ambiguous: it starts {}", args.node_id, many.join(", ")),
+    };
+    let args = DrainArgs { node_id, ..args };
     rt.block_on(shoal::status::drain(&address, token.as_deref(), &args.node_id)).map_err(explain)?;
     println!("Draining node {}: no new tasks; it finishes the ones it holds, then its worker exits.", args.node_id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(args.wait.max(0.0));

@@ -3,13 +3,19 @@
 
 use std::time::Duration;
 
+/// A node id as every message prints it (the first 8 hex digits; the
+/// field keeps the whole id).
+fn short_node(node: &str) -> String {
+    shoal_domain::NodeId::parse(node).map_or_else(|| node.to_string(), |n| n.to_string())
+}
+
 /// Why a remote call produced no value. Each variant's doc says whether
 /// retrying the call can help.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TaskError {
     /// The function panicked. Deterministic code will panic again: fix the
     /// code or its input.
-    #[error("{function} panicked at {location} on node {node}: {message}")]
+    #[error("{function} panicked at {location} on node {}: {message}", short_node(node))]
     Panicked {
         /// Registered function name.
         function: String,
@@ -80,7 +86,7 @@ pub enum TaskError {
     /// The program binary cannot run on the worker (other architecture,
     /// missing libraries, not a shoal program). Retrying cannot help;
     /// build for the workers' target.
-    #[error("the program binary cannot run on node {node}: {message}")]
+    #[error("the program binary cannot run on node {}: {message}", short_node(node))]
     BinaryIncompatible {
         /// Node id.
         node: String,

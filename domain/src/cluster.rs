@@ -31,6 +31,8 @@ pub struct NodeRegistration {
     /// Random per worker process (0: unknown): tells a reconnect of the
     /// same worker from another process claiming its node id.
     pub instance: u64,
+    /// Where its Prometheus `/metrics` is (`host:port`; empty: none).
+    pub metrics_address: String,
 }
 
 /// One node, as `shoal status` and `shoal::cluster_status` show it (the
@@ -77,6 +79,9 @@ pub struct NodeStatus {
     /// The store's memory file's inode.
     #[serde(default)]
     pub store_ino: u64,
+    /// Where its Prometheus `/metrics` is (empty: none).
+    #[serde(default)]
+    pub metrics_address: String,
 }
 
 /// Task counts.

@@ -488,6 +488,7 @@ impl From<ClusterStatus> for pb::ClusterStatus {
                     store: Some(n.store.into()),
                     store_fd: n.store_fd,
                     store_ino: n.store_ino,
+                    metrics_address: n.metrics_address,
                 })
                 .collect(),
             tasks: Some(pb::TaskCounts { queued: s.tasks.queued, running: s.tasks.running, finished: s.tasks.finished, failed: s.tasks.failed }),
@@ -540,6 +541,7 @@ impl TryFrom<pb::ClusterStatus> for ClusterStatus {
                     store: n.store.map(StoreUsage::from).unwrap_or_default(),
                     store_fd: n.store_fd,
                     store_ino: n.store_ino,
+                    metrics_address: n.metrics_address,
                 })
             })
             .collect::<Result<_, WireError>>()?;

@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     /// The head is in this process (embedded cluster): talk to it over
     /// channels instead of gRPC.
     pub local_head: Option<shoal_proto::local::LocalLink>,
+    /// Serve Prometheus `/metrics` here (`None`: no endpoint).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -57,6 +59,7 @@ impl WorkerConfig {
             object_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             object_host: None,
             local_head: None,
+            metrics_listen: None,
         }
     }
 }

@@ -123,6 +123,18 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let object_server = crate::transfer::serve(store.clone(), object_listener, config.token.as_deref())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("object store TLS: {e}")))?;
     let accept = tokio::spawn(executors::accept_loop(listener, events.clone()));
+    let metrics = Arc::new(crate::metrics::WorkerMetrics::new());
+    let mut metrics_port = 0;
+    if let Some(at) = config.metrics_listen {
+        match tokio::net::TcpListener::bind(at).await {
+            Ok(l) => {
+                metrics_port = l.local_addr()?.port() as u32;
+                crate::metrics::serve(l, metrics.clone(), store.clone(), config.token.clone());
+            }
+            // The worker runs without it rather than not at all.
+            Err(e) => tracing::warn!(%at, error = %e, "could not bind the metrics endpoint (--metrics-port picks another); running without it"),
+        }
+    }
     let reg = session::Registration {
         resources: (&config.resources).into(),
         hostname: config::hostname(),
@@ -133,6 +145,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         store_fd: store.arena().fd() as u32,
         store_ino: store.arena().inode(),
         instance: shoal_domain::NodeId::random().0.as_u64_pair().0 | 1,
+        metrics_port,
     };
     let sess = tokio::spawn(session::run(
         config.head.clone(),
@@ -156,6 +169,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
             tails: HashMap::new(),
             session: None,
             run_times: HashMap::new(),
+            metrics,
         },
         node_tx,
         heartbeat_seq: 0,
@@ -260,6 +274,7 @@ struct Io {
     /// events). Bounded: results the core drops (a finished job's) would
     /// otherwise stay.
     run_times: HashMap<ObjectId, (u64, u64, u32)>,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 /// Most run times kept waiting for a report.
@@ -272,6 +287,7 @@ impl Effects for Io {
         let (pid, tail) =
             executors::spawn(exec.0, binary, &self.socket, node, job, self.store.arena().fd(), head, self.events.clone()).map_err(|e| e.to_string())?;
         self.tails.insert(exec, tail);
+        self.metrics.executors_started.inc();
         Ok(pid)
     }
 
@@ -295,6 +311,11 @@ impl Effects for Io {
         let mut batch = Vec::new();
         let mut size = 0;
         for (task, outcome) in report.results {
+            if outcome.is_ok() {
+                self.metrics.tasks_finished.inc();
+            } else {
+                self.metrics.tasks_failed.inc();
+            }
             let len = match &outcome {
                 Ok(Value::Inline(v)) => v.len(),
                 _ => 64,
@@ -315,10 +336,11 @@ impl Effects for Io {
     }
 
     fn pull(&mut self, obj: StoredRef) {
-        let (store, token, events) = (self.store.clone(), self.config.token.clone(), self.events.clone());
+        let (store, token, events, metrics) = (self.store.clone(), self.config.token.clone(), self.events.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let started = Instant::now();
             let result = crate::transfer::pull_into(&store, token.as_deref(), obj.id.0, obj.size, &obj.holders).await.map_err(|e| e.to_string());
+            metrics.transferred(obj.size, started.elapsed().as_secs_f64(), result.is_ok());
             if result.is_ok() {
                 tracing::debug!(object = %obj.id, size = obj.size, secs = started.elapsed().as_secs_f64(), "pulled object from a peer");
             }
@@ -373,6 +395,7 @@ impl Io {
 
     fn heartbeat(&mut self, seq: u64) {
         if let Some((_, tx, _)) = &self.session {
+            self.metrics.heartbeats.inc();
             let store = pb::StoreUsage::from(self.store.stats());
             let _ = tx.send(pad(WorkerToHead { heartbeat: seq, store: Some(store), ..Default::default() }));
         }
@@ -453,12 +476,14 @@ impl Daemon {
         match ev {
             Ev::Connected { session, tx, node_id, .. } => {
                 tracing::info!(node = %node_id, head = %io.config.head, "registered with the head");
+                io.metrics.head_sessions.inc();
                 io.session = Some((session, tx, node_id.clone()));
                 self.core.connected(node_id.clone());
                 let _ = self.node_tx.send(Some(node_id));
             }
             Ev::Head { session, msg } => {
                 if io.session.as_ref().is_some_and(|(s, ..)| *s == session) {
+                    io.metrics.tasks_received.inc_by(msg.tasks.len() as u64);
                     self.core.head_message(head_message(msg), io);
                 }
             }
@@ -508,6 +533,7 @@ impl Daemon {
             Ev::Pulled { id, result } => self.core.pulled(id, result),
             Ev::Restored { id } => self.core.restored(id),
             Ev::ExecExited { exec, status } => {
+                io.metrics.executors_exited.inc();
                 let exec = ExecId(exec);
                 io.conns.remove(&exec);
                 let tail = io.tails.remove(&exec).and_then(|t| t.lock().ok().map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))).unwrap_or_default();

@@ -28,6 +28,7 @@ pub mod config;
 pub mod core;
 mod daemon;
 mod executors;
+mod metrics;
 mod pipeline;
 mod session;
 pub mod transfer;

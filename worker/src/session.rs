@@ -26,6 +26,8 @@ pub(crate) struct Registration {
     pub store_ino: u64,
     /// Random per process (see `RegisterNode.instance`).
     pub instance: u64,
+    /// Port of its `/metrics` (0: none).
+    pub metrics_port: u32,
 }
 
 enum OpenError {
@@ -109,6 +111,7 @@ pub(crate) async fn run(
                 store_fd: reg.store_fd,
                 store_ino: reg.store_ino,
                 instance: reg.instance,
+                metrics_port: reg.metrics_port,
             }),
             ..Default::default()
         });

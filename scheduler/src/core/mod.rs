@@ -2298,6 +2298,7 @@ impl Core {
                 store: n.store,
                 store_fd: n.info.store_file.0,
                 store_ino: n.info.store_file.1,
+                metrics_address: n.info.metrics_address.clone(),
             })
             .collect();
         // Jobs with a driver (a lingering one has none).

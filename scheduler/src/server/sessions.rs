@@ -48,6 +48,7 @@ pub(super) async fn open_worker_session(
         memory_bytes: reg.memory_bytes,
         object_store_bytes: reg.object_store_bytes,
         object_address: crate::address::object_address(&reg.object_host, reg.object_port, &peer),
+        metrics_address: crate::address::object_address(&reg.object_host, reg.metrics_port, &peer),
         objects: reg.objects.iter().map(|r| ObjectId(*r)).collect(),
         store_file: (reg.store_fd, reg.store_ino),
         instance: reg.instance,

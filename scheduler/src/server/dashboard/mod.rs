@@ -63,6 +63,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/api/jobs", get(jobs))
         .route("/api/summary", get(summary))
         .route("/api/objects", get(objects))
+        .route("/api/prometheus-targets", get(targets))
         .with_state(shared)
 }
 
@@ -141,6 +142,28 @@ async fn metrics(State(d): State<Shared>, headers: HeaderMap) -> Response {
         m.render()
     };
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// Every alive worker's `/metrics`, in the format of Prometheus's
+/// `http_sd_configs`, so one scrape config finds the whole cluster.
+async fn targets(State(d): State<Shared>, headers: HeaderMap) -> Response {
+    if !d.auth.allows(&headers, Instant::now()) {
+        return refused();
+    }
+    let (tx, rx) = oneshot::channel();
+    if d.events.send(Cmd::Status { reply: tx }).is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the head is shutting down").into_response();
+    }
+    let Ok(st) = rx.await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the head is shutting down").into_response();
+    };
+    let groups: Vec<serde_json::Value> = st
+        .nodes
+        .iter()
+        .filter(|n| n.alive && !n.metrics_address.is_empty())
+        .map(|n| serde_json::json!({"targets": [n.metrics_address], "labels": {"node": format!("{:#}", n.id), "hostname": n.hostname}}))
+        .collect();
+    secure(([(header::CONTENT_TYPE, "application/json")], serde_json::Value::Array(groups).to_string()).into_response())
 }
 
 async fn overview(State(d): State<Shared>, headers: HeaderMap) -> Response {

@@ -1,0 +1,157 @@
+//! The worker's own Prometheus `/metrics` (`shoal_worker_` prefix): what
+//! only this node sees (executor processes, tasks in and out, transfers
+//! and their bytes, its head sessions and heartbeats) and its object store.
+//! Counters are atomics the daemon's shell bumps as it carries out the
+//! core's effects; the store's gauges are read at scrape time. Served over
+//! HTTP on `--metrics-port`, with the cluster token as a bearer token (no
+//! token: open, as the rest of an `--insecure` cluster); the head lists
+//! every worker's address for Prometheus discovery.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use shoal_store::Store;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+type Labels = Vec<(String, String)>;
+
+/// The worker's series.
+pub(crate) struct WorkerMetrics {
+    registry: Registry,
+    pub(crate) executors_started: Counter,
+    pub(crate) executors_exited: Counter,
+    executors: Gauge,
+    pub(crate) tasks_received: Counter,
+    pub(crate) tasks_finished: Counter,
+    pub(crate) tasks_failed: Counter,
+    /// Pulls from peers, by outcome.
+    pub(crate) transfers: Family<Labels, Counter>,
+    pub(crate) transfer_bytes: Counter,
+    pub(crate) transfer_seconds: Histogram,
+    pub(crate) heartbeats: Counter,
+    pub(crate) head_sessions: Counter,
+    store: Family<Labels, Gauge>,
+}
+
+impl WorkerMetrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("shoal_worker");
+        let m = WorkerMetrics {
+            registry: Registry::default(),
+            executors_started: Counter::default(),
+            executors_exited: Counter::default(),
+            executors: Gauge::default(),
+            tasks_received: Counter::default(),
+            tasks_finished: Counter::default(),
+            tasks_failed: Counter::default(),
+            transfers: Family::default(),
+            transfer_bytes: Counter::default(),
+            transfer_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
+            heartbeats: Counter::default(),
+            head_sessions: Counter::default(),
+            store: Family::default(),
+        };
+        registry.register("executors", "Executor processes alive", m.executors.clone());
+        registry.register("executors_started", "Executor processes started", m.executors_started.clone());
+        registry.register("executors_exited", "Executor processes that exited (ended or died)", m.executors_exited.clone());
+        registry.register("tasks_received", "Tasks the head sent here", m.tasks_received.clone());
+        registry.register("tasks_finished", "Results with a value reported to the head", m.tasks_finished.clone());
+        registry.register("tasks_failed", "Results with a failure reported to the head", m.tasks_failed.clone());
+        registry.register("transfers", "Objects pulled from peers, by outcome", m.transfers.clone());
+        registry.register("transfer_bytes", "Bytes of objects pulled from peers", m.transfer_bytes.clone());
+        registry.register("transfer_seconds", "Time to pull one object from a peer", m.transfer_seconds.clone());
+        registry.register("heartbeats", "Heartbeats sent to the head", m.heartbeats.clone());
+        registry.register("head_sessions", "Sessions opened with the head (reconnects count)", m.head_sessions.clone());
+        registry.register("object_store_bytes", "This node's object store, by kind (capacity, used, pinned, spilled)", m.store.clone());
+        for outcome in ["ok", "failed"] {
+            let _ = m.transfers.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]);
+        }
+        WorkerMetrics { registry, ..m }
+    }
+
+    /// A pull from a peer ended.
+    pub(crate) fn transferred(&self, bytes: u64, seconds: f64, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.transfers.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]).inc();
+        if ok {
+            self.transfer_bytes.inc_by(bytes);
+            self.transfer_seconds.observe(seconds);
+        }
+    }
+
+    fn render(&self, store: &Store) -> String {
+        self.executors.set(self.executors_started.get().saturating_sub(self.executors_exited.get()) as i64);
+        let u = store.stats();
+        for (kind, v) in [("capacity", u.capacity), ("used", u.used), ("pinned", u.pinned_bytes), ("spilled", u.spilled_bytes)] {
+            self.store.get_or_create(&vec![("kind".to_string(), kind.to_string())]).set(v as i64);
+        }
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding the metrics");
+        }
+        out
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<WorkerMetrics>,
+    store: Arc<Store>,
+    token: Option<String>,
+}
+
+async fn scrape(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(token) = &s.token {
+        let ok = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.strip_prefix("Bearer "))
+            .any(|t| bool::from(t.trim().as_bytes().ct_eq(token.trim().as_bytes())));
+        if !ok {
+            return (StatusCode::UNAUTHORIZED, "send the cluster token: Authorization: Bearer <token>").into_response();
+        }
+    }
+    let text = s.metrics.render(&s.store);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+/// Serves `/metrics` on `listener` for as long as the runtime runs.
+pub(crate) fn serve(listener: tokio::net::TcpListener, metrics: Arc<WorkerMetrics>, store: Arc<Store>, token: Option<String>) {
+    let app = Router::new().route("/metrics", get(scrape)).with_state(Shared { metrics, store, token });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_names_series_by_convention_and_counts_what_happened() {
+        let m = WorkerMetrics::new();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(1 << 20, 0, dir.path().join("spill")).unwrap();
+        m.executors_started.inc_by(3);
+        m.executors_exited.inc();
+        m.transferred(1000, 0.01, true);
+        m.transferred(0, 0.0, false);
+        let text = m.render(&store);
+        assert!(text.contains("shoal_worker_executors 2"), "{text}");
+        assert!(text.contains("shoal_worker_transfer_bytes_total 1000"));
+        assert!(text.contains("shoal_worker_transfers_total{outcome=\"failed\"} 1"));
+        assert!(text.contains("shoal_worker_object_store_bytes{kind=\"capacity\"}"));
+    }
+}
