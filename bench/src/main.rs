@@ -559,12 +559,14 @@ mod model {
         actor_calls(&mut out, "model_", args.model_runs);
         // The same path for a plain no-op task, for comparison.
         out.insert("model_task_roundtrip_median_us".into(), round(median_roundtrip_us(500, || noop::remote().get().unwrap())));
-        // No-op throughput through the head and both worker processes.
+        // No-op throughput through the head and both worker processes
+        // (SHOAL_BENCH_NOOPS: a longer run, for a steadier figure).
+        let noops: usize = std::env::var("SHOAL_BENCH_NOOPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
         let (m, spread) = timed(args.model_runs, || {
-            let refs: Vec<_> = (0..20_000).map(|_| noop::remote()).collect();
+            let refs: Vec<_> = (0..noops).map(|_| noop::remote()).collect();
             shoal::get_all_blocking(&refs).unwrap();
         });
-        out.insert("model_noop_tasks_per_s".into(), round(20_000.0 / m));
+        out.insert("model_noop_tasks_per_s".into(), round(noops as f64 / m));
         out.insert("model_noop_tasks_spread".into(), round(spread));
         // An object moving between the two workers' stores (over their
         // object-store ports, so through TLS when it is on): 64 MiB made on

@@ -46,6 +46,10 @@ fn lock() -> std::sync::MutexGuard<'static, Option<State>> {
 /// Points fds 1 and 2 at pipes read by a thread of this process. On any
 /// failure output stays where it was (untagged).
 pub(crate) fn capture() {
+    // SHOAL_TASK_OUTPUT=0: output stays in the worker's log, untagged.
+    if std::env::var_os("SHOAL_TASK_OUTPUT").is_some_and(|v| v == "0") {
+        return;
+    }
     let mut streams = Vec::new();
     for (fd, stderr) in [(1, false), (2, true)] {
         let mut p = [0 as RawFd; 2];

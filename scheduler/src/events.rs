@@ -13,7 +13,7 @@
 
 use crate::core::{Failure, JobId, NodeId, ObjectId, TaskId};
 use shoal_domain::state::{FunctionSummary, JobRow, LogLine, PhaseCounts, TaskError, TaskFilter, TaskList, TaskPhase, TaskRow};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 /// Jobs remembered (running ones always; ended ones up to this many).
 pub const MAX_JOBS: usize = 1024;
@@ -69,20 +69,193 @@ pub struct RunTime {
 }
 
 #[derive(Debug)]
+/// One task, in one cache line: times in microseconds since the epoch
+/// (0: not yet), the node as an index into `TaskEvents::nodes` (+1; 0:
+/// none).
 struct Row {
-    func: u32,
-    phase: TaskPhase,
-    attempts: u32,
-    node: Option<NodeId>,
     submitted: u64,
-    dispatched: Option<u64>,
-    ended: Option<u64>,
-    ran: Option<RunTime>,
+    dispatched: u64,
+    ended: u64,
+    started: u64,
+    run_us: u32,
+    pid: u32,
+    func: u32,
+    attempts: u16,
+    node: u16,
+    phase: TaskPhase,
     error: Option<Box<TaskError>>,
+}
+
+fn some(t: u64) -> Option<u64> {
+    (t != 0).then_some(t)
+}
+
+/// One job's rows, by sequence number: slot `i` is task `first + i` (a
+/// `None` is an id that is no tracked task: a put, or dropped). Tasks are
+/// submitted, sent and finished mostly in order, so the store is walked
+/// mostly front to back: no hashing, few cache misses.
+#[derive(Debug)]
+struct Ring {
+    job: JobId,
+    first: u64,
+    slots: VecDeque<Option<Row>>,
+}
+
+/// Every tracked row, in at most `cap` slots over all jobs; the oldest
+/// job's oldest slots go first.
+#[derive(Debug)]
+struct Rows {
+    cap: usize,
+    rings: VecDeque<Ring>,
+    /// Slots over all rings.
+    slots: usize,
+    /// Slots holding a row.
+    present: usize,
+    /// The ring used last (most events are of one job).
+    last: usize,
+}
+
+impl Rows {
+    fn new(cap: usize) -> Self {
+        Rows { cap, rings: VecDeque::new(), slots: 0, present: 0, last: 0 }
+    }
+
+    fn ring(&mut self, job: JobId) -> Option<usize> {
+        if self.rings.get(self.last).is_some_and(|r| r.job == job) {
+            return Some(self.last);
+        }
+        let i = self.rings.iter().position(|r| r.job == job)?;
+        self.last = i;
+        Some(i)
+    }
+
+    /// Stores `row` for `id`; returns how many rows were dropped to make
+    /// room (or 1 if `id` itself cannot be kept).
+    fn insert(&mut self, id: ObjectId, row: Row) -> u64 {
+        if self.cap == 0 {
+            return 1;
+        }
+        let (job, seq) = (id.job(), id.seq());
+        let i = match self.ring(job) {
+            Some(i) => i,
+            None => {
+                self.rings.push_back(Ring { job, first: seq, slots: VecDeque::new() });
+                self.rings.len() - 1
+            }
+        };
+        let mut dropped = 0;
+        let Some(r) = self.rings.get_mut(i) else { return 1 };
+        if seq < r.first {
+            return 1; // older than what this job's ring still covers
+        }
+        // A jump past the whole capacity: start the ring again there.
+        if seq - r.first >= (self.cap + r.slots.len()) as u64 {
+            let kept = r.slots.iter().filter(|s| s.is_some()).count();
+            dropped += kept as u64;
+            self.present -= kept;
+            self.slots -= r.slots.len();
+            r.slots.clear();
+            r.first = seq;
+        }
+        let idx = (seq - r.first) as usize;
+        while r.slots.len() <= idx {
+            r.slots.push_back(None);
+            self.slots += 1;
+        }
+        if let Some(slot) = r.slots.get_mut(idx) {
+            if slot.is_none() {
+                self.present += 1;
+            }
+            *slot = Some(row);
+        }
+        while self.slots > self.cap {
+            let Some(oldest) = self.rings.front_mut() else { break };
+            match oldest.slots.pop_front() {
+                Some(slot) => {
+                    oldest.first += 1;
+                    self.slots -= 1;
+                    if slot.is_some() {
+                        self.present -= 1;
+                        dropped += 1;
+                    }
+                }
+                None => {
+                    self.rings.pop_front();
+                    self.last = 0;
+                }
+            }
+        }
+        if self.rings.len() > 1 && self.rings.front().is_some_and(|r| r.slots.is_empty()) {
+            self.rings.pop_front();
+            self.last = 0;
+        }
+        dropped
+    }
+
+    fn get_mut(&mut self, id: ObjectId) -> Option<&mut Row> {
+        let i = self.ring(id.job())?;
+        let r = self.rings.get_mut(i)?;
+        let idx = id.seq().checked_sub(r.first)?;
+        r.slots.get_mut(usize::try_from(idx).ok()?)?.as_mut()
+    }
+
+    fn get(&self, id: ObjectId) -> Option<&Row> {
+        let r = self.rings.iter().find(|r| r.job == id.job())?;
+        let idx = id.seq().checked_sub(r.first)?;
+        r.slots.get(usize::try_from(idx).ok()?)?.as_ref()
+    }
+
+    /// Newest first: the newest job's last task first.
+    fn newest_first(&self) -> impl Iterator<Item = (ObjectId, &Row)> {
+        self.rings
+            .iter()
+            .rev()
+            .flat_map(|r| r.slots.iter().enumerate().rev().filter_map(move |(i, s)| s.as_ref().map(|row| (ObjectId::new(r.job, r.first + i as u64), row))))
+    }
+
+    fn of_job_mut(&mut self, job: JobId) -> impl Iterator<Item = &mut Row> {
+        self.rings.iter_mut().filter(move |r| r.job == job).flat_map(|r| r.slots.iter_mut().flatten())
+    }
+
+    fn len(&self) -> usize {
+        self.present
+    }
 }
 
 /// Run times in buckets a factor of 2^(1/4) apart, from 1 us to ~2 days.
 const BUCKETS: usize = 150;
+
+/// Upper bounds (seconds) of the dispatch-latency buckets: 50 us doubling.
+pub const LATENCY_BOUNDS: [f64; 20] = [
+    5e-05, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048, 0.4096, 0.8192, 1.6384, 3.2768, 6.5536, 13.1072,
+    26.2144,
+];
+
+/// A histogram of dispatch latencies, in [`LATENCY_BOUNDS`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Latencies {
+    /// Per bucket, and one past the last.
+    pub counts: [u64; 21],
+    /// Sum in seconds.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl Latencies {
+    fn observe(&mut self, us: u64) {
+        // Bucket i holds up to 50 us * 2^i: from the bits of us / 50.
+        let i = match us.saturating_sub(1) / 50 {
+            0 => 0,
+            q => (64 - q.leading_zeros() as usize).min(LATENCY_BOUNDS.len()),
+        };
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum += us as f64 / 1e6;
+        self.count += 1;
+    }
+}
 
 #[derive(Debug)]
 struct FunctionStats {
@@ -94,9 +267,13 @@ struct FunctionStats {
 }
 
 impl FunctionStats {
+    /// floor(4 * log2(us)), near enough, from the bits: the octave and
+    /// the two bits after the leading one.
     fn bucket(us: u64) -> usize {
-        let us = us.max(1) as f64;
-        ((us.log2() * 4.0) as usize).min(BUCKETS - 1)
+        let us = us.max(1);
+        let octave = 63 - us.leading_zeros() as usize;
+        let quarter = if octave >= 2 { ((us >> (octave - 2)) & 3) as usize } else { ((us << (2 - octave)) & 3) as usize };
+        (octave * 4 + quarter).min(BUCKETS - 1)
     }
 
     fn record(&mut self, us: u64) {
@@ -156,20 +333,23 @@ pub struct Totals {
 pub struct TaskEvents {
     capacity: usize,
     now_us: u64,
-    rows: HashMap<ObjectId, Row, std::hash::BuildHasherDefault<crate::core::IdHasher>>,
-    /// Row ids in insertion order (exactly the rows' keys).
-    order: VecDeque<ObjectId>,
+    rows: Rows,
     jobs: BTreeMap<JobId, JobStats>,
     /// Keyed by job << 32 | function index.
     functions: BTreeMap<u64, FunctionStats>,
-    /// Run times reported for results the core is about to apply.
-    run_times: HashMap<ObjectId, RunTime, std::hash::BuildHasherDefault<crate::core::IdHasher>>,
+    /// Run times reported for results the core is about to apply, in
+    /// the order it applies them (mostly).
+    run_times: Vec<(ObjectId, RunTime)>,
+    /// Where in `run_times` the next result's likely is.
+    run_cursor: usize,
     totals: Totals,
-    /// Dispatch latencies (submitted -> first dispatch) not yet taken by
-    /// the metrics, in microseconds.
-    latencies: Vec<u64>,
+    /// Dispatch latencies (submitted -> first dispatch), bucketed.
+    latencies: Latencies,
     /// What each job's tasks printed, and how many lines were dropped.
     output: BTreeMap<JobId, (VecDeque<LogLine>, u64)>,
+    /// Nodes rows name, by index (a row holds 2 bytes, not 16).
+    nodes: Vec<NodeId>,
+    last_node: usize,
 }
 
 fn fkey(job: JobId, func: u32) -> u64 {
@@ -182,15 +362,38 @@ impl TaskEvents {
         TaskEvents {
             capacity,
             now_us: 0,
-            rows: Default::default(),
-            order: VecDeque::new(),
+            rows: Rows::new(capacity),
             jobs: BTreeMap::new(),
             functions: BTreeMap::new(),
-            run_times: Default::default(),
+            run_times: Vec::new(),
+            run_cursor: 0,
             totals: Totals::default(),
-            latencies: Vec::new(),
+            latencies: Latencies::default(),
             output: BTreeMap::new(),
+            nodes: Vec::new(),
+            last_node: 0,
         }
+    }
+
+    /// `node`'s index + 1 (0 past 65,534 nodes: the row names none).
+    fn node_index(&mut self, node: NodeId) -> u16 {
+        if self.nodes.get(self.last_node) == Some(&node) {
+            return self.last_node as u16 + 1;
+        }
+        let i = match self.nodes.iter().position(|n| *n == node) {
+            Some(i) => i,
+            None if self.nodes.len() < u16::MAX as usize - 1 => {
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            }
+            None => return 0,
+        };
+        self.last_node = i;
+        i as u16 + 1
+    }
+
+    fn node_of(&self, r: &Row) -> Option<NodeId> {
+        r.node.checked_sub(1).and_then(|i| self.nodes.get(i as usize)).copied()
     }
 
     /// Keeps a line a task printed (bounded per job and in jobs).
@@ -257,10 +460,10 @@ impl TaskEvents {
             f.tasks.pending = 0;
             f.tasks.running = 0;
         }
-        for (id, row) in self.rows.iter_mut() {
-            if id.job() == job && !row.phase.is_done() {
+        for row in self.rows.of_job_mut(job) {
+            if !row.phase.is_done() {
                 row.phase = TaskPhase::Failed;
-                row.ended = Some(now);
+                row.ended = now;
                 row.error = Some(Box::new(TaskError { kind: "job ended".into(), message: "its job ended before it finished".into(), location: String::new() }));
             }
         }
@@ -269,7 +472,20 @@ impl TaskEvents {
     /// A worker's measured run time for `task`, whose result the core
     /// applies next (taken by its `Finished`/`Failed`).
     pub fn run_time(&mut self, task: TaskId, ran: RunTime) {
-        self.run_times.insert(task, ran);
+        self.run_times.push((task, ran));
+    }
+
+    /// The run time reported for `task` in this batch, if any.
+    fn take_run_time(&mut self, task: TaskId) -> Option<RunTime> {
+        if let Some((id, r)) = self.run_times.get(self.run_cursor)
+            && *id == task
+        {
+            self.run_cursor += 1;
+            return Some(*r);
+        }
+        let at = self.run_times.iter().position(|(id, _)| *id == task)?;
+        self.run_cursor = at + 1;
+        self.run_times.get(at).map(|(_, r)| *r)
     }
 
     /// Drops run times no transition took (results the core ignored).
@@ -277,6 +493,7 @@ impl TaskEvents {
         if !self.run_times.is_empty() {
             self.run_times.clear();
         }
+        self.run_cursor = 0;
     }
 
     /// Applies one transition of `task`, a call of its job's function
@@ -288,38 +505,38 @@ impl TaskEvents {
             TaskEvent::Submitted { function } => {
                 self.totals.submitted += 1;
                 self.count(job, func, None, TaskPhase::Pending, Some(function));
-                if self.capacity == 0 {
-                    self.totals.dropped += 1;
-                    return;
-                }
-                let row =
-                    Row { func, phase: TaskPhase::Pending, attempts: 0, node: None, submitted: now, dispatched: None, ended: None, ran: None, error: None };
-                if self.rows.insert(task, row).is_none() {
-                    self.order.push_back(task);
-                }
-                while self.rows.len() > self.capacity {
-                    let Some(old) = self.order.pop_front() else { break };
-                    if self.rows.remove(&old).is_some() {
-                        self.totals.dropped += 1;
-                    }
-                }
+                let row = Row {
+                    submitted: now,
+                    dispatched: 0,
+                    ended: 0,
+                    started: 0,
+                    run_us: 0,
+                    pid: 0,
+                    func,
+                    attempts: 0,
+                    node: 0,
+                    phase: TaskPhase::Pending,
+                    error: None,
+                };
+                self.totals.dropped += self.rows.insert(task, row);
             }
             TaskEvent::Dispatched { node } => {
                 self.totals.dispatched += 1;
                 self.count(job, func, Some(TaskPhase::Pending), TaskPhase::Running, None);
-                let Some(row) = self.rows.get_mut(&task) else { return };
+                let node = self.node_index(node);
+                let Some(row) = self.rows.get_mut(task) else { return };
                 if row.attempts == 0 {
-                    self.latencies.push(now.saturating_sub(row.submitted));
+                    self.latencies.observe(now.saturating_sub(row.submitted));
                 }
-                row.attempts += 1;
-                row.node = Some(node);
-                row.dispatched = Some(now);
+                row.attempts = row.attempts.saturating_add(1);
+                row.node = node;
+                row.dispatched = now;
                 row.phase = TaskPhase::Running;
             }
             TaskEvent::Requeued => {
                 self.totals.requeued += 1;
                 self.count(job, func, Some(TaskPhase::Running), TaskPhase::Pending, None);
-                if let Some(row) = self.rows.get_mut(&task) {
+                if let Some(row) = self.rows.get_mut(task) {
                     row.phase = TaskPhase::Pending;
                 }
             }
@@ -338,16 +555,18 @@ impl TaskEvents {
 
     fn done(&mut self, task: TaskId, func: u32, from: TaskPhase, to: TaskPhase, error: Option<TaskError>) {
         let now = self.now_us;
-        let ran = self.run_times.remove(&task);
+        let ran = self.take_run_time(task);
         if let (Some(r), Some(f)) = (ran, self.functions.get_mut(&fkey(task.job(), func))) {
             f.record(r.run_us);
         }
         self.count(task.job(), func, Some(from), to, None);
-        if let Some(row) = self.rows.get_mut(&task) {
+        if let Some(row) = self.rows.get_mut(task) {
             row.phase = to;
-            row.ended = Some(now);
-            if ran.is_some() {
-                row.ran = ran;
+            row.ended = now;
+            if let Some(r) = ran {
+                row.started = r.started_at_us;
+                row.run_us = r.run_us.min(u32::MAX as u64) as u32;
+                row.pid = r.pid;
             }
             row.error = error.map(Box::new);
         }
@@ -379,9 +598,9 @@ impl TaskEvents {
         self.totals
     }
 
-    /// Dispatch latencies since the last call, microseconds.
-    pub fn take_latencies(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.latencies)
+    /// Dispatch latencies since the head started.
+    pub fn latencies(&self) -> Latencies {
+        self.latencies.clone()
     }
 
     /// Tasks by phase over every remembered job.
@@ -402,14 +621,14 @@ impl TaskEvents {
             job: id.job(),
             function: self.functions.get(&fkey(id.job(), r.func)).map(|f| f.name.to_string()).unwrap_or_else(|| format!("#{}", r.func)),
             phase: r.phase,
-            node: r.node,
-            attempts: r.attempts,
+            node: self.node_of(r),
+            attempts: r.attempts as u32,
             submitted_at_us: r.submitted,
-            dispatched_at_us: r.dispatched,
-            started_at_us: r.ran.map(|t| t.started_at_us),
-            run_us: r.ran.map(|t| t.run_us),
-            ended_at_us: r.ended,
-            executor_pid: r.ran.map(|t| t.pid),
+            dispatched_at_us: some(r.dispatched),
+            started_at_us: some(r.started),
+            run_us: some(r.started).map(|_| r.run_us as u64),
+            ended_at_us: some(r.ended),
+            executor_pid: some(r.started).map(|_| r.pid),
             error: r.error.as_deref().cloned(),
         }
     }
@@ -424,16 +643,15 @@ impl TaskEvents {
         let node = filter.node.as_deref().map(|n| n.to_ascii_lowercase());
         let mut matched = 0u64;
         let mut tasks = Vec::new();
-        for id in self.order.iter().rev() {
-            let Some(r) = self.rows.get(id) else { continue };
+        for (id, r) in self.rows.newest_first() {
             let ok = filter.job.is_none_or(|j| j == id.job())
                 && filter.phase.is_none_or(|p| p == r.phase)
-                && filter.function.as_deref().is_none_or(|f| func(*id, r) == Some(f))
-                && node.as_deref().is_none_or(|n| r.node.is_some_and(|x| format!("{x:#}").starts_with(n)));
+                && filter.function.as_deref().is_none_or(|f| func(id, r) == Some(f))
+                && node.as_deref().is_none_or(|n| self.node_of(r).is_some_and(|x| format!("{x:#}").starts_with(n)));
             if ok {
                 matched += 1;
                 if tasks.len() < limit {
-                    tasks.push(self.row(*id, r));
+                    tasks.push(self.row(id, r));
                 }
             }
         }
@@ -442,7 +660,7 @@ impl TaskEvents {
 
     /// One task, if tracked.
     pub fn get(&self, id: ObjectId) -> Option<TaskRow> {
-        self.rows.get(&id).map(|r| self.row(id, r))
+        self.rows.get(id).map(|r| self.row(id, r))
     }
 
     /// Remembered jobs, newest first.
@@ -480,6 +698,7 @@ mod tests {
     use super::*;
     use crate::core::FailureKind;
     use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
 
     fn t(seq: u64) -> TaskId {
         ObjectId::new(1, seq)
@@ -508,7 +727,8 @@ mod tests {
             (100, Some(150), Some(200), Some(180), Some(400))
         );
         assert_eq!(row.executor_pid, Some(77));
-        assert_eq!(ev.take_latencies(), vec![50]);
+        let l = ev.latencies();
+        assert_eq!((l.count, l.counts[0]), (1, 1), "50 us falls in the first bucket");
         let s = &ev.summary(None)[0];
         assert_eq!((s.function.as_str(), s.tasks.finished, s.mean_run_us), ("square", 1, Some(180.0)));
         assert_eq!(ev.jobs()[0].tasks, PhaseCounts { finished: 1, ..Default::default() });
@@ -622,42 +842,74 @@ mod tests {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let cap = rng.random_range(0..20);
             let mut ev = TaskEvents::new(cap);
-            ev.job_started(1, "p", None);
-            let mut truth: HashMap<u64, TaskPhase> = HashMap::new();
-            let mut next = 0;
+            // Three jobs, ids with gaps (puts take ids too).
+            for j in 1..=3 {
+                ev.job_started(j, "p", None);
+            }
+            let mut truth: HashMap<ObjectId, TaskPhase> = HashMap::new();
+            let mut next = [0u64; 4];
             for _ in 0..300 {
                 let f = Failure::new(FailureKind::Panicked, "x");
                 match rng.random_range(0..5) {
                     0 => {
-                        submit(&mut ev, next);
-                        truth.insert(next, TaskPhase::Pending);
-                        next += 1;
+                        let j = rng.random_range(1..=3usize);
+                        next[j] += if rng.random_bool(0.2) { rng.random_range(1..40) } else { 1 };
+                        let id = ObjectId::new(j as JobId, next[j]);
+                        ev.task_event(id, 0, TaskEvent::Submitted { function: "f" });
+                        truth.insert(id, TaskPhase::Pending);
                     }
                     k => {
-                        let live: Vec<u64> = truth.iter().filter(|(_, p)| !p.is_done()).map(|(s, _)| *s).collect();
-                        let Some(&s) = live.get(rng.random_range(0..live.len().max(1))) else { continue };
-                        let p = truth[&s];
+                        let mut live: Vec<ObjectId> = truth.iter().filter(|(_, p)| !p.is_done()).map(|(s, _)| *s).collect();
+                        live.sort();
+                        let Some(&id) = live.get(rng.random_range(0..live.len().max(1))) else { continue };
+                        let p = truth[&id];
                         let (ev_, to) = match (k, p) {
                             (1, TaskPhase::Pending) => (TaskEvent::Dispatched { node: NodeId::random() }, TaskPhase::Running),
                             (2, TaskPhase::Running) => (TaskEvent::Requeued, TaskPhase::Pending),
                             (3, TaskPhase::Running) => (TaskEvent::Finished, TaskPhase::Finished),
                             (_, p) => (TaskEvent::Failed { failure: &f, was_running: p == TaskPhase::Running }, TaskPhase::Failed),
                         };
-                        ev.task_event(t(s), 0, ev_);
-                        truth.insert(s, to);
+                        ev.task_event(id, 0, ev_);
+                        truth.insert(id, to);
                     }
                 }
                 assert!(ev.tracked() <= cap, "seed {seed}: {} rows over {cap}", ev.tracked());
-                let mut want = PhaseCounts::default();
-                for p in truth.values() {
-                    *want.get_mut(*p) += 1;
+                for job in ev.jobs() {
+                    let mut want = PhaseCounts::default();
+                    for (_, p) in truth.iter().filter(|(id, _)| id.job() == job.id) {
+                        *want.get_mut(*p) += 1;
+                    }
+                    assert_eq!(job.tasks, want, "seed {seed} job {}", job.id);
+                    let summed = ev.summary(Some(job.id)).first().map(|s| s.tasks).unwrap_or_default();
+                    assert_eq!(summed, want, "seed {seed} job {}", job.id);
                 }
-                assert_eq!(ev.jobs()[0].tasks, want, "seed {seed}");
-                assert_eq!(ev.summary(None).first().map(|s| s.tasks).unwrap_or_default(), want, "seed {seed}");
-                for r in ev.list(&TaskFilter { limit: 1000, ..Default::default() }).tasks {
-                    assert_eq!(r.phase, truth[&r.id.seq()], "seed {seed}: a kept row shows its phase");
+                let listed = ev.list(&TaskFilter { limit: 1000, ..Default::default() });
+                assert_eq!(listed.tasks.len(), ev.tracked(), "seed {seed}: every kept row is listed once");
+                for r in listed.tasks {
+                    assert_eq!(r.phase, truth[&r.id], "seed {seed}: a kept row shows its phase");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn dispatch_latencies_fall_in_their_buckets() {
+        let mut l = Latencies::default();
+        for (us, bucket) in [(1, 0), (50, 0), (51, 1), (100, 1), (101, 2), (200, 2), (201, 3), (50 << 19, 19), ((50 << 19) + 1, 20), (u64::MAX / 2, 20)] {
+            let before = l.counts;
+            l.observe(us);
+            let i = l.counts.iter().zip(before).position(|(a, b)| *a != b).unwrap();
+            assert_eq!(i, bucket, "{us} us");
+            assert!(i == 20 || us as f64 / 1e6 <= LATENCY_BOUNDS[i] * 1.000_001, "{us} us is within its bound");
+        }
+    }
+
+    #[test]
+    fn run_time_buckets_are_quarter_octaves() {
+        for us in [1u64, 2, 3, 5, 7, 100, 1_000, 12_345, 1 << 30] {
+            let exact = ((us as f64).log2() * 4.0).floor() as usize;
+            let b = FunctionStats::bucket(us);
+            assert!(b.abs_diff(exact) <= 1, "{us} us: bucket {b}, log2 says {exact}");
         }
     }
 }

@@ -168,7 +168,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
             conns: HashMap::new(),
             tails: HashMap::new(),
             session: None,
-            run_times: HashMap::new(),
+            run_times: std::collections::VecDeque::new(),
             metrics,
         },
         node_tx,
@@ -273,7 +273,9 @@ struct Io {
     /// until its next report: start, run time, pid (for the head's task
     /// events). Bounded: results the core drops (a finished job's) would
     /// otherwise stay.
-    run_times: HashMap<ObjectId, (u64, u64, u32)>,
+    /// In arrival order, which is mostly the order the core reports
+    /// results in: the front is checked first.
+    run_times: std::collections::VecDeque<(ObjectId, (u64, u64, u32))>,
     metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
@@ -326,7 +328,13 @@ impl Effects for Io {
             }
             size += len;
             let mut r = convert::result_to_wire(task, outcome);
-            if let Some((started, run, pid)) = self.run_times.remove(&task) {
+            let at =
+                if self.run_times.front().is_some_and(|(t, _)| *t == task) { Some(0) } else { self.run_times.iter().take(64).position(|(t, _)| *t == task) };
+            // What lies before it was never reported (a finished job's).
+            if let Some(i) = at {
+                self.run_times.drain(..i);
+            }
+            if let Some((_, (started, run, pid))) = at.and_then(|_| self.run_times.pop_front()) {
                 (r.started_at_us, r.run_us, r.pid) = (started, run, pid);
             }
             batch.push(r);
@@ -524,7 +532,7 @@ impl Daemon {
                         io.run_times.clear();
                     }
                     for r in msg.results.iter().filter(|r| r.run_us > 0) {
-                        io.run_times.insert(ObjectId(r.task), (r.started_at_us, r.run_us, r.pid));
+                        io.run_times.push_back((ObjectId(r.task), (r.started_at_us, r.run_us, r.pid)));
                     }
                     let results = msg.results.into_iter().map(convert::result_from_wire).collect();
                     self.core.executor_results(exec, results, Instant::now());

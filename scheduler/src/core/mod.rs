@@ -1301,6 +1301,8 @@ impl Core {
         let nested = j.parent.is_some();
         let mut front = Vec::new();
         let defaults: Vec<(u32, bool)> = j.functions.iter().map(|f| (f.max_retries, f.retry_exceptions)).collect();
+        // For the task events (one copy per batch, not per task).
+        let names: Vec<String> = j.functions.iter().map(|f| f.name.clone()).collect();
         let nfuncs = defaults.len();
         for t in tasks {
             if t.id.job() != job || self.objects.contains_key(&t.id) || self.tasks.contains_key(&t.id) {
@@ -1393,7 +1395,7 @@ impl Core {
             );
             self.task_added(job);
             self.counts.queued += 1;
-            let name = self.jobs.get(&job).and_then(|j| j.functions.get(t.func as usize)).map_or("?", |d| d.name.as_str());
+            let name = names.get(t.func as usize).map_or("?", |n| n.as_str());
             out.task_event(t.id, t.func, TaskEvent::Submitted { function: name });
             if (t.placement != Placement::Any || t.dedicated || actor_of.is_some())
                 && let Some(task) = self.tasks.get_mut(&t.id)

@@ -142,7 +142,7 @@ impl Loop {
                 self.workers.insert(id, (epoch, tx));
                 let _ = reply.send(Ok((id, epoch)));
             }
-            Cmd::WorkerMsg { node, epoch, msg } => {
+            Cmd::WorkerMsg { node, epoch, mut msg } => {
                 if msg.heartbeat != 0 {
                     core.node_heartbeat(node, epoch, now);
                 }
@@ -162,10 +162,12 @@ impl Loop {
                     out.events.output_line(line);
                 }
                 if !msg.results.is_empty() {
-                    let logged = self.state.log_results(node, &msg.results);
-                    for r in msg.results.iter().filter(|r| r.run_us > 0) {
+                    // Run times go to the task events, not into the log.
+                    for r in msg.results.iter_mut().filter(|r| r.run_us > 0) {
                         out.events.run_time(ObjectId(r.task), RunTime { started_at_us: r.started_at_us, run_us: r.run_us, pid: r.pid });
+                        (r.started_at_us, r.run_us, r.pid) = (0, 0, 0);
                     }
+                    let logged = self.state.log_results(node, &msg.results);
                     let results = msg.results.into_iter().map(convert::result_from_wire).collect();
                     core.tasks_finished(node, epoch, results, now, out);
                     out.events.end_of_batch();

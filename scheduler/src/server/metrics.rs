@@ -7,14 +7,43 @@
 
 use super::state::MetricsSnapshot;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
 type Labels = Vec<(String, String)>;
+
+/// The dispatch-latency histogram as the loop keeps it (buckets counted
+/// there, on the task path, with no atomics or locks); a scrape copies it
+/// in and encodes it.
+#[derive(Clone, Debug, Default)]
+struct LatencyHistogram(std::sync::Arc<std::sync::Mutex<crate::events::Latencies>>);
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let l = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = crate::events::LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(l.counts)
+            .map(|(bound, n)| {
+                cumulative += n;
+                (bound, cumulative)
+            })
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(l.sum, l.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
 type FGauge = Gauge<f64, AtomicU64>;
 
 /// The head's metric families, registered once.
@@ -27,7 +56,7 @@ pub(crate) struct HeadMetrics {
     finished: Counter,
     failed: Counter,
     waiting_for_node: Gauge,
-    dispatch_latency: Histogram,
+    dispatch_latency: LatencyHistogram,
     nodes: Family<Labels, Gauge>,
     node_resources: Family<Labels, FGauge>,
     node_available: Family<Labels, FGauge>,
@@ -69,7 +98,7 @@ impl HeadMetrics {
             finished: Counter::default(),
             failed: Counter::default(),
             waiting_for_node: Gauge::default(),
-            dispatch_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
+            dispatch_latency: LatencyHistogram::default(),
             nodes: Family::default(),
             node_resources: Family::default(),
             node_available: Family::default(),
@@ -126,9 +155,7 @@ impl HeadMetrics {
         to_total(&self.finished, s.totals.finished);
         to_total(&self.failed, s.totals.failed);
         self.waiting_for_node.set(s.ready_queue as i64);
-        for us in &s.latencies {
-            self.dispatch_latency.observe(*us as f64 / 1e6);
-        }
+        *self.dispatch_latency.0.lock().unwrap_or_else(|e| e.into_inner()) = s.latencies.clone();
         // Per-node series: dead nodes' series go (a node id is a label).
         for f in
             [&self.node_running, &self.store_capacity, &self.store_used, &self.store_pinned, &self.store_objects, &self.spilled_bytes, &self.spilled_objects]
@@ -215,11 +242,19 @@ mod tests {
             objects: 3,
             jobs: vec![],
             tracked: 10,
-            latencies: vec![100, 2_000],
+            latencies: crate::events::Latencies {
+                counts: {
+                    let mut c = [0; 21];
+                    c[0] = 1;
+                    c[5] = 1;
+                    c
+                },
+                sum: 0.0021,
+                count: 2,
+            },
         };
         m.update(&s);
         s.totals.submitted = 12;
-        s.latencies.clear();
         m.update(&s);
         let text = m.render();
         assert!(text.contains("shoal_tasks_submitted_total 12"), "{text}");

@@ -42,8 +42,8 @@ pub(crate) struct MetricsSnapshot {
     pub(crate) objects: u64,
     pub(crate) jobs: Vec<JobRow>,
     pub(crate) tracked: u64,
-    /// Dispatch latencies since the last scrape, microseconds.
-    pub(crate) latencies: Vec<u64>,
+    /// Dispatch latencies since the head started.
+    pub(crate) latencies: crate::events::Latencies,
 }
 
 /// The loop's answer.
@@ -124,7 +124,7 @@ pub(crate) fn answer(core: &Core, events: &mut TaskEvents, query: StateQuery, no
             objects: core.object_count() as u64,
             jobs: events.jobs(),
             tracked: events.tracked() as u64,
-            latencies: events.take_latencies(),
+            latencies: events.latencies(),
         })),
     }
 }
