@@ -75,11 +75,8 @@ struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Head address (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -91,11 +88,8 @@ struct GetArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Head address (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -108,11 +102,8 @@ struct SummaryArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Head address (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -123,20 +114,14 @@ struct TimelineArgs {
     /// Where to write the trace (default timeline.json).
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
-    /// Head address (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
 }
 
 #[derive(Args, Clone, Debug)]
 struct DashboardArgs {
-    /// Head address (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -182,6 +167,16 @@ struct DrainArgs {
     /// Seconds to wait for the node to finish and leave (0: do not wait).
     #[arg(long, default_value_t = 300.0)]
     wait: f64,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+/// Which head, and how to prove the right to ask it.
+#[derive(Args, Clone, Debug, Default)]
+struct HeadArgs {
+    /// Head address (default: SHOAL_ADDRESS, then the local session).
+    #[arg(long)]
+    address: Option<String>,
     #[command(flatten)]
     token: TokenArgs,
 }
@@ -346,11 +341,11 @@ fn main() {
         Command::Status(a) => a.token.tls_ca.clone(),
         Command::Drain(a) => a.token.tls_ca.clone(),
         Command::Submit(a) => a.token.tls_ca.clone(),
-        Command::List(a) => a.token.tls_ca.clone(),
-        Command::Get(a) => a.token.tls_ca.clone(),
-        Command::Summary(a) => a.token.tls_ca.clone(),
-        Command::Timeline(a) => a.token.tls_ca.clone(),
-        Command::Dashboard(a) => a.token.tls_ca.clone(),
+        Command::List(a) => a.head.token.tls_ca.clone(),
+        Command::Get(a) => a.head.token.tls_ca.clone(),
+        Command::Summary(a) => a.head.token.tls_ca.clone(),
+        Command::Timeline(a) => a.head.token.tls_ca.clone(),
+        Command::Dashboard(a) => a.head.token.tls_ca.clone(),
         Command::Logs(a) => a.token.tls_ca.clone(),
         Command::Stop(_) => None,
     };

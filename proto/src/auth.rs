@@ -28,6 +28,12 @@ pub fn secrets_match(given: &str, expected: &str) -> bool {
     given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
+/// Whether any of these HTTP `Authorization` header values is
+/// `Bearer <token>` (the dashboard's and the workers' `/metrics` gate).
+pub fn bearer_matches<'a>(authorization: impl IntoIterator<Item = &'a str>, token: &str) -> bool {
+    authorization.into_iter().filter_map(|v| v.strip_prefix("Bearer ")).any(|t| secrets_match(t.trim(), token.trim()))
+}
+
 /// Client side: attaches the token (if any) to every request.
 #[derive(Clone)]
 pub struct AttachToken {

@@ -20,7 +20,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use shoal_store::Store;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 type Labels = Vec<(String, String)>;
 
@@ -111,13 +110,8 @@ struct Shared {
 
 async fn scrape(State(s): State<Shared>, headers: HeaderMap) -> Response {
     if let Some(token) = &s.token {
-        let ok = headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|v| v.strip_prefix("Bearer "))
-            .any(|t| bool::from(t.trim().as_bytes().ct_eq(token.trim().as_bytes())));
-        if !ok {
+        let given = headers.get_all(header::AUTHORIZATION).iter().filter_map(|v| v.to_str().ok());
+        if !shoal_proto::auth::bearer_matches(given, token) {
             return (StatusCode::UNAUTHORIZED, "send the cluster token: Authorization: Bearer <token>").into_response();
         }
     }

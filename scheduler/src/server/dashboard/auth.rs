@@ -8,7 +8,6 @@ use axum::http::HeaderMap;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
 
 /// How long a login code may wait to be used.
 pub(crate) const CODE_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -83,13 +82,8 @@ impl DashboardAuth {
     /// The request carries a live session cookie or the cluster token.
     pub(crate) fn allows(&self, headers: &HeaderMap, now: Instant) -> bool {
         let Some(token) = &self.token else { return true };
-        let bearer = headers
-            .get_all(axum::http::header::AUTHORIZATION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|v| v.strip_prefix("Bearer "))
-            .any(|t| bool::from(t.trim().as_bytes().ct_eq(token.trim().as_bytes())));
-        if bearer {
+        let bearer = headers.get_all(axum::http::header::AUTHORIZATION).iter().filter_map(|v| v.to_str().ok());
+        if shoal_proto::auth::bearer_matches(bearer, token) {
             return true;
         }
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
