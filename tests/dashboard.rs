@@ -125,9 +125,20 @@ fn sample(samples: &[(String, f64)], series: &str) -> f64 {
     samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v).unwrap_or_else(|| panic!("no series {series}"))
 }
 
+/// A child process killed when this goes out of scope, even when a
+/// panic unwinds before the browser is fully set up.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A headless Chromium on one page, driven over the DevTools protocol.
 struct Browser {
-    child: Child,
+    _child: KillOnDrop,
     ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
     next: u64,
     _profile: tempfile::TempDir,
@@ -144,7 +155,9 @@ impl Browser {
             .stderr(Stdio::piped())
             .spawn()
             .expect("chromium is needed (Debian package chromium; scripts/test installs it)");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = child.stderr.take().unwrap();
+        let child = KillOnDrop(child);
+        let mut lines = BufReader::new(stderr).lines();
         let port = loop {
             let line = lines.next().expect("chromium printed its DevTools address").unwrap();
             if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
@@ -159,7 +172,7 @@ impl Browser {
             targets.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"].as_str().map(String::from)
         });
         let (ws, _) = tungstenite::connect(ws_url.as_str()).expect("the DevTools socket");
-        Browser { child, ws, next: 0, _profile: profile }
+        Browser { _child: child, ws, next: 0, _profile: profile }
     }
 
     fn call(&mut self, method: &str, params: Value) -> Value {
@@ -186,13 +199,6 @@ impl Browser {
         use base64::Engine;
         let r = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true}));
         base64::engine::general_purpose::STANDARD.decode(r["data"].as_str().unwrap()).unwrap()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
