@@ -245,7 +245,12 @@ fn the_dashboard_metrics_and_state_api_show_a_real_job() {
     assert_eq!(sample(&w, "shoal_worker_tasks_finished_total"), 41.0);
     assert_eq!(sample(&w, "shoal_worker_tasks_failed_total"), 1.0);
     assert!(sample(&w, "shoal_worker_executors") >= 1.0);
-    assert!(sample(&w, "shoal_worker_heartbeats_total") >= 1.0);
+    assert_eq!(sample(&w, "shoal_worker_head_sessions_total"), 1.0, "registered once");
+    // Heartbeats go every 500 ms: the job may have ended before the first.
+    wait_for(Duration::from_secs(10), "a heartbeat in the worker's /metrics", || {
+        let (_, text) = http_get(&worker_url, &[("Authorization", &bearer)]);
+        (sample(&parse_prometheus(&text), "shoal_worker_heartbeats_total") >= 1.0).then_some(())
+    });
     let text = format!("{text}\n{worker_text}");
     // The Grafana dashboard in deploy/ draws only series the cluster exports.
     let grafana: Value = serde_json::from_slice(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/shoal-dashboard.json")).unwrap()).unwrap();
