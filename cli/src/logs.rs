@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// `shoal logs --job ID`: the lines the job's tasks printed.
 fn job(args: &LogsArgs, job: u32) -> anyhow::Result<()> {
-    let (address, token) = crate::status::head_and_token(args.address.as_deref(), &args.token)?;
+    let (address, token) = args.head.resolve()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let logs = rt.block_on(shoal::status::job_logs(&address, token.as_deref(), job)).map_err(crate::status::explain)?;
     if logs.dropped > 0 {

@@ -126,11 +126,8 @@ struct DashboardArgs {
 
 #[derive(Args, Clone, Debug)]
 struct SubmitArgs {
-    /// Head address (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -150,25 +147,19 @@ struct LogsArgs {
     /// Instead: what this job's tasks printed (kept by the head), each line with its function, task and node.
     #[arg(long)]
     job: Option<u32>,
-    /// Head address, with --job (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
 }
 
 #[derive(Args, Clone, Debug)]
 struct DrainArgs {
     /// The node's id (see `shoal status`).
     node_id: String,
-    /// Head address (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     /// Seconds to wait for the node to finish and leave (0: do not wait).
     #[arg(long, default_value_t = 300.0)]
     wait: f64,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
 }
 
 /// Which head, and how to prove the right to ask it.
@@ -179,6 +170,13 @@ struct HeadArgs {
     address: Option<String>,
     #[command(flatten)]
     token: TokenArgs,
+}
+
+impl HeadArgs {
+    /// The head's address and the token to send it.
+    fn resolve(&self) -> anyhow::Result<(String, Option<String>)> {
+        status::head_and_token(self.address.as_deref(), &self.token)
+    }
 }
 
 /// Where the token comes from (flags first, then SHOAL_TOKEN,
@@ -292,14 +290,11 @@ struct StartArgs {
 
 #[derive(Args, Clone, Debug)]
 struct StatusArgs {
-    /// Head address (default: SHOAL_ADDRESS, then the local session).
-    #[arg(long)]
-    address: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    token: TokenArgs,
+    head: HeadArgs,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -338,15 +333,15 @@ fn main() {
     let cli = Cli::parse();
     let tls_ca = match &cli.command {
         Command::Start(a) => a.token.tls_ca.clone(),
-        Command::Status(a) => a.token.tls_ca.clone(),
-        Command::Drain(a) => a.token.tls_ca.clone(),
-        Command::Submit(a) => a.token.tls_ca.clone(),
+        Command::Status(a) => a.head.token.tls_ca.clone(),
+        Command::Drain(a) => a.head.token.tls_ca.clone(),
+        Command::Submit(a) => a.head.token.tls_ca.clone(),
         Command::List(a) => a.head.token.tls_ca.clone(),
         Command::Get(a) => a.head.token.tls_ca.clone(),
         Command::Summary(a) => a.head.token.tls_ca.clone(),
         Command::Timeline(a) => a.head.token.tls_ca.clone(),
         Command::Dashboard(a) => a.head.token.tls_ca.clone(),
-        Command::Logs(a) => a.token.tls_ca.clone(),
+        Command::Logs(a) => a.head.token.tls_ca.clone(),
         Command::Stop(_) => None,
     };
     if let Some(ca) = tls_ca {

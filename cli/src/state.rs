@@ -2,7 +2,7 @@
 //! tables, JSON, or a Chrome trace (which Perfetto and chrome://tracing
 //! open). The dashboard reads the same API.
 
-use crate::status::{explain, head_and_token};
+use crate::status::explain;
 use crate::{DashboardArgs, GetArgs, ListArgs, SummaryArgs, TimelineArgs};
 use anyhow::{Context, bail};
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets::NOTHING};
@@ -49,7 +49,7 @@ fn task_filter(args: &ListArgs) -> anyhow::Result<TaskFilter> {
 }
 
 pub fn list(args: ListArgs) -> anyhow::Result<()> {
-    let (address, token) = head_and_token(args.head.address.as_deref(), &args.head.token)?;
+    let (address, token) = args.head.resolve()?;
     let rt = runtime()?;
     let token = token.as_deref();
     match args.what.as_str() {
@@ -166,7 +166,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<()> {
     if args.what != "task" {
         bail!("cannot get {:?}: only `shoal get task ID`", args.what);
     }
-    let (address, token) = head_and_token(args.head.address.as_deref(), &args.head.token)?;
+    let (address, token) = args.head.resolve()?;
     let r = runtime()?.block_on(shoal::status::get_task(&address, token.as_deref(), &args.id)).map_err(explain)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -191,7 +191,7 @@ pub fn summary(args: SummaryArgs) -> anyhow::Result<()> {
     if args.what != "tasks" {
         bail!("cannot summarise {:?}: only `shoal summary tasks`", args.what);
     }
-    let (address, token) = head_and_token(args.head.address.as_deref(), &args.head.token)?;
+    let (address, token) = args.head.resolve()?;
     let rows = runtime()?.block_on(shoal::status::summary(&address, token.as_deref(), args.job)).map_err(explain)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -244,7 +244,7 @@ pub fn chrome_trace(tasks: &[TaskRow]) -> serde_json::Value {
 }
 
 pub fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
-    let (address, token) = head_and_token(args.head.address.as_deref(), &args.head.token)?;
+    let (address, token) = args.head.resolve()?;
     let filter = TaskFilter { job: args.job, limit: 1_000_000, ..Default::default() };
     let list = runtime()?.block_on(shoal::status::list_tasks(&address, token.as_deref(), &filter)).map_err(explain)?;
     let trace = chrome_trace(&list.tasks);
@@ -259,7 +259,7 @@ pub fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
 }
 
 pub fn dashboard(args: DashboardArgs) -> anyhow::Result<()> {
-    let (address, token) = head_and_token(args.head.address.as_deref(), &args.head.token)?;
+    let (address, token) = args.head.resolve()?;
     let url = runtime()?.block_on(shoal::status::dashboard_login(&address, token.as_deref())).map_err(explain)?;
     println!("{url}");
     if url.contains("code=") {

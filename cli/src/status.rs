@@ -23,7 +23,7 @@ pub(crate) fn explain(e: shoal::Error) -> anyhow::Error {
 }
 
 pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
-    let (address, token) = head_and_token(args.address.as_deref(), &args.token)?;
+    let (address, token) = args.head.resolve()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Any unambiguous prefix names a node (`shoal drain 58e3`).
     let st = rt.block_on(shoal::status::fetch(&address, token.as_deref())).map_err(explain)?;
@@ -57,7 +57,7 @@ pub fn drain(args: DrainArgs) -> anyhow::Result<()> {
 /// Runs a program with the cluster's address, token and TLS CA in its
 /// environment; exits with its exit code.
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let (address, token) = head_and_token(args.address.as_deref(), &args.token)?;
+    let (address, token) = args.head.resolve()?;
     let mut cmd = std::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).env(config::ENV_ADDRESS, &address);
     match token {
@@ -73,7 +73,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let (address, token) = head_and_token(args.address.as_deref(), &args.token)?;
+    let (address, token) = args.head.resolve()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let st = rt.block_on(shoal::status::fetch(&address, token.as_deref())).map_err(explain)?;
     if args.json {

@@ -124,3 +124,14 @@ impl ClusterStatus {
         self.alive_nodes().map(|n| n.resources.cpus).sum()
     }
 }
+
+/// This machine's host name (what nodes register and `shoal status`
+/// shows; same-host checks compare it).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

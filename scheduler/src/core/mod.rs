@@ -2311,39 +2311,81 @@ impl Core {
     /// Finished objects, stored ones first and largest first, at most
     /// `limit` (for the state API), and how many there are in all.
     pub fn objects(&self, job: Option<JobId>, limit: usize) -> (Vec<shoal_domain::state::ObjectRow>, u64) {
-        let mut rows: Vec<shoal_domain::state::ObjectRow> = Vec::new();
-        let mut total = 0u64;
-        for (id, o) in self.objects.iter().filter(|(id, _)| job.is_none_or(|j| id.job() == j)) {
-            total += 1;
-            let (size, holders, stored) = match &o.state {
-                ObjectState::Stored { size, holders } => (*size, holders.clone(), true),
-                ObjectState::Ready(b) => (b.len() as u64, Vec::new(), false),
-                ObjectState::Failed(_) => (0, Vec::new(), false),
-            };
-            let refs = o.task_refs as u64 + o.refs.as_ref().map_or(0, |r| r.borrowers.len() as u64 + r.contained_in as u64);
-            rows.push(shoal_domain::state::ObjectRow { id: *id, size, holders, stored, driver_ref: o.driver_ref, refs });
+        // Rank by key first (no clones), then build rows for the top only:
+        // a table of millions of objects costs one pass and a partial sort.
+        let rank = |o: &Object| match &o.state {
+            ObjectState::Stored { size, .. } => (true, *size),
+            ObjectState::Ready(b) => (false, b.len() as u64),
+            ObjectState::Failed(_) => (false, 0),
+        };
+        let mut keys: Vec<(bool, u64, ObjectId)> = self
+            .objects
+            .iter()
+            .filter(|(id, _)| job.is_none_or(|j| id.job() == j))
+            .map(|(id, o)| {
+                let (stored, size) = rank(o);
+                (stored, size, *id)
+            })
+            .collect();
+        let total = keys.len() as u64;
+        let order = |a: &(bool, u64, ObjectId), b: &(bool, u64, ObjectId)| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2));
+        if limit < keys.len() {
+            if limit > 0 {
+                keys.select_nth_unstable_by(limit - 1, order);
+            }
+            keys.truncate(limit);
         }
-        rows.sort_unstable_by(|a, b| b.stored.cmp(&a.stored).then(b.size.cmp(&a.size)).then(a.id.cmp(&b.id)));
-        rows.truncate(limit);
+        keys.sort_unstable_by(order);
+        let rows = keys
+            .into_iter()
+            .filter_map(|(stored, size, id)| {
+                let o = self.objects.get(&id)?;
+                let holders = match &o.state {
+                    ObjectState::Stored { holders, .. } => holders.clone(),
+                    _ => Vec::new(),
+                };
+                let refs = o.task_refs as u64 + o.refs.as_ref().map_or(0, |r| r.borrowers.len() as u64 + r.contained_in as u64);
+                Some(shoal_domain::state::ObjectRow { id, size, holders, stored, driver_ref: o.driver_ref, refs })
+            })
+            .collect();
         (rows, total)
     }
 
+    /// Tasks in the ready queue (waiting for a node with room).
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     /// Queued tasks that wait for a node, by the resources they need
-    /// (why tasks wait: `shoal status`), most common first.
+    /// (why tasks wait: `shoal status`), most common first. One pass over
+    /// the ready queue: callers that ask often cache it (the server keeps
+    /// it for a second).
     pub fn pending_demand(&self) -> Vec<(ResourceSet, u64)> {
-        let mut by_shape: Vec<(ResourceSet, u64)> = Vec::new();
+        let mut by_shape: Vec<(&ResourceSet, u64)> = Vec::new();
+        // Neighbours in the queue mostly share a shape: try the last one first.
+        let mut last = 0usize;
         for tid in self.ready.iter() {
             let Some(t) = self.tasks.get(tid) else { continue };
             let Some(def) = self.jobs.get(&t.job).and_then(|j| j.functions.get(t.func as usize)) else { continue };
-            let need = needs(t, def).clone();
-            if let Some((_, n)) = by_shape.iter_mut().find(|(r, _)| *r == need) {
+            let need = needs(t, def);
+            if let Some((r, n)) = by_shape.get_mut(last)
+                && (std::ptr::eq(*r, need) || **r == *need)
+            {
                 *n += 1;
+                continue;
+            }
+            if let Some(i) = by_shape.iter().position(|(r, _)| std::ptr::eq(*r, need) || **r == *need) {
+                if let Some((_, n)) = by_shape.get_mut(i) {
+                    *n += 1;
+                }
+                last = i;
             } else if by_shape.len() < 64 {
+                last = by_shape.len();
                 by_shape.push((need, 1));
             }
         }
         by_shape.sort_by_key(|s| std::cmp::Reverse(s.1));
-        by_shape
+        by_shape.into_iter().map(|(r, n)| (r.clone(), n)).collect()
     }
 
     /// The registered name of the function unfinished task `task` calls.

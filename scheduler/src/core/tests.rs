@@ -1616,3 +1616,41 @@ fn a_live_nodes_id_is_refused_to_another_process_but_not_to_the_same_one_or_afte
     let later = now + CoreConfig::default().heartbeat_timeout + Duration::from_secs(1);
     assert!(core.registration_conflict(&reg(2), later).is_none(), "nor a new process once the old one went silent");
 }
+
+#[test]
+fn pending_demand_counts_queued_tasks_by_shape_and_objects_lists_the_largest_first() {
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let gpu = ResourceSet { cpus: 1.0, custom: vec![("gpu".into(), 1.0)] };
+    let job = job_with(&mut core, &[("small", ResourceSet::cpus(1.0), 0), ("big", ResourceSet::cpus(4.0), 0)]);
+    // No node: everything waits. 5 small, 3 big, 2 small asking for a GPU per call, interleaved.
+    let mut tasks = Vec::new();
+    for i in 1..=10u64 {
+        let mut t = task(job, i, if i % 3 == 0 { 1 } else { 0 }, vec![]);
+        if i == 4 || i == 8 {
+            t.resources = Some(gpu.clone());
+        }
+        tasks.push(t);
+    }
+    core.submit(job, tasks, &mut out);
+    assert_eq!(core.ready_len(), 10);
+    let demand = core.pending_demand();
+    assert_eq!(demand, vec![(ResourceSet::cpus(1.0), 5), (ResourceSet::cpus(4.0), 3), (gpu, 2)]);
+
+    // Objects: stored ones by size, largest first, then inline ones; the
+    // total counts all of them whatever the limit.
+    let (n, _) = node(&mut core, ResourceSet::cpus(1.0), t0(), &mut out);
+    for (seq, size) in [(100u64, 10u64), (101, 5000), (102, 70), (103, 900), (104, 1)] {
+        core.put(job, ObjectId::new(job, seq), PutValue::Stored { size, node: n }, &mut out);
+    }
+    core.put(job, ObjectId::new(job, 105), PutValue::Inline(Bytes::from_static(b"inline")), &mut out);
+    let (rows, total) = core.objects(None, 3);
+    assert_eq!(total, 6);
+    assert_eq!(rows.iter().map(|r| r.size).collect::<Vec<_>>(), vec![5000, 900, 70]);
+    assert!(rows.iter().all(|r| r.stored && r.holders == vec![n]));
+    let (rows, _) = core.objects(Some(job), 100);
+    assert_eq!(rows.iter().map(|r| r.size).collect::<Vec<_>>(), vec![5000, 900, 70, 10, 1, 6]);
+    assert!(!rows.last().unwrap().stored);
+    assert_eq!(core.objects(Some(job + 1), 10), (Vec::new(), 0));
+    assert_eq!(core.objects(None, 0).0.len(), 0);
+}

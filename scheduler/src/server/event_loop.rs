@@ -30,6 +30,8 @@ pub(super) struct Loop {
     drivers: HashMap<JobId, Sender<HeadToDriver>>,
     heartbeat_interval: Duration,
     admission: Admission,
+    /// Answers the state API reuses between queries.
+    state_cache: super::state::StateCache,
 }
 
 impl Loop {
@@ -42,6 +44,7 @@ impl Loop {
             drivers: HashMap::new(),
             heartbeat_interval,
             admission: Admission::new(limits),
+            state_cache: Default::default(),
         }
     }
 
@@ -278,7 +281,7 @@ impl Loop {
             Cmd::State { query, reply } => {
                 // After the burst's scheduling pass would be fresher, but
                 // the loop is single-threaded: this is the state now.
-                let _ = reply.send(super::state::answer(core, &mut out.events, query, now));
+                let _ = reply.send(super::state::answer(core, &mut out.events, &mut self.state_cache, query, now));
             }
             Cmd::Drain { node, reply } => {
                 let _ = reply.send(core.drain(node, out));

@@ -81,8 +81,32 @@ pub(crate) fn unix_micros() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// How long a computed pending demand is reused: every open dashboard
+/// asks once a second, and the demand walks the whole ready queue.
+const DEMAND_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the loop keeps between queries so that many dashboards and
+/// scrapers cost what one does.
+#[derive(Default)]
+pub(crate) struct StateCache {
+    demand: Option<(Instant, Vec<Demand>)>,
+}
+
+impl StateCache {
+    fn demand(&mut self, core: &Core, now: Instant) -> Vec<Demand> {
+        if let Some((at, d)) = &self.demand
+            && now.saturating_duration_since(*at) < DEMAND_FRESH_FOR
+        {
+            return d.clone();
+        }
+        let d: Vec<Demand> = core.pending_demand().into_iter().map(|(r, n)| Demand { resources: r.to_string(), tasks: n }).collect();
+        self.demand = Some((now, d.clone()));
+        d
+    }
+}
+
 /// Answers `query` from the core and the task events.
-pub(crate) fn answer(core: &Core, events: &mut TaskEvents, query: StateQuery, now: Instant) -> StateAnswer {
+pub(crate) fn answer(core: &Core, events: &mut TaskEvents, cache: &mut StateCache, query: StateQuery, now: Instant) -> StateAnswer {
     match query {
         StateQuery::Tasks(f) => StateAnswer::Tasks(events.list(&f)),
         StateQuery::Task(id) => StateAnswer::Task(events.get(id)),
@@ -99,8 +123,8 @@ pub(crate) fn answer(core: &Core, events: &mut TaskEvents, query: StateQuery, no
             StateAnswer::Overview(Box::new(Overview {
                 status: core.snapshot(now),
                 head_pid: std::process::id(),
-                head_hostname: hostname(),
-                demand: core.pending_demand().into_iter().map(|(r, n)| Demand { resources: r.to_string(), tasks: n }).collect(),
+                head_hostname: shoal_domain::cluster::hostname(),
+                demand: cache.demand(core, now),
                 jobs: events.jobs(),
                 functions: events.summary(None),
                 failed: failed.tasks,
@@ -120,16 +144,11 @@ pub(crate) fn answer(core: &Core, events: &mut TaskEvents, query: StateQuery, no
         StateQuery::Metrics => StateAnswer::Metrics(Box::new(MetricsSnapshot {
             status: core.snapshot(now),
             totals: events.totals(),
-            ready_queue: core.pending_demand().iter().map(|(_, n)| *n).sum(),
+            ready_queue: core.ready_len() as u64,
             objects: core.object_count() as u64,
             jobs: events.jobs(),
             tracked: events.tracked() as u64,
             latencies: events.latencies(),
         })),
     }
-}
-
-/// This machine's host name.
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).or_else(|_| std::env::var("HOSTNAME")).unwrap_or_default()
 }
