@@ -217,6 +217,11 @@ fn the_dashboard_metrics_and_state_api_show_a_real_job() {
     let (status, _) = http_get(&format!("{base}/metrics"), &[("Authorization", "Bearer not-the-token")]);
     assert_eq!(status, 401, "a wrong token");
 
+    // A client with a wrong token is refused at the TLS handshake, and
+    // the head counts it.
+    let wrong = c.cli(&["status", "--address", &c.address, "--token", "not-the-token"]);
+    assert!(!wrong.status.success(), "status with a wrong token");
+
     // /metrics (the cluster token as a bearer token) parses, and its
     // counters are the job's.
     let bearer = format!("Bearer {}", c.token);
@@ -228,6 +233,7 @@ fn the_dashboard_metrics_and_state_api_show_a_real_job() {
     assert_eq!(sample(&samples, "shoal_tasks_failed_total"), 1.0);
     assert_eq!(sample(&samples, "shoal_nodes{state=\"alive\"}"), 1.0);
     assert_eq!(sample(&samples, "shoal_task_dispatch_latency_seconds_count"), 42.0);
+    assert!(sample(&samples, "shoal_connections_refused_total{reason=\"wrong_token\"}") >= 1.0, "{text}");
     assert!(samples.iter().any(|(s, v)| s.starts_with("shoal_object_store_capacity_bytes{") && s.contains(&node) && *v > 0.0), "per-node store series");
     // Every worker's own /metrics, found through the head (Prometheus's
     // http_sd format), needs the token too and counts this node's share.

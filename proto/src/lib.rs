@@ -27,6 +27,7 @@ pub mod fuzz;
 pub mod local;
 pub mod net;
 pub mod pad;
+pub mod rpc_errors;
 pub mod tls;
 
 /// Version of the protocol spoken on every stream. A worker, driver or

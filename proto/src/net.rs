@@ -8,6 +8,7 @@
 //! therefore costs a bounded number of sockets for a bounded time, and the
 //! refusals are logged at most once a second.
 
+use crate::rpc_errors::Refusal;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -213,6 +214,7 @@ pub fn incoming(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: Limits,
     what: &'static str,
+    errors: Arc<crate::rpc_errors::RpcErrors>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
@@ -240,11 +242,14 @@ pub fn incoming(
                 continue;
             };
             let (slot, evicted) = admit(&table, peer.ip(), &limits);
+            for _ in 0..evicted {
+                errors.refused(Refusal::Evicted);
+            }
             if evicted > 0 {
                 over_log.hit(|held| tracing::warn!(%peer, server = what, evicted, held_back = held, "too many TLS handshakes in progress: dropped the oldest"));
             }
             let id = slot.id;
-            let (acceptor, tx, fail_log) = (acceptor.clone(), tx.clone(), fail_log.clone());
+            let (acceptor, tx, fail_log, errors) = (acceptor.clone(), tx.clone(), fail_log.clone(), errors.clone());
             let task = tokio::spawn(async move {
                 let r = tokio::time::timeout(limits.handshake_deadline, acceptor.accept(stream)).await;
                 drop(slot);
@@ -252,8 +257,15 @@ pub fn incoming(
                     Ok(Ok(s)) => {
                         let _ = tx.send(Ok(Conn::Tls(Box::new(s), info))).await;
                     }
-                    Ok(Err(e)) => refused(&fail_log, peer, what, &handshake_reason(&e)),
-                    Err(_) => refused(&fail_log, peer, what, "no TLS handshake within the deadline"),
+                    Ok(Err(e)) => {
+                        let (why, text) = handshake_reason(&e);
+                        errors.refused(why);
+                        refused(&fail_log, peer, what, &text)
+                    }
+                    Err(_) => {
+                        errors.refused(Refusal::Timeout);
+                        refused(&fail_log, peer, what, "no TLS handshake within the deadline")
+                    }
                 }
             });
             set_abort(&table, id, task.abort_handle());
@@ -262,17 +274,17 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-fn handshake_reason(e: &std::io::Error) -> String {
+fn handshake_reason(e: &std::io::Error) -> (Refusal, String) {
     use rustls::AlertDescription as A;
     match crate::tls::rustls_error(e) {
         Some(rustls::Error::InvalidCertificate(_)) | Some(rustls::Error::NoCertificatesPresented) => {
-            format!("a client with a wrong cluster token (its certificate is not from this cluster's CA: {e})")
+            (Refusal::WrongToken, format!("a client with a wrong cluster token (its certificate is not from this cluster's CA: {e})"))
         }
         Some(rustls::Error::AlertReceived(A::DecryptError | A::BadCertificate | A::UnknownCA)) => {
-            format!("a client with a wrong cluster token (it does not trust this cluster's certificate: {e})")
+            (Refusal::WrongToken, format!("a client with a wrong cluster token (it does not trust this cluster's certificate: {e})"))
         }
-        Some(r) => format!("TLS handshake failed (not a Shoal client, or a wrong cluster token?): {r}"),
-        None => format!("TLS handshake failed: {e}"),
+        Some(r) => (Refusal::Handshake, format!("TLS handshake failed (not a Shoal client, or a wrong cluster token?): {r}")),
+        None => (Refusal::Handshake, format!("TLS handshake failed: {e}")),
     }
 }
 

@@ -151,10 +151,7 @@ pub fn cgroup_memory_limit(root: &std::path::Path, own: &str) -> Option<u64> {
     best
 }
 
-/// The machine's host name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
-}
+pub use shoal_domain::cluster::hostname;
 
 #[cfg(test)]
 mod tests {

@@ -120,10 +120,10 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let store = Store::open(config.object_store_bytes, config.object_store_prefault, config.spill_dir.clone())?;
     let object_listener = tokio::net::TcpListener::bind(config.object_listen).await?;
     let object_port = object_listener.local_addr()?.port();
-    let object_server = crate::transfer::serve(store.clone(), object_listener, config.token.as_deref())
+    let metrics = Arc::new(crate::metrics::WorkerMetrics::new());
+    let object_server = crate::transfer::serve(store.clone(), object_listener, config.token.as_deref(), metrics.rpc_errors.clone())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("object store TLS: {e}")))?;
     let accept = tokio::spawn(executors::accept_loop(listener, events.clone()));
-    let metrics = Arc::new(crate::metrics::WorkerMetrics::new());
     let mut metrics_port = 0;
     if let Some(at) = config.metrics_listen {
         match tokio::net::TcpListener::bind(at).await {

@@ -39,6 +39,10 @@ pub(crate) struct WorkerMetrics {
     pub(crate) heartbeats: Counter,
     pub(crate) head_sessions: Counter,
     store: Family<Labels, Gauge>,
+    /// What the object store's server refused or answered with an error.
+    pub(crate) rpc_errors: Arc<shoal_proto::rpc_errors::RpcErrors>,
+    rpc_error_series: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
 }
 
 impl WorkerMetrics {
@@ -58,6 +62,9 @@ impl WorkerMetrics {
             heartbeats: Counter::default(),
             head_sessions: Counter::default(),
             store: Family::default(),
+            rpc_errors: Default::default(),
+            rpc_error_series: Family::default(),
+            refused: Family::default(),
         };
         registry.register("executors", "Executor processes alive", m.executors.clone());
         registry.register("executors_started", "Executor processes started", m.executors_started.clone());
@@ -71,6 +78,8 @@ impl WorkerMetrics {
         registry.register("heartbeats", "Heartbeats sent to the head", m.heartbeats.clone());
         registry.register("head_sessions", "Sessions opened with the head (reconnects count)", m.head_sessions.clone());
         registry.register("object_store_bytes", "This node's object store, by kind (capacity, used, pinned, spilled)", m.store.clone());
+        registry.register("rpc_errors", "Object-store requests answered with an error status, by method and gRPC code", m.rpc_error_series.clone());
+        registry.register("connections_refused", "Object-store connections refused before a request, by reason", m.refused.clone());
         for outcome in ["ok", "failed"] {
             let _ = m.transfers.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]);
         }
@@ -93,11 +102,26 @@ impl WorkerMetrics {
         for (kind, v) in [("capacity", u.capacity), ("used", u.used), ("pinned", u.pinned_bytes), ("spilled", u.spilled_bytes)] {
             self.store.get_or_create(&vec![("kind".to_string(), kind.to_string())]).set(v as i64);
         }
+        let label = |pairs: &[(&str, &str)]| -> Labels { pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        for (method, code, n) in self.rpc_errors.answers() {
+            to_total(&self.rpc_error_series.get_or_create(&label(&[("method", &method), ("code", code)])), n);
+        }
+        for (why, n) in self.rpc_errors.refusals() {
+            to_total(&self.refused.get_or_create(&label(&[("reason", why.label())])), n);
+        }
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "encoding the metrics");
         }
         out
+    }
+}
+
+/// Brings a counter up to `total` (counters only go up).
+fn to_total(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
     }
 }
 

@@ -151,13 +151,19 @@ impl ObjectStore for ObjectService {
 
 /// Serves `store` on `listener` (token-checked, and TLS from the cluster CA
 /// when there is a token) until the task is aborted.
-pub fn serve(store: Arc<Store>, listener: tokio::net::TcpListener, token: Option<&str>) -> Result<tokio::task::JoinHandle<()>, shoal_proto::tls::TlsProblem> {
+pub fn serve(
+    store: Arc<Store>,
+    listener: tokio::net::TcpListener,
+    token: Option<&str>,
+    errors: Arc<shoal_proto::rpc_errors::RpcErrors>,
+) -> Result<tokio::task::JoinHandle<()>, shoal_proto::tls::TlsProblem> {
     let svc = ObjectStoreServer::new(ObjectService { store })
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, shoal_proto::auth::CheckToken::new(token));
+    let svc = shoal_proto::rpc_errors::CountErrors::new(svc, errors.clone());
     let tls = token.map(|t| shoal_proto::tls::server_config(Some(t), None, shoal_proto::tls::STORE_NAME)).transpose()?;
-    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "object store");
+    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "object store", errors);
     Ok(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .initial_stream_window_size(8 << 20)

@@ -73,6 +73,8 @@ pub(crate) struct HeadMetrics {
     actors: Family<Labels, Gauge>,
     events_tracked: Gauge,
     events_dropped: Counter,
+    rpc_errors: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -115,6 +117,8 @@ impl HeadMetrics {
             actors: Family::default(),
             events_tracked: Gauge::default(),
             events_dropped: Counter::default(),
+            rpc_errors: Family::default(),
+            refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register("tasks", "Unfinished tasks by state (pending: waiting for inputs or a node; running: on a node)", m.tasks.clone());
@@ -141,6 +145,8 @@ impl HeadMetrics {
         registry.register("actors", "Actors by state", m.actors.clone());
         registry.register("task_events_tracked", "Task rows kept for the state API", m.events_tracked.clone());
         registry.register("task_events_dropped", "Task rows dropped from the bounded store", m.events_dropped.clone());
+        registry.register("rpc_errors", "Requests the head answered with an error status, by method and gRPC code", m.rpc_errors.clone());
+        registry.register("connections_refused", "Connections the head refused before a request, by reason", m.refused.clone());
         HeadMetrics { registry, ..m }
     }
 
@@ -214,6 +220,16 @@ impl HeadMetrics {
         }
         self.events_tracked.set(s.tracked as i64);
         to_total(&self.events_dropped, s.totals.dropped);
+    }
+
+    /// Sets the RPC error series from the server's counters.
+    pub(crate) fn update_rpc(&self, e: &shoal_proto::rpc_errors::RpcErrors) {
+        for (method, code, n) in e.answers() {
+            to_total(&self.rpc_errors.get_or_create(&l(&[("method", &method), ("code", code)])), n);
+        }
+        for (why, n) in e.refusals() {
+            to_total(&self.refused.get_or_create(&l(&[("reason", why.label())])), n);
+        }
     }
 
     /// The text exposition format.

@@ -152,6 +152,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         let _ = ended_tx.send(Some(why));
     });
     let auth = std::sync::Arc::new(dashboard::auth::DashboardAuth::new(config.token.clone()));
+    let rpc_errors = std::sync::Arc::new(shoal_proto::rpc_errors::RpcErrors::default());
     let (dashboard, dashboard_stop) = match config.dashboard {
         None => (None, None),
         Some(at) => match tokio::net::TcpListener::bind(at).await {
@@ -161,6 +162,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
                     events: events.clone(),
                     auth: auth.clone(),
                     metrics: std::sync::Mutex::new(metrics::HeadMetrics::new()),
+                    rpc_errors: rpc_errors.clone(),
                 });
                 let (tx, rx) = oneshot::channel::<()>();
                 tokio::spawn(dashboard::serve(l, shared, async {
@@ -181,6 +183,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::CheckToken::new(config.token.as_deref()));
+    let svc = shoal_proto::rpc_errors::CountErrors::new(svc, rpc_errors.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     // With a token, every connection is TLS from the cluster CA the token
     // derives (or the head's own certificate): see `shoal_proto::tls`.
@@ -199,7 +202,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         None
     };
     let encrypted = tls.is_some();
-    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "head");
+    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "head", rpc_errors);
     let builder = tonic::transport::Server::builder();
     let server = tokio::spawn(async move {
         let res = builder

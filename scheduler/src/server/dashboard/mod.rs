@@ -17,7 +17,7 @@ use super::state::{StateAnswer, StateQuery};
 use auth::DashboardAuth;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -36,6 +36,8 @@ pub(crate) struct Dashboard {
     pub(crate) events: mpsc::UnboundedSender<Cmd>,
     pub(crate) auth: Arc<DashboardAuth>,
     pub(crate) metrics: Mutex<HeadMetrics>,
+    /// What the head's gRPC server refused or answered with an error.
+    pub(crate) rpc_errors: Arc<shoal_proto::rpc_errors::RpcErrors>,
 }
 
 impl Dashboard {
@@ -48,13 +50,11 @@ impl Dashboard {
 
 type Shared = Arc<Dashboard>;
 
-/// The routes.
+/// The routes: the login and the static assets are open, everything
+/// else passes [`require_login`] first.
 pub(crate) fn router(shared: Shared) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/", get(index))
-        .route("/login", get(login))
-        .route("/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
-        .route("/style.css", get(|| async { asset(STYLE, "text/css; charset=utf-8") }))
         .route("/metrics", get(metrics))
         .route("/api/overview", get(overview))
         .route("/api/events", get(stream))
@@ -64,7 +64,22 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/api/summary", get(summary))
         .route("/api/objects", get(objects))
         .route("/api/prometheus-targets", get(targets))
+        .route_layer(axum::middleware::from_fn_with_state(shared.clone(), require_login));
+    Router::new()
+        .route("/login", get(login))
+        .route("/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
+        .route("/style.css", get(|| async { asset(STYLE, "text/css; charset=utf-8") }))
+        .merge(guarded)
         .with_state(shared)
+}
+
+/// Lets a request through with a live session cookie or the cluster
+/// token as a bearer token; refuses it otherwise.
+async fn require_login(State(d): State<Shared>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !d.auth.allows(request.headers(), Instant::now()) {
+        return refused();
+    }
+    next.run(request).await
 }
 
 /// Serves the dashboard on `listener` until `stop` resolves.
@@ -104,10 +119,7 @@ fn json(answer: Option<StateAnswer>) -> Response {
     }
 }
 
-async fn index(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn index() -> Response {
     asset(INDEX, "text/html; charset=utf-8")
 }
 
@@ -129,16 +141,14 @@ async fn login(State(d): State<Shared>, Query(p): Query<LoginParams>) -> Respons
     secure(r)
 }
 
-async fn metrics(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn metrics(State(d): State<Shared>) -> Response {
     let Some(StateAnswer::Metrics(snap)) = d.ask(StateQuery::Metrics).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "the head is shutting down").into_response();
     };
     let text = {
         let m = d.metrics.lock().unwrap_or_else(|e| e.into_inner());
         m.update(&snap);
+        m.update_rpc(&d.rpc_errors);
         m.render()
     };
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
@@ -146,10 +156,7 @@ async fn metrics(State(d): State<Shared>, headers: HeaderMap) -> Response {
 
 /// Every alive worker's `/metrics`, in the format of Prometheus's
 /// `http_sd_configs`, so one scrape config finds the whole cluster.
-async fn targets(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn targets(State(d): State<Shared>) -> Response {
     let (tx, rx) = oneshot::channel();
     if d.events.send(Cmd::Status { reply: tx }).is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "the head is shutting down").into_response();
@@ -166,17 +173,11 @@ async fn targets(State(d): State<Shared>, headers: HeaderMap) -> Response {
     secure(([(header::CONTENT_TYPE, "application/json")], serde_json::Value::Array(groups).to_string()).into_response())
 }
 
-async fn overview(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn overview(State(d): State<Shared>) -> Response {
     json(d.ask(StateQuery::Overview).await)
 }
 
-async fn stream(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn stream(State(d): State<Shared>) -> Response {
     let events = futures::stream::unfold((d, true), |(d, first)| async move {
         if !first {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -197,10 +198,7 @@ struct TaskParams {
     limit: Option<u32>,
 }
 
-async fn tasks(State(d): State<Shared>, headers: HeaderMap, Query(p): Query<TaskParams>) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn tasks(State(d): State<Shared>, Query(p): Query<TaskParams>) -> Response {
     let phase = match p.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => match TaskPhase::parse(s) {
@@ -213,10 +211,7 @@ async fn tasks(State(d): State<Shared>, headers: HeaderMap, Query(p): Query<Task
     json(d.ask(StateQuery::Tasks(filter)).await)
 }
 
-async fn task(State(d): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn task(State(d): State<Shared>, Path(id): Path<String>) -> Response {
     let Some(id) = ObjectId::parse(&id) else {
         return (StatusCode::BAD_REQUEST, format!("{id:?} is not a task id (job.seq, e.g. 3.17)")).into_response();
     };
@@ -228,10 +223,7 @@ async fn task(State(d): State<Shared>, headers: HeaderMap, Path(id): Path<String
     }
 }
 
-async fn jobs(State(d): State<Shared>, headers: HeaderMap) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn jobs(State(d): State<Shared>) -> Response {
     json(d.ask(StateQuery::Jobs).await)
 }
 
@@ -241,16 +233,10 @@ struct JobParam {
     limit: Option<usize>,
 }
 
-async fn summary(State(d): State<Shared>, headers: HeaderMap, Query(p): Query<JobParam>) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn summary(State(d): State<Shared>, Query(p): Query<JobParam>) -> Response {
     json(d.ask(StateQuery::Summary(p.job)).await)
 }
 
-async fn objects(State(d): State<Shared>, headers: HeaderMap, Query(p): Query<JobParam>) -> Response {
-    if !d.auth.allows(&headers, Instant::now()) {
-        return refused();
-    }
+async fn objects(State(d): State<Shared>, Query(p): Query<JobParam>) -> Response {
     json(d.ask(StateQuery::Objects { job: p.job, limit: p.limit.unwrap_or(0) }).await)
 }
