@@ -50,6 +50,11 @@ fn digest_on_b(data: Buffer) -> (String, String) {
     (digest(&data), shoal::context().unwrap().node_id)
 }
 
+#[shoal::remote(resources(m = 1))]
+fn digest_on_m(data: Buffer) -> (String, String) {
+    (digest(&data), shoal::context().unwrap().node_id)
+}
+
 #[shoal::remote(resources(a = 1))]
 fn ramp_on_a(n: usize) -> Buffer {
     Buffer::from_values((0..n).map(|i| i as f64).collect::<Vec<f64>>())
@@ -181,18 +186,29 @@ fn concurrent_puts_gets_and_tasks_do_not_corrupt_data() {
     });
 }
 
+/// Objects worker `i` pulled from peers by `path` (its own `/metrics`).
+fn pulls(c: &Cluster, i: usize, path: &str) -> f64 {
+    let node = c.node(&c.workers[i].node_id).expect("the worker is known");
+    let url = format!("http://{}/metrics", node["metrics_address"].as_str().expect("the worker serves /metrics"));
+    let (status, text) = common::http::http_get(&url, &[("Authorization", &format!("Bearer {}", c.token))]);
+    assert_eq!(status, 200, "{text}");
+    common::http::sample(&common::http::parse_prometheus(&text), &format!("shoal_worker_transfers_total{{outcome=\"ok\",path=\"{path}\"}}"))
+}
+
 #[test]
 fn objects_move_worker_to_worker_when_a_task_runs_on_another_node() {
     let mut c = Cluster::head(&[]);
     let a = c.add_worker(&["--num-cpus", "1", "--resources", "a=1"]);
     let b = c.add_worker(&["--num-cpus", "1", "--resources", "b=1"]);
     c.connect();
-    // Made on node a, consumed on node b: b pulls it from a's store.
+    // Made on node a, consumed on node b: b copies it from a's memory (the
+    // two workers share this machine), no socket in between.
     let made = make_on_a::remote(256 * MIB, 11);
     let want = digest(&pattern(256 * MIB, 11));
     let (got, node) = digest_on_b::remote(&made).get().unwrap();
     assert_eq!(got, want, "the task on the other node sees the same bytes");
     assert_eq!(node, c.workers[b].node_id);
+    assert_eq!((pulls(&c, b, "shared_memory"), pulls(&c, b, "network")), (1.0, 0.0), "a same-machine pull maps the holder's store");
     // The driver is off the workers' processes: it pulls the result too,
     // awaited (the pull runs on Shoal's runtime) or blocking.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -223,6 +239,27 @@ fn objects_move_worker_to_worker_when_a_task_runs_on_another_node() {
     assert_eq!(arr.get().unwrap().values::<f64>().map(|x| x[n - 1]), Some((n - 1) as f64));
     drop((made, r, arr));
     common::wait_for(Duration::from_secs(10), "every copy to be freed on both nodes", || (store_of(a).used == 0 && store_of(b).used == 0).then_some(()));
+}
+
+#[test]
+fn a_same_machine_holder_that_dies_after_the_copy_leaves_the_reader_whole_and_the_network_path_still_works() {
+    let mut c = Cluster::head(&["--heartbeat-timeout", "2"]);
+    let a = c.add_worker(&["--num-cpus", "1", "--resources", "a=1"]);
+    // b streams over the network, as between hosts (SHOAL_MAP_PEER_STORES=0).
+    let b = c.add_worker_env(&["--num-cpus", "1", "--resources", "b=1"], &[("SHOAL_MAP_PEER_STORES", std::path::Path::new("0"))]);
+    let m = c.add_worker(&["--num-cpus", "1", "--resources", "m=1"]);
+    c.connect();
+    let made = make_on_a::remote(64 * MIB, 21);
+    let want = digest(&pattern(64 * MIB, 21));
+    assert_eq!(digest_on_b::remote(&made).get().unwrap(), (want.clone(), c.workers[b].node_id.clone()));
+    assert_eq!((pulls(&c, b, "network"), pulls(&c, b, "shared_memory")), (1.0, 0.0), "mapping turned off: streamed");
+    assert_eq!(digest_on_m::remote(&made).get().unwrap(), (want.clone(), c.workers[m].node_id.clone()));
+    assert_eq!(pulls(&c, m, "shared_memory"), 1.0);
+    // The holder dies (SIGKILL). The copies b and m took are theirs: tasks
+    // there still read the object, byte-identical, with a gone.
+    c.kill_worker(a);
+    assert_eq!(digest_on_m::remote(&made).get().unwrap(), (want.clone(), c.workers[m].node_id.clone()));
+    assert_eq!(digest_on_b::remote(&made).get().unwrap(), (want, c.workers[b].node_id.clone()));
 }
 
 /// A large value whose encoding goes wrong after its size was taken: the

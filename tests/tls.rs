@@ -105,8 +105,11 @@ fn plaintext_is_refused(rt: &tokio::runtime::Runtime, addr: &str) {
 fn a_default_cluster_encrypts_every_port_and_a_capture_holds_neither_token_nor_data() {
     let mut c = Cluster::head(&[]);
     assert!(!c.address.contains("://"), "a plain host:port is the join address: {}", c.address);
-    c.add_worker(&["--num-cpus", "1", "--resources", "a=1"]);
-    c.add_worker(&["--num-cpus", "1", "--resources", "b=1"]);
+    // Both stream objects over their ports, as between hosts (on one
+    // machine they would copy from each other's memory instead).
+    let no_mapping = [("SHOAL_MAP_PEER_STORES", std::path::Path::new("0"))];
+    c.add_worker_env(&["--num-cpus", "1", "--resources", "a=1"], &no_mapping);
+    c.add_worker_env(&["--num-cpus", "1", "--resources", "b=1"], &no_mapping);
     let capture = Capture::start();
     c.connect();
     let marker = "PLAINTEXT-MARKER-7f3c1e0b";

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod http;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -39,6 +39,11 @@ pub struct WorkerConfig {
     pub local_head: Option<shoal_proto::local::LocalLink>,
     /// Serve Prometheus `/metrics` here (`None`: no endpoint).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Copy objects that another worker on this machine holds from its
+    /// memory (mapping its store) instead of streaming them over its port.
+    /// On unless `SHOAL_MAP_PEER_STORES=0` (to measure the network path on
+    /// one machine).
+    pub map_peer_stores: bool,
 }
 
 impl WorkerConfig {
@@ -60,6 +65,7 @@ impl WorkerConfig {
             object_host: None,
             local_head: None,
             metrics_listen: None,
+            map_peer_stores: std::env::var("SHOAL_MAP_PEER_STORES").map_or(true, |v| v != "0"),
         }
     }
 }

@@ -158,6 +158,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     ));
     let (node_tx, node_rx) = watch::channel(None);
     let core = WorkerCore::new(CoreConfig::new(config.resources.clone(), config.max_executors), store.clone());
+    let peers = Arc::new(crate::transfer::Peers::new(config.token.clone(), config.map_peer_stores));
     let daemon = Daemon {
         core,
         io: Io {
@@ -169,6 +170,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
             tails: HashMap::new(),
             session: None,
             run_times: std::collections::VecDeque::new(),
+            peers,
             metrics,
         },
         node_tx,
@@ -276,6 +278,8 @@ struct Io {
     /// In arrival order, which is mostly the order the core reports
     /// results in: the front is checked first.
     run_times: std::collections::VecDeque<(ObjectId, (u64, u64, u32))>,
+    /// Channels to peers' stores and the mapped stores of same-machine peers.
+    peers: Arc<crate::transfer::Peers>,
     metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
@@ -344,15 +348,15 @@ impl Effects for Io {
     }
 
     fn pull(&mut self, obj: StoredRef) {
-        let (store, token, events, metrics) = (self.store.clone(), self.config.token.clone(), self.events.clone(), self.metrics.clone());
+        let (store, peers, events, metrics) = (self.store.clone(), self.peers.clone(), self.events.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = crate::transfer::pull_into(&store, token.as_deref(), obj.id.0, obj.size, &obj.holders).await.map_err(|e| e.to_string());
-            metrics.transferred(obj.size, started.elapsed().as_secs_f64(), result.is_ok());
-            if result.is_ok() {
-                tracing::debug!(object = %obj.id, size = obj.size, secs = started.elapsed().as_secs_f64(), "pulled object from a peer");
+            let result = crate::transfer::pull_into(&store, &peers, obj.id.0, obj.size, &obj.holders).await.map_err(|e| e.to_string());
+            metrics.transferred(obj.size, started.elapsed().as_secs_f64(), result.as_ref().ok().copied());
+            if let Ok(path) = &result {
+                tracing::debug!(object = %obj.id, size = obj.size, secs = started.elapsed().as_secs_f64(), path = path.label(), "pulled object from a peer");
             }
-            let _ = events.send(Ev::Pulled { id: obj.id, result });
+            let _ = events.send(Ev::Pulled { id: obj.id, result: result.map(|_| ()) });
         });
     }
 

@@ -72,7 +72,11 @@ impl WorkerMetrics {
         registry.register("tasks_received", "Tasks the head sent here", m.tasks_received.clone());
         registry.register("tasks_finished", "Results with a value reported to the head", m.tasks_finished.clone());
         registry.register("tasks_failed", "Results with a failure reported to the head", m.tasks_failed.clone());
-        registry.register("transfers", "Objects pulled from peers, by outcome", m.transfers.clone());
+        registry.register(
+            "transfers",
+            "Objects pulled from peers, by outcome and path (shared_memory: copied from a same-machine peer's mapped store; network: streamed)",
+            m.transfers.clone(),
+        );
         registry.register("transfer_bytes", "Bytes of objects pulled from peers", m.transfer_bytes.clone());
         registry.register("transfer_seconds", "Time to pull one object from a peer", m.transfer_seconds.clone());
         registry.register("heartbeats", "Heartbeats sent to the head", m.heartbeats.clone());
@@ -80,17 +84,20 @@ impl WorkerMetrics {
         registry.register("object_store_bytes", "This node's object store, by kind (capacity, used, pinned, spilled)", m.store.clone());
         registry.register("rpc_errors", "Object-store requests answered with an error status, by method and gRPC code", m.rpc_error_series.clone());
         registry.register("connections_refused", "Object-store connections refused before a request, by reason", m.refused.clone());
-        for outcome in ["ok", "failed"] {
-            let _ = m.transfers.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]);
+        for (outcome, path) in [("ok", "network"), ("ok", "shared_memory"), ("failed", "none")] {
+            let _ = m.transfers.get_or_create(&vec![("outcome".to_string(), outcome.to_string()), ("path".to_string(), path.to_string())]);
         }
         WorkerMetrics { registry, ..m }
     }
 
-    /// A pull from a peer ended.
-    pub(crate) fn transferred(&self, bytes: u64, seconds: f64, ok: bool) {
-        let outcome = if ok { "ok" } else { "failed" };
-        self.transfers.get_or_create(&vec![("outcome".to_string(), outcome.to_string())]).inc();
-        if ok {
+    /// A pull from a peer ended: how, or `None` if it failed.
+    pub(crate) fn transferred(&self, bytes: u64, seconds: f64, path: Option<crate::transfer::PullPath>) {
+        let (outcome, path) = match path {
+            Some(p) => ("ok", p.label()),
+            None => ("failed", "none"),
+        };
+        self.transfers.get_or_create(&vec![("outcome".to_string(), outcome.to_string()), ("path".to_string(), path.to_string())]).inc();
+        if outcome == "ok" {
             self.transfer_bytes.inc_by(bytes);
             self.transfer_seconds.observe(seconds);
         }
@@ -164,12 +171,13 @@ mod tests {
         let store = Store::open(1 << 20, 0, dir.path().join("spill")).unwrap();
         m.executors_started.inc_by(3);
         m.executors_exited.inc();
-        m.transferred(1000, 0.01, true);
-        m.transferred(0, 0.0, false);
+        m.transferred(1000, 0.01, Some(crate::transfer::PullPath::SharedMemory));
+        m.transferred(0, 0.0, None);
         let text = m.render(&store);
         assert!(text.contains("shoal_worker_executors 2"), "{text}");
         assert!(text.contains("shoal_worker_transfer_bytes_total 1000"));
-        assert!(text.contains("shoal_worker_transfers_total{outcome=\"failed\"} 1"));
+        assert!(text.contains("shoal_worker_transfers_total{outcome=\"failed\",path=\"none\"} 1"), "{text}");
+        assert!(text.contains("shoal_worker_transfers_total{outcome=\"ok\",path=\"shared_memory\"} 1"));
         assert!(text.contains("shoal_worker_object_store_bytes{kind=\"capacity\"}"));
     }
 }

@@ -34,6 +34,11 @@ fn store_status(e: StoreError) -> Status {
 /// The service a worker serves its store with.
 pub struct ObjectService {
     store: Arc<Store>,
+    /// Where same-machine readers map this store from (see [`PinReply`]).
+    pid: u32,
+    store_fd: u32,
+    store_ino: u64,
+    host_key: String,
 }
 
 type ChunkStream = Pin<Box<dyn futures::Stream<Item = Result<ObjectChunk, Status>> + Send>>;
@@ -79,8 +84,16 @@ impl ObjectStore for ObjectService {
         let store = self.store.clone();
         let loc = tokio::task::spawn_blocking(move || store.pin(id)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
         let reply = match loc {
-            shoal_store::Location::Arena { offset, len } => PinReply { offset, len, file: String::new() },
-            shoal_store::Location::File { path, len } => PinReply { offset: 0, len, file: path.to_string_lossy().into_owned() },
+            shoal_store::Location::Arena { offset, len } => PinReply {
+                offset,
+                len,
+                file: String::new(),
+                pid: self.pid,
+                store_fd: self.store_fd,
+                store_ino: self.store_ino,
+                host_key: self.host_key.clone(),
+            },
+            shoal_store::Location::File { path, len } => PinReply { offset: 0, len, file: path.to_string_lossy().into_owned(), ..Default::default() },
         };
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let _ = tx.send(Ok(reply)).await;
@@ -157,7 +170,9 @@ pub fn serve(
     token: Option<&str>,
     errors: Arc<shoal_proto::rpc_errors::RpcErrors>,
 ) -> Result<tokio::task::JoinHandle<()>, shoal_proto::tls::TlsProblem> {
-    let svc = ObjectStoreServer::new(ObjectService { store })
+    let (store_fd, store_ino) = (store.arena().fd() as u32, store.arena().inode());
+    let service = ObjectService { store, pid: std::process::id(), store_fd, store_ino, host_key: host_key() };
+    let svc = ObjectStoreServer::new(service)
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, shoal_proto::auth::CheckToken::new(token));
@@ -200,17 +215,162 @@ async fn pull_range(mut client: shoal_proto::client::StoreClient, id: u64, offse
     Ok(())
 }
 
-/// Pulls all of object `id` (`size` bytes) from the peer at `address`.
-async fn pull_from(address: &str, token: Option<&str>, id: u64, size: u64, sink: Sink<'_>) -> Result<(), String> {
-    let client = shoal_proto::client::connect_store(address, token, Duration::from_secs(5)).await.map_err(|e| match e {
-        shoal_proto::client::ConnectError::Unreachable { source, .. } => format!("its object store does not answer ({source})"),
-        e => e.to_string(),
-    })?;
+/// Pulls all of object `id` (`size` bytes) from the peer `client` talks to.
+async fn pull_from(client: &shoal_proto::client::StoreClient, id: u64, size: u64, sink: Sink<'_>) -> Result<(), String> {
     let parts = ranges(size).into_iter().map(|(o, l)| pull_range(client.clone(), id, o, l, sink));
     for r in futures::future::join_all(parts).await {
         r?;
     }
     Ok(())
+}
+
+/// What says "the same machine" to a peer: the kernel's boot id (one per
+/// running kernel, shared by its containers) and this process's network
+/// namespace (a namespace host counts as a host of its own). Empty if
+/// either cannot be read: then nothing is mapped.
+pub fn host_key() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|b| b.trim().to_string()).unwrap_or_default();
+    let net = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
+    if boot.is_empty() || net == 0 { String::new() } else { format!("{boot}:{net}") }
+}
+
+/// The node's links to its peers' object stores: one gRPC channel per peer
+/// (a TLS handshake per peer, not per pull), and the memory files of peers
+/// on the same machine, mapped once, so that an object another worker here
+/// holds is copied from its memory instead of streamed over a socket.
+pub struct Peers {
+    token: Option<String>,
+    /// This process's [`host_key`]; empty: never map (turned off, or unknown).
+    host_key: String,
+    clients: std::sync::Mutex<std::collections::HashMap<String, shoal_proto::client::StoreClient>>,
+    /// Mapped peer stores by (pid, inode): a restarted peer maps anew.
+    arenas: std::sync::Mutex<std::collections::HashMap<(u32, u64), MappedPeer>>,
+}
+
+/// A same-machine peer's store mapped here (`None`: it cannot be opened
+/// from this process, so its objects are streamed).
+type MappedPeer = Option<Arc<shoal_store::Arena>>;
+
+/// Peers whose channels and mappings are kept; past it the oldest go
+/// (a cluster that churns through many nodes).
+const MAX_PEERS: usize = 256;
+
+/// How a pull was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPath {
+    /// Copied from a same-machine holder's mapped memory.
+    SharedMemory,
+    /// Streamed over the holder's object-store port.
+    Network,
+    /// Nothing to pull: a copy was sealed here meanwhile.
+    AlreadyHere,
+}
+
+impl PullPath {
+    /// The `path` label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            PullPath::SharedMemory => "shared_memory",
+            PullPath::Network => "network",
+            PullPath::AlreadyHere => "already_here",
+        }
+    }
+}
+
+impl Peers {
+    /// Peers reached with `token`; `map_same_host` false streams every
+    /// object over the network (to measure that path on one machine).
+    pub fn new(token: Option<String>, map_same_host: bool) -> Self {
+        let host_key = if map_same_host { host_key() } else { String::new() };
+        Self { token, host_key, clients: Default::default(), arenas: Default::default() }
+    }
+
+    async fn client(&self, address: &str) -> Result<shoal_proto::client::StoreClient, String> {
+        if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(address) {
+            return Ok(c.clone());
+        }
+        let c = shoal_proto::client::connect_store(address, self.token.as_deref(), Duration::from_secs(5)).await.map_err(|e| match e {
+            shoal_proto::client::ConnectError::Unreachable { source, .. } => format!("its object store does not answer ({source})"),
+            e => e.to_string(),
+        })?;
+        let mut m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= MAX_PEERS {
+            m.clear();
+        }
+        m.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the channel to `address` (it failed: the next pull dials anew).
+    fn forget(&self, address: &str) {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(address);
+    }
+
+    /// The holder's store mapped here, if it is on this machine and lets
+    /// this process open its memory file.
+    fn arena(&self, r: &PinReply) -> Option<Arc<shoal_store::Arena>> {
+        if self.host_key.is_empty() || r.host_key != self.host_key || !r.file.is_empty() || r.store_ino == 0 {
+            return None;
+        }
+        let key = (r.pid, r.store_ino);
+        let mut m = self.arenas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = m.get(&key) {
+            return a.clone();
+        }
+        if m.len() >= MAX_PEERS {
+            m.clear();
+        }
+        let a = shoal_store::Arena::open_peer(r.pid, r.store_fd, r.store_ino).map(Arc::new);
+        if a.is_none() {
+            tracing::debug!(pid = r.pid, "a peer on this machine whose memory file cannot be opened here: pulling over the network");
+        }
+        m.insert(key, a.clone());
+        a
+    }
+
+    /// Copies object `id` from a same-machine holder's memory into
+    /// `store` (already claimed): pinned at the holder for the copy, which
+    /// runs on a few threads. `Ok(false)`: not mapped, pull it instead.
+    async fn copy_mapped(&self, store: &Arc<Store>, client: &shoal_proto::client::StoreClient, id: u64, size: u64) -> Result<bool, String> {
+        if self.host_key.is_empty() {
+            return Ok(false);
+        }
+        let pinned = pin(client.clone(), id).await.map_err(|e| e.message().to_string())?;
+        let Some(arena) = self.arena(&pinned.reply) else { return Ok(false) };
+        let (offset, len) = (pinned.reply.offset, pinned.reply.len);
+        if len != size || offset.checked_add(len).is_none_or(|end| end > arena.len()) {
+            return Err(format!("the holder pinned {len} bytes at {offset}, not the object's {size} bytes in its {} byte store", arena.len()));
+        }
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: the holder keeps the sealed object pinned (so neither
+            // freed nor rewritten) while `pinned` lives, to the end of this
+            // closure; and the mapping outlives the holder process itself.
+            let src = unsafe { arena.slice(offset, len) };
+            let r = copy_parallel(&store, id, src);
+            drop(pinned);
+            r
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(true)
+    }
+}
+
+/// Copies `src` into unsealed object `id` of `store`, large ones on
+/// several threads (one memcpy stream does not fill the memory bus).
+fn copy_parallel(store: &Store, id: u64, src: &[u8]) -> Result<(), String> {
+    const PER_THREAD: usize = 16 << 20;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4).min(src.len().div_ceil(PER_THREAD).max(1));
+    if threads <= 1 {
+        return store.write_at(id, 0, src).map_err(|e| e.to_string());
+    }
+    let step = src.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = src.chunks(step).enumerate().map(|(i, part)| s.spawn(move || store.write_at(id, (i * step) as u64, part))).collect();
+        parts.into_iter().try_for_each(|h| h.join().map_err(|_| "a copy thread panicked".to_string())?.map_err(|e| e.to_string()))
+    })
 }
 
 /// Why an object could not be brought here.
@@ -246,20 +406,29 @@ fn no_holder(id: u64, errors: Vec<String>) -> TransferError {
     TransferError::NoHolder { id: shoal_domain::ObjectId(id), errors }
 }
 
-/// Pulls object `id` into the local `store` from the first holder that
-/// answers. The copy is sealed on success and dropped on failure.
-pub async fn pull_into(store: &Arc<Store>, token: Option<&str>, id: u64, size: u64, holders: &[String]) -> Result<(), TransferError> {
+/// Brings object `id` into the local `store` from the first holder that
+/// answers: copied from its memory when it is on this machine, streamed
+/// otherwise. The copy is sealed on success and dropped on failure.
+pub async fn pull_into(store: &Arc<Store>, peers: &Peers, id: u64, size: u64, holders: &[String]) -> Result<PullPath, TransferError> {
     let oid = shoal_domain::ObjectId(id);
     let mut errors = Vec::new();
     for h in holders {
         if !claim(store, id, size).await? {
-            return Ok(());
+            return Ok(PullPath::AlreadyHere);
         }
-        let sink = |off: u64, data: &[u8]| store.write_at(id, off, data).map_err(|e| e.to_string());
-        match pull_from(h, token, id, size, &sink).await {
-            Ok(()) => return store.seal(id).map_err(|source| TransferError::Store { id: oid, source }),
+        let attempt = async {
+            let client = peers.client(h).await?;
+            if peers.copy_mapped(store, &client, id, size).await? {
+                return Ok(PullPath::SharedMemory);
+            }
+            let sink = |off: u64, data: &[u8]| store.write_at(id, off, data).map_err(|e| e.to_string());
+            pull_from(&client, id, size, &sink).await.map(|()| PullPath::Network)
+        };
+        match attempt.await {
+            Ok(path) => return store.seal(id).map(|()| path).map_err(|source| TransferError::Store { id: oid, source }),
             Err(e) => {
                 store.abort(id);
+                peers.forget(h);
                 tracing::warn!(object = %shoal_domain::ObjectId(id), holder = %h, error = %e, "pull failed; trying the next holder");
                 errors.push(format!("{h}: {e}"));
             }
@@ -310,7 +479,11 @@ pub async fn fetch(token: Option<&str>, id: u64, size: u64, holders: &[String]) 
             dst.copy_from_slice(data);
             Ok(())
         };
-        match pull_from(h, token, id, size, &sink).await {
+        let pulled = match shoal_proto::client::connect_store(h, token, Duration::from_secs(5)).await {
+            Ok(client) => pull_from(&client, id, size, &sink).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match pulled {
             Ok(()) => {
                 let v = buf.into_inner().map_err(|_| TransferError::Local { id: shoal_domain::ObjectId(id), message: "a writer panicked".into() })?;
                 return Ok(Bytes::from(v).slice(start..start + size as usize));
@@ -409,6 +582,73 @@ mod tests {
         });
         assert!(claim(&store, 10, 100).await.unwrap(), "dropped meanwhile: ours to write");
         assert!(!store.contains(10), "and not sealed until the pull seals it");
+    }
+
+    /// A holder's store with object 7 (`size` bytes of a pattern), served
+    /// on loopback; returns it, its server and its address.
+    async fn holder(size: u64) -> (Arc<Store>, tokio::task::JoinHandle<()>, String, Vec<u8>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(64 << 20, 0, dir.path().join("spill")).unwrap();
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        store.create(7, size, 0).unwrap();
+        store.write_at(7, 0, &data).unwrap();
+        store.seal(7).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = l.local_addr().unwrap().to_string();
+        let server = serve(store.clone(), l, None, Default::default()).unwrap();
+        (store, server, address, data, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_same_machine_pull_copies_from_the_holders_memory_and_survives_the_holder() {
+        let size = 20 << 20;
+        let (a, server, address, data, _d) = holder(size).await;
+        let dir = tempfile::tempdir().unwrap();
+        let b = Store::open(64 << 20, 0, dir.path().join("spill")).unwrap();
+        let peers = Peers::new(None, true);
+        assert_eq!(pull_into(&b, &peers, 7, size, std::slice::from_ref(&address)).await.unwrap(), PullPath::SharedMemory);
+        assert_eq!(&b.read(7).unwrap()[..], &data[..]);
+        assert_eq!(a.stats().pinned_bytes, 0, "the holder's pin ends with the copy");
+        assert_eq!(pull_into(&b, &peers, 7, size, std::slice::from_ref(&address)).await.unwrap(), PullPath::AlreadyHere);
+
+        // With the object pinned and the holder's store mapped here, the
+        // holder goes away entirely (its server, its store, its memory
+        // file): the mapping still reads the object whole.
+        let client = peers.client(&address).await.unwrap();
+        let pinned = pin(client, 7).await.unwrap();
+        let arena = peers.arena(&pinned.reply).expect("mapped: same machine");
+        server.abort();
+        let _ = server.await;
+        drop(a);
+        // SAFETY: sealed and pinned; nobody writes it.
+        let seen = unsafe { arena.slice(pinned.reply.offset, pinned.reply.len) };
+        assert_eq!(seen, &data[..]);
+        drop(pinned);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_mapping_the_pull_streams_and_a_gone_holder_is_skipped_or_a_typed_error() {
+        let size = 40 << 20; // past PARALLEL_FROM: four ranges
+        let (_a, server, address, data, _d) = holder(size).await;
+        let dir = tempfile::tempdir().unwrap();
+        let b = Store::open(64 << 20, 0, dir.path().join("spill")).unwrap();
+        let peers = Peers::new(None, false);
+        assert_eq!(pull_into(&b, &peers, 7, size, std::slice::from_ref(&address)).await.unwrap(), PullPath::Network);
+        assert_eq!(&b.read(7).unwrap()[..], &data[..]);
+        // A holder that is gone (nothing listens there any more): the next
+        // one is tried; with none left, a typed error and nothing kept.
+        let gone = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let c = Store::open(64 << 20, 0, dir.path().join("spill")).unwrap();
+        let e = pull_into(&c, &peers, 7, size, std::slice::from_ref(&gone)).await.unwrap_err();
+        assert!(matches!(e, TransferError::NoHolder { .. }), "{e}");
+        assert!(!c.contains(7) && c.stats().used == 0, "a failed pull leaves nothing behind");
+        assert_eq!(pull_into(&c, &peers, 7, size, &[gone, address]).await.unwrap(), PullPath::Network);
+        assert_eq!(&c.read(7).unwrap()[..], &data[..]);
+        server.abort();
     }
 
     #[test]
