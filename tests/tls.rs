@@ -124,7 +124,12 @@ fn a_default_cluster_encrypts_every_port_and_a_capture_holds_neither_token_nor_d
     let control = "CAPTURE-CONTROL-5d21";
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    std::io::Write::write_all(&mut s, control.as_bytes()).unwrap();
+    // Several times: other tests' traffic on loopback can make the capture
+    // drop a packet while it is busy.
+    for _ in 0..10 {
+        std::io::Write::write_all(&mut s, control.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(300));
     let seen = capture.stop();
     assert!(contains(&seen, control.as_bytes()), "the capture works ({} bytes captured)", seen.len());

@@ -19,6 +19,7 @@ pub mod pb {
 
 pub mod auth;
 pub mod binaries;
+pub mod bulk;
 pub mod client;
 pub mod convert;
 pub mod frame;

@@ -8,6 +8,7 @@
 //! therefore costs a bounded number of sockets for a bounded time, and the
 //! refusals are logged at most once a second.
 
+use crate::bulk::{BulkHandler, MAGIC, Prefixed, read_prefix};
 use crate::rpc_errors::Refusal;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,12 +37,14 @@ impl Default for Limits {
     }
 }
 
-/// An accepted connection: plain (no token), or TLS.
+/// An accepted connection: plain (no token), or TLS. Its first bytes may
+/// have been read already (to tell a bulk request from HTTP/2): they are
+/// read again first.
 pub enum Conn {
     /// Plaintext: a cluster started with `--insecure`.
-    Plain(TcpStream, TcpConnectInfo),
+    Plain(Prefixed<TcpStream>, TcpConnectInfo),
     /// TLS, the peer authenticated by its certificate.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>, TcpConnectInfo),
+    Tls(Box<Prefixed<tokio_rustls::server::TlsStream<TcpStream>>>, TcpConnectInfo),
 }
 
 impl Connected for Conn {
@@ -215,6 +218,7 @@ pub fn incoming(
     limits: Limits,
     what: &'static str,
     errors: Arc<crate::rpc_errors::RpcErrors>,
+    bulk: Option<BulkHandler>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
@@ -236,9 +240,13 @@ pub fn incoming(
             let _ = stream.set_nodelay(true);
             let info = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: Some(peer) };
             let Some(acceptor) = &acceptor else {
-                if tx.send(Ok(Conn::Plain(stream, info))).await.is_err() {
-                    return;
-                }
+                let (tx, bulk) = (tx.clone(), bulk.clone());
+                let deadline = limits.handshake_deadline;
+                tokio::spawn(async move {
+                    if let Some(stream) = split_bulk(stream, bulk.as_ref(), deadline).await {
+                        let _ = tx.send(Ok(Conn::Plain(stream, info))).await;
+                    }
+                });
                 continue;
             };
             let (slot, evicted) = admit(&table, peer.ip(), &limits);
@@ -249,13 +257,17 @@ pub fn incoming(
                 over_log.hit(|held| tracing::warn!(%peer, server = what, evicted, held_back = held, "too many TLS handshakes in progress: dropped the oldest"));
             }
             let id = slot.id;
-            let (acceptor, tx, fail_log, errors) = (acceptor.clone(), tx.clone(), fail_log.clone(), errors.clone());
+            let (acceptor, tx, fail_log, errors, bulk) = (acceptor.clone(), tx.clone(), fail_log.clone(), errors.clone(), bulk.clone());
             let task = tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
                 let r = tokio::time::timeout(limits.handshake_deadline, acceptor.accept(stream)).await;
                 drop(slot);
                 match r {
                     Ok(Ok(s)) => {
-                        let _ = tx.send(Ok(Conn::Tls(Box::new(s), info))).await;
+                        let left = limits.handshake_deadline.saturating_sub(started.elapsed());
+                        if let Some(s) = split_bulk(s, bulk.as_ref(), left).await {
+                            let _ = tx.send(Ok(Conn::Tls(Box::new(s), info))).await;
+                        }
                     }
                     Ok(Err(e)) => {
                         let (why, text) = handshake_reason(&e);
@@ -272,6 +284,27 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// With a bulk handler: reads the connection's first bytes (within
+/// `deadline`) and hands a bulk request to the handler (`None` back);
+/// anything else comes back with those bytes to be read again. Without
+/// one: the stream as it is.
+async fn split_bulk<S>(mut stream: S, bulk: Option<&BulkHandler>, deadline: Duration) -> Option<Prefixed<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(handler) = bulk else { return Some(Prefixed::new(Vec::new(), stream)) };
+    let first = match tokio::time::timeout(deadline, read_prefix(&mut stream, MAGIC.len())).await {
+        Ok(Ok(b)) => b,
+        // Silent or gone before saying anything: nothing to serve.
+        _ => return None,
+    };
+    if first.as_slice() == MAGIC.as_slice() {
+        handler(Box::new(stream));
+        return None;
+    }
+    Some(Prefixed::new(first, stream))
 }
 
 fn handshake_reason(e: &std::io::Error) -> (Refusal, String) {

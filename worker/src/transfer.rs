@@ -171,6 +171,7 @@ pub fn serve(
     errors: Arc<shoal_proto::rpc_errors::RpcErrors>,
 ) -> Result<tokio::task::JoinHandle<()>, shoal_proto::tls::TlsProblem> {
     let (store_fd, store_ino) = (store.arena().fd() as u32, store.arena().inode());
+    let bulk_store = store.clone();
     let service = ObjectService { store, pid: std::process::id(), store_fd, store_ino, host_key: host_key() };
     let svc = ObjectStoreServer::new(service)
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
@@ -178,7 +179,7 @@ pub fn serve(
     let svc = tonic::service::interceptor::InterceptedService::new(svc, shoal_proto::auth::CheckToken::new(token));
     let svc = shoal_proto::rpc_errors::CountErrors::new(svc, errors.clone());
     let tls = token.map(|t| shoal_proto::tls::server_config(Some(t), None, shoal_proto::tls::STORE_NAME)).transpose()?;
-    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "object store", errors);
+    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "object store", errors, Some(bulk_handler(bulk_store)));
     Ok(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .initial_stream_window_size(8 << 20)
@@ -191,6 +192,49 @@ pub fn serve(
         }
     }))
 }
+
+/// Serves bulk reads ([`shoal_proto::bulk`]) of `store`'s objects.
+fn bulk_handler(store: Arc<Store>) -> shoal_proto::bulk::BulkHandler {
+    Arc::new(move |mut s| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_bulk(&store, &mut s).await {
+                tracing::debug!(error = %e, "a bulk read ended early");
+            }
+        });
+    })
+}
+
+/// Sends the range a bulk request asks for, straight from the pinned
+/// object's shared memory (the pin lasts until the last byte is written).
+async fn serve_bulk(store: &Arc<Store>, s: &mut shoal_proto::bulk::BulkStream) -> std::io::Result<()> {
+    use shoal_proto::bulk::{BulkRequest, BulkStatus, reply_err, reply_ok};
+    use tokio::io::AsyncWriteExt;
+    let r = BulkRequest::read(s).await?;
+    let st = store.clone();
+    let bytes = match tokio::task::spawn_blocking(move || st.read(r.id)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e @ StoreError::NotFound(_))) => return reply_err(s, BulkStatus::NotFound, &e.to_string()).await,
+        Ok(Err(e)) => return reply_err(s, BulkStatus::Failed, &e.to_string()).await,
+        Err(e) => return reply_err(s, BulkStatus::Failed, &e.to_string()).await,
+    };
+    let size = bytes.len() as u64;
+    let end = if r.len == 0 { Some(size) } else { r.offset.checked_add(r.len) };
+    let Some(range) = end.filter(|e| *e <= size && r.offset <= *e).and_then(|e| bytes.get(r.offset as usize..e as usize)) else {
+        let why = format!("range {}+{} outside object {} of {size} bytes", r.offset, r.len, shoal_domain::ObjectId(r.id));
+        return reply_err(s, BulkStatus::Failed, &why).await;
+    };
+    reply_ok(s, size).await?;
+    for piece in range.chunks(1 << 20) {
+        s.write_all(piece).await?;
+    }
+    s.flush().await?;
+    s.shutdown().await
+}
+
+/// Objects at least this large move over bulk streams; smaller ones over
+/// the kept gRPC channel (a bulk stream is a connection of its own).
+const BULK_FROM: u64 = 1 << 20;
 
 /// The ranges a pull of `size` bytes is split into.
 fn ranges(size: u64) -> Vec<(u64, u64)> {
@@ -244,6 +288,8 @@ pub struct Peers {
     /// This process's [`host_key`]; empty: never map (turned off, or unknown).
     host_key: String,
     clients: std::sync::Mutex<std::collections::HashMap<String, shoal_proto::client::StoreClient>>,
+    /// Bulk dialers by address (their TLS set up once).
+    dialers: std::sync::Mutex<std::collections::HashMap<String, shoal_proto::bulk::BulkDialer>>,
     /// Mapped peer stores by (pid, inode): a restarted peer maps anew.
     arenas: std::sync::Mutex<std::collections::HashMap<(u32, u64), MappedPeer>>,
 }
@@ -283,7 +329,7 @@ impl Peers {
     /// object over the network (to measure that path on one machine).
     pub fn new(token: Option<String>, map_same_host: bool) -> Self {
         let host_key = if map_same_host { host_key() } else { String::new() };
-        Self { token, host_key, clients: Default::default(), arenas: Default::default() }
+        Self { token, host_key, clients: Default::default(), dialers: Default::default(), arenas: Default::default() }
     }
 
     async fn client(&self, address: &str) -> Result<shoal_proto::client::StoreClient, String> {
@@ -305,6 +351,44 @@ impl Peers {
     /// Forgets the channel to `address` (it failed: the next pull dials anew).
     fn forget(&self, address: &str) {
         self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(address);
+    }
+
+    fn dialer(&self, address: &str) -> Result<shoal_proto::bulk::BulkDialer, String> {
+        let mut m = self.dialers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = m.get(address) {
+            return Ok(d.clone());
+        }
+        let d = shoal_proto::bulk::BulkDialer::new(address, self.token.as_deref()).map_err(|e| e.to_string())?;
+        if m.len() >= MAX_PEERS {
+            m.clear();
+        }
+        m.insert(address.to_string(), d.clone());
+        Ok(d)
+    }
+
+    /// Streams object `id` from the holder at `address` straight into its
+    /// claimed space in `store` (at arena `offset`), as parallel ranges,
+    /// each on a bulk stream of its own.
+    async fn pull_bulk(&self, store: &Arc<Store>, address: &str, id: u64, size: u64, offset: u64) -> Result<(), String> {
+        let dialer = self.dialer(address)?;
+        if offset.checked_add(size).is_none_or(|end| end > store.arena().len()) {
+            return Err(format!("object {} at {offset}+{size} is outside this store", shoal_domain::ObjectId(id)));
+        }
+        // SAFETY: the range is this object's claimed, unsealed space: only
+        // this pull writes it, and nobody reads it before it is sealed.
+        let dst = unsafe { std::slice::from_raw_parts_mut(store.arena().ptr(offset, size), size as usize) };
+        let mut parts = Vec::new();
+        let mut rest = dst;
+        for (at, len) in ranges(size) {
+            let (part, tail) = rest.split_at_mut((len as usize).min(rest.len()));
+            rest = tail;
+            let dialer = dialer.clone();
+            parts.push(async move { dialer.read_range(id, size, at, part).await });
+        }
+        for r in futures::future::join_all(parts).await {
+            r.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// The holder's store mapped here, if it is on this machine and lets
@@ -413,13 +497,16 @@ pub async fn pull_into(store: &Arc<Store>, peers: &Peers, id: u64, size: u64, ho
     let oid = shoal_domain::ObjectId(id);
     let mut errors = Vec::new();
     for h in holders {
-        if !claim(store, id, size).await? {
+        let Some(offset) = claim(store, id, size).await? else {
             return Ok(PullPath::AlreadyHere);
-        }
+        };
         let attempt = async {
             let client = peers.client(h).await?;
             if peers.copy_mapped(store, &client, id, size).await? {
                 return Ok(PullPath::SharedMemory);
+            }
+            if size >= BULK_FROM {
+                return peers.pull_bulk(store, h, id, size, offset).await.map(|()| PullPath::Network);
             }
             let sink = |off: u64, data: &[u8]| store.write_at(id, off, data).map_err(|e| e.to_string());
             pull_from(&client, id, size, &sink).await.map(|()| PullPath::Network)
@@ -437,18 +524,18 @@ pub async fn pull_into(store: &Arc<Store>, peers: &Peers, id: u64, size: u64, ho
     Err(no_holder(id, errors))
 }
 
-/// Makes room for a pulled copy of `id`. False when no pull is needed: a
-/// sealed copy is here already, or one being written here (a task
-/// rebuilding it on this node, another pull, a driver's push) was sealed
-/// while we waited for it.
-async fn claim(store: &Arc<Store>, id: u64, size: u64) -> Result<bool, TransferError> {
+/// Makes room for a pulled copy of `id`: its offset in the arena. `None`
+/// when no pull is needed: a sealed copy is here already, or one being
+/// written here (a task rebuilding it on this node, another pull, a
+/// driver's push) was sealed while we waited for it.
+async fn claim(store: &Arc<Store>, id: u64, size: u64) -> Result<Option<u64>, TransferError> {
     let oid = shoal_domain::ObjectId(id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.create(id, size, 0)).await.map_err(|e| TransferError::Local { id: oid, message: e.to_string() })? {
-            Ok(_) => return Ok(true),
-            Err(StoreError::Exists(_)) if store.contains(id) => return Ok(false),
+            Ok(offset) => return Ok(Some(offset)),
+            Err(StoreError::Exists(_)) if store.contains(id) => return Ok(None),
             // Someone is writing it here: wait until it is sealed (or
             // dropped, and then write it ourselves).
             Err(StoreError::Exists(_)) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -571,7 +658,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             writer.seal(9).unwrap();
         });
-        assert!(!claim(&store, 9, 100).await.unwrap(), "sealed meanwhile: nothing to pull");
+        assert!(claim(&store, 9, 100).await.unwrap().is_none(), "sealed meanwhile: nothing to pull");
         sealer.await.unwrap();
         // One being written that is then dropped: the pull writes it itself.
         store.create(10, 100, 5).unwrap();
@@ -580,7 +667,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(30)).await;
             writer.abort(10);
         });
-        assert!(claim(&store, 10, 100).await.unwrap(), "dropped meanwhile: ours to write");
+        assert!(claim(&store, 10, 100).await.unwrap().is_some(), "dropped meanwhile: ours to write");
         assert!(!store.contains(10), "and not sealed until the pull seals it");
     }
 

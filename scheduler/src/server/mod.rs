@@ -202,7 +202,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         None
     };
     let encrypted = tls.is_some();
-    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "head", rpc_errors);
+    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "head", rpc_errors, None);
     let builder = tonic::transport::Server::builder();
     let server = tokio::spawn(async move {
         let res = builder
