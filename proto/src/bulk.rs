@@ -132,14 +132,8 @@ impl BulkDialer {
     /// there is a token.
     pub fn new(address: &str, token: Option<&str>) -> Result<Self, ConnectError> {
         let bad = |reason: String| ConnectError::BadAddress { address: address.to_string(), reason };
-        let rest = address.split_once("://").map_or(address, |(_, r)| r);
-        let authority = rest.split('/').next().unwrap_or_default();
-        let (host, port) = authority.rsplit_once(':').ok_or_else(|| bad("expected host:port".into()))?;
-        let port: u16 = port.parse().map_err(|_| bad(format!("{port:?} is not a port")))?;
-        let host = host.trim_matches(['[', ']']).to_string();
-        if host.is_empty() {
-            return Err(bad("no host".into()));
-        }
+        let target = crate::client::parse_address(address)?;
+        let (host, port) = (target.host.trim_matches(['[', ']']).to_string(), target.port);
         let tls = match token {
             Some(_) => {
                 let cfg = crate::tls::client_config(token, &crate::tls::Peer::Store)

@@ -79,7 +79,17 @@ pub async fn connect_store(address: &str, token: Option<&str>, timeout: Duration
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES))
 }
 
-async fn channel(address: &str, token: Option<&str>, timeout: Duration, head: bool) -> Result<Channel, ConnectError> {
+/// An address as `[scheme://]host:port[/...]`, taken apart.
+pub(crate) struct Target<'a> {
+    pub(crate) scheme: &'a str,
+    pub(crate) authority: &'a str,
+    /// As written (an IPv6 host keeps its brackets).
+    pub(crate) host: &'a str,
+    pub(crate) port: u16,
+}
+
+/// Takes `address` apart, or says why it is not one.
+pub(crate) fn parse_address(address: &str) -> Result<Target<'_>, ConnectError> {
     let bad = |reason: String| ConnectError::BadAddress { address: address.to_string(), reason };
     let (scheme, rest) = match address.split_once("://") {
         Some((s, r)) => (s, r),
@@ -91,6 +101,12 @@ async fn channel(address: &str, token: Option<&str>, timeout: Duration, head: bo
     if host.is_empty() {
         return Err(bad("no host".into()));
     }
+    Ok(Target { scheme, authority, host, port })
+}
+
+async fn channel(address: &str, token: Option<&str>, timeout: Duration, head: bool) -> Result<Channel, ConnectError> {
+    let bad = |reason: String| ConnectError::BadAddress { address: address.to_string(), reason };
+    let Target { scheme, authority, host, port } = parse_address(address)?;
     let tls_err = |problem: crate::tls::TlsProblem| ConnectError::Tls { address: address.to_string(), problem };
     let tls = if token.is_some() || scheme == "https" {
         let host = host.trim_matches(['[', ']']).to_string();
