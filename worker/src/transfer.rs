@@ -292,6 +292,9 @@ pub struct Peers {
     dialers: std::sync::Mutex<std::collections::HashMap<String, shoal_proto::bulk::BulkDialer>>,
     /// Mapped peer stores by (pid, inode): a restarted peer maps anew.
     arenas: std::sync::Mutex<std::collections::HashMap<(u32, u64), MappedPeer>>,
+    /// Peer addresses whose stores are on another machine (learnt from
+    /// their first pin reply): their pulls skip the pin and stream at once.
+    elsewhere: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A same-machine peer's store mapped here (`None`: it cannot be opened
@@ -329,7 +332,7 @@ impl Peers {
     /// object over the network (to measure that path on one machine).
     pub fn new(token: Option<String>, map_same_host: bool) -> Self {
         let host_key = if map_same_host { host_key() } else { String::new() };
-        Self { token, host_key, clients: Default::default(), dialers: Default::default(), arenas: Default::default() }
+        Self { token, host_key, clients: Default::default(), dialers: Default::default(), arenas: Default::default(), elsewhere: Default::default() }
     }
 
     async fn client(&self, address: &str) -> Result<shoal_proto::client::StoreClient, String> {
@@ -416,11 +419,19 @@ impl Peers {
     /// Copies object `id` from a same-machine holder's memory into
     /// `store` (already claimed): pinned at the holder for the copy, which
     /// runs on a few threads. `Ok(false)`: not mapped, pull it instead.
-    async fn copy_mapped(&self, store: &Arc<Store>, client: &shoal_proto::client::StoreClient, id: u64, size: u64) -> Result<bool, String> {
-        if self.host_key.is_empty() {
+    async fn copy_mapped(&self, store: &Arc<Store>, address: &str, client: &shoal_proto::client::StoreClient, id: u64, size: u64) -> Result<bool, String> {
+        if self.host_key.is_empty() || self.elsewhere.lock().unwrap_or_else(|e| e.into_inner()).contains(address) {
             return Ok(false);
         }
         let pinned = pin(client.clone(), id).await.map_err(|e| e.message().to_string())?;
+        if pinned.reply.file.is_empty() && pinned.reply.host_key != self.host_key {
+            let mut far = self.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
+            if far.len() >= MAX_PEERS {
+                far.clear();
+            }
+            far.insert(address.to_string());
+            return Ok(false);
+        }
         let Some(arena) = self.arena(&pinned.reply) else { return Ok(false) };
         let (offset, len) = (pinned.reply.offset, pinned.reply.len);
         if len != size || offset.checked_add(len).is_none_or(|end| end > arena.len()) {
@@ -502,7 +513,7 @@ pub async fn pull_into(store: &Arc<Store>, peers: &Peers, id: u64, size: u64, ho
         };
         let attempt = async {
             let client = peers.client(h).await?;
-            if peers.copy_mapped(store, &client, id, size).await? {
+            if peers.copy_mapped(store, h, &client, id, size).await? {
                 return Ok(PullPath::SharedMemory);
             }
             if size >= BULK_FROM {
@@ -671,11 +682,16 @@ mod tests {
         assert!(!store.contains(10), "and not sealed until the pull seals it");
     }
 
+    /// An empty 64 MiB store (and the directory its spill files go to).
+    fn store() -> (Arc<Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (Store::open(64 << 20, 0, dir.path().join("spill")).unwrap(), dir)
+    }
+
     /// A holder's store with object 7 (`size` bytes of a pattern), served
     /// on loopback; returns it, its server and its address.
     async fn holder(size: u64) -> (Arc<Store>, tokio::task::JoinHandle<()>, String, Vec<u8>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(64 << 20, 0, dir.path().join("spill")).unwrap();
+        let (store, dir) = store();
         let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
         store.create(7, size, 0).unwrap();
         store.write_at(7, 0, &data).unwrap();
@@ -690,8 +706,7 @@ mod tests {
     async fn a_same_machine_pull_copies_from_the_holders_memory_and_survives_the_holder() {
         let size = 20 << 20;
         let (a, server, address, data, _d) = holder(size).await;
-        let dir = tempfile::tempdir().unwrap();
-        let b = Store::open(64 << 20, 0, dir.path().join("spill")).unwrap();
+        let (b, _bd) = store();
         let peers = Peers::new(None, true);
         assert_eq!(pull_into(&b, &peers, 7, size, std::slice::from_ref(&address)).await.unwrap(), PullPath::SharedMemory);
         assert_eq!(&b.read(7).unwrap()[..], &data[..]);
@@ -717,8 +732,7 @@ mod tests {
     async fn without_mapping_the_pull_streams_and_a_gone_holder_is_skipped_or_a_typed_error() {
         let size = 40 << 20; // past PARALLEL_FROM: four ranges
         let (_a, server, address, data, _d) = holder(size).await;
-        let dir = tempfile::tempdir().unwrap();
-        let b = Store::open(64 << 20, 0, dir.path().join("spill")).unwrap();
+        let (b, _bd) = store();
         let peers = Peers::new(None, false);
         assert_eq!(pull_into(&b, &peers, 7, size, std::slice::from_ref(&address)).await.unwrap(), PullPath::Network);
         assert_eq!(&b.read(7).unwrap()[..], &data[..]);
@@ -728,13 +742,19 @@ mod tests {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             l.local_addr().unwrap().to_string()
         };
-        let dir = tempfile::tempdir().unwrap();
-        let c = Store::open(64 << 20, 0, dir.path().join("spill")).unwrap();
+        let (c, _cd) = store();
         let e = pull_into(&c, &peers, 7, size, std::slice::from_ref(&gone)).await.unwrap_err();
         assert!(matches!(e, TransferError::NoHolder { .. }), "{e}");
         assert!(!c.contains(7) && c.stats().used == 0, "a failed pull leaves nothing behind");
-        assert_eq!(pull_into(&c, &peers, 7, size, &[gone, address]).await.unwrap(), PullPath::Network);
+        assert_eq!(pull_into(&c, &peers, 7, size, &[gone, address.clone()]).await.unwrap(), PullPath::Network);
         assert_eq!(&c.read(7).unwrap()[..], &data[..]);
+        // Mapping on, but the holder says it is on another machine: the
+        // pull streams, and later pulls from it skip the pin.
+        let far = Peers { host_key: "another-kernel:1".into(), ..Peers::new(None, true) };
+        let (d, _dd) = store();
+        assert_eq!(pull_into(&d, &far, 7, size, std::slice::from_ref(&address)).await.unwrap(), PullPath::Network);
+        assert!(far.elsewhere.lock().unwrap().contains(&address), "remembered as elsewhere");
+        assert_eq!(&d.read(7).unwrap()[..], &data[..]);
         server.abort();
     }
 
