@@ -710,6 +710,12 @@ mod tests {
         let peers = Peers::new(None, true);
         assert_eq!(pull_into(&b, &peers, 7, size, std::slice::from_ref(&address)).await.unwrap(), PullPath::SharedMemory);
         assert_eq!(&b.read(7).unwrap()[..], &data[..]);
+        // The holder learns the copy is done when the pin's stream closes,
+        // which reaches it a moment after the pull returns.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while a.stats().pinned_bytes != 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(a.stats().pinned_bytes, 0, "the holder's pin ends with the copy");
         assert_eq!(pull_into(&b, &peers, 7, size, std::slice::from_ref(&address)).await.unwrap(), PullPath::AlreadyHere);
 

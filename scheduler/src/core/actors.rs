@@ -52,6 +52,38 @@ pub(super) struct Actors {
     pub(super) to_pump: Vec<TaskId>,
     /// Lingering jobs whose last detached actor died: they end now.
     pub(super) jobs_to_end: Vec<JobId>,
+    /// Why actors whose job has ended died, kept after their records go
+    /// so that a handle still held elsewhere learns the real cause (it
+    /// was killed, it panicked) rather than "no such actor". Bounded:
+    /// the oldest are forgotten first.
+    pub(super) graves: Graves,
+}
+
+/// The last [`Graves::KEEP`] dead actors' failures, oldest forgotten first.
+#[derive(Default)]
+pub(super) struct Graves {
+    by_id: IdMap<TaskId, Failure>,
+    order: VecDeque<TaskId>,
+}
+
+impl Graves {
+    /// How many dead actors' causes are kept after their jobs end.
+    pub(super) const KEEP: usize = 4096;
+
+    fn bury(&mut self, id: TaskId, why: Failure) {
+        if self.by_id.insert(id, why).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.by_id.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, id: &TaskId) -> Option<&Failure> {
+        self.by_id.get(id)
+    }
 }
 
 fn died(message: String) -> Failure {
@@ -84,7 +116,7 @@ impl Core {
     /// Whether a new call to `actor` can be queued; else why it fails.
     pub(super) fn actor_accepts(&self, actor: TaskId) -> Result<(), Failure> {
         match self.actors.by_id.get(&actor).map(|a| &a.life) {
-            None => Err(died(format!("no actor {actor} exists (never created, or its job ended)"))),
+            None => Err(self.actors.graves.get(&actor).cloned().unwrap_or_else(|| died(format!("no actor {actor} exists (never created, or its job ended)")))),
             Some(Life::Dead(f)) => Err((**f).clone()),
             Some(_) => Ok(()),
         }
@@ -94,7 +126,8 @@ impl Core {
     pub(super) fn actor_death(&self, actor: TaskId) -> Option<Failure> {
         match self.actors.by_id.get(&actor).map(|a| &a.life) {
             Some(Life::Dead(f)) => Some((**f).clone()),
-            _ => None,
+            Some(_) => None,
+            None => self.actors.graves.get(&actor).cloned(),
         }
     }
 
@@ -107,21 +140,19 @@ impl Core {
     /// node: it joins the actor's queue, at the back (new) or the front
     /// (back from a node that died).
     pub(super) fn queue_call(&mut self, actor: TaskId, tid: TaskId, front: bool, out: &mut impl Outbox) {
-        match self.actors.by_id.get_mut(&actor) {
-            Some(a) if !matches!(a.life, Life::Dead(_)) => {
-                if front {
-                    a.queue.push_front(tid);
-                } else {
-                    a.queue.push_back(tid);
-                }
-                self.actors.to_pump.push(actor);
+        if let Some(a) = self.actors.by_id.get_mut(&actor)
+            && !matches!(a.life, Life::Dead(_))
+        {
+            if front {
+                a.queue.push_front(tid);
+            } else {
+                a.queue.push_back(tid);
             }
-            Some(Actor { life: Life::Dead(f), .. }) => {
-                let f = (**f).clone();
-                self.fail_task(tid, f, out);
-            }
-            _ => self.fail_task(tid, died(format!("actor {actor} is gone")), out),
+            self.actors.to_pump.push(actor);
+            return;
         }
+        let f = self.actor_death(actor).unwrap_or_else(|| died(format!("actor {actor} is gone")));
+        self.fail_task(tid, f, out);
     }
 
     /// A call's inputs are all there now: its actor may send it.
@@ -339,7 +370,9 @@ impl Core {
         let mine: Vec<TaskId> = self.actors.by_id.iter().filter(|(_, a)| a.job == job).map(|(id, _)| *id).collect();
         for aid in mine {
             self.actor_ended(aid, &Failure::new(FailureKind::Cancelled, "its job ended"), out);
-            self.actors.by_id.remove(&aid);
+            if let Some(Actor { life: Life::Dead(f), .. }) = self.actors.by_id.remove(&aid) {
+                self.actors.graves.bury(aid, *f);
+            }
         }
         for a in self.actors.by_id.values_mut() {
             a.queue.retain(|t| t.job() != job);

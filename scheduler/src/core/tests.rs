@@ -1598,6 +1598,16 @@ fn a_detached_actor_outlives_its_job_which_ends_with_it() {
     checked(&core);
     assert_eq!(out.finished_jobs, vec![(a, owner)], "the job ended with its last detached actor");
     assert!(core.snapshot(now).actors.iter().all(|x| x.id.job() != owner));
+    // A handle the other driver still holds: its next call learns the
+    // actor was killed, not that it never existed.
+    out.results.clear();
+    core.submit(other, vec![call(other, 2, aid, vec![])], &mut out);
+    core.schedule(&mut out);
+    checked(&core);
+    let (_, _, r) = out.results.pop().expect("the call failed at once");
+    let e = r.unwrap_err();
+    assert_eq!(e.kind, FailureKind::ActorDied);
+    assert!(e.message.contains("killed"), "{}", e.message);
 }
 
 #[test]
