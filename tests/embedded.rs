@@ -1,6 +1,8 @@
 //! The embedded local cluster that `shoal::init()` starts when no address
 //! is given: the real head and worker, in this process.
 
+mod common;
+
 #[shoal::remote]
 fn whereami() -> (String, u32) {
     let ctx = shoal::context().expect("inside a task");
@@ -71,4 +73,40 @@ fn values_over_the_message_limit_travel_through_the_object_store() {
     // A large argument passed by value is stored, not sent inline.
     assert_eq!(len_of::remote("y".repeat(over)).get().unwrap(), over);
     assert_eq!(len_of::remote("abc".to_string()).get().unwrap(), 3, "still serving");
+}
+
+#[test]
+fn the_embedded_cluster_serves_a_dashboard_that_shows_this_programs_tasks() {
+    use common::http::*;
+    let home = tempfile::tempdir().unwrap();
+    // SAFETY: single-threaded at this point of the test process.
+    unsafe { std::env::set_var("SHOAL_HOME", home.path()) };
+    unsafe { std::env::remove_var(shoal::ENV_DASHBOARD) };
+    shoal::init_blocking_with(shoal::InitConfig::default().local().num_cpus(2.0)).unwrap();
+    let refs: Vec<_> = (0..7).map(square::remote).collect();
+    assert_eq!(shoal::get_all_blocking(&refs).unwrap().iter().sum::<u64>(), 91);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    // A one-time link on loopback; it logs a browser in with a cookie.
+    let link = rt.block_on(shoal::dashboard_url()).expect("the embedded cluster serves a dashboard");
+    assert!(link.starts_with("http://127.0.0.1:") && link.contains("/login?code="), "{link}");
+    let base = link.split("/login").next().unwrap().to_string();
+    assert_eq!(http_get(&format!("{base}/api/overview"), &[]).0, 401, "not without the link");
+    let (status, head, _) = http_get_full(&link, &[]);
+    assert!((300..400).contains(&status), "a redirect to the page: {status}\n{head}");
+    let cookie = header(&head, "set-cookie").expect("a session cookie").split(';').next().unwrap().to_string();
+    assert_eq!(http_get(&link, &[]).0, 401, "the link works once");
+    let (status, page) = http_get(&format!("{base}/"), &[("Cookie", &cookie)]);
+    assert_eq!(status, 200);
+    assert!(page.contains("<html") || page.contains("<!DOCTYPE"), "the page");
+
+    // The state it shows is this program's: its job, its seven squares.
+    let (status, body) = http_get(&format!("{base}/api/tasks"), &[("Cookie", &cookie)]);
+    assert_eq!(status, 200, "{body}");
+    let squares = body.matches("square").count();
+    assert!(squares >= 7, "the seven tasks are listed: {body}");
+    let (status, text) = http_get(&format!("{base}/metrics"), &[("Cookie", &cookie)]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sample(&parse_prometheus(&text), "shoal_tasks_finished_total"), 7.0, "{text}");
+    assert_eq!(sample(&parse_prometheus(&text), "shoal_nodes{state=\"alive\"}"), 1.0);
 }

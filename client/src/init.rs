@@ -41,6 +41,13 @@ pub struct InitConfig {
     /// Size of the embedded cluster's shared-memory object store in bytes
     /// (default: 30% of memory, or `SHOAL_OBJECT_STORE_MEMORY`).
     pub object_store_memory: Option<u64>,
+    /// Where the embedded cluster serves its dashboard and `/metrics`.
+    /// `None`: `SHOAL_DASHBOARD` if set (`host:port`, a port, or `off`),
+    /// else loopback on a free port. The link is printed to stderr once
+    /// and [`dashboard_url`] gives a new one.
+    pub dashboard: Option<std::net::SocketAddr>,
+    /// The embedded cluster serves no dashboard.
+    pub no_dashboard: bool,
 }
 
 impl InitConfig {
@@ -73,6 +80,41 @@ impl InitConfig {
     pub fn object_store_memory(mut self, bytes: u64) -> Self {
         self.object_store_memory = Some(bytes);
         self
+    }
+    /// The embedded cluster serves its dashboard at `at` (port 0: a free one).
+    pub fn dashboard(mut self, at: std::net::SocketAddr) -> Self {
+        self.dashboard = Some(at);
+        self
+    }
+    /// The embedded cluster serves no dashboard (nor `/metrics`).
+    pub fn no_dashboard(mut self) -> Self {
+        self.no_dashboard = true;
+        self
+    }
+}
+
+/// The variable that places (`host:port`, a port) or turns off (`off`)
+/// the embedded cluster's dashboard.
+pub const ENV_DASHBOARD: &str = "SHOAL_DASHBOARD";
+
+/// Where the embedded cluster's dashboard goes: `config`'s choice, else
+/// `env` (`SHOAL_DASHBOARD`'s value), else loopback on a free port.
+fn embedded_dashboard(config: &InitConfig, env: Option<&str>) -> Result<Option<std::net::SocketAddr>> {
+    if config.no_dashboard {
+        return Ok(None);
+    }
+    if let Some(at) = config.dashboard {
+        return Ok(Some(at));
+    }
+    let loopback = |port| Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    match env.map(str::trim) {
+        None | Some("") => Ok(loopback(0)),
+        Some(v) if ["off", "false", "no", "none"].contains(&v.to_ascii_lowercase().as_str()) => Ok(None),
+        Some(v) => match (v.parse::<u16>(), v.parse::<std::net::SocketAddr>()) {
+            (Ok(port), _) => Ok(loopback(port)),
+            (_, Ok(at)) => Ok(Some(at)),
+            _ => Err(Error::Config(format!("{ENV_DASHBOARD}={v:?}: expected host:port, a port, or off"))),
+        },
     }
 }
 
@@ -203,8 +245,15 @@ async fn start_embedded(config: &InitConfig, hash: &str, exe: &Path, name: &str)
     }
     let token = shoal_proto::auth::generate_token();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let head = shoal_scheduler::start(shoal_scheduler::HeadConfig::new(Some(token.clone()), cache.clone()), listener).await?;
+    let mut hc = shoal_scheduler::HeadConfig::new(Some(token.clone()), cache.clone());
+    hc.dashboard = embedded_dashboard(config, std::env::var(ENV_DASHBOARD).ok().as_deref())?;
+    let head = shoal_scheduler::start(hc, listener).await?;
     let address = head.addr.to_string();
+    // Like `ray.init()`: say once where to look (a one-time login link;
+    // `shoal::dashboard_url()` makes another).
+    if let Some(url) = head.dashboard_login_url("127.0.0.1") {
+        eprintln!("shoal: local cluster dashboard at {url} ({ENV_DASHBOARD}=off turns it off)");
+    }
     let mut wc = shoal_worker::WorkerConfig::new(address.clone(), Some(token.clone()), cache);
     // Worker and driver share the head's process: sessions over channels.
     wc.local_head = Some(head.local_link());
@@ -331,6 +380,15 @@ pub async fn cluster_status() -> Result<ClusterStatus> {
     runtime().spawn(async move { crate::status::fetch(&address, token.as_deref()).await }).await.map_err(|e| Error::Embedded(e.to_string()))?
 }
 
+/// A one-time login link to the connected cluster's dashboard (an
+/// embedded cluster's, or the head's); fails with the head's reason if it
+/// serves none.
+pub async fn dashboard_url() -> Result<String> {
+    let d = current().ok_or_else(|| Error::Config("shoal::init() has not been called".into()))?;
+    let (address, token) = (d.address.clone(), d.token.clone());
+    runtime().spawn(async move { crate::status::dashboard_login(&address, token.as_deref()).await }).await.map_err(|e| Error::Embedded(e.to_string()))?
+}
+
 /// Blocking form of [`cluster_status`], for programs without an async
 /// runtime.
 pub fn cluster_status_blocking() -> Result<ClusterStatus> {
@@ -356,5 +414,27 @@ pub fn enter_main() {
     if executor::is_executor() {
         eprintln!("shoal: an executor process reached main(); exiting");
         std::process::exit(3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_dashboard_is_on_loopback_unless_placed_or_turned_off() {
+        let none = InitConfig::default();
+        let free = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert_eq!(embedded_dashboard(&none, None).unwrap(), free);
+        assert_eq!(embedded_dashboard(&none, Some(" ")).unwrap(), free);
+        assert_eq!(embedded_dashboard(&none, Some("OFF")).unwrap(), None);
+        assert_eq!(embedded_dashboard(&none, Some("0")).unwrap(), free, "port 0: a free one, as --dashboard-port 0");
+        assert_eq!(embedded_dashboard(&none, Some("8265")).unwrap(), Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8265))));
+        assert_eq!(embedded_dashboard(&none, Some("0.0.0.0:9000")).unwrap(), Some("0.0.0.0:9000".parse().unwrap()));
+        let e = embedded_dashboard(&none, Some("somewhere")).unwrap_err();
+        assert!(e.to_string().contains("SHOAL_DASHBOARD"), "{e}");
+        assert_eq!(embedded_dashboard(&InitConfig::default().no_dashboard(), Some("8265")).unwrap(), None, "the program's choice wins");
+        let at: std::net::SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(embedded_dashboard(&InitConfig::default().dashboard(at), Some("off")).unwrap(), Some(at));
     }
 }

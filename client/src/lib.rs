@@ -92,7 +92,10 @@ pub use calls::{Arg, CallOptions, IntoArg, Placement};
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
 pub use generator::{GENERATOR_WINDOW, ObjectRefGenerator};
-pub use init::{InitConfig, cancel, cluster_status, cluster_status_blocking, init, init_blocking, init_blocking_with, init_with, put, shutdown};
+pub use init::{
+    ENV_DASHBOARD, InitConfig, cancel, cluster_status, cluster_status_blocking, dashboard_url, init, init_blocking, init_blocking_with, init_with, put,
+    shutdown,
+};
 pub use object_ref::{AsCompleted, ObjectId, ObjectRef, as_completed, get_all, get_all_blocking, wait, wait_blocking};
 pub use pool::{AsyncResult, Call, MAX_AUTO_CHUNK, MapIter, MapResult, MapStats, Parallel, Pool, PoolError, RemoteFn, UnaryFn, UnaryMapIter, parallel};
 pub use process::Process;

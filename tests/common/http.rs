@@ -6,6 +6,17 @@ use std::time::Duration;
 
 /// `GET url` over a plain socket: (status, body).
 pub fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let (status, _, body) = http_get_full(url, headers);
+    (status, body)
+}
+
+/// The value of the first response header `name` (any case) in `head`.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+/// `GET url` over a plain socket: (status, the response's head, body).
+pub fn http_get_full(url: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut s = std::net::TcpStream::connect(host).expect("connecting to the dashboard");
@@ -42,10 +53,10 @@ pub fn http_get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("an HTTP status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
     // Chunked bodies: keep only the chunk data.
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
-    (status, body)
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
+    (status, head, body)
 }
 
 fn dechunk(body: &str) -> String {
