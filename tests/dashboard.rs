@@ -248,6 +248,32 @@ fn chatty(i: u64) -> u64 {
     i
 }
 
+/// An actor that talks: in its constructor, in a sync method, in an
+/// async one.
+pub struct Talker {
+    said: u64,
+}
+
+#[shoal::actor]
+impl Talker {
+    fn new() -> Self {
+        println!("talker is up");
+        Talker { said: 0 }
+    }
+
+    fn say(&mut self, what: String) -> u64 {
+        self.said += 1;
+        println!("talker says {what} ({})", self.said);
+        self.said
+    }
+
+    async fn murmur(&self, what: String) -> u64 {
+        tokio::task::yield_now().await;
+        eprintln!("talker murmurs {what}");
+        self.said
+    }
+}
+
 /// A driver of its own (its output is what the test reads).
 #[test]
 #[ignore]
@@ -258,6 +284,11 @@ fn helper_chatty_driver() {
     let got: Vec<u64> = (0..10).map(chatty::remote).map(|r| r.get().unwrap()).collect();
     assert_eq!(got, (0..10).collect::<Vec<_>>());
     assert!(picky::remote(3).get().is_err(), "the panic is the caller's to print, or not");
+    let talker = Talker::remote();
+    for i in 0..3 {
+        assert_eq!(talker.say(format!("hi {i}")).get().unwrap(), i + 1);
+    }
+    assert_eq!(talker.murmur("softly".to_string()).get().unwrap(), 3);
 }
 
 #[test]
@@ -274,6 +305,14 @@ fn what_a_task_prints_reaches_its_driver_with_a_prefix_and_stays_in_the_jobs_log
         assert!(line.starts_with("(chatty task=") && line.contains(&format!("node={}", &node[..8])) && line.contains("pid="), "{line}");
         assert!(stderr.lines().any(|l| l.starts_with("(chatty task=") && l.ends_with(&format!(") warning from task {i}"))), "stderr to stderr:\n{stderr}");
     }
+    // An actor's lines: its constructor's and async calls' under its
+    // type, a sync call's under the call.
+    assert!(stdout.lines().any(|l| l.starts_with("(Talker task=") && l.ends_with(") talker is up")), "{stdout}");
+    for i in 0..3 {
+        let line = format!(") talker says hi {i} ({})", i + 1);
+        assert!(stdout.lines().any(|l| l.starts_with("(Talker.say task=") && l.ends_with(&line)), "{line}:\n{stdout}");
+    }
+    assert!(stderr.lines().any(|l| l.starts_with("(Talker task=") && l.ends_with(") talker murmurs softly")), "{stderr}");
     // The panic reached the caller as its error; nobody printed it raw.
     let worker_log = std::fs::read_to_string(c.workers[0].home.path().join("worker.log")).unwrap_or_default();
     assert!(!worker_log.contains("task three refuses") && !stdout.contains("task three refuses"), "{worker_log}");
@@ -283,5 +322,7 @@ fn what_a_task_prints_reaches_its_driver_with_a_prefix_and_stays_in_the_jobs_log
     let logs = c.cli(&["logs", "--job", &job, "-n", "0"]);
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert_eq!(logs.lines().filter(|l| l.contains(") hello from task")).count(), 10, "{logs}");
+    assert_eq!(logs.lines().filter(|l| l.contains(") talker says hi")).count(), 3, "{logs}");
+    assert!(!worker_log.contains("talker"), "no actor line stayed in the worker's log: {worker_log}");
     assert!(logs.lines().any(|l| l.contains("stderr) warning from task 3")), "{logs}");
 }

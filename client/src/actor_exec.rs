@@ -120,7 +120,13 @@ pub(crate) fn serve(
     let methods: HashMap<&'static str, &'static ActorMethod> = ACTOR_METHODS.iter().map(|m| (m.name, m)).collect();
     executor::CURRENT_TASK.with(|c| c.set(create.task));
     let class = ACTOR_CLASSES.iter().find(|c| c.name == class_name);
+    // What the process prints from now on is the actor's (`(Counter
+    // task=.. node=.. pid=..)` at the caller); a sync call's lines are
+    // that call's.
+    let actor = create.task;
+    crate::output::task_started(actor);
     let built = construct(class, &class_name, create.args, arena.as_ref());
+    crate::output::task_ended_then(actor);
     let (state, dead) = match built {
         // Owned guards need an `Arc`; the value never leaves this thread.
         #[allow(clippy::arc_with_non_send_sync)]
@@ -134,6 +140,7 @@ pub(crate) fn serve(
             };
             send(&ExecutorToWorker {
                 results: vec![pb::TaskResult { task: create.task, outcome: Some(failure), ..Default::default() }],
+                output: crate::output::take(),
                 ..Default::default()
             })?;
             (None, Some(msg))
@@ -145,7 +152,8 @@ pub(crate) fn serve(
     if class.is_some_and(|c| !c.has_async) {
         // Only sync methods: one thread reads the socket and runs each
         // call as it comes, as the task loop does.
-        let server = Server { state, dead, methods, arena, replies: Replies::Socket(reader, pending), out: ExecutorToWorker::default(), class: class_name };
+        let server =
+            Server { state, dead, methods, arena, replies: Replies::Socket(reader, pending), out: ExecutorToWorker::default(), class: class_name, actor };
         return server.run_sync();
     }
     let (tasks_tx, tasks_rx) = mpsc::unbounded_channel::<Vec<pb::ExecTask>>();
@@ -156,7 +164,7 @@ pub(crate) fn serve(
     std::thread::Builder::new().name("shoal-actor-reader".into()).spawn(move || read_frames(reader, tasks_tx, alloc_tx))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
-    let server = Server { state, dead, methods, arena, replies: Replies::Thread(alloc_rx), out: ExecutorToWorker::default(), class: class_name };
+    let server = Server { state, dead, methods, arena, replies: Replies::Thread(alloc_rx), out: ExecutorToWorker::default(), class: class_name, actor };
     local.block_on(&rt, server.run(tasks_rx, create.max_concurrency.max(1) as usize))
 }
 
@@ -205,6 +213,9 @@ struct Server {
     /// Results not yet sent.
     out: ExecutorToWorker,
     class: String,
+    /// The actor's id (its creation task): owner of what it prints
+    /// outside a sync call.
+    actor: u64,
 }
 
 /// A call ready to start: its method, the actor's value, its arguments.
@@ -273,6 +284,7 @@ impl Server {
         let Some(guard) = guard else {
             return self.push(task, fail(FailureKind::Internal, m.name, "the actor's value is in use by another call".into(), String::new()), Vec::new());
         };
+        crate::output::task_started(task);
         let r = guarded(m.name, || {
             let fut = (m.call)(guard, args);
             // A sync method's future completes at its first poll; an
@@ -282,6 +294,7 @@ impl Server {
                 None => Err(InvokeError::ResultEncode("an async method reached an actor served without an async loop".into())),
             }
         });
+        crate::output::task_ended_then(self.actor);
         match r {
             Ok(r) => self.finish_ok(task, m.name, r),
             Err(failed) => self.push(task, failed, Vec::new()),
@@ -328,12 +341,15 @@ impl Server {
             return Ok(());
         }
         let guard = if m.exclusive { ActorGuard::Exclusive(state.write_owned().await) } else { ActorGuard::Shared(state.read_owned().await) };
-        // A sync method's future completes at its first poll.
+        // A sync method's future completes at its first poll; it runs
+        // alone on this thread, so its lines are its own.
+        crate::output::task_started(task);
         let r = match guarded(m.name, || (m.call)(guard, args).now_or_never()) {
             Ok(Some(r)) => Ok(r),
             Ok(None) => Ok(Err(InvokeError::ResultEncode("a sync actor method did not complete".into()))),
             Err(failed) => Err(failed),
         };
+        crate::output::task_ended_then(self.actor);
         match r {
             Ok(r) => self.finish_ok(task, m.name, r),
             Err(failed) => self.push(task, failed, Vec::new()),
@@ -369,9 +385,13 @@ impl Server {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.released = take_released();
-        if !self.out.results.is_empty() || !self.out.released.is_empty() {
+        // Lines async calls printed go with (or before) their results.
+        crate::output::settle();
+        self.out.output = crate::output::take();
+        if !self.out.results.is_empty() || !self.out.released.is_empty() || !self.out.output.is_empty() {
             send(&self.out)?;
             self.out.results.clear();
+            self.out.output.clear();
         }
         Ok(())
     }

@@ -292,7 +292,10 @@ fn run(socket: &std::ffi::OsStr) -> std::io::Result<()> {
                 out.released = take_released();
                 out.output = crate::output::take();
                 send(&out)?;
+                // A later allocation request sends `out` again: nothing
+                // already sent may go twice.
                 out.results.clear();
+                out.output.clear();
                 last_flush = Instant::now();
             }
         }

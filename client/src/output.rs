@@ -179,14 +179,39 @@ fn all_read(fds: &[RawFd]) -> bool {
 /// (its last unterminated line too), output is nobody's until the next
 /// [`task_started`].
 pub(crate) fn task_ended() {
+    task_ended_then(0);
+}
+
+/// As [`task_ended`], but output from then on belongs to `owner` (an
+/// actor's process: what it prints between calls is the actor's).
+pub(crate) fn task_ended_then(owner: u64) {
+    if let Some(mut guard) = wait_read()
+        && let Some(state) = guard.as_mut()
+    {
+        for i in 0..state.streams.len() {
+            let partial = state.streams.get_mut(i).map(|s| std::mem::take(&mut s.partial)).unwrap_or_default();
+            if !partial.is_empty() {
+                emit(state, i, partial);
+            }
+        }
+    }
+    CURRENT.store(owner, Ordering::Release);
+}
+
+/// Every complete line written so far is taken, under its owner now
+/// (an actor's async calls, which share one owner: before their
+/// results leave). Lines still unterminated stay for later.
+pub(crate) fn settle() {
+    drop(wait_read());
+}
+
+/// Flushes this process's stdout and waits (bounded) until the reader
+/// has everything written to the pipes; `None` when nothing is captured.
+fn wait_read() -> Option<std::sync::MutexGuard<'static, Option<State>>> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let mut guard = lock();
-    let Some(state) = guard.as_ref() else {
-        CURRENT.store(0, Ordering::Release);
-        return;
-    };
-    let fds: Vec<RawFd> = state.streams.iter().map(|s| s.read).collect();
+    let fds: Vec<RawFd> = guard.as_ref()?.streams.iter().map(|s| s.read).collect();
     // Bounded: a pipe a grandchild keeps writing to must not hold the loop.
     for _ in 0..200 {
         if all_read(&fds) {
@@ -197,15 +222,7 @@ pub(crate) fn task_ended() {
             Err(e) => e.into_inner().0,
         };
     }
-    if let Some(state) = guard.as_mut() {
-        for i in 0..state.streams.len() {
-            let partial = state.streams.get_mut(i).map(|s| std::mem::take(&mut s.partial)).unwrap_or_default();
-            if !partial.is_empty() {
-                emit(state, i, partial);
-            }
-        }
-    }
-    CURRENT.store(0, Ordering::Release);
+    Some(guard)
 }
 
 /// The tagged lines so far (and a note of lines dropped past the bound).

@@ -2388,10 +2388,22 @@ impl Core {
         by_shape.into_iter().map(|(r, n)| (r.clone(), n)).collect()
     }
 
-    /// The registered name of the function unfinished task `task` calls.
-    pub fn task_function(&self, task: TaskId) -> Option<&str> {
-        let t = self.tasks.get(&task)?;
-        self.jobs.get(&t.job)?.functions.get(t.func as usize).map(|d| d.name.as_str())
+    /// Who printed a line tagged with `task`, as a user reads it: a
+    /// task's function (`square`), an actor method call's type and method
+    /// (`Counter.incr`), or an actor itself (`Counter`, for what it prints
+    /// outside a call: its constructor after the fact, async methods,
+    /// its threads). `None` for a task the head no longer knows.
+    pub fn output_source(&self, task: TaskId) -> Option<String> {
+        let last = |name: &str, n: usize| name.rsplit("::").take(n).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".");
+        if let Some(a) = self.actors.by_id.get(&task) {
+            return Some(last(&a.spec.class, 1));
+        }
+        if let Some(t) = self.tasks.get(&task) {
+            let name = self.jobs.get(&t.job)?.functions.get(t.func as usize)?.name.as_str();
+            let call = t.extra.as_ref().is_some_and(|e| e.actor_of.is_some());
+            return Some(last(name, if call { 2 } else { 1 }));
+        }
+        None
     }
 
     /// Number of entries in the object table (for tests and metrics).

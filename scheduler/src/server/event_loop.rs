@@ -157,7 +157,7 @@ impl Loop {
                 }
                 for o in msg.output {
                     let task = ObjectId(o.task);
-                    let function = core.task_function(task).unwrap_or("?").to_string();
+                    let function = core.output_source(task).unwrap_or_else(|| "?".into());
                     let line = LogLine { task, function: function.clone(), node: Some(node), pid: o.pid, stderr: o.stderr, line: o.line };
                     let size = line.line.len() + line.function.len() + 32;
                     let wire = pb::TaskOutput { function, node: node.to_string(), line: line.line.clone(), ..o };
