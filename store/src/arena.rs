@@ -64,6 +64,11 @@ impl Arena {
             return Ok(Arena { file, map, len });
         }
         let map = MmapOptions::new().len(len as usize).map_raw(&file)?;
+        // Huge pages where the kernel offers them for shared memory
+        // (`shmem_enabled` = advise or within_size): 512x fewer faults.
+        // Elsewhere (`never`, the common default) this does nothing.
+        // SAFETY: advice on our own mapping; it never changes contents.
+        unsafe { libc::madvise(map.as_mut_ptr().cast(), len as usize, libc::MADV_HUGEPAGE) };
         Ok(Arena { file, map, len })
     }
 
@@ -136,6 +141,32 @@ impl Arena {
     /// (25x slower on the machines Shoal is measured on). Uses
     /// `MADV_POPULATE_WRITE` (Linux 5.14), else touches every page.
     pub fn prefault(&self, offset: u64, len: u64) {
+        self.prefault_on(offset, len, 1);
+    }
+
+    /// As [`prefault`](Self::prefault), on up to `threads` threads at
+    /// once (16 MiB or more each): a put that finds its range not yet
+    /// backed waits for the faults, and the kernel takes them in parallel.
+    pub fn prefault_on(&self, offset: u64, len: u64, threads: usize) {
+        const SLICE: u64 = 16 << 20;
+        let threads = (threads as u64).min(len / SLICE).max(1);
+        if threads == 1 {
+            return self.prefault_serial(offset, len);
+        }
+        let per = len.div_ceil(threads).div_ceil(4096) * 4096;
+        std::thread::scope(|s| {
+            for i in 1..threads {
+                let start = offset + i * per;
+                if start < offset + len {
+                    let n = per.min(offset + len - start);
+                    s.spawn(move || self.prefault_serial(start, n));
+                }
+            }
+            self.prefault_serial(offset, per.min(len));
+        });
+    }
+
+    fn prefault_serial(&self, offset: u64, len: u64) {
         if len == 0 || self.len == 0 {
             return;
         }
@@ -181,6 +212,31 @@ mod tests {
         assert_eq!(b.len(), 1 << 20);
         // SAFETY: nobody writes the range any more.
         assert_eq!(unsafe { b.slice(4096, 5) }, b"hello");
+    }
+
+    #[test]
+    fn faulting_in_on_several_threads_backs_every_page_and_keeps_what_was_written() {
+        let len = 70u64 << 20; // not a multiple of the slices
+        let a = Arena::create(len + 4096).unwrap();
+        let resident = |a: &Arena| {
+            let mut vec = vec![0u8; (len / 4096) as usize];
+            // SAFETY: mincore on our own page-aligned mapping.
+            let rc = unsafe { libc::mincore(a.ptr(0, len).cast(), len as usize, vec.as_mut_ptr()) };
+            assert_eq!(rc, 0);
+            vec.iter().filter(|b| **b & 1 == 1).count()
+        };
+        // SAFETY: the ranges are ours and unsealed.
+        unsafe {
+            a.write(5 << 20, b"before");
+            a.write(len - 6, b"ending");
+        }
+        a.prefault_on(0, len, 4);
+        assert_eq!(resident(&a) as u64, len / 4096, "every page of the range is backed");
+        // SAFETY: nobody writes the ranges any more.
+        unsafe {
+            assert_eq!(a.slice(5 << 20, 6), b"before");
+            assert_eq!(a.slice(len - 6, 6), b"ending");
+        }
     }
 
     #[test]

@@ -107,6 +107,12 @@ pub struct Store {
     faulted: AtomicU64,
 }
 
+/// Threads that fault a new object's range in at once: the CPUs, up to 4.
+fn fault_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(4))
+}
+
 impl Store {
     /// A store of `capacity` bytes spilling under `spill_dir`. The first
     /// `prefault` bytes are backed with memory by a background thread, so
@@ -195,7 +201,7 @@ impl Store {
         let faulted = self.faulted.load(Ordering::Acquire);
         if end > faulted {
             let start = offset.max(faulted);
-            self.arena.prefault(start, end - start);
+            self.arena.prefault_on(start, end - start, fault_threads());
             if start == faulted {
                 self.faulted.fetch_max(end, Ordering::AcqRel);
             }
