@@ -112,6 +112,19 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Arg {
+        // A large value is encoded once, straight into a node's store (as
+        // `put` does), and passed by reference: not into a buffer of its
+        // own first and copied from there.
+        let (size, _) = crate::refs::collecting(|| postcard::experimental::serialized_size(&self));
+        if size.is_ok_and(|n| n > shoal_domain::limits::STORE_THRESHOLD_BYTES)
+            && let Ok(driver) = crate::init::driver_or_init()
+        {
+            return match crate::init::put_value(&driver, &self) {
+                Ok((id, slot)) => Arg(ArgInner::Ref(ObjectRef::<T>::new(id, slot, Some(driver)).inner), Vec::new()),
+                Err(crate::Error::Task(e)) => Arg(ArgInner::Invalid(e), Vec::new()),
+                Err(e) => Arg(ArgInner::Invalid(TaskError::Disconnected { message: e.to_string() }), Vec::new()),
+            };
+        }
         let (encoded, refs) = crate::refs::collecting(|| postcard::to_allocvec(&self));
         match encoded {
             Ok(v) => Arg(ArgInner::Value(Bytes::from(v)), refs),
