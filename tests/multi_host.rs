@@ -307,3 +307,73 @@ fn killing_the_head_mid_job_and_restarting_it_loses_nothing() {
     assert!(!restored.is_empty(), "the restarted head replayed its log:\n{log}");
     eprintln!("head restart: {} tasks, head back {back:?} after the kill, every result in {done:?}; {restored}", n + 100);
 }
+
+#[shoal::remote]
+fn ones_gib(mib: usize) -> shoal::Buffer {
+    shoal::Buffer::from(vec![1u8; mib << 20])
+}
+
+#[shoal::remote]
+fn length_here(data: shoal::Buffer) -> (usize, String) {
+    (data.len(), shoal::context().unwrap().node_id)
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (11 and 12 after the name).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Figures for the notes (not run by default: it moves gigabytes): one
+/// object of `SHOAL_BROADCAST_MIB` MiB (1024) made on host 1 and read at
+/// once by a task on each of `SHOAL_BROADCAST_HOSTS` (4) other hosts.
+/// Prints the time, the aggregate rate and the workers' CPU per GB moved.
+///
+///     SHOAL_BROADCAST_HOSTS=8 cargo nextest run -p shoal-cli --test multi_host broadcast --run-ignored only --no-capture
+#[test]
+#[ignore]
+fn broadcast_figures() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (readers, mib) = (env("SHOAL_BROADCAST_HOSTS", 4), env("SHOAL_BROADCAST_MIB", 1024));
+    let c = Cluster::head_on("0.0.0.0", &[]);
+    let hosts = Hosts::create(readers + 1);
+    // Room for two rounds' objects; past 4 readers one (the machine's
+    // memory is shared by every host's store).
+    let store = format!("{}MiB", if readers <= 4 { mib * 2 + 256 } else { mib + 256 });
+    let mut workers: Vec<HostWorker> =
+        (1..=readers + 1).map(|i| start_worker_with(&c, &hosts, i, None, &["--resources", &format!("h{i}=1"), "--object-store-memory", &store])).collect();
+    let ids: Vec<String> = workers.iter_mut().map(registered).collect();
+    c.connect();
+    // SHOAL_BROADCAST_ROUNDS: a fresh object each round (to profile).
+    for _ in 0..env("SHOAL_BROADCAST_ROUNDS", 1) {
+        let made = ones_gib::options().resources(&[("h1", 1.0)]).remote(mib);
+        let _ = shoal::wait_blocking(std::slice::from_ref(&made), 1, Some(Duration::from_secs(120)));
+        let cpu0: f64 = workers.iter().map(|w| cpu_s(w.child.id())).sum();
+        let t = Instant::now();
+        let names: Vec<String> = (2..=readers + 1).map(|i| format!("h{i}")).collect();
+        let reads: Vec<_> = names.iter().map(|h| length_here::options().resources(&[(h.as_str(), 1.0)]).remote(&made)).collect();
+        let got = shoal::get_all_blocking(&reads).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let cpu = workers.iter().map(|w| cpu_s(w.child.id())).sum::<f64>() - cpu0;
+        let mut on: Vec<&String> = got
+            .iter()
+            .map(|(n, id)| {
+                assert_eq!(*n, mib << 20);
+                id
+            })
+            .collect();
+        on.sort();
+        on.dedup();
+        assert_eq!(on.len(), readers, "one read per host");
+        assert!(!on.contains(&&ids[0]));
+        let gb = (mib as f64 * readers as f64) * 1.048576e6 / 1e9;
+        eprintln!(
+            "broadcast: {mib} MiB to {readers} namespace hosts in {secs:.2} s ({:.2} GB/s in all), workers' CPU {cpu:.2} s ({:.2} CPU-s per GB)",
+            gb / secs,
+            cpu / gb
+        );
+    }
+}

@@ -507,6 +507,14 @@ fn no_holder(id: u64, errors: Vec<String>) -> TransferError {
 pub async fn pull_into(store: &Arc<Store>, peers: &Peers, id: u64, size: u64, holders: &[String]) -> Result<PullPath, TransferError> {
     let oid = shoal_domain::ObjectId(id);
     let mut errors = Vec::new();
+    // Holders on this machine (or not known to be elsewhere) first: a
+    // mapped copy beats a stream. Otherwise the head's order stands (it
+    // spreads readers over the copies).
+    let mut holders: Vec<&String> = holders.iter().collect();
+    if !peers.host_key.is_empty() {
+        let far = peers.elsewhere.lock().unwrap_or_else(|e| e.into_inner());
+        holders.sort_by_key(|h| far.contains(h.as_str()));
+    }
     for h in holders {
         let Some(offset) = claim(store, id, size).await? else {
             return Ok(PullPath::AlreadyHere);

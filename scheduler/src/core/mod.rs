@@ -1767,15 +1767,25 @@ impl Core {
         match state {
             ObjectState::Ready(b) => Some(Ok(Payload::Inline(b.clone()))),
             ObjectState::Stored { size, holders } => {
-                let r = self.stored_ref(id, *size, holders);
+                let r = self.stored_ref(id, *size, holders, 0);
                 (!r.holders.is_empty()).then_some(Ok(Payload::Stored(r)))
             }
             ObjectState::Failed(f) => Some(Err((**f).clone())),
         }
     }
 
-    fn stored_ref(&self, id: ObjectId, size: u64, holders: &[NodeId]) -> StoredRef {
-        let holders = holders.iter().filter_map(|h| self.nodes.get(h)).filter(|n| n.alive).map(|n| n.info.object_address.clone()).collect();
+    /// Where object `id` can be read from, for `reader`: its alive
+    /// holders, tried in the order given. A driver (`reader` 0) gets the
+    /// first copy first; tasks get the list rotated by their id, so the
+    /// readers of a popular object spread over every node that has a copy
+    /// (a copy is listed once its node has it all) instead of all pulling
+    /// from the one that made it.
+    fn stored_ref(&self, id: ObjectId, size: u64, holders: &[NodeId], reader: u64) -> StoredRef {
+        let mut holders: Vec<String> = holders.iter().filter_map(|h| self.nodes.get(h)).filter(|n| n.alive).map(|n| n.info.object_address.clone()).collect();
+        if holders.len() > 1 && reader != 0 {
+            let spread = (reader.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % holders.len();
+            holders.rotate_left(spread);
+        }
         StoredRef { id, size, holders }
     }
 
@@ -2202,7 +2212,7 @@ impl Core {
     }
 
     /// The values of a ready task's arguments, or why it cannot run now.
-    fn resolve_args(&self, task: &Task) -> Result<Vec<Payload>, Unready> {
+    fn resolve_args(&self, tid: TaskId, task: &Task) -> Result<Vec<Payload>, Unready> {
         let mut args = Vec::with_capacity(task.args.len());
         for a in task.args.iter() {
             match a {
@@ -2210,7 +2220,7 @@ impl Core {
                 ArgSlot::Object(oid) => match self.objects.get(oid).map(|o| &o.state) {
                     Some(ObjectState::Ready(b)) => args.push(Payload::Inline(b.clone())),
                     Some(ObjectState::Stored { size, holders }) => {
-                        let r = self.stored_ref(*oid, *size, holders);
+                        let r = self.stored_ref(*oid, *size, holders, tid.0);
                         if r.holders.is_empty() {
                             return Err(Unready::Fail(Failure::new(
                                 FailureKind::ObjectLost,
@@ -2233,7 +2243,7 @@ impl Core {
     /// rebuilt).
     fn args_to_send(&mut self, tid: TaskId, out: &mut impl Outbox) -> Option<Vec<Payload>> {
         let task = self.tasks.get(&tid)?;
-        match self.resolve_args(task) {
+        match self.resolve_args(tid, task) {
             Ok(args) => Some(args),
             Err(Unready::Fail(f)) => {
                 self.fail_task(tid, f, out);

@@ -493,6 +493,44 @@ fn stored_results_are_passed_by_location_and_tasks_go_where_the_data_is() {
 }
 
 #[test]
+fn readers_of_an_object_with_several_copies_spread_over_its_holders() {
+    let now = t0();
+    let mut out = Rec::default();
+    let mut core = Core::new(CoreConfig::default());
+    let (a, _) = node_at(&mut core, "10.0.0.1", now, &mut out);
+    let (b, eb) = node_at(&mut core, "10.0.0.2", now, &mut out);
+    let (c, ec) = node_at(&mut core, "10.0.0.3", now, &mut out);
+    let (d, ed) = node_at(&mut core, "10.0.0.4", now, &mut out);
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 3)]);
+    let big = ObjectId::new(job, 1);
+    core.put(job, big, PutValue::Stored { size: 1 << 28, node: a }, &mut out);
+    core.object_copied(b, eb, big, &mut out);
+    core.object_copied(c, ec, big, &mut out);
+    // Only d (no copy) takes work: 30 readers, each told every holder.
+    core.node_credits(d, ed, 30, now);
+    let tasks = (0..30).map(|i| task(job, 2 + i, 0, vec![NewArg::Object(big)])).collect();
+    core.submit(job, tasks, &mut out);
+    core.schedule(&mut out);
+    let sent = out.take_dispatched();
+    assert_eq!(sent.len(), 30);
+    let mut first = std::collections::BTreeMap::<String, usize>::new();
+    for (node, t) in &sent {
+        assert_eq!(*node, d);
+        let [Payload::Stored(r)] = t.args.as_slice() else { panic!("{:?}", t.args) };
+        let mut all = r.holders.clone();
+        all.sort();
+        assert_eq!(all, ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"], "every holder, once");
+        *first.entry(r.holders[0].clone()).or_default() += 1;
+    }
+    assert_eq!(first.len(), 3, "each holder serves some readers first: {first:?}");
+    assert!(first.values().all(|n| *n >= 4), "none serves almost all: {first:?}");
+    // A driver gets the first copy first.
+    core.tasks_finished(d, ed, vec![(ObjectId::new(job, 2), Ok(Value::Stored { size: 1 << 20 }))], now, &mut out);
+    let r = out.results.pop().unwrap();
+    assert_eq!(r.2, Ok(Payload::Stored(StoredRef { id: ObjectId::new(job, 2), size: 1 << 20, holders: vec!["10.0.0.4:7000".into()] })));
+}
+
+#[test]
 fn released_stored_objects_are_freed_on_every_holder() {
     let now = t0();
     let mut out = Rec::default();
