@@ -33,6 +33,19 @@ pub struct LogError {
 }
 
 /// One write to the log.
+/// Record bytes one write transaction takes at most (past one record).
+const TXN_BYTES: usize = 4 << 20;
+
+impl Entry {
+    /// Bytes of record it carries.
+    fn len(&self) -> usize {
+        match self {
+            Entry::Append { record, .. } | Entry::Compact { record, .. } => record.len(),
+            Entry::EndJob(_) | Entry::NextJob(_) => 0,
+        }
+    }
+}
+
 enum Entry {
     Append {
         job: u32,
@@ -100,8 +113,16 @@ impl Log {
             .name("shoal-head-log".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
+                    // One transaction takes what is waiting, up to
+                    // TXN_BYTES: redb holds a transaction's pages in memory
+                    // until it commits, so an unbounded one (a driver's
+                    // burst of 1M submissions) was the head's peak.
+                    let mut bytes = first.len();
                     let mut batch = vec![first];
-                    while let Ok(more) = rx.try_recv() {
+                    while bytes < TXN_BYTES
+                        && let Ok(more) = rx.try_recv()
+                    {
+                        bytes += more.len();
                         batch.push(more);
                     }
                     match write(&db, &mut next, batch) {
