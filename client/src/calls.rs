@@ -115,11 +115,12 @@ impl<T: Serialize> IntoArg<T> for T {
         // A large value is encoded once, straight into a node's store (as
         // `put` does), and passed by reference: not into a buffer of its
         // own first and copied from there.
-        let (size, _) = crate::refs::collecting(|| postcard::experimental::serialized_size(&self));
-        if size.is_ok_and(|n| n > shoal_domain::limits::STORE_THRESHOLD_BYTES)
+        let (size, refs) = crate::refs::collecting(|| postcard::experimental::serialized_size(&self));
+        if let Ok(size) = size
+            && size > shoal_domain::limits::STORE_THRESHOLD_BYTES
             && let Ok(driver) = crate::init::driver_or_init()
         {
-            return match crate::init::put_value(&driver, &self) {
+            return match crate::init::put_value_sized(&driver, &self, size, refs) {
                 Ok((id, slot)) => Arg(ArgInner::Ref(ObjectRef::<T>::new(id, slot, Some(driver)).inner), Vec::new()),
                 Err(crate::Error::Task(e)) => Arg(ArgInner::Invalid(e), Vec::new()),
                 Err(e) => Arg(ArgInner::Invalid(TaskError::Disconnected { message: e.to_string() }), Vec::new()),
@@ -176,29 +177,10 @@ pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, ar
             Err(e) => return ObjectRef::failed(e),
         }
     }
-    // Large values passed directly are put in the object store first (as
-    // Ray does), so they travel worker to worker, not through the head.
-    let mut auto_put = Vec::new();
+    // (Large values passed directly were put in the object store by
+    // `into_arg`, as Ray does, and arrive here as refs.)
     for a in &args {
         wire.push(match &a.0 {
-            ArgInner::Value(b) if b.len() > shoal_domain::limits::STORE_THRESHOLD_BYTES => {
-                let id = driver.next_id();
-                let val = match crate::objects::put_large(&driver, id, b.len() as u64, Vec::new(), |buf| {
-                    buf.copy_from_slice(b);
-                    Ok(())
-                }) {
-                    Ok((v, put)) => {
-                        driver.send(Out::Put(put));
-                        v
-                    }
-                    Err(crate::Error::Task(e)) => return ObjectRef::failed(e),
-                    Err(e) => return ObjectRef::failed(TaskError::Disconnected { message: e.to_string() }),
-                };
-                let slot = crate::slot::Slot::done(Ok(val));
-                driver.register(id, slot.clone());
-                auto_put.push(ObjectRef::<()>::new(id, slot, Some(driver.clone())));
-                pb::Arg { kind: Some(pb::arg::Kind::Object(id)) }
-            }
             ArgInner::Value(b) => pb::Arg { kind: Some(pb::arg::Kind::Value(b.clone())) },
             ArgInner::Ref(r) => {
                 if r.driver.as_ref().is_some_and(|d| !Arc::ptr_eq(d, &driver)) || r.driver.is_none() {
@@ -249,6 +231,5 @@ pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, ar
     // `args` (holding referenced objects alive) drops only now, after the
     // submission is queued, so a release can never overtake it.
     drop(args);
-    drop(auto_put);
     ObjectRef::new(id, slot, Some(driver))
 }

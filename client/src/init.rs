@@ -327,7 +327,22 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
 
 /// Stores a serialized value; see [`put`].
 pub(crate) fn put_value<T: Serialize + ?Sized>(driver: &Arc<Cluster>, value: &T) -> Result<(u64, Arc<Slot>)> {
-    let p = prepare_put(driver, value)?;
+    send_put(driver, prepare_put(driver, value)?)
+}
+
+/// [`put_value`] for a value whose encoded `size` (and the refs it holds,
+/// `refs`) a size pass already found.
+pub(crate) fn put_value_sized<T: Serialize + ?Sized>(
+    driver: &Arc<Cluster>,
+    value: &T,
+    size: usize,
+    refs: Vec<Arc<crate::object_ref::RefInner>>,
+) -> Result<(u64, Arc<Slot>)> {
+    send_put(driver, prepare_sized(driver, value, size, refs)?)
+}
+
+/// Tells the head of prepared put `p`; returns its id and done slot.
+fn send_put(driver: &Arc<Cluster>, p: Prepared) -> Result<(u64, Arc<Slot>)> {
     driver.send(Out::Put(p.msg));
     let slot = Slot::done(Ok(p.val));
     driver.register(p.id, slot.clone());
@@ -348,9 +363,18 @@ pub(crate) struct Prepared {
 
 /// Encodes `value` for a put or a generator's item.
 pub(crate) fn prepare_put<T: Serialize + ?Sized>(driver: &Arc<Cluster>, value: &T) -> Result<Prepared> {
-    let ser = |e: postcard::Error| TaskError::Serialization { message: format!("{} could not be serialized: {e}", std::any::type_name::<T>()) };
     let (size, refs) = crate::refs::collecting(|| postcard::experimental::serialized_size(value));
-    let size = size.map_err(ser)?;
+    let size = size.map_err(serialization_error::<T>)?;
+    prepare_sized(driver, value, size, refs)
+}
+
+fn serialization_error<T: ?Sized>(e: postcard::Error) -> TaskError {
+    TaskError::Serialization { message: format!("{} could not be serialized: {e}", std::any::type_name::<T>()) }
+}
+
+/// [`prepare_put`] past its size pass: `size` bytes encoded, holding `refs`.
+fn prepare_sized<T: Serialize + ?Sized>(driver: &Arc<Cluster>, value: &T, size: usize, refs: Vec<Arc<crate::object_ref::RefInner>>) -> Result<Prepared> {
+    let ser = serialization_error::<T>;
     let contains = crate::refs::ids_on(driver, &refs, "the value")?;
     if !contains.is_empty() {
         driver.mark_unsynced();

@@ -32,7 +32,6 @@ pub struct LogError {
     message: String,
 }
 
-/// One write to the log.
 /// Record bytes one write transaction takes at most (past one record).
 const TXN_BYTES: usize = 4 << 20;
 
@@ -46,6 +45,7 @@ impl Entry {
     }
 }
 
+/// One write to the log.
 enum Entry {
     Append {
         job: u32,
@@ -115,8 +115,8 @@ impl Log {
                 while let Ok(first) = rx.recv() {
                     // One transaction takes what is waiting, up to
                     // TXN_BYTES: redb holds a transaction's pages in memory
-                    // until it commits, so an unbounded one (a driver's
-                    // burst of 1M submissions) was the head's peak.
+                    // until it commits, so the bound keeps that memory
+                    // bounded however much is waiting.
                     let mut bytes = first.len();
                     let mut batch = vec![first];
                     while bytes < TXN_BYTES

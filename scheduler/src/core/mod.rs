@@ -402,7 +402,8 @@ pub struct Core {
     next_job: JobId,
     /// Boxed: the table's buckets stay 16 bytes, so its doubling (a new
     /// table beside the old one while entries move) costs the head 36 MB
-    /// at 1M queued tasks, not 150 MB, and its spare half as little.
+    /// at 1M queued tasks, not 150 MB, and its empty buckets cost 16
+    /// bytes each, not 72.
     tasks: IdMap<TaskId, Box<Task>>,
     objects: IdMap<ObjectId, Object>,
     ready: VecDeque<TaskId>,
