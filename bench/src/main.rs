@@ -373,6 +373,15 @@ fn reps(n: usize, mut f: impl FnMut() -> f64) -> Vec<f64> {
     v
 }
 
+/// `n` timings of `f` in seconds, sorted.
+fn seconds(n: usize, mut f: impl FnMut()) -> Vec<f64> {
+    reps(n, || {
+        let t = Instant::now();
+        f();
+        t.elapsed().as_secs_f64()
+    })
+}
+
 /// Inserts the median of sorted `samples` as `key`, and `key_min`,
 /// `key_max` (the key's unit suffix kept last: `put_GBps` ->
 /// `put_min_GBps`), as the anchors report them.
@@ -440,23 +449,16 @@ fn objects(out: &mut Map<String, Value>) {
     put_stats(out, "put_256MiB_GBps", puts);
     let r = shoal::put(buf.clone()).unwrap();
     let small = shoal::put(buf.slice(..16 << 20)).unwrap();
-    let timed = |f: &dyn Fn()| {
-        reps(REPS, || {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-    };
-    put_stats(out, "get_256MiB_s", timed(&|| assert_eq!(r.get().unwrap().len(), buf.len())));
-    put_stats(out, "get_16MiB_s", timed(&|| assert_eq!(small.get().unwrap().len(), 16 << 20)));
-    put_stats(out, "task_on_256MiB_arg_s", timed(&|| assert_eq!(nbytes::remote(&r).get().unwrap(), buf.len())));
-    put_stats(out, "task_on_256MiB_byvalue_s", timed(&|| assert_eq!(nbytes::remote(buf.clone()).get().unwrap(), buf.len())));
+    put_stats(out, "get_256MiB_s", seconds(REPS, || assert_eq!(r.get().unwrap().len(), buf.len())));
+    put_stats(out, "get_16MiB_s", seconds(REPS, || assert_eq!(small.get().unwrap().len(), 16 << 20)));
+    put_stats(out, "task_on_256MiB_arg_s", seconds(REPS, || assert_eq!(nbytes::remote(&r).get().unwrap(), buf.len())));
+    put_stats(out, "task_on_256MiB_byvalue_s", seconds(REPS, || assert_eq!(nbytes::remote(buf.clone()).get().unwrap(), buf.len())));
     // The result is encoded straight into the store; timed until it is
     // there (not read back).
     put_stats(
         out,
         "task_returning_256MiB_s",
-        timed(&|| {
+        seconds(REPS, || {
             let back = passthrough::remote(&r);
             assert_eq!(shoal::wait_blocking(std::slice::from_ref(&back), 1, None).0.len(), 1);
         }),
@@ -649,18 +651,8 @@ mod model {
     }
 
     /// Median and (max - min) / median of `runs` timings of `f`.
-    pub fn timed(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
-        let mut v: Vec<f64> = (0..runs.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        if std::env::var_os("SHOAL_BENCH_RUNS").is_some() {
-            eprintln!("runs: {v:?}");
-        }
-        v.sort_by(|a, b| a.total_cmp(b));
+    pub fn timed(runs: usize, f: impl FnMut()) -> (f64, f64) {
+        let v = seconds(runs, f);
         let median = v[v.len() / 2];
         (median, (v[v.len() - 1] - v[0]) / median)
     }
@@ -716,11 +708,7 @@ mod model {
             t.elapsed().as_secs_f64()
         };
         move_once();
-        let mut secs: Vec<f64> = (0..args.model_runs.max(3)).map(|_| move_once()).collect();
-        secs.sort_by(|a, b| a.total_cmp(b));
-        out.insert("transfer_256MiB_between_nodes_s".into(), round(secs[secs.len() / 2]));
-        out.insert("transfer_256MiB_between_nodes_min_s".into(), round(secs[0]));
-        out.insert("transfer_256MiB_between_nodes_max_s".into(), round(secs[secs.len() - 1]));
+        put_stats(&mut out, "transfer_256MiB_between_nodes_s", reps(args.model_runs.max(3), move_once));
         println!("{}", Value::Object(out));
     }
 }
