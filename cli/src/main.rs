@@ -245,6 +245,18 @@ struct StartArgs {
     /// Head: run WITHOUT a cluster token and WITHOUT encryption (plain gRPC everywhere). Anyone who can reach the port can run code.
     #[arg(long, alias = "insecure-no-token")]
     insecure: bool,
+    /// Connections with the cluster token that the head's port (and each object store's) holds at once; past it a new one is refused with "too many connections".
+    #[arg(long, default_value_t = 16_384)]
+    max_connections: usize,
+    /// The same, from one IP address.
+    #[arg(long, default_value_t = 4096)]
+    max_connections_per_peer: usize,
+    /// Seconds a connection has from its accept to finish its TLS handshake and send a request with the token.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Seconds after which a connection with no request in progress is closed (Shoal's own clients keep their links open as streams).
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
     /// Head: seconds without a heartbeat before a worker is declared dead.
     #[arg(long, default_value_t = 5.0)]
     heartbeat_timeout: f64,

@@ -65,7 +65,25 @@ fn worker_config(args: &StartArgs, head: String, token: Option<String>, home: &P
     }
     wc.object_host = args.object_host.clone();
     wc.spill_dir = home.join("spill").join(std::process::id().to_string());
+    wc.connections = connection_limits(args)?;
     Ok(wc)
+}
+
+/// The bounds on connections the head's port and object stores apply.
+fn connection_limits(args: &StartArgs) -> anyhow::Result<shoal_proto::net::Limits> {
+    let seconds = |v: f64, flag: &str| {
+        if v.is_finite() && v > 0.0 { Ok(Duration::from_secs_f64(v)) } else { Err(anyhow::anyhow!("{flag} must be > 0 seconds")) }
+    };
+    if args.max_connections == 0 || args.max_connections_per_peer == 0 {
+        bail!("--max-connections and --max-connections-per-peer must be at least 1");
+    }
+    Ok(shoal_proto::net::Limits {
+        handshake_deadline: seconds(args.handshake_timeout, "--handshake-timeout")?,
+        idle_timeout: seconds(args.idle_timeout, "--idle-timeout")?,
+        max_connections: args.max_connections,
+        max_connections_per_peer: args.max_connections_per_peer,
+        ..Default::default()
+    })
 }
 
 async fn terminated() {
@@ -150,6 +168,7 @@ async fn run_head(args: StartArgs, home: &Path) -> anyhow::Result<()> {
     }
     cfg.admission = shoal_scheduler::AdmissionLimits { per_job: args.max_tasks_per_job, total: args.max_tasks };
     cfg.task_events = args.task_events;
+    cfg.connections = connection_limits(&args)?;
     if !args.no_dashboard {
         let ip: std::net::IpAddr = args.dashboard_host.parse().with_context(|| format!("--dashboard-host {:?} is not an IP address", args.dashboard_host))?;
         cfg.dashboard = Some(std::net::SocketAddr::new(ip, args.dashboard_port));

@@ -81,28 +81,26 @@ impl CheckToken {
     }
 }
 
+impl CheckToken {
+    /// Whether an `authorization` header value carries the token; the
+    /// `Unauthenticated` status to answer with if not.
+    pub fn check(&self, header: Option<&[u8]>) -> Result<(), Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(());
+        };
+        match header {
+            None => Err(Status::unauthenticated("missing cluster token: pass --token/--token-file or set SHOAL_TOKEN")),
+            // Constant-time on equal lengths; the length itself is not secret.
+            Some(given) if given.len() == expected.len() && bool::from(given.ct_eq(expected.as_slice())) => Ok(()),
+            Some(_) => Err(Status::unauthenticated("wrong cluster token")),
+        }
+    }
+}
+
 impl Interceptor for CheckToken {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
-            return Ok(req);
-        };
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
-        match req.metadata().get(HEADER) {
-            None => {
-                tracing::warn!(%peer, "refused a request without a cluster token");
-                Err(Status::unauthenticated("missing cluster token: pass --token/--token-file or set SHOAL_TOKEN"))
-            }
-            Some(v) => {
-                let given = v.as_bytes();
-                // Constant-time on equal lengths; the length itself is not secret.
-                if given.len() == expected.len() && bool::from(given.ct_eq(expected.as_slice())) {
-                    Ok(req)
-                } else {
-                    tracing::warn!(%peer, "refused a request with a wrong cluster token");
-                    Err(Status::unauthenticated("wrong cluster token"))
-                }
-            }
-        }
+        self.check(req.metadata().get(HEADER).map(|v| v.as_bytes()))?;
+        Ok(req)
     }
 }
 

@@ -5,11 +5,13 @@
 //! # Layout
 //! - [`pb`]: generated types (`shoal.v1`).
 //! - [`auth`]: the cluster token: a client interceptor that attaches it and
-//!   a server interceptor that checks it in constant time.
+//!   the constant-time check servers make ([`conns::Guard`]).
 //! - [`frame`]: `u32`-length-prefixed protobuf frames, async and blocking.
 //! - [`binaries`]: program binaries as a stream of chunks.
 //! - [`convert`]: every conversion between wire and domain types.
 //! - [`client`], [`local`]: connecting to a head over gRPC or in-process.
+//! - [`net`], [`conns`]: what a server accepts (TLS, deadlines, bounds on
+//!   connections, the idle timeout) and what a client dials.
 
 /// Generated protobuf messages and tonic services for `shoal.v1`.
 #[allow(missing_docs, clippy::all)]
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod binaries;
 pub mod bulk;
 pub mod client;
+pub mod conns;
 pub mod convert;
 pub mod frame;
 #[doc(hidden)]

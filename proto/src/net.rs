@@ -9,9 +9,9 @@
 //! refusals are logged at most once a second.
 
 use crate::bulk::{BulkHandler, MAGIC, Prefixed, read_prefix};
+use crate::conns::{ConnInfo, Registry, Ticket};
 use crate::rpc_errors::Refusal;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,39 +20,100 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// Bounds on what a server accepts before a connection is authenticated.
+/// Bounds on the connections a server holds (see [`crate::conns`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Time a new connection has to finish its TLS handshake.
+    /// Time a new connection has, from its accept, to finish its TLS
+    /// handshake and send its first request with the cluster token.
     pub handshake_deadline: Duration,
-    /// Handshakes in progress at once, from everyone.
-    pub max_handshakes: usize,
-    /// Handshakes in progress at once from one IP address.
-    pub max_handshakes_per_peer: usize,
+    /// Connections without an authenticated request yet, from everyone:
+    /// past it the oldest is dropped.
+    pub max_unauthenticated: usize,
+    /// The same, from one IP address.
+    pub max_unauthenticated_per_peer: usize,
+    /// Authenticated connections held at once: past it a new connection's
+    /// first request is refused with `ResourceExhausted`.
+    pub max_connections: usize,
+    /// The same, from one IP address.
+    pub max_connections_per_peer: usize,
+    /// An authenticated connection with no request in progress this long
+    /// is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { handshake_deadline: Duration::from_secs(10), max_handshakes: 1024, max_handshakes_per_peer: 256 }
+        Self {
+            handshake_deadline: Duration::from_secs(10),
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_peer: 256,
+            max_connections: 16_384,
+            max_connections_per_peer: 4096,
+            idle_timeout: Duration::from_secs(300),
+        }
     }
 }
 
-/// An accepted connection: plain (no token), or TLS. Its first bytes may
-/// have been read already (to tell a bulk request from HTTP/2): they are
-/// read again first.
-pub enum Conn {
+/// An accepted connection, handed to tonic once its TLS handshake (if
+/// any) is done. Its first bytes may have been read already (to tell a
+/// bulk request from HTTP/2): they are read again first. It fails its next
+/// read or write once its server's table closes it.
+pub struct Conn {
+    io: ConnIo,
+    info: ConnInfo,
+    _ticket: Ticket,
+}
+
+enum ConnIo {
     /// Plaintext: a cluster started with `--insecure`.
-    Plain(Prefixed<TcpStream>, TcpConnectInfo),
+    Plain(Prefixed<TcpStream>),
     /// TLS, the peer authenticated by its certificate.
-    Tls(Box<Prefixed<tokio_rustls::server::TlsStream<TcpStream>>>, TcpConnectInfo),
+    Tls(Box<Prefixed<tokio_rustls::server::TlsStream<TcpStream>>>),
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        match self {
-            Conn::Plain(_, i) | Conn::Tls(_, i) => i.clone(),
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl Conn {
+    fn closed(&self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        self.info.state.closing(cx).then(|| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed by the server (idle, or over a bound)"))
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
         }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -106,7 +167,7 @@ macro_rules! io_enum {
 trait IoStream: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> IoStream for T {}
 
-io_enum!(Conn, Conn::Plain(s, _) => s, Conn::Tls(s, _) => s);
+io_enum!(ConnIo, ConnIo::Plain(s) => s, ConnIo::Tls(s) => s);
 
 /// A log line at most once per interval, counting what it held back.
 pub struct RateLimitedLog {
@@ -136,80 +197,6 @@ impl RateLimitedLog {
     }
 }
 
-/// Handshakes in flight, in total and by peer address, oldest first.
-///
-/// When a bound is reached, the oldest handshake in progress (of that
-/// peer, when the peer's own bound is reached) is dropped to make room:
-/// a real client finishes its handshake in milliseconds, so a standing
-/// flood of connections that never speak is what gets evicted, and a
-/// `shoal status` from the same address still gets through.
-#[derive(Default)]
-struct InFlight {
-    next: u64,
-    pending: std::collections::BTreeMap<u64, (IpAddr, Option<tokio::task::AbortHandle>)>,
-    by_peer: HashMap<IpAddr, std::collections::BTreeSet<u64>>,
-}
-
-impl InFlight {
-    fn remove(&mut self, id: u64) -> Option<Option<tokio::task::AbortHandle>> {
-        let (peer, handle) = self.pending.remove(&id)?;
-        if let Some(ids) = self.by_peer.get_mut(&peer) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                self.by_peer.remove(&peer);
-            }
-        }
-        Some(handle)
-    }
-}
-
-struct Slot {
-    table: Arc<Mutex<InFlight>>,
-    id: u64,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.table.lock().unwrap_or_else(|p| p.into_inner()).remove(self.id);
-    }
-}
-
-/// Takes a handshake slot for `peer`, evicting the oldest handshake in the
-/// way; returns the slot and how many it evicted.
-fn admit(table: &Arc<Mutex<InFlight>>, peer: IpAddr, limits: &Limits) -> (Slot, usize) {
-    let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-    let mut evicted = 0;
-    loop {
-        let mine = t.by_peer.get(&peer).map_or(0, |s| s.len());
-        let victim = if mine >= limits.max_handshakes_per_peer.max(1) {
-            t.by_peer.get(&peer).and_then(|s| s.first().copied())
-        } else if t.pending.len() >= limits.max_handshakes.max(1) {
-            t.pending.keys().next().copied()
-        } else {
-            break;
-        };
-        let Some(victim) = victim else { break };
-        if let Some(Some(h)) = t.remove(victim) {
-            h.abort();
-        }
-        evicted += 1;
-    }
-    let id = t.next;
-    t.next += 1;
-    t.pending.insert(id, (peer, None));
-    t.by_peer.entry(peer).or_default().insert(id);
-    (Slot { table: table.clone(), id }, evicted)
-}
-
-fn set_abort(table: &Mutex<InFlight>, id: u64, h: tokio::task::AbortHandle) {
-    let mut t = table.lock().unwrap_or_else(|p| p.into_inner());
-    match t.pending.get_mut(&id) {
-        Some(e) => e.1 = Some(h),
-        // Already finished (its slot is gone): nothing to abort later.
-        None => drop(t),
-    }
-}
-
 /// The connections a server on `listener` serves: TLS with `tls`, plain
 /// without. `what` names the server in logs ("head", "object store").
 pub fn incoming(
@@ -221,10 +208,10 @@ pub fn incoming(
     bulk: Option<BulkHandler>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let registry = Registry::new(limits, what, errors.clone());
+    registry.spawn_sweeper(Duration::from_millis(250));
     tokio::spawn(async move {
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-        let table = Arc::new(Mutex::new(InFlight::default()));
-        let over_log = Arc::new(RateLimitedLog::new(Duration::from_secs(1)));
         let fail_log = Arc::new(RateLimitedLog::new(Duration::from_secs(1)));
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -238,49 +225,41 @@ pub fn incoming(
                 }
             };
             let _ = stream.set_nodelay(true);
-            let info = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: Some(peer) };
-            let Some(acceptor) = &acceptor else {
-                let (tx, bulk) = (tx.clone(), bulk.clone());
-                let deadline = limits.handshake_deadline;
-                tokio::spawn(async move {
-                    if let Some(stream) = split_bulk(stream, bulk.as_ref(), deadline).await {
-                        let _ = tx.send(Ok(Conn::Plain(stream, info))).await;
-                    }
-                });
-                continue;
-            };
-            let (slot, evicted) = admit(&table, peer.ip(), &limits);
-            for _ in 0..evicted {
-                errors.refused(Refusal::Evicted);
-            }
-            if evicted > 0 {
-                over_log.hit(|held| tracing::warn!(%peer, server = what, evicted, held_back = held, "too many TLS handshakes in progress: dropped the oldest"));
-            }
-            let id = slot.id;
+            let tcp = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: Some(peer) };
+            let ticket = registry.admit(peer.ip());
+            let id = ticket.id();
             let (acceptor, tx, fail_log, errors, bulk) = (acceptor.clone(), tx.clone(), fail_log.clone(), errors.clone(), bulk.clone());
             let task = tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
-                let r = tokio::time::timeout(limits.handshake_deadline, acceptor.accept(stream)).await;
-                drop(slot);
-                match r {
-                    Ok(Ok(s)) => {
-                        let left = limits.handshake_deadline.saturating_sub(started.elapsed());
-                        if let Some(s) = split_bulk(s, bulk.as_ref(), left).await {
-                            let _ = tx.send(Ok(Conn::Tls(Box::new(s), info))).await;
+                let io = match acceptor {
+                    None => match split_bulk(stream, bulk.as_ref(), limits.handshake_deadline).await {
+                        Some(s) => ConnIo::Plain(s),
+                        None => return,
+                    },
+                    Some(acceptor) => match tokio::time::timeout(limits.handshake_deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let left = limits.handshake_deadline.saturating_sub(started.elapsed());
+                            match split_bulk(s, bulk.as_ref(), left).await {
+                                Some(s) => ConnIo::Tls(Box::new(s)),
+                                None => return,
+                            }
                         }
-                    }
-                    Ok(Err(e)) => {
-                        let (why, text) = handshake_reason(&e);
-                        errors.refused(why);
-                        refused(&fail_log, peer, what, &text)
-                    }
-                    Err(_) => {
-                        errors.refused(Refusal::Timeout);
-                        refused(&fail_log, peer, what, "no TLS handshake within the deadline")
-                    }
-                }
+                        Ok(Err(e)) => {
+                            let (why, text) = handshake_reason(&e);
+                            errors.refused(why);
+                            return refused(&fail_log, peer, what, &text);
+                        }
+                        Err(_) => {
+                            errors.refused(Refusal::Timeout);
+                            return refused(&fail_log, peer, what, "no TLS handshake within the deadline");
+                        }
+                    },
+                };
+                // Dropped meanwhile (a flood made room): nothing to serve.
+                let Some((info, ticket)) = ticket.into_conn(tcp) else { return };
+                let _ = tx.send(Ok(Conn { io, info, _ticket: ticket })).await;
             });
-            set_abort(&table, id, task.abort_handle());
+            registry.set_handshake(id, task.abort_handle());
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -375,29 +354,6 @@ impl tower_service::Service<http::Uri> for Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_full_table_evicts_the_oldest_handshake_of_the_peer_then_the_oldest_overall() {
-        let table = Arc::new(Mutex::new(InFlight::default()));
-        let limits = Limits { handshake_deadline: Duration::from_secs(1), max_handshakes: 3, max_handshakes_per_peer: 2 };
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let (a1, e) = admit(&table, a, &limits);
-        assert_eq!(e, 0);
-        let (a2, _) = admit(&table, a, &limits);
-        let (a3, e) = admit(&table, a, &limits);
-        assert_eq!(e, 1, "the peer's bound: its oldest goes");
-        let live = |t: &Arc<Mutex<InFlight>>| t.lock().unwrap().pending.keys().copied().collect::<Vec<_>>();
-        assert_eq!(live(&table), vec![a2.id, a3.id]);
-        let (b1, e) = admit(&table, b, &limits);
-        assert_eq!(e, 0);
-        let (b2, e) = admit(&table, b, &limits);
-        assert_eq!(e, 1, "the total bound: the oldest of all goes");
-        assert_eq!(live(&table), vec![a3.id, b1.id, b2.id]);
-        drop(a1);
-        drop(b1);
-        assert_eq!(live(&table), vec![a3.id, b2.id], "a finished handshake frees its slot; an evicted one's drop is harmless");
-        assert!(table.lock().unwrap().by_peer.values().map(|s| s.len()).sum::<usize>() == 2);
-    }
 
     #[test]
     fn a_rate_limited_log_speaks_once_per_interval_and_counts_the_rest() {

@@ -1,9 +1,10 @@
 //! What a server refused or answered with an error, counted for
 //! `/metrics`: connections refused before they were authenticated (by
 //! reason) and requests answered with a non-OK gRPC status (by method and
-//! code). [`CountErrors`] wraps a tonic service (outside the token check,
-//! so refused tokens count too); [`crate::net::incoming`] counts the
-//! refused connections.
+//! code), connections closed idle, and the connections held.
+//! [`CountErrors`] wraps a tonic service (outside the token check, so
+//! refused tokens count too); [`crate::net::incoming`] and
+//! [`crate::conns`] count the connections.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -22,13 +23,18 @@ pub enum Refusal {
     Handshake,
     /// It did not finish its handshake within the deadline.
     Timeout,
-    /// Dropped because too many handshakes were in progress.
+    /// Dropped to make room: too many connections without an
+    /// authenticated request were open.
     Evicted,
+    /// It sent no authenticated request within the deadline.
+    NoRequest,
+    /// Over the bound on authenticated connections (per peer or total).
+    TooMany,
 }
 
 impl Refusal {
     /// Every reason, in the order of [`Refusal::label`]s.
-    pub const ALL: [Refusal; 4] = [Refusal::WrongToken, Refusal::Handshake, Refusal::Timeout, Refusal::Evicted];
+    pub const ALL: [Refusal; 6] = [Refusal::WrongToken, Refusal::Handshake, Refusal::Timeout, Refusal::Evicted, Refusal::NoRequest, Refusal::TooMany];
 
     /// The `reason` label.
     pub fn label(self) -> &'static str {
@@ -36,7 +42,9 @@ impl Refusal {
             Refusal::WrongToken => "wrong_token",
             Refusal::Handshake => "handshake_failed",
             Refusal::Timeout => "handshake_timeout",
-            Refusal::Evicted => "too_many_handshakes",
+            Refusal::Evicted => "too_many_unauthenticated",
+            Refusal::NoRequest => "no_request",
+            Refusal::TooMany => "too_many_connections",
         }
     }
 }
@@ -48,8 +56,11 @@ const MAX_KEYS: usize = 128;
 /// A server's refusals and error answers since it started.
 #[derive(Debug, Default)]
 pub struct RpcErrors {
-    refused: [AtomicU64; 4],
+    refused: [AtomicU64; 6],
     answered: Mutex<BTreeMap<(String, i32), u64>>,
+    closed_idle: AtomicU64,
+    unauthenticated: AtomicU64,
+    authenticated: AtomicU64,
 }
 
 impl RpcErrors {
@@ -63,6 +74,29 @@ impl RpcErrors {
     /// Refused connections so far, by reason.
     pub fn refusals(&self) -> Vec<(Refusal, u64)> {
         Refusal::ALL.iter().map(|r| (*r, self.refused.get(*r as usize).map_or(0, |c| c.load(Ordering::Relaxed)))).collect()
+    }
+
+    /// Counts a connection closed for being idle.
+    pub fn closed_idle(&self) {
+        self.closed_idle.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed for being idle so far.
+    pub fn idle_closes(&self) -> u64 {
+        self.closed_idle.load(Ordering::Relaxed)
+    }
+
+    /// Records the connections held now: without and with an
+    /// authenticated request.
+    pub fn set_connections(&self, unauthenticated: usize, authenticated: usize) {
+        self.unauthenticated.store(unauthenticated as u64, Ordering::Relaxed);
+        self.authenticated.store(authenticated as u64, Ordering::Relaxed);
+    }
+
+    /// (unauthenticated, authenticated) connections held, as of the last
+    /// sweep (four a second).
+    pub fn connections(&self) -> (u64, u64) {
+        (self.unauthenticated.load(Ordering::Relaxed), self.authenticated.load(Ordering::Relaxed))
     }
 
     /// Counts a request to `path` answered with gRPC status `code` (not 0).

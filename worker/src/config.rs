@@ -44,6 +44,9 @@ pub struct WorkerConfig {
     /// On unless `SHOAL_MAP_PEER_STORES=0` (to measure the network path on
     /// one machine).
     pub map_peer_stores: bool,
+    /// Bounds on the connections the object store's port holds, its
+    /// handshake deadline and idle timeout.
+    pub connections: shoal_proto::net::Limits,
 }
 
 impl WorkerConfig {
@@ -66,6 +69,7 @@ impl WorkerConfig {
             local_head: None,
             metrics_listen: None,
             map_peer_stores: std::env::var("SHOAL_MAP_PEER_STORES").map_or(true, |v| v != "0"),
+            connections: shoal_proto::net::Limits::default(),
         }
     }
 }

@@ -121,7 +121,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
     let object_listener = tokio::net::TcpListener::bind(config.object_listen).await?;
     let object_port = object_listener.local_addr()?.port();
     let metrics = Arc::new(crate::metrics::WorkerMetrics::new());
-    let object_server = crate::transfer::serve(store.clone(), object_listener, config.token.as_deref(), metrics.rpc_errors.clone())
+    let object_server = crate::transfer::serve(store.clone(), object_listener, config.token.as_deref(), config.connections, metrics.rpc_errors.clone())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("object store TLS: {e}")))?;
     let accept = tokio::spawn(executors::accept_loop(listener, events.clone()));
     let mut metrics_port = 0;

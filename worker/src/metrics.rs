@@ -43,6 +43,8 @@ pub(crate) struct WorkerMetrics {
     pub(crate) rpc_errors: Arc<shoal_proto::rpc_errors::RpcErrors>,
     rpc_error_series: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
+    connections: Family<Labels, Gauge>,
+    closed_idle: Counter,
 }
 
 impl WorkerMetrics {
@@ -65,6 +67,8 @@ impl WorkerMetrics {
             rpc_errors: Default::default(),
             rpc_error_series: Family::default(),
             refused: Family::default(),
+            connections: Family::default(),
+            closed_idle: Counter::default(),
         };
         registry.register("executors", "Executor processes alive", m.executors.clone());
         registry.register("executors_started", "Executor processes started", m.executors_started.clone());
@@ -84,6 +88,12 @@ impl WorkerMetrics {
         registry.register("object_store_bytes", "This node's object store, by kind (capacity, used, pinned, spilled)", m.store.clone());
         registry.register("rpc_errors", "Object-store requests answered with an error status, by method and gRPC code", m.rpc_error_series.clone());
         registry.register("connections_refused", "Object-store connections refused before a request, by reason", m.refused.clone());
+        registry.register(
+            "connections",
+            "Connections the object store's port holds, by state (unauthenticated: no request with the token yet)",
+            m.connections.clone(),
+        );
+        registry.register("connections_closed_idle", "Object-store connections closed after the idle timeout", m.closed_idle.clone());
         for (outcome, path) in [("ok", "network"), ("ok", "shared_memory"), ("failed", "none")] {
             let _ = m.transfers.get_or_create(&vec![("outcome".to_string(), outcome.to_string()), ("path".to_string(), path.to_string())]);
         }
@@ -116,6 +126,10 @@ impl WorkerMetrics {
         for (why, n) in self.rpc_errors.refusals() {
             to_total(&self.refused.get_or_create(&label(&[("reason", why.label())])), n);
         }
+        let (unauthenticated, authenticated) = self.rpc_errors.connections();
+        self.connections.get_or_create(&label(&[("state", "unauthenticated")])).set(unauthenticated as i64);
+        self.connections.get_or_create(&label(&[("state", "authenticated")])).set(authenticated as i64);
+        to_total(&self.closed_idle, self.rpc_errors.idle_closes());
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "encoding the metrics");

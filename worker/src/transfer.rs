@@ -168,6 +168,7 @@ pub fn serve(
     store: Arc<Store>,
     listener: tokio::net::TcpListener,
     token: Option<&str>,
+    limits: shoal_proto::net::Limits,
     errors: Arc<shoal_proto::rpc_errors::RpcErrors>,
 ) -> Result<tokio::task::JoinHandle<()>, shoal_proto::tls::TlsProblem> {
     let (store_fd, store_ino) = (store.arena().fd() as u32, store.arena().inode());
@@ -176,10 +177,10 @@ pub fn serve(
     let svc = ObjectStoreServer::new(service)
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
-    let svc = tonic::service::interceptor::InterceptedService::new(svc, shoal_proto::auth::CheckToken::new(token));
+    let svc = shoal_proto::conns::Guard::new(svc, token);
     let svc = shoal_proto::rpc_errors::CountErrors::new(svc, errors.clone());
     let tls = token.map(|t| shoal_proto::tls::server_config(Some(t), None, shoal_proto::tls::STORE_NAME)).transpose()?;
-    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "object store", errors, Some(bulk_handler(bulk_store)));
+    let incoming = shoal_proto::net::incoming(listener, tls, limits, "object store", errors, Some(bulk_handler(bulk_store)));
     Ok(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .initial_stream_window_size(8 << 20)
@@ -287,7 +288,10 @@ pub struct Peers {
     token: Option<String>,
     /// This process's [`host_key`]; empty: never map (turned off, or unknown).
     host_key: String,
-    clients: std::sync::Mutex<std::collections::HashMap<String, shoal_proto::client::StoreClient>>,
+    /// Channels by address, with when each was last taken: one unused for
+    /// [`shoal_proto::conns::CLIENT_REUSE`] is dialled anew, so the peer's
+    /// idle timeout never closes it under a pull.
+    clients: std::sync::Mutex<std::collections::HashMap<String, (shoal_proto::client::StoreClient, std::time::Instant)>>,
     /// Bulk dialers by address (their TLS set up once).
     dialers: std::sync::Mutex<std::collections::HashMap<String, shoal_proto::bulk::BulkDialer>>,
     /// Mapped peer stores by (pid, inode): a restarted peer maps anew.
@@ -336,7 +340,10 @@ impl Peers {
     }
 
     async fn client(&self, address: &str) -> Result<shoal_proto::client::StoreClient, String> {
-        if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(address) {
+        if let Some((c, used)) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get_mut(address)
+            && used.elapsed() < shoal_proto::conns::CLIENT_REUSE
+        {
+            *used = std::time::Instant::now();
             return Ok(c.clone());
         }
         let c = shoal_proto::client::connect_store(address, self.token.as_deref(), Duration::from_secs(5)).await.map_err(|e| match e {
@@ -347,7 +354,7 @@ impl Peers {
         if m.len() >= MAX_PEERS {
             m.clear();
         }
-        m.insert(address.to_string(), c.clone());
+        m.insert(address.to_string(), (c.clone(), std::time::Instant::now()));
         Ok(c)
     }
 
@@ -706,7 +713,7 @@ mod tests {
         store.seal(7).unwrap();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = l.local_addr().unwrap().to_string();
-        let server = serve(store.clone(), l, None, Default::default()).unwrap();
+        let server = serve(store.clone(), l, None, Default::default(), Default::default()).unwrap();
         (store, server, address, data, dir)
     }
 

@@ -35,6 +35,9 @@ pub struct HeadConfig {
     pub task_events: usize,
     /// Serve the dashboard and `/metrics` here (`None`: no dashboard).
     pub dashboard: Option<std::net::SocketAddr>,
+    /// Bounds on the connections the head's port holds, its handshake
+    /// deadline and idle timeout.
+    pub connections: shoal_proto::net::Limits,
 }
 
 /// Task rows kept by default (about 15 MB).
@@ -72,6 +75,7 @@ impl HeadConfig {
             admission: super::AdmissionLimits::default(),
             task_events: DEFAULT_TASK_EVENTS,
             dashboard: None,
+            connections: shoal_proto::net::Limits::default(),
         }
     }
 }

@@ -75,6 +75,8 @@ pub(crate) struct HeadMetrics {
     events_dropped: Counter,
     rpc_errors: Family<Labels, Counter>,
     refused: Family<Labels, Counter>,
+    connections: Family<Labels, Gauge>,
+    closed_idle: Counter,
 }
 
 fn l(pairs: &[(&str, &str)]) -> Labels {
@@ -119,6 +121,8 @@ impl HeadMetrics {
             events_dropped: Counter::default(),
             rpc_errors: Family::default(),
             refused: Family::default(),
+            connections: Family::default(),
+            closed_idle: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("tasks", "Unfinished tasks by state (pending: waiting for inputs or a node; running: on a node)", m.tasks.clone());
@@ -147,6 +151,8 @@ impl HeadMetrics {
         registry.register("task_events_dropped", "Task rows dropped from the bounded store", m.events_dropped.clone());
         registry.register("rpc_errors", "Requests the head answered with an error status, by method and gRPC code", m.rpc_errors.clone());
         registry.register("connections_refused", "Connections the head refused before a request, by reason", m.refused.clone());
+        registry.register("connections", "Connections the head's port holds, by state (unauthenticated: no request with the token yet)", m.connections.clone());
+        registry.register("connections_closed_idle", "Connections the head closed after its idle timeout", m.closed_idle.clone());
         HeadMetrics { registry, ..m }
     }
 
@@ -230,6 +236,10 @@ impl HeadMetrics {
         for (why, n) in e.refusals() {
             to_total(&self.refused.get_or_create(&l(&[("reason", why.label())])), n);
         }
+        let (unauthenticated, authenticated) = e.connections();
+        self.connections.get_or_create(&l(&[("state", "unauthenticated")])).set(unauthenticated as i64);
+        self.connections.get_or_create(&l(&[("state", "authenticated")])).set(authenticated as i64);
+        to_total(&self.closed_idle, e.idle_closes());
     }
 
     /// The text exposition format.

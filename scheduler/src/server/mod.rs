@@ -36,7 +36,6 @@ use cmd::Cmd;
 use grpc::HeadService;
 use persistence::LoopState;
 use sessions::InProcessHead;
-use shoal_proto::auth;
 use shoal_proto::local::LocalLink;
 use shoal_proto::pb::head_server::HeadServer;
 use shoal_store::binaries::BinaryStore;
@@ -182,7 +181,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
     let svc = HeadServer::new(service)
         .max_decoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(shoal_domain::limits::MAX_MESSAGE_BYTES);
-    let svc = tonic::service::interceptor::InterceptedService::new(svc, auth::CheckToken::new(config.token.as_deref()));
+    let svc = shoal_proto::conns::Guard::new(svc, config.token.as_deref());
     let svc = shoal_proto::rpc_errors::CountErrors::new(svc, rpc_errors.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     // With a token, every connection is TLS from the cluster CA the token
@@ -202,7 +201,7 @@ pub async fn start(config: HeadConfig, listener: tokio::net::TcpListener) -> std
         None
     };
     let encrypted = tls.is_some();
-    let incoming = shoal_proto::net::incoming(listener, tls, shoal_proto::net::Limits::default(), "head", rpc_errors, None);
+    let incoming = shoal_proto::net::incoming(listener, tls, config.connections, "head", rpc_errors, None);
     let builder = tonic::transport::Server::builder();
     let server = tokio::spawn(async move {
         let res = builder
