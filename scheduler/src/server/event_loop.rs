@@ -32,6 +32,8 @@ pub(super) struct Loop {
     admission: Admission,
     /// Answers the state API reuses between queries.
     state_cache: super::state::StateCache,
+    /// When to hand freed memory back again after tables shrank.
+    trims: Vec<Instant>,
 }
 
 impl Loop {
@@ -45,6 +47,7 @@ impl Loop {
             heartbeat_interval,
             admission: Admission::new(limits),
             state_cache: Default::default(),
+            trims: Vec::new(),
         }
     }
 
@@ -69,7 +72,14 @@ impl Loop {
                         }
                     }
                 }
-                _ = tick.tick() => self.core.tick(Instant::now(), &mut self.out),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.core.tick(now, &mut self.out);
+                    if self.trims.first().is_some_and(|t| *t <= now) {
+                        self.trims.retain(|t| *t > now);
+                        release_free_memory();
+                    }
+                }
             }
             self.flush();
         }
@@ -91,6 +101,11 @@ impl Loop {
         }
         if self.core.take_shrunk() {
             release_free_memory();
+            // What a big job leaves is freed over the next seconds too (its
+            // sessions' buffers, the log's compaction, other threads'
+            // arenas): hand it back again then.
+            let now = Instant::now();
+            self.trims = vec![now + Duration::from_secs(2), now + Duration::from_secs(10)];
         }
         for job in self.out.lingering.drain(..) {
             self.state.compact(&self.core, job);
