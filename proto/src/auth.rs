@@ -79,9 +79,7 @@ impl CheckToken {
     pub fn new(token: Option<&str>) -> Self {
         Self { expected: token.map(|t| std::sync::Arc::new(format!("Bearer {}", t.trim()).into_bytes())) }
     }
-}
 
-impl CheckToken {
     /// Whether an `authorization` header value carries the token; the
     /// `Unauthenticated` status to answer with if not.
     pub fn check(&self, header: Option<&[u8]>) -> Result<(), Status> {

@@ -73,13 +73,18 @@ impl ConnState {
         self.waker.wake();
     }
 
+    /// Whether it was asked to close.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     /// Whether it was asked to close; registers `cx` to hear when it is.
     pub(crate) fn closing(&self, cx: &mut Context<'_>) -> bool {
-        if self.closing.load(Ordering::Acquire) {
+        if self.is_closing() {
             return true;
         }
         self.waker.register(cx.waker());
-        self.closing.load(Ordering::Acquire)
+        self.is_closing()
     }
 }
 
@@ -334,7 +339,10 @@ impl Registry {
 
     /// Closes the connections due, counts and logs them.
     fn sweep(&self) {
-        let due = self.table().sweep(self.now_ms(), &self.limits);
+        let (due, (unproven, established)) = {
+            let mut t = self.table();
+            (t.sweep(self.now_ms(), &self.limits), t.counts())
+        };
         for (c, why) in due {
             c.close();
             let what = self.what;
@@ -351,7 +359,6 @@ impl Registry {
                 }
             }
         }
-        let (unproven, established) = self.table().counts();
         self.errors.set_connections(unproven, established);
     }
 
@@ -412,11 +419,6 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// The connection's TCP addresses.
-    pub fn tcp(&self) -> &TcpConnectInfo {
-        &self.tcp
-    }
-
     /// Makes this connection established on its first authenticated
     /// request; the status to answer with when a bound is reached.
     fn establish(&self) -> Result<(), tonic::Status> {

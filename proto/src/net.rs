@@ -1,12 +1,13 @@
 //! Connections at the edge: what a gRPC server accepts and what a client
 //! dials, encrypted when the cluster has a token ([`crate::tls`]).
 //!
-//! A server's [`incoming`] accepts on its listener, holds each new
-//! connection to a handshake deadline, bounds how many handshakes run at
-//! once (in total and per peer address), and hands tonic only connections
-//! that completed it. A flood of idle or unauthenticated connections
-//! therefore costs a bounded number of sockets for a bounded time, and the
-//! refusals are logged at most once a second.
+//! A server's [`incoming`] accepts on its listener, gives each new
+//! connection a place in the server's table of connections
+//! ([`crate::conns`]: deadlines, bounds, the idle timeout), and hands
+//! tonic only connections that completed their TLS handshake. A flood of
+//! idle or unauthenticated connections therefore costs a bounded number of
+//! sockets for a bounded time, and the refusals are logged at most once a
+//! second.
 
 use crate::bulk::{BulkHandler, MAGIC, Prefixed, read_prefix};
 use crate::conns::{ConnInfo, Registry, Ticket};
@@ -78,16 +79,16 @@ impl Connected for Conn {
     }
 }
 
-impl Conn {
-    fn closed(&self, cx: &mut Context<'_>) -> Option<std::io::Error> {
-        self.info.state.closing(cx).then(|| std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed by the server (idle, or over a bound)"))
-    }
+fn closed_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed by the server (idle, past its deadline, or dropped to make room)")
 }
 
 impl AsyncRead for Conn {
+    /// The read side is what hears a close: hyper always has a read
+    /// pending, so the table's wake-up reaches the connection's task here.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if let Some(e) = self.closed(cx) {
-            return Poll::Ready(Err(e));
+        if self.info.state.closing(cx) {
+            return Poll::Ready(Err(closed_error()));
         }
         Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
@@ -95,14 +96,14 @@ impl AsyncRead for Conn {
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        if let Some(e) = self.closed(cx) {
-            return Poll::Ready(Err(e));
+        if self.info.state.is_closing() {
+            return Poll::Ready(Err(closed_error()));
         }
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        if let Some(e) = self.closed(cx) {
-            return Poll::Ready(Err(e));
+        if self.info.state.is_closing() {
+            return Poll::Ready(Err(closed_error()));
         }
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
