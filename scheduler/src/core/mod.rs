@@ -407,6 +407,11 @@ pub struct Core {
     tasks: IdMap<TaskId, Box<Task>>,
     objects: IdMap<ObjectId, Object>,
     ready: VecDeque<TaskId>,
+    /// About how many ids in `ready` are of tasks gone (cancelled, failed,
+    /// their job ended) that no pass has skipped yet: with no free CPU no
+    /// pass runs, and a job of a million queued tasks that ended left its
+    /// million ids there. When they are most of the queue it is compacted.
+    ready_stale: usize,
     counts: TaskCounts,
     total_credits: u64,
     /// Alive nodes in id order, rebuilt only when membership changes.
@@ -434,6 +439,17 @@ impl Core {
     /// Tasks of every job not finished yet.
     pub fn unfinished_total(&self) -> u64 {
         self.tasks.len() as u64
+    }
+
+    /// Drops the ids of tasks gone from the ready queue once they are
+    /// most of it (more than 4,096): linear in the queue, so at most once
+    /// per as many removals as the queue then holds.
+    fn compact_ready(&mut self) {
+        if self.ready_stale > 4096 && self.ready_stale * 2 > self.ready.len() {
+            let tasks = &self.tasks;
+            self.ready.retain(|id| tasks.get(id).is_some_and(|t| t.state == TaskState::Ready));
+            self.ready_stale = 0;
+        }
     }
 
     /// Gives back the room of tables that shrank to a quarter of it (a
@@ -487,6 +503,7 @@ impl Core {
             tasks: IdMap::default(),
             objects: IdMap::default(),
             ready: VecDeque::new(),
+            ready_stale: 0,
             counts: TaskCounts::default(),
             total_credits: 0,
             alive: Vec::new(),
@@ -1090,7 +1107,11 @@ impl Core {
             let Some(task) = self.tasks.remove(id) else { continue };
             self.task_gone(task.job);
             match task.state {
-                TaskState::Waiting | TaskState::Ready => self.counts.queued = self.counts.queued.saturating_sub(1),
+                TaskState::Waiting => self.counts.queued = self.counts.queued.saturating_sub(1),
+                TaskState::Ready => {
+                    self.counts.queued = self.counts.queued.saturating_sub(1);
+                    self.ready_stale += 1;
+                }
                 TaskState::Dispatched(slot) => {
                     self.counts.running = self.counts.running.saturating_sub(1);
                     if let Some(n) = self.slots.get(slot as usize).copied()
@@ -1200,6 +1221,7 @@ impl Core {
             }
         }
         tracing::info!(job, name = %j.name, dropped_tasks = mine.len(), "job finished");
+        self.compact_ready();
         self.shrink_tables();
         out.job_ended(job);
         // Jobs its tasks started end with it (their executors are gone).
@@ -1464,6 +1486,8 @@ impl Core {
                 }
             }
         }
+        self.compact_ready();
+        self.shrink_tables();
     }
 
     /// A node reports finished tasks.
@@ -1802,7 +1826,11 @@ impl Core {
             self.task_gone(task.job);
             out.task_event(tid, task.func, TaskEvent::Failed { failure: &f, was_running: matches!(task.state, TaskState::Dispatched(_)) });
             match task.state {
-                TaskState::Waiting | TaskState::Ready => self.counts.queued = self.counts.queued.saturating_sub(1),
+                TaskState::Waiting => self.counts.queued = self.counts.queued.saturating_sub(1),
+                TaskState::Ready => {
+                    self.counts.queued = self.counts.queued.saturating_sub(1);
+                    self.ready_stale += 1;
+                }
                 TaskState::Dispatched(slot) => {
                     self.counts.running = self.counts.running.saturating_sub(1);
                     if let Some(node) = self.slots.get(slot as usize).and_then(|n| self.nodes.get_mut(n))
@@ -1923,10 +1951,10 @@ impl Core {
         while budget > 0 && self.total_credits > 0 {
             budget -= 1;
             let Some(tid) = self.ready.pop_front() else { break };
-            let Some(task) = self.tasks.get(&tid) else { continue };
-            if task.state != TaskState::Ready {
+            let Some(task) = self.tasks.get(&tid).filter(|t| t.state == TaskState::Ready) else {
+                self.ready_stale = self.ready_stale.saturating_sub(1);
                 continue;
-            }
+            };
             if self.recovering_until.is_some() && self.inputs_on_absent_nodes(task) {
                 deferred.push(tid);
                 continue;

@@ -312,6 +312,32 @@ fn cancel_queued_never_runs_and_cancel_running_asks_the_node() {
 }
 
 #[test]
+fn queued_tasks_that_went_leave_no_ids_in_the_ready_queue() {
+    // No node, so no scheduling pass ever runs to skip them: a job of
+    // many queued tasks that ended, and a cancelled batch, must not leave
+    // their ids (memory the head never gets back) behind.
+    let mut core = Core::new(CoreConfig::default());
+    let mut out = Rec::default();
+    let job = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    let other = job_with(&mut core, &[("g", ResourceSet::cpus(1.0), 0)]);
+    core.submit(other, (1..=10).map(|s| task(other, s, 0, vec![])).collect(), &mut out);
+    core.submit(job, (1..=20_000).map(|s| task(job, s, 0, vec![])).collect(), &mut out);
+    assert_eq!(core.ready.len(), 20_010);
+    core.job_disconnected(job, &mut out);
+    assert_eq!(core.ready.iter().copied().collect::<Vec<_>>(), (1..=10).map(|s| ObjectId::new(other, s)).collect::<Vec<_>>());
+    assert!(core.ready.capacity() < 20_000, "the queue gave its room back: {}", core.ready.capacity());
+    core.submit(other, (11..=10_010).map(|s| task(other, s, 0, vec![])).collect(), &mut out);
+    let cancelled: Vec<TaskId> = (11..=9_010).map(|s| ObjectId::new(other, s)).collect();
+    core.cancel(other, &cancelled, &mut out);
+    assert_eq!(core.ready.len(), 1_010, "the 10 first and the 1,000 not cancelled stay, in order");
+    assert!(core.ready.iter().copied().eq((1..=10).chain(9_011..=10_010).map(|s| ObjectId::new(other, s))));
+    assert_eq!(core.snapshot(t0()).tasks.queued, 1_010);
+    // A few stale ids are left for the pass to skip, not compacted each time.
+    core.cancel(other, &[ObjectId::new(other, 1)], &mut out);
+    assert_eq!(core.ready.len(), 1_010);
+}
+
+#[test]
 fn job_disconnect_drops_its_work_and_frees_executors() {
     let mut core = Core::new(CoreConfig::default());
     let mut out = Rec::default();
