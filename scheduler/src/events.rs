@@ -14,6 +14,7 @@
 use crate::core::{Failure, JobId, NodeId, ObjectId, TaskId};
 use shoal_domain::state::{FunctionSummary, JobRow, LogLine, PhaseCounts, TaskError, TaskFilter, TaskList, TaskPhase, TaskRow};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// Jobs remembered (running ones always; ended ones up to this many).
 pub const MAX_JOBS: usize = 1024;
@@ -83,7 +84,8 @@ struct Row {
     attempts: u16,
     node: u16,
     phase: TaskPhase,
-    error: Option<Box<TaskError>>,
+    /// Shared: the rows a job's end failed all hold one error.
+    error: Option<Arc<TaskError>>,
 }
 
 fn some(t: u64) -> Option<u64> {
@@ -460,11 +462,14 @@ impl TaskEvents {
             f.tasks.pending = 0;
             f.tasks.running = 0;
         }
+        // One error for all of them: a job of a million queued tasks
+        // leaves up to `capacity` rows here, 13 MB as an error each.
+        let error = Arc::new(TaskError { kind: "job ended".into(), message: "its job ended before it finished".into(), location: String::new() });
         for row in self.rows.of_job_mut(job) {
             if !row.phase.is_done() {
                 row.phase = TaskPhase::Failed;
                 row.ended = now;
-                row.error = Some(Box::new(TaskError { kind: "job ended".into(), message: "its job ended before it finished".into(), location: String::new() }));
+                row.error = Some(error.clone());
             }
         }
     }
@@ -568,7 +573,7 @@ impl TaskEvents {
                 row.run_us = r.run_us.min(u32::MAX as u64) as u32;
                 row.pid = r.pid;
             }
-            row.error = error.map(Box::new);
+            row.error = error.map(Arc::new);
         }
     }
 
