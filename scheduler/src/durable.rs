@@ -82,6 +82,11 @@ impl Log {
     /// the writer thread. `durable(job, seq)` is called (on that thread)
     /// for batches once they are committed.
     pub(crate) fn open(dir: &Path, durable: impl Fn(Vec<(u32, u64)>) + Send + 'static) -> Result<(Log, Replay), LogError> {
+        Self::open_shrinking_at(dir, durable, SHRINK_FILE_BYTES)
+    }
+
+    /// [`Log::open`], the file rewritten when a job ends past `shrink_at` bytes.
+    fn open_shrinking_at(dir: &Path, durable: impl Fn(Vec<(u32, u64)>) + Send + 'static, shrink_at: u64) -> Result<(Log, Replay), LogError> {
         let path = dir.join("head.redb");
         let err = |m: String| LogError { path: path.display().to_string(), message: m };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
@@ -109,10 +114,13 @@ impl Log {
         }
         let mut next: BTreeMap<u32, u64> = replay.jobs.iter().map(|(j, r)| (*j, r.len() as u64)).collect();
         let (tx, rx) = mpsc::channel::<Entry>();
+        let file = path.clone();
+        let mut db = db;
         let writer = std::thread::Builder::new()
             .name("shoal-head-log".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
+                    let mut ends_job = matches!(first, Entry::EndJob(_));
                     // One transaction takes what is waiting, up to
                     // TXN_BYTES: redb holds a transaction's pages in memory
                     // until it commits, so the bound keeps that memory
@@ -123,9 +131,14 @@ impl Log {
                         && let Ok(more) = rx.try_recv()
                     {
                         bytes += more.len();
+                        ends_job |= matches!(more, Entry::EndJob(_));
                         batch.push(more);
                     }
-                    match write(&db, &mut next, batch) {
+                    let wrote = write(&db, &mut next, batch);
+                    if ends_job && wrote.is_ok() {
+                        shrink_file(&mut db, &file, shrink_at);
+                    }
+                    match wrote {
                         Ok(acks) if !acks.is_empty() => durable(acks),
                         Ok(_) => {}
                         // Not acknowledging keeps drivers holding their
@@ -206,6 +219,31 @@ impl Log {
     /// Job ids below `next` are used.
     pub(crate) fn next_job(&self, next: u32) {
         let _ = self.tx.send(Entry::NextJob(next));
+    }
+}
+
+/// A log file this big when a job ends is rewritten to what it still
+/// holds: redb reuses freed pages but never gives them back, and a job of
+/// millions of tasks leaves a file of gigabytes with nothing live in it.
+const SHRINK_FILE_BYTES: u64 = 64 << 20;
+
+/// Rewrites the log file to its live records when a job's end left it
+/// mostly free (after a 1M-task job: ~1 GB to a few hundred KiB).
+fn shrink_file(db: &mut Database, file: &Path, shrink_at: u64) {
+    let before = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if before < shrink_at {
+        return;
+    }
+    let started = std::time::Instant::now();
+    // redb asserts its own invariants while compacting: a panic there is
+    // a log that stays as large as it is, not a head that stops logging.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.compact())) {
+        Ok(Ok(_)) => {
+            let after = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+            tracing::info!(before, after, took_ms = started.elapsed().as_millis() as u64, "the head's log file shrank after a job ended");
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "the head's log file could not be shrunk"),
+        Err(payload) => tracing::error!(panic = %shoal_domain::panic::message(&*payload), "shrinking the head's log file failed"),
     }
 }
 
@@ -370,6 +408,36 @@ mod tests {
         let mut direct = Vec::new();
         prost::encoding::message::encode(2, &msg, &mut direct);
         assert_eq!(direct, pb::LogRecord { kind: Some(pb::log_record::Kind::Batch(msg)) }.encode_to_vec());
+    }
+
+    #[test]
+    fn a_big_file_shrinks_to_what_it_holds_when_a_job_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("head.redb");
+        let big = pb::LogRecord { kind: Some(pb::log_record::Kind::Job(pb::JobStarted { job: 1, name: "x".repeat(4096), ..Default::default() })) };
+        {
+            let (log, _) = Log::open_shrinking_at(dir.path(), |_| {}, 1 << 20).unwrap();
+            log.append(2, &started(2), 0);
+            log.append(1, &started(1), 0);
+            for _ in 0..3000 {
+                log.append(1, &big, 0);
+            }
+            log.close();
+        }
+        let grown = std::fs::metadata(&file).unwrap().len();
+        assert!(grown > 12 << 20, "3,000 records of 4 KiB: {grown} bytes");
+        {
+            let (log, replay) = Log::open_shrinking_at(dir.path(), |_| {}, 1 << 20).unwrap();
+            assert_eq!(replay.jobs[&1].len(), 3001);
+            log.end_job(1);
+            log.close();
+        }
+        let shrunk = std::fs::metadata(&file).unwrap().len();
+        assert!(shrunk < 1 << 20, "job 1 ended: the file shrank from {grown} to {shrunk} bytes");
+        // What is still live survives the rewrite.
+        let (_log, replay) = Log::open(dir.path(), |_| {}).unwrap();
+        assert_eq!(replay.jobs.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert!(matches!(replay.jobs[&2][0].kind, Some(pb::log_record::Kind::Job(_))));
     }
 
     #[test]
