@@ -63,3 +63,62 @@ fn a_held_driver_that_goes_away_does_not_pin_its_job() {
     assert_eq!(c.status()["tasks"]["queued"].as_u64(), Some(0), "the held driver's job did not end:\n{}", c.head_log());
     assert!(c.head_log().contains("job finished"), "{}", c.head_log());
 }
+
+#[test]
+#[ignore = "helper: run by a_big_job_that_ended_leaves_the_head_near_idle"]
+fn helper_driver_queues_a_big_job_and_ends() {
+    if !connect_as_helper_driver() {
+        return;
+    }
+    let refs: Vec<_> = (0..BIG_JOB).map(one::remote).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    wait_for(Duration::from_secs(120), "the head to queue the whole job", || {
+        (rt.block_on(shoal::cluster_status()).unwrap().tasks.queued >= BIG_JOB).then_some(())
+    });
+    drop(refs);
+    rt.block_on(shoal::shutdown());
+}
+
+/// Tasks of the big job: its log file passes the size past which the head
+/// rewrites the file when the job ends (64 MiB).
+const BIG_JOB: u64 = 300_000;
+
+#[test]
+fn a_big_job_that_ended_leaves_the_head_near_idle() {
+    // A head with no node: a driver queues 300,000 tasks and exits. Once
+    // its job ended the head's memory is back near idle (what stays: the
+    // bounded task history and the log's page cache) and its log file is
+    // rewritten to what it still holds, however large the job made it.
+    // A short driver grace: if the driver's goodbye is lost, its job
+    // still ends soon.
+    let c = Cluster::head(&["--driver-grace", "2"]);
+    let status_kb = |field: &str| -> u64 {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", c.head.id())).unwrap();
+        st.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+    };
+    let log_file = c.home.path().join("head-data").join("head.redb");
+    let idle = status_kb("VmRSS:");
+    c.run_helper_driver("helper_driver_queues_a_big_job_and_ends");
+    let peak = status_kb("VmHWM:");
+    wait_for(Duration::from_secs(60), "the job to end", || (c.status()["tasks"]["queued"].as_u64() == Some(0)).then_some(()));
+    // Freed pages go back within seconds (the allocator's decay): the
+    // figure once it held for 3 s.
+    let (mut last, mut held) = (status_kb("VmRSS:"), 0);
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = status_kb("VmRSS:");
+        held = if now.abs_diff(last) < 256 { held + 1 } else { 0 };
+        last = now;
+        if held == 3 {
+            break;
+        }
+    }
+    let size = wait_for(Duration::from_secs(60), "the log file to shrink", || {
+        let n = std::fs::metadata(&log_file).unwrap().len();
+        (n < 1 << 20).then_some(n)
+    });
+    eprintln!("head RSS: idle {idle} kB, peak {peak} kB, after the job {last} kB; log file {size} bytes");
+    assert!(c.head_log().contains("the head's log file shrank"), "{}", c.head_log());
+    assert!(peak > idle + (40 << 10), "300,000 queued tasks took only {} kB", peak - idle);
+    assert!(last < idle + (48 << 10), "after the job the head holds {last} kB (idle {idle} kB, peak {peak} kB)");
+}

@@ -306,9 +306,11 @@ impl Loop {
     }
 }
 
-/// Hands memory the allocator holds free back to the system (glibc keeps
-/// freed pages in its arenas; after a million-task job that is hundreds of
-/// MiB). Called only when the core's tables shrank.
+/// Hands memory glibc's allocator holds free back to the system (it keeps
+/// freed pages in its arenas; after a million-task job, tens of MiB).
+/// Called only when the core's tables shrank. The `shoal` binary
+/// allocates with jemalloc, which returns pages by itself; this is for
+/// heads embedded in programs that use the system allocator.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
