@@ -115,6 +115,11 @@ fn sessions_and_kept_channels_outlive_the_idle_timeout() {
         // it kept; the driver's and workers' sessions are open streams.
         let r = total::remote(make::remote(1 << 20));
         assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), 7 << 20, "round {round}");
+        // The driver puts into, and reads from, this machine's store on
+        // the channel it kept too (a large value: through the store).
+        let big = shoal::put(Buffer::from(vec![7u8; 4 << 20])).unwrap();
+        assert_eq!(total::remote(&big).get_timeout(Duration::from_secs(30)).unwrap(), 7 << 22, "round {round}");
+        assert_eq!(big.get().unwrap().len(), 4 << 20, "round {round}");
         std::thread::sleep(Duration::from_millis(2500));
     }
     let log = c.head_log();

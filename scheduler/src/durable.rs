@@ -222,17 +222,31 @@ impl Log {
     }
 }
 
-/// A log file this big when a job ends is rewritten to what it still
-/// holds: redb reuses freed pages but never gives them back, and a job of
-/// millions of tasks leaves a file of gigabytes with nothing live in it.
-const SHRINK_FILE_BYTES: u64 = 64 << 20;
+/// A log file at least this big when a job ends, and at least four times
+/// what it holds, is rewritten to what it holds: redb reuses freed pages
+/// but never gives them back, and a job of millions of tasks leaves a file
+/// of gigabytes with nothing live in it.
+const SHRINK_FILE_BYTES: u64 = 8 << 20;
 
 /// Rewrites the log file to its live records when a job's end left it
-/// mostly free (after a 1M-task job: ~1 GB to a few hundred KiB).
+/// mostly free (after a 1M-task job: ~1 GB to a few KiB).
 fn shrink_file(db: &mut Database, file: &Path, shrink_at: u64) {
     let before = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     if before < shrink_at {
         return;
+    }
+    let live = db.begin_write().and_then(|txn| {
+        let stats = txn.stats();
+        let _ = txn.abort();
+        Ok(stats?)
+    });
+    match live {
+        Ok(st) if (st.stored_bytes() + st.metadata_bytes()).saturating_mul(4) > before => return,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the head's log file's use failed");
+            return;
+        }
     }
     let started = std::time::Instant::now();
     // redb asserts its own invariants while compacting: a panic there is
@@ -435,9 +449,22 @@ mod tests {
         let shrunk = std::fs::metadata(&file).unwrap().len();
         assert!(shrunk < 1 << 20, "job 1 ended: the file shrank from {grown} to {shrunk} bytes");
         // What is still live survives the rewrite.
+        {
+            let (log, replay) = Log::open_shrinking_at(dir.path(), |_| {}, 1 << 20).unwrap();
+            assert_eq!(replay.jobs.keys().copied().collect::<Vec<_>>(), vec![2]);
+            assert!(matches!(replay.jobs[&2][0].kind, Some(pb::log_record::Kind::Job(_))));
+            // A file mostly live is left as it is when a small job ends.
+            for _ in 0..3000 {
+                log.append(3, &big, 0);
+            }
+            log.end_job(2);
+            log.close();
+        }
+        let full = std::fs::metadata(&file).unwrap().len();
+        assert!(full > 12 << 20, "{full}");
         let (_log, replay) = Log::open(dir.path(), |_| {}).unwrap();
-        assert_eq!(replay.jobs.keys().copied().collect::<Vec<_>>(), vec![2]);
-        assert!(matches!(replay.jobs[&2][0].kind, Some(pb::log_record::Kind::Job(_))));
+        assert_eq!(replay.jobs.keys().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(replay.jobs[&3].len(), 3000);
     }
 
     #[test]
