@@ -103,7 +103,7 @@ impl Log {
             let replay = read(&db).map_err(err)?;
             Ok((db, replay))
         }));
-        let (db, replay) = match opened {
+        let (mut db, replay) = match opened {
             Ok(r) => r?,
             Err(payload) => return Err(damaged(&shoal_domain::panic::message(&*payload))),
         };
@@ -115,7 +115,6 @@ impl Log {
         let mut next: BTreeMap<u32, u64> = replay.jobs.iter().map(|(j, r)| (*j, r.len() as u64)).collect();
         let (tx, rx) = mpsc::channel::<Entry>();
         let file = path.clone();
-        let mut db = db;
         let writer = std::thread::Builder::new()
             .name("shoal-head-log".into())
             .spawn(move || {

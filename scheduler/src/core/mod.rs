@@ -441,6 +441,13 @@ impl Core {
         self.tasks.len() as u64
     }
 
+    /// A queued task left the table; if it was ready, its id in the ready
+    /// queue is now stale.
+    fn left_queue(&mut self, was_ready: bool) {
+        self.counts.queued = self.counts.queued.saturating_sub(1);
+        self.ready_stale += usize::from(was_ready);
+    }
+
     /// Drops the ids of tasks gone from the ready queue once they are
     /// most of it (more than 4,096): linear in the queue, so at most once
     /// per as many removals as the queue then holds.
@@ -1107,11 +1114,7 @@ impl Core {
             let Some(task) = self.tasks.remove(id) else { continue };
             self.task_gone(task.job);
             match task.state {
-                TaskState::Waiting => self.counts.queued = self.counts.queued.saturating_sub(1),
-                TaskState::Ready => {
-                    self.counts.queued = self.counts.queued.saturating_sub(1);
-                    self.ready_stale += 1;
-                }
+                TaskState::Waiting | TaskState::Ready => self.left_queue(task.state == TaskState::Ready),
                 TaskState::Dispatched(slot) => {
                     self.counts.running = self.counts.running.saturating_sub(1);
                     if let Some(n) = self.slots.get(slot as usize).copied()
@@ -1826,11 +1829,7 @@ impl Core {
             self.task_gone(task.job);
             out.task_event(tid, task.func, TaskEvent::Failed { failure: &f, was_running: matches!(task.state, TaskState::Dispatched(_)) });
             match task.state {
-                TaskState::Waiting => self.counts.queued = self.counts.queued.saturating_sub(1),
-                TaskState::Ready => {
-                    self.counts.queued = self.counts.queued.saturating_sub(1);
-                    self.ready_stale += 1;
-                }
+                TaskState::Waiting | TaskState::Ready => self.left_queue(task.state == TaskState::Ready),
                 TaskState::Dispatched(slot) => {
                     self.counts.running = self.counts.running.saturating_sub(1);
                     if let Some(node) = self.slots.get(slot as usize).and_then(|n| self.nodes.get_mut(n))
