@@ -65,6 +65,19 @@ fn double(x: u64) -> u64 {
     2 * x
 }
 
+/// Reads refs it was handed inside a value.
+#[shoal::remote]
+fn sum_refs(v: Vec<ObjectRef<u64>>) -> u64 {
+    v.iter().map(|r| r.get().unwrap()).sum()
+}
+
+/// Consumes a generator and returns every tenth item's ref (refs inside a
+/// task's result).
+#[shoal::remote]
+fn every_tenth(n: u64) -> Vec<ObjectRef<u64>> {
+    count_to::remote(n).map(|i| i.unwrap()).step_by(10).collect()
+}
+
 #[shoal::remote(max_retries = 2)]
 fn panics_once(marker: String) -> u64 {
     // The first attempt leaves a marker and panics; the retry succeeds.
@@ -143,6 +156,37 @@ fn an_async_stream_and_large_items_across_nodes_and_a_nested_consumer() {
     // Items are freed when their refs go, like any object.
     drop(blocks);
     c.wait_stores_empty();
+}
+
+/// Objects in the head's table.
+fn head_objects(c: &Cluster) -> u64 {
+    let out = c.cli(&["list", "objects", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["total"].as_u64().unwrap()
+}
+
+/// Small items are passed on by the head without being kept there; one
+/// sent on (an argument, inside a value or a task's result), even after
+/// its producer ended, works as any ref, and the head keeps it only until
+/// the last ref to it drops.
+#[test]
+fn small_items_sent_on_after_their_producer_ended_work_as_any_ref() {
+    let c = cluster();
+    let base = head_objects(&c);
+    let items: Vec<ObjectRef<u64>> = count_to::remote(1_000).map(|i| i.unwrap()).collect();
+    assert_eq!(items.len(), 1_000);
+    assert_eq!(head_objects(&c), base, "the head keeps nothing for items read where they arrived");
+    assert_eq!(double::remote(&items[7]).get().unwrap(), 14, "an item as an argument");
+    assert_eq!(sum_refs::remote(items[10..20].to_vec()).get().unwrap(), (10..20).sum::<u64>(), "items inside an argument");
+    let bag = shoal::put(vec![items[500].clone(), items[999].clone()]).unwrap();
+    assert_eq!(sum_refs::remote(&bag).get().unwrap(), 1_499, "items inside a put");
+    assert!(head_objects(&c) >= base + 13, "the items sent on are kept");
+    // A task consumes a generator of its own and returns items' refs.
+    let tenth = every_tenth::remote(100).get().unwrap();
+    assert_eq!(tenth.iter().map(|r| r.get().unwrap()).collect::<Vec<_>>(), (0..100).step_by(10).collect::<Vec<u64>>());
+    assert_eq!(sum_refs::remote(tenth.clone()).get().unwrap(), 450, "refs from a result, sent on again");
+    drop((items, bag, tenth));
+    wait_for(Duration::from_secs(20), "the head to free every item", || (head_objects(&c) == base).then_some(()));
 }
 
 #[test]

@@ -193,6 +193,7 @@ pub(crate) fn submit_inner<R>(meta: &'static FunctionMeta, opts: CallOptions, ar
                         message: format!("object {} belongs to another cluster session", crate::ObjectId(r.id)),
                     });
                 }
+                crate::refs::adopt(&driver, r);
                 pb::Arg { kind: Some(pb::arg::Kind::Object(r.id)) }
             }
             ArgInner::Invalid(e) => return ObjectRef::failed(e.clone()),

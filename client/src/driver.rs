@@ -41,6 +41,8 @@ pub(crate) enum Out {
     Item(u64, u64, pb::PutObject),
     /// This caller consumed so many items of a generator task.
     GeneratorAck(u64, u64),
+    /// An owned generator item this caller sends on: the head keeps it.
+    Adopt(pb::PutObject),
     /// End these actors (`shoal::kill`).
     KillActor(u64),
     /// End the session cleanly (the head ends the job at once); answer
@@ -480,9 +482,11 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                             let Some(v) = item.value else { continue };
                             let object = v.task;
                             match d.generators.get(&item.task).map(|q| q.clone()) {
-                                Some(q) => q.push(object, result_from_pb(v)),
-                                // Its caller is gone: so is its borrow.
-                                None => d.borrow(object, false),
+                                Some(q) => q.push(object, result_from_pb(v), item.owned),
+                                // Its caller is gone: so is its borrow
+                                // (an owned item has none).
+                                None if !item.owned => d.borrow(object, false),
+                                None => {}
                             }
                         }
                         for a in msg.generator_acks {
@@ -616,12 +620,17 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
         Out::Sync(_) => 0,
         Out::Item(task, index, put) => {
             let size = put.value.len() + 40;
-            msg.items.push(pb::GeneratorItem { task, index, put: Some(put), value: None });
+            msg.items.push(pb::GeneratorItem { task, index, put: Some(put), value: None, owned: false });
             size
         }
         Out::GeneratorAck(task, consumed) => {
             msg.generator_acks.push(pb::GeneratorAck { task, consumed });
             16
+        }
+        Out::Adopt(put) => {
+            let size = put.value.len() + 16;
+            msg.adopt.push(put);
+            size
         }
         // Handled by the session loop before batching.
         Out::Close(_) => 0,

@@ -507,6 +507,9 @@ pub fn context() -> Option<TaskContext> {
 pub(crate) fn settle_refs(task: u64, outcome: &pb::task_result::Outcome, refs: Vec<std::sync::Arc<crate::object_ref::RefInner>>) {
     let Some(session) = crate::init::current() else { return };
     if !refs.is_empty() && !matches!(outcome, pb::task_result::Outcome::Failure(_)) {
+        for r in &refs {
+            crate::refs::adopt(&session, r);
+        }
         session.contain(task, crate::refs::ids(&refs));
     }
     crate::runtime::block_on(session.sync_refs());

@@ -18,9 +18,13 @@
 //!
 //! Each item is an object of the running task's own session, put as it is
 //! yielded and sent to the caller through the head with its value (no
-//! round trip to read a small one). At most [`GENERATOR_WINDOW`] items
-//! wait unconsumed: past that the producer pauses until the caller takes
-//! more. A failure (a panic at item 500) ends the stream after the items
+//! round trip to read a small one). A small item holding no refs is only
+//! passed on by the head, which keeps nothing for it: the caller holds it
+//! alone and hands it to the head only if it sends the ref on (an
+//! argument, inside a value), so reading an item where it arrives costs
+//! the head no more than forwarding it. At most [`GENERATOR_WINDOW`]
+//! items, or [`GENERATOR_WINDOW_BYTES`] of them, wait unconsumed: past
+//! that the producer pauses until the caller takes more. A failure (a panic at item 500) ends the stream after the items
 //! yielded before it, with the error. Dropping the generator before its
 //! end cancels the task.
 
@@ -31,15 +35,14 @@ use crate::functions::{Encoded, FunctionMeta, InvokeError};
 use crate::object_ref::ObjectRef;
 use crate::objects::Cluster;
 use crate::slot::Slot;
-use crate::stream::{AckGate, ItemQueue, Next};
-use crate::values::Val;
+use crate::stream::{AckCounter, AckGate, InFlight, ItemQueue, Next};
 use serde::Serialize;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-pub use crate::stream::GENERATOR_WINDOW;
+pub use crate::stream::{GENERATOR_WINDOW, GENERATOR_WINDOW_BYTES};
 
 /// The items of a generator task, in the order it yielded them: an
 /// `Iterator` (blocking) and a `Stream` (async) of
@@ -51,8 +54,7 @@ pub struct ObjectRefGenerator<T> {
     /// The task's own result (the item count, or its failure).
     end: ObjectRef<u64>,
     queue: Arc<ItemQueue>,
-    consumed: u64,
-    acked: u64,
+    acks: AckCounter,
     finished: bool,
     /// Dropping it before its end cancels the task (not for a `Process`).
     cancel_on_drop: bool,
@@ -67,7 +69,7 @@ impl<T> ObjectRefGenerator<T> {
 
     /// How many items were taken so far.
     pub fn consumed(&self) -> u64 {
-        self.consumed
+        self.acks.consumed()
     }
 
     /// Whether the generator task has ended (its items may still wait to
@@ -86,17 +88,18 @@ impl<T> ObjectRefGenerator<T> {
         self.end.cancel();
     }
 
-    fn item(&mut self, id: u64, value: Result<Val, TaskError>) -> Result<ObjectRef<T>, TaskError> {
-        self.consumed += 1;
+    fn item(&mut self, (id, value, owned): crate::stream::Arrived) -> Result<ObjectRef<T>, TaskError> {
+        let ack = self.acks.took(crate::stream::item_size(&value));
         let Some(c) = &self.cluster else { return Err(TaskError::Disconnected { message: "no cluster".into() }) };
-        // Every quarter window: the producer, paused at a full window,
-        // always hears of the next quarter before the caller runs dry.
-        if self.consumed - self.acked >= GENERATOR_WINDOW / 4 {
-            self.acked = self.consumed;
-            c.send(Out::GeneratorAck(self.task, self.consumed));
+        if let Some(n) = ack {
+            c.send(Out::GeneratorAck(self.task, n));
+        }
+        let slot = Slot::done(value);
+        if owned {
+            // Only here: the head hears of it only if it is sent on.
+            return Ok(ObjectRef::from_inner(ObjectRef::<()>::owned_inner(id, slot, c.clone())));
         }
         // The head registered this process as the item's borrower.
-        let slot = Slot::done(value);
         c.register(id, slot.clone());
         let inner = ObjectRef::<()>::borrowed_inner(id, slot, c.clone());
         c.borrows.insert(id, Arc::downgrade(&inner));
@@ -123,7 +126,7 @@ impl<T> Iterator for ObjectRefGenerator<T> {
         }
         let end = self.end.inner.slot.clone();
         match self.queue.next_blocking(|| end.is_done()) {
-            Some((id, v)) => Some(self.item(id, v)),
+            Some(item) => Some(self.item(item)),
             None => self.end(),
         }
     }
@@ -139,7 +142,7 @@ impl<T> futures::Stream for ObjectRefGenerator<T> {
         // The end's slot wakes us too: the session loop notifies the queue
         // after completing it.
         match self.queue.poll(|| end.is_done(), Some(cx.waker())) {
-            Next::Item(id, v) => Poll::Ready(Some(self.item(id, v))),
+            Next::Item(item) => Poll::Ready(Some(self.item(item))),
             Next::End => Poll::Ready(self.end()),
             Next::Pending => Poll::Pending,
         }
@@ -169,12 +172,13 @@ pub fn submit_generator<T>(meta: &'static FunctionMeta, opts: CallOptions, args:
         cluster = Some(c.clone());
     });
     let task = end.inner.id;
-    ObjectRefGenerator { cluster, task, end, queue, consumed: 0, acked: 0, finished: false, cancel_on_drop: true, _t: PhantomData }
+    ObjectRefGenerator { cluster, task, end, queue, acks: AckCounter::default(), finished: false, cancel_on_drop: true, _t: PhantomData }
 }
 
 /// Runs a generator function's iterator inside its task (used by the
 /// macro): each item is put and sent to the caller; past
-/// [`GENERATOR_WINDOW`] unconsumed items it waits. The task's result is
+/// [`GENERATOR_WINDOW`] unconsumed items (or [`GENERATOR_WINDOW_BYTES`])
+/// it waits. The task's result is
 /// the item count.
 pub fn run_generator<T: Serialize>(items: impl IntoIterator<Item = T>) -> Result<Encoded, InvokeError> {
     let task = crate::executor::current_task();
@@ -188,13 +192,17 @@ pub fn run_generator<T: Serialize>(items: impl IntoIterator<Item = T>) -> Result
     }
     let _unregister = Unregister(&cluster, task);
     let mut n = 0u64;
+    let mut unconsumed = InFlight::default();
     for item in items {
         let p = crate::init::prepare_put(&cluster, &item).map_err(|e| InvokeError::ResultEncode(format!("item {n}: {e}")))?;
+        // Counted as the caller counts it (`stream::item_size`).
+        let size = p.msg.stored.as_ref().map_or(p.msg.value.len() as u64, |s| s.size);
         cluster.send(Out::Item(task, n, p.msg));
         cluster.mark_unsynced();
         drop(p.refs);
+        unconsumed.yielded(n, size);
         n += 1;
-        gate.wait_below(n, GENERATOR_WINDOW);
+        gate.wait_below(&mut unconsumed);
     }
     crate::functions::encode_result(n)
 }

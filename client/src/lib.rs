@@ -91,7 +91,7 @@ pub use buffer::{Buffer, Pod};
 pub use calls::{Arg, CallOptions, IntoArg, Placement};
 pub use error::{Error, Result, TaskError};
 pub use executor::{TaskContext, context};
-pub use generator::{GENERATOR_WINDOW, ObjectRefGenerator};
+pub use generator::{GENERATOR_WINDOW, GENERATOR_WINDOW_BYTES, ObjectRefGenerator};
 pub use init::{
     ENV_DASHBOARD, InitConfig, cancel, cluster_status, cluster_status_blocking, dashboard_url, init, init_blocking, init_blocking_with, init_with, put,
     shutdown,

@@ -31,6 +31,10 @@ pub(crate) struct RefInner {
     /// It reached this process inside a value (see [`crate::refs`]): the
     /// head is told when its last copy here drops, as a borrow.
     pub(crate) borrowed: bool,
+    /// An owned generator item (see [`crate::refs::adopt`]): the head
+    /// keeps nothing for it until this process sends it on (`true` once
+    /// it did; held while the adoption is queued).
+    pub(crate) owned: Option<Mutex<bool>>,
 }
 
 impl RefInner {
@@ -45,6 +49,12 @@ impl RefInner {
 
 impl Drop for RefInner {
     fn drop(&mut self) {
+        // An owned item never sent on: the head has nothing to forget.
+        if let Some(adopted) = &self.owned
+            && !*adopted.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            return;
+        }
         match &self.driver {
             Some(d) if self.borrowed => crate::refs::unborrow(d, self.id),
             Some(d) => d.release(self.id),
@@ -103,12 +113,17 @@ fn decode_bytes<T: DeserializeOwned>(b: &Bytes) -> Result<T, TaskError> {
 
 impl<T> ObjectRef<T> {
     pub(crate) fn new(id: u64, slot: Arc<Slot>, driver: Option<Arc<Cluster>>) -> Self {
-        ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None), borrowed: false }), lend: None, _t: PhantomData }
+        ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None), borrowed: false, owned: None }), lend: None, _t: PhantomData }
     }
 
     /// A ref that reached this process inside a value.
     pub(crate) fn borrowed_inner(id: u64, slot: Arc<Slot>, driver: Arc<Cluster>) -> Arc<RefInner> {
-        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: true })
+        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: true, owned: None })
+    }
+
+    /// An owned generator item: its value is here, and only here.
+    pub(crate) fn owned_inner(id: u64, slot: Arc<Slot>, driver: Arc<Cluster>) -> Arc<RefInner> {
+        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: true, owned: Some(Mutex::new(false)) })
     }
 
     pub(crate) fn from_inner(inner: Arc<RefInner>) -> Self {

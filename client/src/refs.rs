@@ -13,6 +13,9 @@
 //!   (one per id, shared by every copy decoded here): the head is told it
 //!   was taken, answers it like a result, and is told again when the last
 //!   copy here drops.
+//! - **Owned items.** A small generator item holding no refs reaches its
+//!   caller as a value the head did not keep ([`adopt`]): dropping it
+//!   tells the head nothing; sending it on hands the head its value first.
 //! - **Ordering.** A task's result travels through its worker while its
 //!   session's messages go straight to the head, so an executor waits for
 //!   the head to acknowledge the refs it took or sent before the result
@@ -57,8 +60,32 @@ pub(crate) fn ids(refs: &[Arc<RefInner>]) -> Vec<u64> {
 pub(crate) fn ids_on(cluster: &Arc<Cluster>, refs: &[Arc<RefInner>], what: &str) -> Result<Vec<u64>, TaskError> {
     match refs.iter().find(|r| !r.driver.as_ref().is_some_and(|d| Arc::ptr_eq(d, cluster))) {
         Some(r) => Err(TaskError::ObjectLost { message: format!("object {} inside {what} belongs to another cluster session", crate::ObjectId(r.id)) }),
-        None => Ok(ids(refs)),
+        None => {
+            for r in refs {
+                adopt(cluster, r);
+            }
+            Ok(ids(refs))
+        }
     }
+}
+
+/// Before ref `r` leaves this process (an argument, inside a value): if
+/// it is an owned generator item, which the head passed on without
+/// keeping, the head is given its value to keep, borrowed by this
+/// session, from here on as any item. Queued before the message that
+/// names it, on the same session, so the head has it first.
+pub(crate) fn adopt(cluster: &Arc<Cluster>, r: &Arc<RefInner>) {
+    let Some(adopted) = &r.owned else { return };
+    let mut adopted = adopted.lock().unwrap_or_else(|p| p.into_inner());
+    if *adopted {
+        return;
+    }
+    let Some((Ok(crate::values::Val::Inline(value)), _)) = r.slot.answer() else { return };
+    *adopted = true;
+    cluster.borrows.insert(r.id, Arc::downgrade(r));
+    cluster.register(r.id, r.slot.clone());
+    cluster.mark_unsynced();
+    cluster.send(crate::driver::Out::Adopt(shoal_proto::pb::PutObject { id: r.id, value, ..Default::default() }));
 }
 
 impl<T> Serialize for ObjectRef<T> {

@@ -12,7 +12,13 @@ use std::task::Waker;
 
 /// How many items a generator task may have yielded that its caller has
 /// not consumed yet; past that it pauses (backpressure).
-pub const GENERATOR_WINDOW: u64 = 256;
+pub const GENERATOR_WINDOW: u64 = 1024;
+
+/// How many bytes of items (their encoded size, inline or in a store) a
+/// generator task may have yielded that its caller has not consumed yet;
+/// past that it pauses, whatever their count (one item larger than this
+/// is let through alone).
+pub const GENERATOR_WINDOW_BYTES: u64 = 16 << 20;
 
 /// Items of one generator task, as they arrive at its caller.
 #[derive(Default)]
@@ -23,13 +29,17 @@ pub(crate) struct ItemQueue {
 
 #[derive(Default)]
 struct QueueState {
-    items: VecDeque<(u64, Result<Val, TaskError>)>,
+    items: VecDeque<Arrived>,
     wakers: Vec<Waker>,
 }
 
+/// An item as it arrived: its object id, its value, and whether it is
+/// owned (the head keeps nothing for it, see [`crate::refs::adopt`]).
+pub(crate) type Arrived = (u64, Result<Val, TaskError>, bool);
+
 /// What the caller finds: an item, or nothing yet.
 pub(crate) enum Next {
-    Item(u64, Result<Val, TaskError>),
+    Item(Arrived),
     /// The task's final result is in and every item was taken.
     End,
     Pending,
@@ -37,9 +47,9 @@ pub(crate) enum Next {
 
 impl ItemQueue {
     /// Item `object` arrived (called by the session loop, in order).
-    pub(crate) fn push(&self, object: u64, value: Result<Val, TaskError>) {
+    pub(crate) fn push(&self, object: u64, value: Result<Val, TaskError>, owned: bool) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.items.push_back((object, value));
+        st.items.push_back((object, value, owned));
         for w in st.wakers.drain(..) {
             w.wake();
         }
@@ -61,8 +71,8 @@ impl ItemQueue {
     /// is in and no item is left; else `Pending` with `waker` registered.
     pub(crate) fn poll(&self, ended: impl Fn() -> bool, waker: Option<&Waker>) -> Next {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, v)) = st.items.pop_front() {
-            return Next::Item(id, v);
+        if let Some(item) = st.items.pop_front() {
+            return Next::Item(item);
         }
         if ended() {
             return Next::End;
@@ -74,7 +84,7 @@ impl ItemQueue {
     }
 
     /// Blocks until an item or the end.
-    pub(crate) fn next_blocking(&self, ended: impl Fn() -> bool) -> Option<(u64, Result<Val, TaskError>)> {
+    pub(crate) fn next_blocking(&self, ended: impl Fn() -> bool) -> Option<Arrived> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(x) = st.items.pop_front() {
@@ -87,10 +97,11 @@ impl ItemQueue {
         }
     }
 
-    /// Takes every item left (the caller is going away).
+    /// Takes every item left (the caller is going away): the ids of those
+    /// the head keeps (not owned ones).
     pub(crate) fn drain(&self) -> Vec<u64> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.items.drain(..).map(|(id, _)| id).collect()
+        st.items.drain(..).filter(|(_, _, owned)| !owned).map(|(id, _, _)| id).collect()
     }
 }
 
@@ -112,11 +123,132 @@ impl AckGate {
         }
     }
 
-    /// Blocks while `produced` items leave `window` or more unconsumed.
-    pub(crate) fn wait_below(&self, produced: u64, window: u64) {
+    /// Blocks while the items `unconsumed` holds past the caller's count
+    /// are [`GENERATOR_WINDOW`] or more, or [`GENERATOR_WINDOW_BYTES`] or
+    /// more; forgets those consumed.
+    pub(crate) fn wait_below(&self, unconsumed: &mut InFlight) {
         let mut c = self.consumed.lock().unwrap_or_else(|p| p.into_inner());
-        while produced.saturating_sub(*c) >= window {
+        loop {
+            unconsumed.consumed(*c);
+            if !unconsumed.full() {
+                return;
+            }
             c = self.cv.wait(c).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The items a producer yielded that its caller has not consumed (as far
+/// as it heard): their indices and sizes.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    items: VecDeque<(u64, u64)>,
+    bytes: u64,
+}
+
+impl InFlight {
+    /// Item `index` of `size` bytes was yielded.
+    pub(crate) fn yielded(&mut self, index: u64, size: u64) {
+        self.items.push_back((index, size));
+        self.bytes += size;
+    }
+
+    /// The caller consumed the items below `n`.
+    fn consumed(&mut self, n: u64) {
+        while let Some(&(i, size)) = self.items.front() {
+            if i >= n {
+                break;
+            }
+            self.items.pop_front();
+            self.bytes -= size;
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.items.len() as u64 >= GENERATOR_WINDOW || self.bytes >= GENERATOR_WINDOW_BYTES
+    }
+}
+
+/// A caller's count of what it consumed since it last told the producer:
+/// it tells it again every quarter window, in items or in bytes, so a
+/// producer paused at a full window always hears before the caller runs
+/// dry (both count an item's size the same way: [`item_size`]).
+#[derive(Default)]
+pub(crate) struct AckCounter {
+    consumed: u64,
+    acked: u64,
+    bytes: u64,
+}
+
+impl AckCounter {
+    /// One more item taken, of `size` bytes: the count to send, if due.
+    pub(crate) fn took(&mut self, size: u64) -> Option<u64> {
+        self.consumed += 1;
+        self.bytes += size;
+        if self.consumed - self.acked >= GENERATOR_WINDOW / 4 || self.bytes >= GENERATOR_WINDOW_BYTES / 4 {
+            self.acked = self.consumed;
+            self.bytes = 0;
+            return Some(self.consumed);
+        }
+        None
+    }
+
+    /// Items taken so far.
+    pub(crate) fn consumed(&self) -> u64 {
+        self.consumed
+    }
+}
+
+/// The size an item counts for in the window: its encoded bytes.
+pub(crate) fn item_size(value: &Result<Val, TaskError>) -> u64 {
+    match value {
+        Ok(Val::Inline(b)) => b.len() as u64,
+        Ok(Val::Stored { size, .. }) => *size,
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the sizes, a producer paused at a full window is released
+    /// by the acks its caller sends while taking what is in flight.
+    #[test]
+    fn a_full_window_always_gets_an_ack_before_the_caller_runs_dry() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let (mut inflight, mut caller) = (InFlight::default(), AckCounter::default());
+            let (mut produced, mut heard) = (0u64, 0u64);
+            let sizes: Vec<u64> = (0..3000).map(|_| [8, 4096, 1 << 20, 9 << 20, 40 << 20][(next() % 5) as usize]).collect();
+            while produced < sizes.len() as u64 {
+                // The producer yields until the window is full.
+                while produced < sizes.len() as u64 {
+                    inflight.yielded(produced, sizes[produced as usize]);
+                    produced += 1;
+                    inflight.consumed(heard);
+                    if inflight.full() {
+                        break;
+                    }
+                }
+                // The caller takes everything in flight; the last ack it
+                // sent must unblock the producer.
+                let before = heard;
+                while caller.consumed() < produced {
+                    let i = caller.consumed() as usize;
+                    if let Some(n) = caller.took(sizes[i]) {
+                        heard = n;
+                    }
+                }
+                inflight.consumed(heard);
+                assert!(!inflight.full() || produced == sizes.len() as u64, "stuck at {produced} (heard {before} -> {heard})");
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ impl Outbox for Seen {
     fn free_object(&mut self, _: NodeId, _: ObjectId) {}
     fn disconnect(&mut self, _: NodeId, _: u64) {}
     fn drain(&mut self, _: NodeId) {}
-    fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>) {}
+    fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>, _: bool) {}
     fn generator_ack(&mut self, _: JobId, _: TaskId, _: u64) {}
     fn keep_object(&mut self, _: NodeId, _: ObjectId) {}
 }

@@ -56,8 +56,9 @@ pub trait Outbox {
     /// needs to be remembered any more.
     fn job_ended(&mut self, _job: JobId) {}
     /// Item `index` of generator task `task`, object `object`, for `job`
-    /// (the caller), with its value as a result would carry it.
-    fn generator_item(&mut self, job: JobId, task: TaskId, index: u64, object: ObjectId, value: Result<Payload, Failure>);
+    /// (the caller), with its value as a result would carry it; `owned`:
+    /// the head keeps no object for it (the caller alone holds it).
+    fn generator_item(&mut self, job: JobId, task: TaskId, index: u64, object: ObjectId, value: Result<Payload, Failure>, owned: bool);
     /// Tell the session `job` running generator task `task` how many of
     /// its items the caller consumed.
     fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64);
@@ -1635,13 +1636,52 @@ impl Core {
     /// dropped (it never holds one). A retried run's items already
     /// delivered are dropped.
     pub fn generator_item(&mut self, producer: JobId, task: TaskId, index: u64, object: ObjectId, out: &mut impl Outbox) {
-        let running = self.tasks.get(&task).is_some_and(|t| matches!(t.state, TaskState::Dispatched(_)));
-        if !running || object.job() != producer || !self.objects.contains_key(&object) {
-            tracing::debug!(task = %task, object = %object, "an item of a generator that is not running here is dropped");
+        let caller = match self.objects.contains_key(&object) {
+            true => self.generator_progress(producer, task, index, object, out),
+            false => None,
+        };
+        let Some(caller) = caller else {
             self.release(producer, &[object], out);
             return;
+        };
+        if let Some(o) = self.objects.get_mut(&object) {
+            o.driver_ref = false;
+            let r = o.refs.get_or_insert_default();
+            if !r.borrowers.contains(&caller) {
+                r.borrowers.push(caller);
+            }
         }
-        let Some(t) = self.tasks.get_mut(&task) else { return };
+        if let Some(value) = self.objects.get(&object).and_then(|o| self.answer(object, &o.state)) {
+            out.generator_item(caller, task, index, object, value, false);
+        }
+    }
+
+    /// Item `index` of generator task `task`, as [`Self::generator_item`],
+    /// for a small value holding no refs: it is passed on to the caller
+    /// and not kept here. The caller alone holds it; if it sends the ref
+    /// on, it [adopts](Self::adopt) it first. Most items are read where
+    /// they arrive and dropped, and then the head did no more than pass
+    /// them on.
+    pub fn generator_item_owned(&mut self, producer: JobId, task: TaskId, index: u64, object: ObjectId, value: Bytes, out: &mut impl Outbox) {
+        if self.objects.contains_key(&object) || self.tasks.contains_key(&object) {
+            tracing::debug!(task = %task, object = %object, "a generator item reusing a known id is dropped");
+            return;
+        }
+        if let Some(caller) = self.generator_progress(producer, task, index, object, out) {
+            out.generator_item(caller, task, index, object, Ok(Payload::Inline(value)), true);
+        }
+    }
+
+    /// Whether item `index` (object `object`) of generator task `task`,
+    /// from session `producer`, is to be delivered: to whom (the task's
+    /// job). Advances the stream; a new producer (a retried run) learns
+    /// how far the caller got.
+    fn generator_progress(&mut self, producer: JobId, task: TaskId, index: u64, object: ObjectId, out: &mut impl Outbox) -> Option<JobId> {
+        let t = self.tasks.get_mut(&task).filter(|t| matches!(t.state, TaskState::Dispatched(_)));
+        let Some(t) = t.filter(|_| object.job() == producer) else {
+            tracing::debug!(task = %task, object = %object, "an item of a generator that is not running here is dropped");
+            return None;
+        };
         let caller = t.job;
         let stream = t.extra.get_or_insert_default().generator.get_or_insert(Generator { producer, next: 0, consumed: 0 });
         let new_producer = stream.producer != producer;
@@ -1651,20 +1691,32 @@ impl Core {
             out.generator_ack(producer, task, stream.consumed);
         }
         if index < stream.next {
-            self.release(producer, &[object], out);
-            return;
+            return None;
         }
         stream.next = index + 1;
-        if let Some(o) = self.objects.get_mut(&object) {
-            o.driver_ref = false;
-            let r = o.refs.get_or_insert_default();
-            if !r.borrowers.contains(&caller) {
-                r.borrowers.push(caller);
-            }
+        Some(caller)
+    }
+
+    /// Job `job` sends on an owned generator item it was given
+    /// ([`Self::generator_item_owned`]): from now on the head keeps it, as
+    /// it keeps any item: an object of the producer's session, borrowed
+    /// by `job`, never rebuilt. Only the session that called the generator
+    /// (the producer's parent) may adopt its items while that session is
+    /// live; a known id is never replaced.
+    pub fn adopt(&mut self, job: JobId, id: ObjectId, value: Bytes) {
+        let producer = id.job();
+        let allowed = self.jobs.contains_key(&job)
+            && producer != job
+            && producer < self.next_job
+            && !self.objects.contains_key(&id)
+            && !self.tasks.contains_key(&id)
+            && self.jobs.get(&producer).is_none_or(|p| p.parent == Some(job));
+        if !allowed {
+            tracing::warn!(job, object = %id, "adoption refused: not an item this job was given");
+            return;
         }
-        if let Some(value) = self.objects.get(&object).and_then(|o| self.answer(object, &o.state)) {
-            out.generator_item(caller, task, index, object, value);
-        }
+        let refs = Refs { borrowers: vec![job], ..Default::default() };
+        self.objects.insert(id, Object { state: ObjectState::Ready(value), driver_ref: false, task_refs: 0, lineage: None, refs: Some(Box::new(refs)) });
     }
 
     /// The caller of generator task `task` consumed `consumed` items.

@@ -70,7 +70,7 @@ impl Outbox for Sent {
         self.disconnected.push((node, epoch));
     }
     fn drain(&mut self, _: NodeId) {}
-    fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>) {}
+    fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>, _: bool) {}
     fn generator_ack(&mut self, _: JobId, _: TaskId, _: u64) {}
     fn keep_object(&mut self, _: NodeId, _: ObjectId) {}
     fn job_ended(&mut self, job: JobId) {
@@ -383,7 +383,7 @@ impl World {
     /// One random event. Returns what it was, for the trace.
     fn step(&mut self) -> String {
         let mut out = Sent::default();
-        let what = match self.rng.random_range(0..106) {
+        let what = match self.rng.random_range(0..108) {
             0..=17 => self.submit(&mut out),
             18..=23 => self.put(&mut out),
             24..=29 => {
@@ -514,6 +514,23 @@ impl World {
                 let Some(&a) = all.get(self.rng.random_range(0..all.len().max(1))) else { return "no actor".into() };
                 self.core.kill_actors(&[a], &mut out);
                 format!("job {} kills actor {a}", self.jobs[j].id)
+            }
+            106..=107 => {
+                // A job adopts an item of another job's session (allowed
+                // only if that job is gone, or is its child).
+                let Some(j) = self.pick_job() else { return "no job".into() };
+                let k = self.rng.random_range(0..self.jobs.len());
+                let (job, producer) = (self.jobs[j].id, self.jobs[k].id);
+                let id = ObjectId::new(producer, self.jobs[k].next_seq);
+                self.jobs[k].next_seq += 1;
+                let before = self.core.object_count();
+                self.core.adopt(job, id, Bytes::from_static(b"item"));
+                if self.core.object_count() > before {
+                    self.jobs[j].borrowed.push(id);
+                    self.jobs[j].ever_borrowed.insert(id);
+                    return format!("job {job} adopts item {id}");
+                }
+                format!("job {job} may not adopt item {id}")
             }
             _ => self.restart_head(&mut out),
         };

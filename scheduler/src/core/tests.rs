@@ -14,6 +14,7 @@ struct Rec {
     disconnected: Vec<NodeId>,
     drained: Vec<NodeId>,
     items: Vec<(JobId, TaskId, u64, ObjectId)>,
+    owned_items: usize,
     acks: Vec<(JobId, TaskId, u64)>,
     kept: Vec<(NodeId, ObjectId)>,
 }
@@ -43,8 +44,9 @@ impl Outbox for Rec {
     fn drain(&mut self, node: NodeId) {
         self.drained.push(node);
     }
-    fn generator_item(&mut self, job: JobId, task: TaskId, index: u64, object: ObjectId, _value: Result<Payload, Failure>) {
+    fn generator_item(&mut self, job: JobId, task: TaskId, index: u64, object: ObjectId, _value: Result<Payload, Failure>, owned: bool) {
         self.items.push((job, task, index, object));
+        self.owned_items += owned as usize;
     }
     fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64) {
         self.acks.push((job, task, consumed));
@@ -1003,7 +1005,7 @@ fn re_registering_while_alive_ends_only_the_old_session() {
             self.0.push((node, epoch));
         }
         fn drain(&mut self, _: NodeId) {}
-        fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>) {}
+        fn generator_item(&mut self, _: JobId, _: TaskId, _: u64, _: ObjectId, _: Result<Payload, Failure>, _: bool) {}
         fn generator_ack(&mut self, _: JobId, _: TaskId, _: u64) {}
         fn keep_object(&mut self, _: NodeId, _: ObjectId) {}
     }
@@ -1302,6 +1304,54 @@ fn generator_items_reach_the_caller_in_order_and_a_retry_does_not_repeat_them() 
     assert_eq!(core.object_count(), 3, "items 1 and 2 of the first run stay (borrowed), repeats are freed");
     core.tasks_finished(b, eb, vec![(g, ok(b"4"))], t0(), &mut out);
     assert!(out.results.iter().any(|(j, id, r)| *j == caller && *id == g && r.is_ok()), "the end of the stream follows its items");
+    core.check_invariants().unwrap();
+}
+
+/// Small items holding no refs are passed on without an object: the head
+/// keeps nothing for them (nor has anything to free) unless the caller
+/// sends one on, adopting it first; then it is an item like any other,
+/// borrowed by the caller, and a task can take it. Only the producer's
+/// parent session may adopt, and never over a known id.
+#[test]
+fn owned_generator_items_leave_no_object_until_the_caller_sends_one_on() {
+    let (mut core, mut out, a, ea, caller) = refs_world();
+    let g = ObjectId::new(caller, 1);
+    core.submit(caller, vec![task(caller, 1, 0, vec![])], &mut out);
+    core.schedule(&mut out);
+    out.take_dispatched();
+    let run = core.job_connected_under("ab".repeat(32), "task".into(), Some(caller)).unwrap();
+    let before = core.object_count();
+    for i in 0..3u64 {
+        core.generator_item_owned(run, g, i, ObjectId::new(run, i + 1), Bytes::from(vec![i as u8]), &mut out);
+    }
+    // A repeat of an index already delivered is dropped.
+    core.generator_item_owned(run, g, 1, ObjectId::new(run, 9), Bytes::from_static(b"x"), &mut out);
+    assert_eq!(out.items, (0..3).map(|i| (caller, g, i, ObjectId::new(run, i + 1))).collect::<Vec<_>>());
+    assert_eq!(out.owned_items, 3);
+    assert_eq!(core.object_count(), before, "nothing kept for owned items");
+    core.check_invariants().unwrap();
+    // Another job may not adopt them, nor the producer itself.
+    let other = job_with(&mut core, &[("f", ResourceSet::cpus(1.0), 0)]);
+    core.adopt(other, ObjectId::new(run, 2), Bytes::from_static(b"forged"));
+    core.adopt(run, ObjectId::new(run, 2), Bytes::from_static(b"forged"));
+    assert_eq!(core.object_count(), before, "adoption refused");
+    // The caller sends item 1 on, as an argument of a task.
+    let item = ObjectId::new(run, 2);
+    core.adopt(caller, item, Bytes::from_static(b"\x01"));
+    core.adopt(caller, item, Bytes::from_static(b"again"));
+    assert_eq!(core.object_count(), before + 1);
+    core.submit(caller, vec![task(caller, 2, 0, vec![NewArg::Object(item)])], &mut out);
+    core.schedule(&mut out);
+    let d = out.take_dispatched();
+    let taker = d.iter().find(|(_, t)| t.task == ObjectId::new(caller, 2)).expect("the task taking the item runs");
+    assert!(matches!(&taker.1.args[..], [Payload::Inline(b)] if &b[..] == b"\x01"), "it gets the item's value");
+    core.check_invariants().unwrap();
+    // The caller's ref and the task both let go: the item is gone.
+    core.borrow(caller, &[(item, false)], &mut out);
+    assert_eq!(core.object_count(), before + 1, "the running task still takes it");
+    core.tasks_finished(a, ea, vec![(ObjectId::new(caller, 2), ok(b"r"))], t0(), &mut out);
+    core.release(caller, &[ObjectId::new(caller, 2)], &mut out);
+    assert_eq!(core.object_count(), before, "the item went with the last ref to it");
     core.check_invariants().unwrap();
 }
 

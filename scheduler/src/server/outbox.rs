@@ -82,14 +82,14 @@ impl Outbox for BatchingOutbox {
     fn disconnect(&mut self, node: NodeId, epoch: u64) {
         self.disconnect.push((node, epoch));
     }
-    fn generator_item(&mut self, job: JobId, task: TaskId, index: u64, object: ObjectId, value: Result<Payload, Failure>) {
+    fn generator_item(&mut self, job: JobId, task: TaskId, index: u64, object: ObjectId, value: Result<Payload, Failure>, owned: bool) {
         let size = 24
             + match &value {
                 Ok(Payload::Inline(b)) => b.len(),
                 _ => 64,
             };
         let value = Some(convert::delivery_to_wire(object, value));
-        current(self.drivers.entry(job).or_default(), size).items.push(pb::GeneratorItem { task: task.0, index, put: None, value });
+        current(self.drivers.entry(job).or_default(), size).items.push(pb::GeneratorItem { task: task.0, index, put: None, value, owned });
     }
     fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64) {
         current(self.drivers.entry(job).or_default(), 16).generator_acks.push(pb::GeneratorAck { task: task.0, consumed });

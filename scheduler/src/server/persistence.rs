@@ -253,6 +253,10 @@ pub(super) fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToH
             Err(e) => tracing::warn!(job, error = %e, "malformed put ignored"),
         }
     }
+    // Before the submissions and containments that may name them.
+    for p in msg.adopt {
+        core.adopt(job, ObjectId(p.id), p.value);
+    }
     if !msg.submit.is_empty() {
         core.submit(job, msg.submit.into_iter().map(NewTask::from).collect(), out);
     }
@@ -266,6 +270,8 @@ pub(super) fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToH
     for item in msg.items {
         let Some(p) = item.put else { continue };
         match PutValue::try_from(&p) {
+            // Small and holding no refs: passed on, not kept.
+            Ok(PutValue::Inline(b)) if p.contains.is_empty() => core.generator_item_owned(job, ObjectId(item.task), item.index, ObjectId(p.id), b, out),
             Ok(v) => {
                 core.put(job, ObjectId(p.id), v, out);
                 if !p.contains.is_empty() {
