@@ -478,16 +478,27 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                             print_task_output(&msg.output);
                         }
                         // Items first: a generator's final result follows them.
+                        // A run of one generator's items lands in one go.
+                        let mut run: Option<(u64, Option<Arc<crate::stream::ItemQueue>>, Vec<crate::stream::Arrived>)> = None;
                         for item in msg.items {
                             let Some(v) = item.value else { continue };
+                            if run.as_ref().is_none_or(|(task, _, _)| *task != item.task) {
+                                if let Some((_, Some(q), items)) = run.take() {
+                                    q.push_all(items);
+                                }
+                                run = Some((item.task, d.generators.get(&item.task).map(|q| q.clone()), Vec::new()));
+                            }
                             let object = v.task;
-                            match d.generators.get(&item.task).map(|q| q.clone()) {
-                                Some(q) => q.push(object, result_from_pb(v), item.owned),
+                            match run.as_mut() {
+                                Some((_, Some(_), items)) => items.push((object, result_from_pb(v), item.owned)),
                                 // Its caller is gone: so is its borrow
                                 // (an owned item has none).
-                                None if !item.owned => d.borrow(object, false),
-                                None => {}
+                                _ if !item.owned => d.borrow(object, false),
+                                _ => {}
                             }
+                        }
+                        if let Some((_, Some(q), items)) = run {
+                            q.push_all(items);
                         }
                         for a in msg.generator_acks {
                             if let Some(g) = d.producing.get(&a.task) {

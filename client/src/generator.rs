@@ -54,6 +54,8 @@ pub struct ObjectRefGenerator<T> {
     /// The task's own result (the item count, or its failure).
     end: ObjectRef<u64>,
     queue: Arc<ItemQueue>,
+    /// Items taken from `queue` and not yet handed out.
+    taken: std::collections::VecDeque<crate::stream::Arrived>,
     acks: AckCounter,
     finished: bool,
     /// Dropping it before its end cancels the task (not for a `Process`).
@@ -125,7 +127,8 @@ impl<T> Iterator for ObjectRefGenerator<T> {
             return None;
         }
         let end = self.end.inner.slot.clone();
-        match self.queue.next_blocking(|| end.is_done()) {
+        let queue = self.queue.clone();
+        match queue.next_blocking(&mut self.taken, || end.is_done()) {
             Some(item) => Some(self.item(item)),
             None => self.end(),
         }
@@ -141,7 +144,8 @@ impl<T> futures::Stream for ObjectRefGenerator<T> {
         let end = self.end.inner.slot.clone();
         // The end's slot wakes us too: the session loop notifies the queue
         // after completing it.
-        match self.queue.poll(|| end.is_done(), Some(cx.waker())) {
+        let queue = self.queue.clone();
+        match queue.poll(&mut self.taken, || end.is_done(), Some(cx.waker())) {
             Next::Item(item) => Poll::Ready(Some(self.item(item))),
             Next::End => Poll::Ready(self.end()),
             Next::Pending => Poll::Pending,
@@ -154,7 +158,8 @@ impl<T> Drop for ObjectRefGenerator<T> {
         let Some(c) = &self.cluster else { return };
         c.generators.remove(&self.task);
         // Items that arrived but were never taken: their borrows go.
-        for id in self.queue.drain() {
+        let untaken = self.taken.drain(..).filter(|(_, _, owned)| !owned).map(|(id, _, _)| id);
+        for id in untaken.collect::<Vec<_>>().into_iter().chain(self.queue.drain()) {
             c.borrow(id, false);
         }
         if self.cancel_on_drop && !self.end.is_ready() {
@@ -172,7 +177,17 @@ pub fn submit_generator<T>(meta: &'static FunctionMeta, opts: CallOptions, args:
         cluster = Some(c.clone());
     });
     let task = end.inner.id;
-    ObjectRefGenerator { cluster, task, end, queue, acks: AckCounter::default(), finished: false, cancel_on_drop: true, _t: PhantomData }
+    ObjectRefGenerator {
+        cluster,
+        task,
+        end,
+        queue,
+        taken: Default::default(),
+        acks: AckCounter::default(),
+        finished: false,
+        cancel_on_drop: true,
+        _t: PhantomData,
+    }
 }
 
 /// Runs a generator function's iterator inside its task (used by the

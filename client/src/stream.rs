@@ -46,14 +46,16 @@ pub(crate) enum Next {
 }
 
 impl ItemQueue {
-    /// Item `object` arrived (called by the session loop, in order).
-    pub(crate) fn push(&self, object: u64, value: Result<Val, TaskError>, owned: bool) {
+    /// Items arrived (called by the session loop, in order): one lock and
+    /// one wake-up for a batch.
+    pub(crate) fn push_all(&self, items: Vec<Arrived>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.items.push_back((object, value, owned));
-        for w in st.wakers.drain(..) {
+        st.items.extend(items);
+        let wakers = std::mem::take(&mut st.wakers);
+        drop(st);
+        for w in wakers {
             w.wake();
         }
-        drop(st);
         self.cv.notify_all();
     }
 
@@ -69,9 +71,14 @@ impl ItemQueue {
 
     /// The next item, [`Next::End`] once `ended()` says the final result
     /// is in and no item is left; else `Pending` with `waker` registered.
-    pub(crate) fn poll(&self, ended: impl Fn() -> bool, waker: Option<&Waker>) -> Next {
+    /// Items that arrived with it move to `taken` (taken under one lock).
+    pub(crate) fn poll(&self, taken: &mut VecDeque<Arrived>, ended: impl Fn() -> bool, waker: Option<&Waker>) -> Next {
+        if let Some(item) = taken.pop_front() {
+            return Next::Item(item);
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(item) = st.items.pop_front() {
+        std::mem::swap(taken, &mut st.items);
+        if let Some(item) = taken.pop_front() {
             return Next::Item(item);
         }
         if ended() {
@@ -83,11 +90,15 @@ impl ItemQueue {
         Next::Pending
     }
 
-    /// Blocks until an item or the end.
-    pub(crate) fn next_blocking(&self, ended: impl Fn() -> bool) -> Option<Arrived> {
+    /// Blocks until an item or the end; as [`Self::poll`] for `taken`.
+    pub(crate) fn next_blocking(&self, taken: &mut VecDeque<Arrived>, ended: impl Fn() -> bool) -> Option<Arrived> {
+        if let Some(item) = taken.pop_front() {
+            return Some(item);
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(x) = st.items.pop_front() {
+            std::mem::swap(taken, &mut st.items);
+            if let Some(x) = taken.pop_front() {
                 return Some(x);
             }
             if ended() {

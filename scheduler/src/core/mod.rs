@@ -1663,11 +1663,12 @@ impl Core {
     /// they arrive and dropped, and then the head did no more than pass
     /// them on.
     pub fn generator_item_owned(&mut self, producer: JobId, task: TaskId, index: u64, object: ObjectId, value: Bytes, out: &mut impl Outbox) {
-        if self.objects.contains_key(&object) || self.tasks.contains_key(&object) {
-            tracing::debug!(task = %task, object = %object, "a generator item reusing a known id is dropped");
-            return;
-        }
-        if let Some(caller) = self.generator_progress(producer, task, index, object, out) {
+        // Known already: adopted by its caller, whose batch a restarted
+        // head replayed first. The stream advances; nothing is sent again.
+        let known = self.objects.contains_key(&object) || self.tasks.contains_key(&object);
+        if let Some(caller) = self.generator_progress(producer, task, index, object, out)
+            && !known
+        {
             out.generator_item(caller, task, index, object, Ok(Payload::Inline(value)), true);
         }
     }
