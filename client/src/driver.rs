@@ -481,13 +481,20 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                         // A run of one generator's items lands in one go.
                         let mut run: Option<(u64, Option<Arc<crate::stream::ItemQueue>>, Vec<crate::stream::Arrived>)> = None;
                         for item in msg.items {
-                            let Some(v) = item.value else { continue };
                             if run.as_ref().is_none_or(|(task, _, _)| *task != item.task) {
                                 if let Some((_, Some(q), items)) = run.take() {
                                     q.push_all(items);
                                 }
                                 run = Some((item.task, d.generators.get(&item.task).map(|q| q.clone()), Vec::new()));
                             }
+                            if !item.run_ids.is_empty() {
+                                // Owned items: nothing to give back if the caller is gone.
+                                if let Some((_, Some(_), items)) = run.as_mut() {
+                                    items.extend(item.run_ids.into_iter().zip(item.run_values).map(|(id, v)| (id, Ok(Val::Inline(v)), true)));
+                                }
+                                continue;
+                            }
+                            let Some(v) = item.value else { continue };
                             let object = v.task;
                             match run.as_mut() {
                                 Some((_, Some(_), items)) => items.push((object, result_from_pb(v), item.owned)),
@@ -631,8 +638,19 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
         Out::Sync(_) => 0,
         Out::Item(task, index, put) => {
             let size = put.value.len() + 40;
-            msg.items.push(pb::GeneratorItem { task, index, put: Some(put), value: None, owned: false });
-            size
+            if put.stored.is_some() || !put.contains.is_empty() {
+                msg.items.push(pb::GeneratorItem { task, index, put: Some(put), ..Default::default() });
+                return size;
+            }
+            // Small and holding no refs: it joins the run it follows.
+            match msg.items.last_mut() {
+                Some(run) if run.task == task && !run.run_ids.is_empty() && run.index + run.run_ids.len() as u64 == index => {
+                    run.run_ids.push(put.id);
+                    run.run_values.push(put.value);
+                }
+                _ => msg.items.push(pb::GeneratorItem { task, index, run_ids: vec![put.id], run_values: vec![put.value], ..Default::default() }),
+            }
+            size - 24
         }
         Out::GeneratorAck(task, consumed) => {
             msg.generator_acks.push(pb::GeneratorAck { task, consumed });

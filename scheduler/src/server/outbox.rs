@@ -88,8 +88,20 @@ impl Outbox for BatchingOutbox {
                 Ok(Payload::Inline(b)) => b.len(),
                 _ => 64,
             };
+        let batch = current(self.drivers.entry(job).or_default(), size);
+        // An owned item joins the run it follows (one entry, not one each).
+        if let (true, Ok(Payload::Inline(b))) = (owned, &value) {
+            match batch.items.last_mut() {
+                Some(run) if run.task == task.0 && !run.run_ids.is_empty() && run.index + run.run_ids.len() as u64 == index => {
+                    run.run_ids.push(object.0);
+                    run.run_values.push(b.clone());
+                }
+                _ => batch.items.push(pb::GeneratorItem { task: task.0, index, run_ids: vec![object.0], run_values: vec![b.clone()], ..Default::default() }),
+            }
+            return;
+        }
         let value = Some(convert::delivery_to_wire(object, value));
-        current(self.drivers.entry(job).or_default(), size).items.push(pb::GeneratorItem { task: task.0, index, put: None, value, owned });
+        batch.items.push(pb::GeneratorItem { task: task.0, index, put: None, value, owned, ..Default::default() });
     }
     fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64) {
         current(self.drivers.entry(job).or_default(), 16).generator_acks.push(pb::GeneratorAck { task: task.0, consumed });
@@ -118,6 +130,30 @@ impl Outbox for BatchingOutbox {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    /// Owned items of one generator, one after another, go as one run; a
+    /// kept item (or another generator's) starts a new entry, so the
+    /// caller reads them in the order they were sent.
+    #[test]
+    fn owned_items_in_a_row_travel_as_one_run_in_order() {
+        let mut out = BatchingOutbox::new(10);
+        let (g, h) = (ObjectId::new(1, 1), ObjectId::new(1, 2));
+        let owned = |out: &mut BatchingOutbox, task, i: u64| {
+            out.generator_item(1, task, i, ObjectId::new(2, 10 + i), Ok(Payload::Inline(Bytes::from(vec![i as u8]))), true)
+        };
+        for i in 0..3 {
+            owned(&mut out, g, i);
+        }
+        out.generator_item(1, g, 3, ObjectId::new(2, 13), Ok(Payload::Inline(Bytes::from_static(b"kept"))), false);
+        owned(&mut out, g, 4);
+        owned(&mut out, h, 0);
+        owned(&mut out, g, 5);
+        let items = &out.drivers[&1][0].0.items;
+        let shape: Vec<(u64, u64, usize)> = items.iter().map(|i| (ObjectId(i.task).seq(), i.index, i.run_ids.len())).collect();
+        assert_eq!(shape, vec![(1, 0, 3), (1, 3, 0), (1, 4, 1), (2, 0, 1), (1, 5, 1)]);
+        assert_eq!(items[0].run_ids, vec![ObjectId::new(2, 10).0, ObjectId::new(2, 11).0, ObjectId::new(2, 12).0]);
+        assert_eq!(items[0].run_values[2], Bytes::from_static(&[2]));
+    }
 
     #[test]
     fn batches_close_at_the_size_limit_and_keep_order() {

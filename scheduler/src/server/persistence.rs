@@ -268,6 +268,10 @@ pub(super) fn apply_driver_batch(core: &mut Core, job: JobId, msg: pb::DriverToH
         core.contain(job, ObjectId(c.container), &ids_of(&c.ids), out);
     }
     for item in msg.items {
+        // A run of small items holding no refs: passed on, not kept.
+        for (k, (id, value)) in item.run_ids.iter().zip(item.run_values).enumerate() {
+            core.generator_item_owned(job, ObjectId(item.task), item.index + k as u64, ObjectId(*id), value, out);
+        }
         let Some(p) = item.put else { continue };
         match PutValue::try_from(&p) {
             // Small and holding no refs: passed on, not kept.
