@@ -35,6 +35,11 @@ pub struct LogError {
 /// Record bytes one write transaction takes at most (past one record).
 const TXN_BYTES: usize = 4 << 20;
 
+/// The least time between two commits while batches keep coming: what a
+/// batch may wait to be durable (its effects are applied at once; only
+/// its acknowledgement waits), against an fsync per batch.
+const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
 impl Entry {
     /// Bytes of record it carries.
     fn len(&self) -> usize {
@@ -118,7 +123,15 @@ impl Log {
         let writer = std::thread::Builder::new()
             .name("shoal-head-log".into())
             .spawn(move || {
+                let mut last_commit: Option<std::time::Instant> = None;
                 while let Ok(first) = rx.recv() {
+                    // Under a steady stream of batches, commits (each an
+                    // fsync) come at most every COMMIT_INTERVAL, each
+                    // taking what queued meanwhile; an idle log commits
+                    // a lone batch at once.
+                    if let Some(wait) = last_commit.and_then(|t| COMMIT_INTERVAL.checked_sub(t.elapsed())) {
+                        std::thread::sleep(wait);
+                    }
                     let mut ends_job = matches!(first, Entry::EndJob(_));
                     // One transaction takes what is waiting, up to
                     // TXN_BYTES: redb holds a transaction's pages in memory
@@ -134,6 +147,7 @@ impl Log {
                         batch.push(more);
                     }
                     let wrote = write(&db, &mut next, batch);
+                    last_commit = Some(std::time::Instant::now());
                     if ends_job && wrote.is_ok() {
                         shrink_file(&mut db, &file, shrink_at);
                     }
