@@ -530,6 +530,29 @@ mod tests {
         assert_eq!((welcome.welcome.map(|w| w.job), welcome.acked), (Some(job), 1));
     }
 
+    /// A caller adopted an item of its generator's session, which ended
+    /// since: a restarted head replays the adoption (the producer's id is
+    /// of a job the replay has not reached, or never will).
+    #[test]
+    fn an_adopted_item_is_kept_after_a_restart() {
+        let started =
+            pb::LogRecord { kind: Some(pb::log_record::Kind::Job(pb::JobStarted { job: 1, binary: "ab".repeat(32), name: "n".into(), ..Default::default() })) };
+        let item = ObjectId::new(2, 1);
+        let adopt = pb::DriverToHead {
+            seq: 1,
+            adopt: vec![pb::PutObject { id: item.0, value: bytes::Bytes::from_static(b"\x07"), ..Default::default() }],
+            ..Default::default()
+        };
+        let adopted = pb::LogRecord { kind: Some(pb::log_record::Kind::Batch(adopt)) };
+        let replay = crate::durable::Replay { next_job: 3, jobs: [(1, vec![started, adopted])].into_iter().collect() };
+        let mut core = Core::new(CoreConfig::default());
+        let mut state = LoopState::new(None, u64::MAX);
+        super::super::persistence::restore(&mut core, &mut state, replay, Duration::from_secs(1));
+        assert_eq!(core.object_count(), 1, "the adopted item is back");
+        core.borrow(1, &[(item, false)], &mut crate::server::outbox::BatchingOutbox::new(0));
+        assert_eq!(core.object_count(), 0, "borrowed by its adopter, freed when it lets go");
+    }
+
     #[test]
     fn a_jobs_log_is_compacted_once_its_history_outgrows_its_state_and_replays_to_the_same_state() {
         let dir = tempfile::tempdir().unwrap();

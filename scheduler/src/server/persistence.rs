@@ -185,6 +185,9 @@ pub(super) fn restore(core: &mut Core, state: &mut LoopState, replay: Replay, he
     core.recovering(now + heartbeat_timeout * 2);
     // Nobody is connected yet: whatever the replay would send is dropped.
     let mut out = BatchingOutbox::new(0);
+    // Before any record: a replayed batch may name ids of jobs replayed
+    // after it (a caller adopting its generator's items).
+    core.reserve_jobs_below(replay.next_job);
     let (mut jobs, mut batches, mut results) = (0, 0, 0);
     for (job, records) in replay.jobs {
         for r in records {
@@ -221,7 +224,6 @@ pub(super) fn restore(core: &mut Core, state: &mut LoopState, replay: Replay, he
             }
         }
     }
-    core.reserve_jobs_below(replay.next_job);
     if jobs == 0 {
         // A fresh log: no node can be coming back with anything.
         core.end_recovery();
