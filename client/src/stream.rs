@@ -12,7 +12,7 @@ use std::task::Waker;
 
 /// How many items a generator task may have yielded that its caller has
 /// not consumed yet; past that it pauses (backpressure).
-pub const GENERATOR_WINDOW: u64 = 1024;
+pub const GENERATOR_WINDOW: u64 = 4096;
 
 /// How many bytes of items (their encoded size, inline or in a store) a
 /// generator task may have yielded that its caller has not consumed yet;
