@@ -497,11 +497,9 @@ async fn session_loop(weak: std::sync::Weak<Driver>, endpoint: Endpoint, mut ses
                             let Some(v) = item.value else { continue };
                             let object = v.task;
                             match run.as_mut() {
-                                Some((_, Some(_), items)) => items.push((object, result_from_pb(v), item.owned)),
-                                // Its caller is gone: so is its borrow
-                                // (an owned item has none).
-                                _ if !item.owned => d.borrow(object, false),
-                                _ => {}
+                                Some((_, Some(_), items)) => items.push((object, result_from_pb(v), false)),
+                                // Its caller is gone: so is its borrow.
+                                _ => d.borrow(object, false),
                             }
                         }
                         if let Some((_, Some(q), items)) = run {
@@ -643,13 +641,7 @@ fn add(msg: &mut DriverToHead, o: Out) -> usize {
                 return size;
             }
             // Small and holding no refs: it joins the run it follows.
-            match msg.items.last_mut() {
-                Some(run) if run.task == task && !run.run_ids.is_empty() && run.index + run.run_ids.len() as u64 == index => {
-                    run.run_ids.push(put.id);
-                    run.run_values.push(put.value);
-                }
-                _ => msg.items.push(pb::GeneratorItem { task, index, run_ids: vec![put.id], run_values: vec![put.value], ..Default::default() }),
-            }
+            shoal_proto::items::push_run(&mut msg.items, task, index, put.id, put.value);
             size - 24
         }
         Out::GeneratorAck(task, consumed) => {

@@ -24,9 +24,9 @@
 //! argument, inside a value), so reading an item where it arrives costs
 //! the head no more than forwarding it. At most [`GENERATOR_WINDOW`]
 //! items, or [`GENERATOR_WINDOW_BYTES`] of them, wait unconsumed: past
-//! that the producer pauses until the caller takes more. A failure (a panic at item 500) ends the stream after the items
-//! yielded before it, with the error. Dropping the generator before its
-//! end cancels the task.
+//! that the producer pauses until the caller takes more. A failure (a
+//! panic at item 500) ends the stream after the items yielded before it,
+//! with the error. Dropping the generator before its end cancels the task.
 
 use crate::calls::{Arg, CallOptions};
 use crate::driver::Out;
@@ -157,10 +157,12 @@ impl<T> Drop for ObjectRefGenerator<T> {
     fn drop(&mut self) {
         let Some(c) = &self.cluster else { return };
         c.generators.remove(&self.task);
-        // Items that arrived but were never taken: their borrows go.
-        let untaken = self.taken.drain(..).filter(|(_, _, owned)| !owned).map(|(id, _, _)| id);
-        for id in untaken.collect::<Vec<_>>().into_iter().chain(self.queue.drain()) {
-            c.borrow(id, false);
+        // Items that arrived but were never taken: their borrows go (an
+        // owned item has none).
+        for (id, _, owned) in self.taken.drain(..).chain(self.queue.drain()) {
+            if !owned {
+                c.borrow(id, false);
+            }
         }
         if self.cancel_on_drop && !self.end.is_ready() {
             c.cancel(self.task);
@@ -193,8 +195,7 @@ pub fn submit_generator<T>(meta: &'static FunctionMeta, opts: CallOptions, args:
 /// Runs a generator function's iterator inside its task (used by the
 /// macro): each item is put and sent to the caller; past
 /// [`GENERATOR_WINDOW`] unconsumed items (or [`GENERATOR_WINDOW_BYTES`])
-/// it waits. The task's result is
-/// the item count.
+/// it waits. The task's result is the item count.
 pub fn run_generator<T: Serialize>(items: impl IntoIterator<Item = T>) -> Result<Encoded, InvokeError> {
     let task = crate::executor::current_task();
     let cluster = crate::init::driver_or_init().map_err(|e| InvokeError::ResultEncode(format!("a generator needs its task's session: {e}")))?;

@@ -108,11 +108,9 @@ impl ItemQueue {
         }
     }
 
-    /// Takes every item left (the caller is going away): the ids of those
-    /// the head keeps (not owned ones).
-    pub(crate) fn drain(&self) -> Vec<u64> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.items.drain(..).filter(|(_, _, owned)| !owned).map(|(id, _, _)| id).collect()
+    /// Takes every item left (the caller is going away).
+    pub(crate) fn drain(&self) -> VecDeque<Arrived> {
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).items)
     }
 }
 

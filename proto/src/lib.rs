@@ -8,6 +8,7 @@
 //!   the constant-time check servers make ([`conns::Guard`]).
 //! - [`frame`]: `u32`-length-prefixed protobuf frames, async and blocking.
 //! - [`binaries`]: program binaries as a stream of chunks.
+//! - [`items`]: runs of generator items.
 //! - [`convert`]: every conversion between wire and domain types.
 //! - [`client`], [`local`]: connecting to a head over gRPC or in-process.
 //! - [`net`], [`conns`]: what a server accepts (TLS, deadlines, bounds on
@@ -28,6 +29,7 @@ pub mod convert;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod items;
 pub mod local;
 pub mod net;
 pub mod pad;

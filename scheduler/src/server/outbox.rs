@@ -91,17 +91,11 @@ impl Outbox for BatchingOutbox {
         let batch = current(self.drivers.entry(job).or_default(), size);
         // An owned item joins the run it follows (one entry, not one each).
         if let (true, Ok(Payload::Inline(b))) = (owned, &value) {
-            match batch.items.last_mut() {
-                Some(run) if run.task == task.0 && !run.run_ids.is_empty() && run.index + run.run_ids.len() as u64 == index => {
-                    run.run_ids.push(object.0);
-                    run.run_values.push(b.clone());
-                }
-                _ => batch.items.push(pb::GeneratorItem { task: task.0, index, run_ids: vec![object.0], run_values: vec![b.clone()], ..Default::default() }),
-            }
+            shoal_proto::items::push_run(&mut batch.items, task.0, index, object.0, b.clone());
             return;
         }
         let value = Some(convert::delivery_to_wire(object, value));
-        batch.items.push(pb::GeneratorItem { task: task.0, index, put: None, value, owned, ..Default::default() });
+        batch.items.push(pb::GeneratorItem { task: task.0, index, value, ..Default::default() });
     }
     fn generator_ack(&mut self, job: JobId, task: TaskId, consumed: u64) {
         current(self.drivers.entry(job).or_default(), 16).generator_acks.push(pb::GeneratorAck { task: task.0, consumed });
