@@ -35,7 +35,10 @@ fn a_restarted_head_resumes_from_a_compacted_log() {
         heads = heads.iter().map(inc::remote).collect();
     }
     let sums: Vec<_> = blobs.iter().enumerate().map(|(i, b)| total::remote(b, &heads[i])).collect();
-    wait_for(Duration::from_secs(30), "the log to be compacted", || c.head_log().contains("compacted the job's log").then_some(()));
+    // Killed only once the snapshot is committed: killed between the
+    // loop's "compacted" and the log's commit, the head would come back
+    // without the job at all (its first batches not yet durable either).
+    wait_for(Duration::from_secs(30), "the compacted log to be durable", || c.head_log().contains("the job's snapshot is durable").then_some(()));
     c.kill_head();
     c.restart_head(2);
     for (i, h) in heads.iter().enumerate() {

@@ -313,6 +313,7 @@ fn note_durable(acks: &mut BTreeMap<u32, u64>, job: u32, batch: u64) {
 
 fn write(db: &Database, next: &mut BTreeMap<u32, u64>, entries: Vec<Entry>) -> Result<Vec<(u32, u64)>, String> {
     let mut acks: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut compacted = Vec::new();
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
@@ -330,6 +331,7 @@ fn write(db: &Database, next: &mut BTreeMap<u32, u64>, entries: Vec<Entry>) -> R
                     log.insert((job, 0), record.as_slice()).map_err(|e| e.to_string())?;
                     next.insert(job, 1);
                     note_durable(&mut acks, job, batch);
+                    compacted.push(job);
                 }
                 Entry::EndJob(job) => {
                     log.retain_in((job, 0)..=(job, u64::MAX), |_, _| false).map_err(|e| e.to_string())?;
@@ -343,6 +345,11 @@ fn write(db: &Database, next: &mut BTreeMap<u32, u64>, entries: Vec<Entry>) -> R
         }
     }
     txn.commit().map_err(|e| e.to_string())?;
+    // Only now would a restarted head replay from the snapshot (the loop
+    // logs "compacted" when it hands the snapshot to this thread).
+    for job in compacted {
+        tracing::info!(job, "the job's snapshot is durable");
+    }
     Ok(acks.into_iter().collect())
 }
 
