@@ -702,9 +702,7 @@ mod model {
         let mut out = Map::new();
         // Warm-up as Ray's script does: one small fan-out first.
         assert_eq!(fanout::remote(10).get().unwrap(), 10);
-        let (m, spread) = timed(args.model_runs, || assert_eq!(fanout::remote(1000).get().unwrap(), 1000));
-        out.insert("nested_fanout_1000_s".into(), round(m));
-        out.insert("nested_fanout_1000_spread".into(), round(spread));
+        let fanout_once = || assert_eq!(fanout::remote(1000).get().unwrap(), 1000);
         let stream_once = || {
             let n = items::remote(10_000).filter(|r| r.as_ref().ok().and_then(|r| r.get().ok()).is_some()).count();
             assert_eq!(n, 10_000);
@@ -712,18 +710,23 @@ mod model {
         // SHOAL_BENCH_PROFILE=fanout:N or streaming:N: only N runs of that
         // workload, each run's time printed (to profile it: perf record
         // the head, the workers' executors and this probe meanwhile).
-        if let Some((what, n)) = std::env::var("SHOAL_BENCH_PROFILE").ok().and_then(|v| {
-            let (what, n) = v.split_once(':')?;
-            Some((what.to_string(), n.parse::<usize>().ok()?))
-        }) {
-            let v = match what.as_str() {
-                "fanout" => seconds(n, || assert_eq!(fanout::remote(1000).get().unwrap(), 1000)),
-                _ => seconds(n, stream_once),
+        if let Ok(v) = std::env::var("SHOAL_BENCH_PROFILE") {
+            let (what, n) = v
+                .split_once(':')
+                .and_then(|(w, n)| Some((w, n.parse::<usize>().ok()?)))
+                .unwrap_or_else(|| panic!("SHOAL_BENCH_PROFILE={v}: want fanout:N or streaming:N"));
+            let times = match what {
+                "fanout" => seconds(n, fanout_once),
+                "streaming" => seconds(n, stream_once),
+                _ => panic!("SHOAL_BENCH_PROFILE: no workload {what:?} (fanout or streaming)"),
             };
-            out.insert(format!("profile_{what}_ms"), v.iter().map(|s| round(s * 1e3)).collect());
+            out.insert(format!("profile_{what}_ms"), times.iter().map(|s| round(s * 1e3)).collect());
             println!("{}", Value::Object(out));
             return;
         }
+        let (m, spread) = timed(args.model_runs, fanout_once);
+        out.insert("nested_fanout_1000_s".into(), round(m));
+        out.insert("nested_fanout_1000_spread".into(), round(spread));
         let (m, spread) = timed(args.model_runs, stream_once);
         out.insert("streaming_10k_items_s".into(), round(m));
         out.insert("streaming_10k_items_spread".into(), round(spread));
