@@ -364,7 +364,11 @@ pub(crate) fn encode_outcome(
             let size = size as u64;
             // Ask for room, then encode the value straight into shared memory.
             let a = alloc.alloc(task, size)?;
-            if a.error.is_empty() && a.offset.checked_add(size).is_some_and(|end| end <= arena.len()) {
+            if a.existing > 0 {
+                // An earlier run of this task stored its result on this
+                // node already: that copy is the result.
+                pb::task_result::Outcome::Stored(pb::StoredObject { id: task, size: a.existing, holders: Vec::new() })
+            } else if a.error.is_empty() && a.offset.checked_add(size).is_some_and(|end| end <= arena.len()) {
                 // SAFETY: the worker reserved this range for this task's
                 // result; nobody reads it before we report it.
                 let buf = unsafe { std::slice::from_raw_parts_mut(arena.ptr(a.offset, size), size as usize) };

@@ -46,6 +46,15 @@ pub enum StoreError {
     },
 }
 
+/// Where a task's result goes (see [`Store::create_result`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultRoom {
+    /// Write it at this arena offset, then seal it.
+    Write(u64),
+    /// An earlier run's sealed copy of this many bytes is the result.
+    Sealed(u64),
+}
+
 /// Where a pinned object's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -207,6 +216,33 @@ impl Store {
             }
         }
         Ok(offset)
+    }
+
+    /// Room for a task's result `id`, or the sealed copy already here.
+    ///
+    /// A second run of the same task on this node (the head restarted, or
+    /// lost track of the first run, and dispatched it again) finds the
+    /// first run's result: sealed, it is the result and nothing is written
+    /// again; still being written, this waits until it is sealed (then it
+    /// is the result) or dropped (then this run writes it), for at most
+    /// `patience`.
+    pub fn create_result(&self, id: u64, size: u64, owner: u64, patience: std::time::Duration) -> Result<ResultRoom, StoreError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match self.create(id, size, owner) {
+                Ok(offset) => return Ok(ResultRoom::Write(offset)),
+                Err(StoreError::Exists(_)) => {
+                    if let Some(size) = self.sealed_size(id) {
+                        return Ok(ResultRoom::Sealed(size));
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Exists(id));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Places an object of `size` bytes, spilling least recently used
@@ -730,5 +766,43 @@ mod tests {
         assert!(s.write_at(9, 0, b"h").is_err(), "sealed objects are immutable");
         assert_eq!(&s.read(9).unwrap()[..], b"helloworld");
         assert_eq!(s.create(9, 1, 0), Err(StoreError::Exists(9)));
+    }
+
+    #[test]
+    fn a_second_run_of_a_task_finds_the_first_runs_result() {
+        use std::time::Duration;
+        let (s, _d) = store(1 << 20);
+        let s = Arc::new(s);
+        // Sealed already: that copy is the result, nothing is written.
+        s.create(1, 10, 7).unwrap();
+        s.seal(1).unwrap();
+        assert_eq!(s.create_result(1, 12, 8, Duration::ZERO), Ok(ResultRoom::Sealed(10)));
+        // Being written by the first run: wait for its seal.
+        s.create(2, 10, 7).unwrap();
+        let first = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                s.seal(2).unwrap();
+            })
+        };
+        assert_eq!(s.create_result(2, 10, 8, Duration::from_secs(10)), Ok(ResultRoom::Sealed(10)));
+        first.join().unwrap();
+        // The first run gave up: this run writes it.
+        s.create(3, 10, 7).unwrap();
+        let first = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                s.abort(3);
+            })
+        };
+        assert!(matches!(s.create_result(3, 10, 8, Duration::from_secs(10)), Ok(ResultRoom::Write(_))));
+        first.join().unwrap();
+        // A first run that never ends: a typed error once patience runs out.
+        s.create(4, 10, 7).unwrap();
+        assert_eq!(s.create_result(4, 10, 8, Duration::from_millis(20)), Err(StoreError::Exists(4)));
+        // A new result simply gets room.
+        assert!(matches!(s.create_result(5, 10, 8, Duration::ZERO), Ok(ResultRoom::Write(_))));
     }
 }
