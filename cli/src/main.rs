@@ -320,6 +320,9 @@ struct StartArgs {
     /// Head: the private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Threads of the daemon's own async runtime (default: one per 4 CPUs on a head, one per 8 on a worker, 1 to 8). The head's scheduler is one loop whatever this is; more threads carry more connections' TLS and HTTP/2. Tasks never run on these threads: they run in executor processes, which keep the CPUs.
+    #[arg(long, env = "SHOAL_RUNTIME_THREADS")]
+    runtime_threads: Option<usize>,
     #[command(flatten)]
     token: TokenArgs,
 }
