@@ -318,6 +318,48 @@ fn length_here(data: shoal::Buffer) -> (usize, String) {
     (data.len(), shoal::context().unwrap().node_id)
 }
 
+/// One 32 MiB object read at once by a task on each of six other hosts:
+/// the readers do not all pull it from the host that made it; some pull
+/// from readers whose copy was still arriving (the head sends them there,
+/// a tree instead of a star), and every read gets the right bytes.
+#[test]
+fn a_broadcast_to_many_hosts_pulls_from_copies_as_they_arrive() {
+    let readers = 6;
+    let c = Cluster::head_on("0.0.0.0", &[]);
+    let hosts = Hosts::create(readers + 1);
+    let mut workers: Vec<HostWorker> =
+        (1..=readers + 1).map(|i| start_worker_with(&c, &hosts, i, None, &["--resources", &format!("h{i}=1"), "--object-store-memory", "256MiB"])).collect();
+    let ids: Vec<String> = workers.iter_mut().map(registered).collect();
+    c.connect();
+    let mib = 32;
+    let made = ones_gib::options().resources(&[("h1", 1.0)]).remote(mib);
+    let _ = shoal::wait_blocking(std::slice::from_ref(&made), 1, Some(Duration::from_secs(60)));
+    let names: Vec<String> = (2..=readers + 1).map(|i| format!("h{i}")).collect();
+    let reads: Vec<_> = names.iter().map(|h| length_here::options().resources(&[(h.as_str(), 1.0)]).remote(&made)).collect();
+    let got = shoal::get_all_blocking(&reads).unwrap();
+    for (i, (n, on)) in got.iter().enumerate() {
+        assert_eq!(*n, mib << 20, "read {i} got the whole object");
+        assert_eq!(*on, ids[i + 1], "read {i} ran on its host");
+    }
+    // Where each reader's copy came from, as its worker logged it.
+    let source = format!("{}:", hosts.host_ip(1));
+    let from: Vec<String> = workers[1..]
+        .iter()
+        .map(|w| {
+            let log = w.log();
+            let line = log.lines().find(|l| l.contains("pulled object")).unwrap_or_else(|| panic!("a reader logged its pull:\n{log}")).to_string();
+            line.split_whitespace().find_map(|f| f.strip_prefix("from=")).unwrap_or_default().to_string()
+        })
+        .collect();
+    let relayed = from.iter().filter(|f| !f.starts_with(&source)).count();
+    eprintln!("broadcast to {readers} hosts: the source at {source} served {}, other readers {relayed}: {from:?}", readers - relayed);
+    assert!(relayed >= 1, "some readers pulled from other readers, not all from the source {source}: {from:?}");
+    assert!(
+        from.iter().all(|f| (1..=readers + 1).any(|i| f.starts_with(&format!("{}:", hosts.host_ip(i))))),
+        "every pull came from a host of the cluster: {from:?}"
+    );
+}
+
 /// CPU seconds (user + system) process `pid` has used.
 fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -178,6 +178,11 @@ impl Store {
         self.lock().objects.get(&id).is_some_and(|e| e.sealed && !e.freed)
     }
 
+    /// Whether `id` is being written here (reserved, not sealed yet).
+    pub fn is_writing(&self, id: u64) -> bool {
+        self.lock().objects.get(&id).is_some_and(|e| !e.sealed && !e.freed)
+    }
+
     /// The size of the sealed copy of `id`, if one is here.
     pub fn sealed_size(&self, id: u64) -> Option<u64> {
         self.lock().objects.get(&id).filter(|e| e.sealed && !e.freed).map(|e| e.size)

@@ -31,6 +31,35 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
+/// How long a read waits for an object being written here (a copy still
+/// arriving: the head sends readers to such copies, so that many readers of
+/// one object form a tree; or a task's result being stored).
+const COMING_PATIENCE: Duration = Duration::from_secs(300);
+/// How long a read waits for an object not here at all: the pull that
+/// brings it may start a moment after a reader sent here asks for it.
+const ABSENT_PATIENCE: Duration = Duration::from_secs(3);
+/// Pulls of objects this large are logged at `info` (with the holder they
+/// came from), smaller ones at `debug`.
+const LOGGED_PULL_BYTES: u64 = 16 << 20;
+
+/// Returns once object `id` is sealed here, or when it is neither being
+/// written nor arriving within the patience above (the read then answers
+/// "not found" and the reader tries its next holder).
+async fn until_sealed(store: &Store, id: u64) {
+    let start = tokio::time::Instant::now();
+    let mut last_seen = start;
+    while !store.contains(id) {
+        let now = tokio::time::Instant::now();
+        if store.is_writing(id) {
+            last_seen = now;
+        }
+        if now - last_seen >= ABSENT_PATIENCE || now - start >= COMING_PATIENCE {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// The service a worker serves its store with.
 pub struct ObjectService {
     store: Arc<Store>,
@@ -81,6 +110,7 @@ impl ObjectStore for ObjectService {
 
     async fn pin(&self, req: Request<PinRequest>) -> Result<Response<Self::PinStream>, Status> {
         let id = req.into_inner().id;
+        until_sealed(&self.store, id).await;
         let store = self.store.clone();
         let loc = tokio::task::spawn_blocking(move || store.pin(id)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
         let reply = match loc {
@@ -109,6 +139,7 @@ impl ObjectStore for ObjectService {
 
     async fn pull(&self, req: Request<PullRequest>) -> Result<Response<ChunkStream>, Status> {
         let r = req.into_inner();
+        until_sealed(&self.store, r.id).await;
         let store = self.store.clone();
         // Pinning may bring a spilled object back from disk.
         let bytes = tokio::task::spawn_blocking(move || store.read(r.id)).await.map_err(|e| Status::internal(e.to_string()))?.map_err(store_status)?;
@@ -212,6 +243,7 @@ async fn serve_bulk(store: &Arc<Store>, s: &mut shoal_proto::bulk::BulkStream) -
     use shoal_proto::bulk::{BulkRequest, BulkStatus, reply_err, reply_ok};
     use tokio::io::AsyncWriteExt;
     let r = BulkRequest::read(s).await?;
+    until_sealed(store, r.id).await;
     let st = store.clone();
     let bytes = match tokio::task::spawn_blocking(move || st.read(r.id)).await {
         Ok(Ok(b)) => b,
@@ -538,7 +570,15 @@ pub async fn pull_into(store: &Arc<Store>, peers: &Peers, id: u64, size: u64, ho
             pull_from(&client, id, size, &sink).await.map(|()| PullPath::Network)
         };
         match attempt.await {
-            Ok(path) => return store.seal(id).map(|()| path).map_err(|source| TransferError::Store { id: oid, source }),
+            Ok(path) => {
+                store.seal(id).map_err(|source| TransferError::Store { id: oid, source })?;
+                if size >= LOGGED_PULL_BYTES {
+                    tracing::info!(object = %oid, size, from = %h, path = path.label(), "pulled object");
+                } else {
+                    tracing::debug!(object = %oid, size, from = %h, path = path.label(), "pulled object");
+                }
+                return Ok(path);
+            }
             Err(e) => {
                 store.abort(id);
                 peers.forget(h);
@@ -777,6 +817,43 @@ mod tests {
         assert!(far.elsewhere.lock().unwrap().contains(&address), "remembered as elsewhere");
         assert_eq!(&d.read(7).unwrap()[..], &data[..]);
         server.abort();
+    }
+
+    /// A reader sent to a copy still arriving (the head's broadcast tree)
+    /// waits for it there and gets it whole, by every path: mapped, bulk
+    /// streams, and gRPC chunks for a small object. One asked for an
+    /// object it will never have says "not found" soon, and the reader
+    /// moves on to its next holder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_still_arriving_serves_its_readers_once_sealed() {
+        for (size, mapped) in [(20u64 << 20, true), (20 << 20, false), (64 << 10, false)] {
+            let (relay, _rd) = store();
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = l.local_addr().unwrap().to_string();
+            let server = serve(relay.clone(), l, None, Default::default(), Default::default()).unwrap();
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+            // The relay's own pull is under way: reserved, not sealed.
+            relay.create(7, size, 0).unwrap();
+            let (r, d) = (relay.clone(), data.clone());
+            let arriving = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                r.write_at(7, 0, &d).unwrap();
+                r.seal(7).unwrap();
+            });
+            let (b, _bd) = store();
+            let peers = Peers::new(None, mapped);
+            let path = pull_into(&b, &peers, 7, size, std::slice::from_ref(&address)).await.unwrap();
+            assert_eq!(path, if mapped { PullPath::SharedMemory } else { PullPath::Network });
+            assert_eq!(&b.read(7).unwrap()[..], &data[..], "{size} bytes, mapped {mapped}");
+            arriving.await.unwrap();
+            // Never coming: not found within the patience, next holder.
+            let (c, _cd) = store();
+            let t = std::time::Instant::now();
+            let e = pull_into(&c, &peers, 8, size, std::slice::from_ref(&address)).await.unwrap_err();
+            assert!(matches!(e, TransferError::NoHolder { .. }), "{e}");
+            assert!(t.elapsed() < ABSENT_PATIENCE * 4, "{:?}", t.elapsed());
+            server.abort();
+        }
     }
 
     #[test]

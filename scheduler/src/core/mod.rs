@@ -12,6 +12,7 @@
 //! per batch of events.
 
 mod actors;
+mod copies;
 #[doc(hidden)]
 pub mod fuzz;
 mod invariants;
@@ -429,6 +430,8 @@ pub struct Core {
     live: IdMap<JobId, u64>,
     /// Tables gave room back (see [`Core::take_shrunk`]).
     shrunk: bool,
+    /// Copies of stored objects being pulled (readers form a tree).
+    fetches: copies::Fetches,
 }
 
 impl Core {
@@ -517,6 +520,7 @@ impl Core {
             alive: Vec::new(),
             live: IdMap::default(),
             shrunk: false,
+            fetches: copies::Fetches::default(),
             alive_dirty: true,
             recovering_until: None,
             slots: Vec::new(),
@@ -648,6 +652,7 @@ impl Core {
         if self.live_node(node, epoch).is_none() {
             return;
         }
+        self.fetches.done(id, node);
         match self.objects.get_mut(&id).map(|o| &mut o.state) {
             Some(ObjectState::Stored { holders, .. }) => {
                 if !holders.contains(&node) {
@@ -730,6 +735,7 @@ impl Core {
         node.in_use = ResourceSet::default();
         node.functions_sent.clear();
         let lost: Vec<TaskId> = node.assigned.drain().collect();
+        self.fetches.node_gone(id);
         tracing::warn!(node = %id, reason, tasks = lost.len(), "node marked dead");
         out.disconnect(id, node.epoch);
         // Its store is gone: objects whose only copy it held are lost.
@@ -1137,7 +1143,7 @@ impl Core {
         // a future result are told it will not come.
         let mut told: Vec<(JobId, ObjectId)> = Vec::new();
         for (id, mut task) in removed {
-            self.release_args(&task, out);
+            self.release_args(id, &task, out);
             if let Some(e) = task.extra.as_mut() {
                 let r = std::mem::take(&mut e.refs);
                 told.extend(r.borrowers.iter().filter(|b| **b != job).map(|b| (*b, id)));
@@ -1586,7 +1592,7 @@ impl Core {
         self.task_gone(task.job);
         self.counts.finished += 1;
         out.task_event(tid, task.func, TaskEvent::Finished);
-        self.release_args(&task, out);
+        self.release_args(tid, &task, out);
         let state = match value {
             Value::Inline(b) => ObjectState::Ready(b),
             Value::Stored { size } => ObjectState::Stored { size, holders: vec![node] },
@@ -1594,12 +1600,15 @@ impl Core {
         self.settle(tid, *task, state, out);
     }
 
-    fn release_args(&mut self, task: &Task, out: &mut impl Outbox) {
+    fn release_args(&mut self, tid: TaskId, task: &Task, out: &mut impl Outbox) {
         for c in task.extra.as_ref().map(|e| e.arg_refs.as_slice()).unwrap_or_default() {
             self.uncontain(*c, out);
         }
         for a in task.args.iter() {
             if let ArgSlot::Object(oid) = a {
+                if !self.fetches.is_empty() {
+                    self.fetches.task_ended(*oid, tid);
+                }
                 if let Some(o) = self.objects.get_mut(oid) {
                     o.task_refs = o.task_refs.saturating_sub(1);
                     self.maybe_free(*oid, out);
@@ -1619,6 +1628,7 @@ impl Core {
                 continue;
             }
             let Some(o) = self.objects.remove(&id) else { continue };
+            self.fetches.object_gone(id);
             Self::free_copies(id, &o.state, out);
             for c in o.refs.map(|r| r.contains).unwrap_or_default() {
                 if self.drop_containment(c) {
@@ -1873,6 +1883,19 @@ impl Core {
         StoredRef { id, size, holders }
     }
 
+    /// Puts first in `r`'s holders the copy `reader` should pull from (a
+    /// node still pulling it, when that copy should come sooner than the
+    /// finished ones: see [`copies`]); the finished copies stay listed
+    /// after it, for when it fails.
+    fn route_pull(&mut self, task: TaskId, reader: NodeId, r: &mut StoredRef) {
+        let Some(ObjectState::Stored { holders, .. }) = self.objects.get(&r.id).map(|o| &o.state) else { return };
+        let alive: Vec<NodeId> = holders.iter().filter(|h| self.nodes.get(h).is_some_and(|n| n.alive)).copied().collect();
+        let Some(from) = self.fetches.plan(r.id, reader, task, &alive) else { return };
+        let Some(address) = self.nodes.get(&from).map(|n| n.info.object_address.clone()) else { return };
+        r.holders.retain(|h| *h != address);
+        r.holders.insert(0, address);
+    }
+
     /// Fails a task and, transitively, everything waiting on its result.
     /// The original failure travels unchanged so the caller sees the cause.
     fn fail_task(&mut self, id: TaskId, failure: Failure, out: &mut impl Outbox) {
@@ -1894,7 +1917,7 @@ impl Core {
                 }
             }
             self.counts.failed += 1;
-            self.release_args(&task, out);
+            self.release_args(tid, &task, out);
             for dep in self.settle(tid, *task, ObjectState::Failed(Box::new(f.clone())), out) {
                 work.push((dep, f.clone()));
             }
@@ -2346,7 +2369,12 @@ impl Core {
     }
 
     fn dispatch(&mut self, tid: TaskId, node_id: NodeId, out: &mut impl Outbox) {
-        let Some(args) = self.args_to_send(tid, out) else { return };
+        let Some(mut args) = self.args_to_send(tid, out) else { return };
+        for a in args.iter_mut() {
+            if let Payload::Stored(r) = a {
+                self.route_pull(tid, node_id, r);
+            }
+        }
         let (Some(task), Some(node)) = (self.tasks.get_mut(&tid), self.nodes.get_mut(&node_id)) else { return };
         let Some(job) = self.jobs.get(&task.job) else { return };
         let Some(def) = job.functions.get(task.func as usize) else { return };
