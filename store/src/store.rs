@@ -237,7 +237,7 @@ impl Store {
             match self.create(id, size, owner) {
                 Ok(offset) => return Ok(ResultRoom::Write(offset)),
                 Err(StoreError::Exists(_)) => {
-                    if let Some(size) = self.sealed_size(id) {
+                    if let Some(size) = self.sealed_or_revived(id) {
                         return Ok(ResultRoom::Sealed(size));
                     }
                     if std::time::Instant::now() >= deadline {
@@ -248,6 +248,18 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The size of the sealed copy of `id` here, taking back a copy that
+    /// was freed while readers still had it pinned (the head had forgotten
+    /// it, e.g. across a restart, and now wants the same result again: the
+    /// bytes are that result, and it would block the id until its last
+    /// reader let go).
+    fn sealed_or_revived(&self, id: u64) -> Option<u64> {
+        let mut g = self.lock();
+        let e = g.objects.get_mut(&id).filter(|e| e.sealed)?;
+        e.freed = false;
+        Some(e.size)
     }
 
     /// Places an object of `size` bytes, spilling least recently used
@@ -804,6 +816,17 @@ mod tests {
         };
         assert!(matches!(s.create_result(3, 10, 8, Duration::from_secs(10)), Ok(ResultRoom::Write(_))));
         first.join().unwrap();
+        // Freed while a reader still had it pinned: the same result again
+        // takes that copy back instead of waiting for the reader.
+        s.create(6, 10, 7).unwrap();
+        s.seal(6).unwrap();
+        s.pin(6).unwrap();
+        s.free(6);
+        assert!(!s.contains(6));
+        assert_eq!(s.create_result(6, 10, 8, Duration::ZERO), Ok(ResultRoom::Sealed(10)));
+        assert!(s.contains(6), "visible again");
+        s.unpin(6);
+        assert!(s.contains(6), "and kept after its reader let go");
         // A first run that never ends: a typed error once patience runs out.
         s.create(4, 10, 7).unwrap();
         assert_eq!(s.create_result(4, 10, 8, Duration::from_millis(20)), Err(StoreError::Exists(4)));
