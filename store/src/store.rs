@@ -255,7 +255,7 @@ impl Store {
     /// it, e.g. across a restart, and now wants the same result again: the
     /// bytes are that result, and it would block the id until its last
     /// reader let go).
-    fn sealed_or_revived(&self, id: u64) -> Option<u64> {
+    pub fn sealed_or_revived(&self, id: u64) -> Option<u64> {
         let mut g = self.lock();
         let e = g.objects.get_mut(&id).filter(|e| e.sealed)?;
         e.freed = false;

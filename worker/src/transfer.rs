@@ -601,7 +601,9 @@ async fn claim(store: &Arc<Store>, id: u64, size: u64) -> Result<Option<u64>, Tr
         let s = store.clone();
         match tokio::task::spawn_blocking(move || s.create(id, size, 0)).await.map_err(|e| TransferError::Local { id: oid, message: e.to_string() })? {
             Ok(offset) => return Ok(Some(offset)),
-            Err(StoreError::Exists(_)) if store.contains(id) => return Ok(None),
+            // Sealed here, or freed while a reader still had it pinned
+            // (the same bytes: taken back rather than waited out).
+            Err(StoreError::Exists(_)) if store.sealed_or_revived(id).is_some() => return Ok(None),
             // Someone is writing it here: wait until it is sealed (or
             // dropped, and then write it ourselves).
             Err(StoreError::Exists(_)) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -735,6 +737,15 @@ mod tests {
         });
         assert!(claim(&store, 10, 100).await.unwrap().is_some(), "dropped meanwhile: ours to write");
         assert!(!store.contains(10), "and not sealed until the pull seals it");
+        // A copy freed while a reader had it pinned is the object: taken
+        // back at once, not waited out.
+        store.create(11, 100, 5).unwrap();
+        store.seal(11).unwrap();
+        store.pin(11).unwrap();
+        store.free(11);
+        let t = std::time::Instant::now();
+        assert!(claim(&store, 11, 100).await.unwrap().is_none(), "revived: nothing to pull");
+        assert!(store.contains(11) && t.elapsed() < Duration::from_secs(5));
     }
 
     /// An empty 64 MiB store (and the directory its spill files go to).
