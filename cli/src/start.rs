@@ -23,9 +23,10 @@ pub fn run(args: StartArgs) -> anyhow::Result<()> {
     rt.block_on(async { if args.head { run_head(args, &home).await } else { run_worker(args, &home).await } })
 }
 
-/// Threads of a daemon's runtime: `asked`, else one per 4 CPUs for a head
-/// and one per 8 for a worker, within 1..=8 (what is asked, at least 1). The daemons coordinate and
-/// move bytes; the CPUs belong to the executors running tasks. On a 2-CPU
+/// Threads of a daemon's runtime: `asked` (at least 1), else one per 4
+/// CPUs for a head and one per 8 for a worker, within 1..=8. The daemons
+/// coordinate and move bytes; the CPUs belong to the executors running
+/// tasks. On a 2-CPU
 /// machine one thread measured better than two for every model workload
 /// (fewer cross-thread wake-ups, no second thread competing with the
 /// executors; see docs/performance.md).

@@ -15,5 +15,5 @@ pub mod store;
 pub mod view;
 
 pub use arena::{Arena, ENV_STORE_FD};
-pub use store::{Location, ResultRoom, Store, StoreError, StoreStats, spill_offset};
+pub use store::{Claim, Location, Store, StoreError, StoreStats, spill_offset};
 pub use view::{arena_bytes, spilled_bytes};

@@ -46,12 +46,12 @@ pub enum StoreError {
     },
 }
 
-/// Where a task's result goes (see [`Store::create_result`]).
+/// What [`Store::claim`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResultRoom {
+pub enum Claim {
     /// Write it at this arena offset, then seal it.
     Write(u64),
-    /// An earlier run's sealed copy of this many bytes is the result.
+    /// An earlier writer's sealed copy of this many bytes is the object.
     Sealed(u64),
 }
 
@@ -223,22 +223,25 @@ impl Store {
         Ok(offset)
     }
 
-    /// Room for a task's result `id`, or the sealed copy already here.
+    /// Room to write object `id`, or the sealed copy already here: for a
+    /// task's result and for a copy pulled from a peer alike.
     ///
-    /// A second run of the same task on this node (the head restarted, or
-    /// lost track of the first run, and dispatched it again) finds the
-    /// first run's result: sealed, it is the result and nothing is written
-    /// again; still being written, this waits until it is sealed (then it
-    /// is the result) or dropped (then this run writes it), for at most
-    /// `patience`.
-    pub fn create_result(&self, id: u64, size: u64, owner: u64, patience: std::time::Duration) -> Result<ResultRoom, StoreError> {
+    /// A second writer of the same id (a task run again after the head
+    /// restarted or lost track of the first run; a pull while a task
+    /// rebuilds the object here, another pull or a driver's push) finds
+    /// the first one's work: sealed, it is the object and nothing is
+    /// written again; still being written, this waits until it is sealed
+    /// (then it is the object) or dropped (then this writer writes it),
+    /// for at most `patience`; freed while a reader had it pinned, it is
+    /// taken back (the same bytes).
+    pub fn claim(&self, id: u64, size: u64, owner: u64, patience: std::time::Duration) -> Result<Claim, StoreError> {
         let deadline = std::time::Instant::now() + patience;
         loop {
             match self.create(id, size, owner) {
-                Ok(offset) => return Ok(ResultRoom::Write(offset)),
+                Ok(offset) => return Ok(Claim::Write(offset)),
                 Err(StoreError::Exists(_)) => {
                     if let Some(size) = self.sealed_or_revived(id) {
-                        return Ok(ResultRoom::Sealed(size));
+                        return Ok(Claim::Sealed(size));
                     }
                     if std::time::Instant::now() >= deadline {
                         return Err(StoreError::Exists(id));
@@ -793,7 +796,7 @@ mod tests {
         // Sealed already: that copy is the result, nothing is written.
         s.create(1, 10, 7).unwrap();
         s.seal(1).unwrap();
-        assert_eq!(s.create_result(1, 12, 8, Duration::ZERO), Ok(ResultRoom::Sealed(10)));
+        assert_eq!(s.claim(1, 12, 8, Duration::ZERO), Ok(Claim::Sealed(10)));
         // Being written by the first run: wait for its seal.
         s.create(2, 10, 7).unwrap();
         let first = {
@@ -803,7 +806,7 @@ mod tests {
                 s.seal(2).unwrap();
             })
         };
-        assert_eq!(s.create_result(2, 10, 8, Duration::from_secs(10)), Ok(ResultRoom::Sealed(10)));
+        assert_eq!(s.claim(2, 10, 8, Duration::from_secs(10)), Ok(Claim::Sealed(10)));
         first.join().unwrap();
         // The first run gave up: this run writes it.
         s.create(3, 10, 7).unwrap();
@@ -814,7 +817,7 @@ mod tests {
                 s.abort(3);
             })
         };
-        assert!(matches!(s.create_result(3, 10, 8, Duration::from_secs(10)), Ok(ResultRoom::Write(_))));
+        assert!(matches!(s.claim(3, 10, 8, Duration::from_secs(10)), Ok(Claim::Write(_))));
         first.join().unwrap();
         // Freed while a reader still had it pinned: the same result again
         // takes that copy back instead of waiting for the reader.
@@ -823,14 +826,14 @@ mod tests {
         s.pin(6).unwrap();
         s.free(6);
         assert!(!s.contains(6));
-        assert_eq!(s.create_result(6, 10, 8, Duration::ZERO), Ok(ResultRoom::Sealed(10)));
+        assert_eq!(s.claim(6, 10, 8, Duration::ZERO), Ok(Claim::Sealed(10)));
         assert!(s.contains(6), "visible again");
         s.unpin(6);
         assert!(s.contains(6), "and kept after its reader let go");
         // A first run that never ends: a typed error once patience runs out.
         s.create(4, 10, 7).unwrap();
-        assert_eq!(s.create_result(4, 10, 8, Duration::from_millis(20)), Err(StoreError::Exists(4)));
+        assert_eq!(s.claim(4, 10, 8, Duration::from_millis(20)), Err(StoreError::Exists(4)));
         // A new result simply gets room.
-        assert!(matches!(s.create_result(5, 10, 8, Duration::ZERO), Ok(ResultRoom::Write(_))));
+        assert!(matches!(s.claim(5, 10, 8, Duration::ZERO), Ok(Claim::Write(_))));
     }
 }

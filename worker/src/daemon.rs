@@ -16,7 +16,7 @@ use shoal_domain::{JobId, ObjectId};
 use shoal_proto::convert;
 use shoal_proto::pad::pad;
 use shoal_proto::pb::{self, WorkerToExecutor, WorkerToHead};
-use shoal_store::{Location, ResultRoom, Store};
+use shoal_store::{Claim, Location, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -400,9 +400,9 @@ impl Io {
             // A first run of the same task still writing its result here
             // gets this long to seal or drop it.
             const PATIENCE: Duration = Duration::from_secs(60);
-            let allocated = match store.create_result(req.task, req.size, exec.0, PATIENCE) {
-                Ok(ResultRoom::Write(offset)) => pb::AllocReply { task: req.task, offset, ..Default::default() },
-                Ok(ResultRoom::Sealed(size)) => {
+            let allocated = match store.claim(req.task, req.size, exec.0, PATIENCE) {
+                Ok(Claim::Write(offset)) => pb::AllocReply { task: req.task, offset, ..Default::default() },
+                Ok(Claim::Sealed(size)) => {
                     tracing::info!(task = %shoal_domain::ObjectId(req.task), size, "an earlier run of the task stored its result here already; that copy is the result");
                     pb::AllocReply { task: req.task, existing: size, ..Default::default() }
                 }

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use shoal_domain::limits::OBJECT_CHUNK_BYTES;
 use shoal_proto::pb::object_store_server::{ObjectStore, ObjectStoreServer};
 use shoal_proto::pb::{ObjectChunk, PinReply, PinRequest, PullRequest, PushReply, WriteReply, WriteStep};
-use shoal_store::{Store, StoreError};
+use shoal_store::{Claim, Store, StoreError};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -596,19 +596,12 @@ pub async fn pull_into(store: &Arc<Store>, peers: &Peers, id: u64, size: u64, ho
 /// driver's push) was sealed while we waited for it.
 async fn claim(store: &Arc<Store>, id: u64, size: u64) -> Result<Option<u64>, TransferError> {
     let oid = shoal_domain::ObjectId(id);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.create(id, size, 0)).await.map_err(|e| TransferError::Local { id: oid, message: e.to_string() })? {
-            Ok(offset) => return Ok(Some(offset)),
-            // Sealed here, or freed while a reader still had it pinned
-            // (the same bytes: taken back rather than waited out).
-            Err(StoreError::Exists(_)) if store.sealed_or_revived(id).is_some() => return Ok(None),
-            // Someone is writing it here: wait until it is sealed (or
-            // dropped, and then write it ourselves).
-            Err(StoreError::Exists(_)) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
-            Err(source) => return Err(TransferError::Store { id: oid, source }),
-        }
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || s.claim(id, size, 0, Duration::from_secs(60))).await {
+        Ok(Ok(Claim::Write(offset))) => Ok(Some(offset)),
+        Ok(Ok(Claim::Sealed(_))) => Ok(None),
+        Ok(Err(source)) => Err(TransferError::Store { id: oid, source }),
+        Err(e) => Err(TransferError::Local { id: oid, message: e.to_string() }),
     }
 }
 

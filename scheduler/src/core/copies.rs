@@ -107,18 +107,18 @@ impl Fetches {
 
     /// `node` now has all of `id` (it reported the copy), or gave up.
     pub(crate) fn done(&mut self, id: ObjectId, node: NodeId) {
-        if let Some(pulls) = self.by_object.get_mut(&id) {
-            pulls.retain(|f| f.node != node);
-            if pulls.is_empty() {
-                self.by_object.remove(&id);
-            }
-        }
+        self.forget(id, |f| f.node == node);
     }
 
     /// `task` ended: whatever pull of `id` it started is over.
     pub(crate) fn task_ended(&mut self, id: ObjectId, task: TaskId) {
+        self.forget(id, |f| f.task == task);
+    }
+
+    /// Drops the pulls of `id` that `over` says are over.
+    fn forget(&mut self, id: ObjectId, over: impl Fn(&Fetch) -> bool) {
         if let Some(pulls) = self.by_object.get_mut(&id) {
-            pulls.retain(|f| f.task != task);
+            pulls.retain(|f| !over(f));
             if pulls.is_empty() {
                 self.by_object.remove(&id);
             }
