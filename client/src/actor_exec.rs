@@ -152,8 +152,22 @@ pub(crate) fn serve(
     if class.is_some_and(|c| !c.has_async) {
         // Only sync methods: one thread reads the socket and runs each
         // call as it comes, as the task loop does.
-        let server =
-            Server { state, dead, methods, arena, replies: Replies::Socket(reader, pending), out: ExecutorToWorker::default(), class: class_name, actor };
+        // Callers on this machine may call it directly (see
+        // `crate::direct`), once it is constructed.
+        let direct = if state.is_some() { listen(actor) } else { None };
+        let queue = pending.into_iter().map(|t| (Src::Worker, t)).collect();
+        let server = Server {
+            state,
+            dead,
+            methods,
+            arena,
+            replies: Replies::Socket(reader, queue),
+            out: ExecutorToWorker::default(),
+            class: class_name,
+            actor,
+            direct,
+            current: Src::Worker,
+        };
         return server.run_sync();
     }
     let (tasks_tx, tasks_rx) = mpsc::unbounded_channel::<Vec<pb::ExecTask>>();
@@ -164,7 +178,18 @@ pub(crate) fn serve(
     std::thread::Builder::new().name("shoal-actor-reader".into()).spawn(move || read_frames(reader, tasks_tx, alloc_tx))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
-    let server = Server { state, dead, methods, arena, replies: Replies::Thread(alloc_rx), out: ExecutorToWorker::default(), class: class_name, actor };
+    let server = Server {
+        state,
+        dead,
+        methods,
+        arena,
+        replies: Replies::Thread(alloc_rx),
+        out: ExecutorToWorker::default(),
+        class: class_name,
+        actor,
+        direct: None,
+        current: Src::Worker,
+    };
     local.block_on(&rt, server.run(tasks_rx, create.max_concurrency.max(1) as usize))
 }
 
@@ -216,6 +241,103 @@ struct Server {
     /// The actor's id (its creation task): owner of what it prints
     /// outside a sync call.
     actor: u64,
+    /// Callers connected directly, when it listens for them.
+    direct: Option<Listening>,
+    /// Where the call being run came from (its result goes back there).
+    current: Src,
+}
+
+/// Where a call came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    /// Through the head and the worker.
+    Worker,
+    /// Directly, from the caller connected as this number.
+    Direct(u64),
+}
+
+/// The actor's own socket and the callers connected to it.
+struct Listening {
+    listener: std::os::unix::net::UnixListener,
+    callers: HashMap<u64, Caller>,
+    next: u64,
+}
+
+/// A caller connected directly.
+struct Caller {
+    stream: UnixStream,
+    /// Bytes read, not yet whole frames.
+    buf: Vec<u8>,
+    /// Results not yet sent.
+    out: pb::ActorToDirect,
+    /// The CPU it last sent from (plus one; 0: unknown).
+    cpu: u32,
+    /// Refs results sent to it hold, kept until it acknowledges them.
+    held: HashMap<u64, Vec<Arc<crate::object_ref::RefInner>>>,
+}
+
+/// Listens on the actor's direct socket; `None` (calls then all come
+/// through the worker) if it cannot.
+fn listen(actor: u64) -> Option<Listening> {
+    let node = std::env::var(shoal_proto::ENV_NODE_ID).ok()?;
+    let addr = crate::direct::socket_addr(&node, actor)?;
+    let listener = match std::os::unix::net::UnixListener::bind_addr(&addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("shoal actor {}: no direct calls (binding its socket: {e})", shoal_domain::ObjectId(actor));
+            return None;
+        }
+    };
+    listener.set_nonblocking(true).ok()?;
+    Some(Listening { listener, callers: HashMap::new(), next: 1 })
+}
+
+impl Listening {
+    /// Takes the callers waiting to connect (of this user only).
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            if !crate::direct::peer_is_same_user(&stream) || stream.set_nonblocking(false).is_err() {
+                continue;
+            }
+            let id = self.next;
+            self.next += 1;
+            self.callers.insert(id, Caller { stream, buf: Vec::new(), out: pb::ActorToDirect::default(), cpu: 0, held: HashMap::new() });
+        }
+    }
+
+    /// Reads caller `id`'s calls into `queue`; false if it left.
+    fn read(&mut self, id: u64, queue: &mut VecDeque<(Src, pb::ExecTask)>) -> bool {
+        let Some(c) = self.callers.get_mut(&id) else { return false };
+        let open = crate::direct::recv_available(std::os::fd::AsRawFd::as_raw_fd(&c.stream), &mut c.buf).unwrap_or(false);
+        match crate::direct::take_frames::<pb::DirectToActor>(&mut c.buf) {
+            Ok(frames) => {
+                for f in frames {
+                    if f.cpu != 0 {
+                        c.cpu = f.cpu;
+                    }
+                    for a in f.acks {
+                        c.held.remove(&a);
+                    }
+                    queue.extend(f.calls.into_iter().map(|t| (Src::Direct(id), t)));
+                }
+                open
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Sends caller `id` its results; false if it is gone.
+    fn flush(&mut self, id: u64) -> bool {
+        let Some(c) = self.callers.get_mut(&id) else { return false };
+        if c.out.results.is_empty() {
+            return true;
+        }
+        let mut buf = Vec::new();
+        c.out.cpu = crate::direct::cpu();
+        shoal_proto::frame::encode(&c.out, &mut buf);
+        c.out.results.clear();
+        std::io::Write::write_all(&mut &c.stream, &buf).is_ok()
+    }
 }
 
 /// A call ready to start: its method, the actor's value, its arguments.
@@ -227,7 +349,7 @@ enum Replies {
     /// answers here.
     Thread(std::sync::mpsc::Receiver<pb::AllocReply>),
     /// The loop reads the socket itself; tasks not yet run wait here.
-    Socket(BufReader<UnixStream>, VecDeque<pb::ExecTask>),
+    Socket(BufReader<UnixStream>, VecDeque<(Src, pb::ExecTask)>),
 }
 
 impl Server {
@@ -238,15 +360,80 @@ impl Server {
                 Replies::Socket(_, queue) => queue.pop_front(),
                 Replies::Thread(_) => return Err(std::io::Error::other("the sync loop needs the socket")),
             };
-            if let Some(t) = next {
-                self.start_sync(t)?;
+            if let Some((src, t)) = next {
+                self.current = src;
+                let r = self.start_sync(t);
+                self.current = Src::Worker;
+                r?;
                 continue;
             }
             // Nothing left to run: what is done leaves before we wait.
             self.flush()?;
-            let Replies::Socket(reader, queue) = &mut self.replies else { return Ok(()) };
-            let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Ok(()) }; // the worker is gone
-            queue.extend(msg.tasks);
+            if !self.wait_for_calls()? {
+                return Ok(()); // the worker is gone
+            }
+        }
+    }
+
+    /// Waits until calls arrive, from the worker or a direct caller
+    /// (spinning a moment first while direct callers are connected: the
+    /// next call of a call-get loop comes within microseconds). False
+    /// once the worker is gone.
+    fn wait_for_calls(&mut self) -> std::io::Result<bool> {
+        let Replies::Socket(reader, queue) = &mut self.replies else { return Ok(false) };
+        let start = std::time::Instant::now();
+        // No spinning while a caller runs on this CPU (it would only keep
+        // that caller from sending).
+        let here = crate::direct::cpu();
+        let spin_until =
+            self.direct.as_ref().filter(|d| !d.callers.is_empty() && d.callers.values().all(|c| c.cpu != here)).map(|_| start + crate::direct::spin());
+        let hot_until = start + crate::direct::hot_spin();
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut ids: Vec<u64> = Vec::new();
+        loop {
+            if !reader.buffer().is_empty() {
+                let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Ok(false) };
+                queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t)));
+                return Ok(true);
+            }
+            fds.clear();
+            ids.clear();
+            let event = |fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            fds.push(event(std::os::fd::AsRawFd::as_raw_fd(reader.get_ref())));
+            if let Some(d) = &self.direct {
+                fds.push(event(std::os::fd::AsRawFd::as_raw_fd(&d.listener)));
+                for (id, c) in &d.callers {
+                    fds.push(event(std::os::fd::AsRawFd::as_raw_fd(&c.stream)));
+                    ids.push(*id);
+                }
+            }
+            let spinning = spin_until.is_some_and(|t| std::time::Instant::now() < t);
+            if crate::direct::wait_readable(&mut fds, spinning.then_some(std::time::Duration::ZERO)) == 0 {
+                if std::time::Instant::now() >= hot_until {
+                    // The caller may share this core: let it run.
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            if fds[0].revents != 0 {
+                let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Ok(false) };
+                queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t)));
+            }
+            if let Some(d) = &mut self.direct {
+                if fds.get(1).is_some_and(|f| f.revents != 0) {
+                    d.accept();
+                }
+                for (i, id) in ids.iter().enumerate() {
+                    if fds.get(i + 2).is_some_and(|f| f.revents != 0) && !d.read(*id, queue) {
+                        // It left: its calls not run yet go with it.
+                        d.callers.remove(id);
+                        queue.retain(|(s, _)| *s != Src::Direct(*id));
+                    }
+                }
+            }
+            if !queue.is_empty() {
+                return Ok(true);
+            }
         }
     }
 
@@ -284,7 +471,8 @@ impl Server {
         let Some(guard) = guard else {
             return self.push(task, fail(FailureKind::Internal, m.name, "the actor's value is in use by another call".into(), String::new()), Vec::new());
         };
-        crate::output::task_started(task);
+        // A direct call's lines are the actor's (the head knows no such task).
+        crate::output::task_started(if self.current == Src::Worker { task } else { self.actor });
         let r = guarded(m.name, || {
             let fut = (m.call)(guard, args);
             // A sync method's future completes at its first poll; an
@@ -370,20 +558,61 @@ impl Server {
         let result = r.map_err(|e| invoke_failure(name, e));
         let arena = self.arena.clone();
         let mut alloc = ServerAlloc { out: &mut self.out, replies: &mut self.replies };
-        let (outcome, refs) = encode_outcome(name, task, result, arena.as_ref(), &mut alloc)?;
+        let (mut outcome, refs) = encode_outcome(name, task, result, arena.as_ref(), &mut alloc)?;
+        if let (Src::Direct(caller), pb::task_result::Outcome::Stored(_)) = (self.current, &outcome) {
+            // Written into the store for a direct caller: sealed now (the
+            // caller reads it at once), unless the caller left (then the
+            // space goes when this process does).
+            if self.direct.as_ref().is_some_and(|d| d.callers.contains_key(&caller)) {
+                let sealed = alloc.seal(task)?;
+                if !sealed.error.is_empty() {
+                    outcome = fail(FailureKind::ObjectStoreFull, name, format!("the result could not be sealed: {}", sealed.error), String::new());
+                }
+            }
+        }
         self.push(task, outcome, refs)
     }
 
     fn push(&mut self, task: u64, outcome: pb::task_result::Outcome, refs: Vec<Arc<crate::object_ref::RefInner>>) -> std::io::Result<()> {
-        settle_refs(task, &outcome, refs);
-        self.out.results.push(pb::TaskResult { task, outcome: Some(outcome), ..Default::default() });
-        if self.out.results.len() >= 1024 {
-            self.flush()?;
+        let Src::Direct(caller) = self.current else {
+            settle_refs(task, &outcome, refs);
+            self.out.results.push(pb::TaskResult { task, outcome: Some(outcome), ..Default::default() });
+            if self.out.results.len() >= 1024 {
+                self.flush()?;
+            }
+            return Ok(());
+        };
+        let Some(d) = &mut self.direct else { return Ok(()) };
+        let Some(c) = d.callers.get_mut(&caller) else { return Ok(()) };
+        let mut contains = Vec::new();
+        if !refs.is_empty() && !matches!(outcome, pb::task_result::Outcome::Failure(_)) {
+            // The caller puts the value holding them; until the head has
+            // that, they live here.
+            if let Some(session) = crate::init::current() {
+                for r in &refs {
+                    crate::refs::adopt(&session, r);
+                }
+                crate::runtime::block_on(session.sync_refs());
+            }
+            contains = crate::refs::ids(&refs);
+            c.held.insert(task, refs);
+        }
+        c.out.results.push(pb::DirectResult { result: Some(pb::TaskResult { task, outcome: Some(outcome), ..Default::default() }), contains });
+        if c.out.results.len() >= 256 && !d.flush(caller) {
+            d.callers.remove(&caller);
         }
         Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(d) = &mut self.direct {
+            let ids: Vec<u64> = d.callers.iter().filter(|(_, c)| !c.out.results.is_empty()).map(|(id, _)| *id).collect();
+            for id in ids {
+                if !d.flush(id) {
+                    d.callers.remove(&id);
+                }
+            }
+        }
         self.out.released = take_released();
         // Lines async calls printed go with (or before) their results.
         crate::output::settle();
@@ -415,7 +644,21 @@ impl Alloc for ServerAlloc<'_> {
                     Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone")),
                 }
             },
-            Replies::Socket(reader, queue) => read_until_allocated(reader, task, |msg| queue.extend(msg.tasks)),
+            Replies::Socket(reader, queue) => read_until_allocated(reader, task, |msg| queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t)))),
         }
+    }
+}
+
+impl ServerAlloc<'_> {
+    /// Has the worker seal object `task`, written for a direct call.
+    fn seal(&mut self, task: u64) -> std::io::Result<pb::AllocReply> {
+        let Replies::Socket(reader, queue) = self.replies else {
+            return Err(std::io::Error::other("direct calls are served on the sync loop only"));
+        };
+        self.out.alloc = Some(pb::AllocRequest { task, size: 0, seal_direct: true });
+        self.out.released = take_released();
+        send(self.out)?;
+        *self.out = ExecutorToWorker::default();
+        read_until_allocated(reader, task, |msg| queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t))))
     }
 }

@@ -178,7 +178,7 @@ fn await_allocation(
 /// Sends what `out` holds (and the released arguments) with a request for
 /// `size` bytes of arena space for `task`'s result; `out` starts afresh.
 pub(crate) fn request_alloc(out: &mut ExecutorToWorker, task: u64, size: u64) -> std::io::Result<()> {
-    out.alloc = Some(pb::AllocRequest { task, size });
+    out.alloc = Some(pb::AllocRequest { task, size, seal_direct: false });
     out.released = take_released();
     send(out)?;
     *out = ExecutorToWorker::default();

@@ -113,4 +113,8 @@ pub struct ActorStatus {
     pub death: String,
     /// Detached from its job's lifetime.
     pub detached: bool,
+    /// Times a call interrupted by its death runs again on the next
+    /// instance.
+    #[serde(default)]
+    pub max_task_retries: u32,
 }

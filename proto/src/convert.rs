@@ -507,6 +507,7 @@ impl From<ClusterStatus> for pb::ClusterStatus {
                     restarts: a.restarts,
                     death: a.death,
                     detached: a.detached,
+                    max_task_retries: a.max_task_retries,
                 })
                 .collect(),
         }
@@ -567,6 +568,7 @@ impl TryFrom<pb::ClusterStatus> for ClusterStatus {
                     restarts: a.restarts,
                     death: a.death,
                     detached: a.detached,
+                    max_task_retries: a.max_task_retries,
                 })
                 .collect(),
         })

@@ -396,6 +396,17 @@ impl Io {
     fn alloc(&self, exec: ExecId, req: pb::AllocRequest) {
         let Some(tx) = self.conns.get(&exec).cloned() else { return };
         let store = self.store.clone();
+        if req.seal_direct {
+            // A direct actor call's result, written into space this
+            // executor was given: sealed here, owned by the caller, who
+            // tells the head.
+            let error = store.seal(ObjectId(req.task)).err().map(|e| e.to_string()).unwrap_or_default();
+            if !error.is_empty() {
+                tracing::warn!(object = %shoal_domain::ObjectId(req.task), %error, "a direct call's result could not be sealed");
+            }
+            let _ = tx.send(WorkerToExecutor { allocated: Some(pb::AllocReply { task: req.task, error, ..Default::default() }), ..Default::default() });
+            return;
+        }
         tokio::task::spawn_blocking(move || {
             // A first run of the same task still writing its result here
             // gets this long to seal or drop it.

@@ -405,6 +405,7 @@ impl Core {
                     _ => String::new(),
                 },
                 detached: a.spec.detached,
+                max_task_retries: a.spec.max_task_retries,
             })
             .collect();
         v.sort_by_key(|a| a.id);
