@@ -49,6 +49,12 @@ impl Counter {
         pattern(n, self.n)
     }
 
+    /// Puts `n` values (the counter's and the next ones) and returns refs
+    /// to them: a result holding refs the caller must keep alive.
+    fn handouts(&self, n: u64) -> Vec<shoal::ObjectRef<u64>> {
+        (0..n).map(|i| shoal::put(self.n + i).unwrap()).collect()
+    }
+
     /// Where the actor runs.
     fn node(&self) -> String {
         shoal::context().map(|c| c.node_id).unwrap_or_default()
@@ -88,6 +94,30 @@ fn add_through(counter: ActorHandle<Counter>, k: u64) -> u64 {
     counter.incr(k).get().expect("the actor answers the task")
 }
 
+/// A task on a value: a direct call's result passed on to it.
+#[shoal::remote]
+fn twice(x: u64) -> u64 {
+    2 * x
+}
+
+/// Tasks the head has seen finish.
+fn head_finished(c: &Cluster) -> u64 {
+    c.status()["tasks"]["finished"].as_u64().unwrap()
+}
+
+/// Calls `counter` until this process calls it directly (the first calls
+/// go through the head while the caller finds the actor's socket): then a
+/// batch of calls leaves the head's count of finished tasks unchanged.
+fn until_direct(c: &Cluster, counter: &ActorHandle<Counter>) {
+    wait_for(Duration::from_secs(10), "calls to go straight to the actor", || {
+        let before = head_finished(c);
+        for _ in 0..20 {
+            counter.value().get().unwrap();
+        }
+        (head_finished(c) == before).then_some(())
+    });
+}
+
 /// A task that makes an actor of its own and uses it.
 #[shoal::remote]
 fn make_and_use(start: u64) -> u64 {
@@ -121,6 +151,45 @@ fn actor_node(c: &Cluster, id: shoal::ObjectId) -> Option<String> {
     let st = c.status();
     let a = st["actors"].as_array()?.iter().find(|a| a["id"] == id.to_string())?.clone();
     (a["state"] == "alive").then(|| a["node"].as_str().map(str::to_string)).flatten()
+}
+
+#[test]
+fn calls_from_the_actors_machine_go_straight_to_it_in_order_with_calls_through_the_head() {
+    let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let counter = Counter::remote(0);
+    until_direct(&c, &counter);
+    // 1,000 direct calls: none passes through the head.
+    let before = head_finished(&c);
+    let direct: Vec<_> = (1..=1000).map(|_| counter.incr(1)).collect();
+    assert_eq!(shoal::get_all_blocking(&direct).unwrap(), (1..=1000).collect::<Vec<u64>>());
+    assert_eq!(head_finished(&c), before, "direct calls do not go through the head");
+    // A call whose argument is a ref goes through the head; calls on
+    // either side of it still run in the order made.
+    let mut expected = 1000;
+    let mut refs = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..60u64 {
+        let k = i % 7 + 1;
+        expected += k;
+        refs.push(if i % 3 == 0 { counter.incr(shoal::put(k).unwrap()) } else { counter.incr(k) });
+        want.push(expected);
+    }
+    assert_eq!(shoal::get_all_blocking(&refs).unwrap(), want, "every call saw exactly the calls made before it");
+    assert!(head_finished(&c) >= before + 20, "the calls with ref arguments went through the head");
+    // A direct result is an object like any other: a task takes it.
+    let r = counter.incr(1);
+    assert_eq!(twice::remote(&r).get().unwrap(), 2 * (expected + 1));
+    assert_eq!(r.get().unwrap(), expected + 1);
+    // Large results go through the actor's node's store; the caller owns them.
+    let blob = counter.blob(1 << 20).get().unwrap();
+    assert_eq!(digest(&blob), digest(&pattern(1 << 20, expected + 1)));
+    wait_for(Duration::from_secs(10), "the large result in the actor's node's store", || (c.stored_objects() >= 1).then_some(()));
+    drop(blob);
+    // Refs inside a direct result stay alive after the actor lets go.
+    let handed = counter.handouts(3).get().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let values: Vec<u64> = handed.iter().map(|r| r.get().unwrap()).collect();
+    assert_eq!(values, vec![expected + 1, expected + 2, expected + 3]);
 }
 
 #[test]
@@ -178,6 +247,7 @@ fn an_actor_whose_node_dies_restarts_on_the_other_node() {
     let mut c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
     let counter = Counter::options().max_restarts(1).max_task_retries(1).remote(7);
     assert_eq!(counter.incr(1).get().unwrap(), 8);
+    until_direct(&c, &counter);
     let first = actor_node(&c, counter.id()).expect("the actor is alive on a node");
     assert_eq!(counter.node().get().unwrap(), first, "status and the actor agree on its node");
     // A call running when the node dies runs again on the new instance
@@ -202,6 +272,7 @@ fn without_restarts_the_calls_of_an_actor_whose_node_dies_fail_with_actor_died()
     let mut c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
     let counter = Counter::remote(0);
     assert_eq!(counter.incr(1).get().unwrap(), 1);
+    until_direct(&c, &counter);
     let node = actor_node(&c, counter.id()).unwrap();
     // One call running, more queued behind it.
     let running = counter.sleep_ms(10_000);
@@ -217,6 +288,23 @@ fn without_restarts_the_calls_of_an_actor_whose_node_dies_fail_with_actor_died()
     assert!(t.elapsed() < Duration::from_secs(9), "they fail when the node dies, not when the sleep would end");
     let later = counter.incr(1).get().unwrap_err();
     assert!(matches!(&later, TaskError::ActorDied { message, .. } if message.contains("no restarts")), "{later}");
+}
+
+#[test]
+fn killing_an_actor_fails_the_direct_calls_in_flight_with_the_cause() {
+    let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let counter = Counter::remote(0);
+    until_direct(&c, &counter);
+    let running = counter.sleep_ms(10_000);
+    let queued: Vec<_> = (0..3).map(|_| counter.incr(1)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    shoal::kill(&counter);
+    for r in std::iter::once(&running).chain(&queued) {
+        let e = r.get().unwrap_err();
+        assert!(matches!(&e, TaskError::ActorDied { message, .. } if message.contains("killed")), "{e}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(8), "they fail when the actor is killed, not when the sleep would end");
 }
 
 #[test]

@@ -99,6 +99,10 @@ fn median_roundtrip_us<T>(n: usize, mut call: impl FnMut() -> T) -> f64 {
             t.elapsed().as_secs_f64()
         })
         .collect();
+    if std::env::var_os("SHOAL_BENCH_LAT").is_some() {
+        let s: Vec<String> = lat.chunks(50).map(|c| format!("{:.0}", c.iter().sum::<f64>() / c.len() as f64 * 1e6)).collect();
+        eprintln!("latency by 50s (us): {}", s.join(" "));
+    }
     lat.sort_by(|a, b| a.total_cmp(b));
     lat[lat.len() / 2] * 1e6
 }

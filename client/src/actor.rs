@@ -60,6 +60,18 @@ impl RawActor {
         if let Some(e) = &self.error {
             return ObjectRef::failed(e.clone());
         }
+        // Straight to the actor's process when it runs on this machine
+        // (see `crate::direct`), else through the head.
+        if let Ok(cluster) = crate::init::driver_or_init() {
+            if let Some(inner) = crate::direct::try_call(&cluster, self.id, meta, crate::calls::inline_values(&args)) {
+                return ObjectRef::from_inner(inner);
+            }
+            crate::direct::before_head_call(&cluster, self.id);
+            let opts = CallOptions { actor: ActorCall::Method(self.id), ..Default::default() };
+            let r: ObjectRef<R> = crate::calls::submit_with(meta, opts, args);
+            crate::direct::after_head_call(&cluster, self.id, r.inner.slot.clone());
+            return r;
+        }
         let opts = CallOptions { actor: ActorCall::Method(self.id), ..Default::default() };
         crate::calls::submit_with(meta, opts, args)
     }
@@ -262,6 +274,7 @@ pub fn kill<A: Actor>(handle: &ActorHandle<A>) {
         return;
     }
     if let Ok(d) = crate::init::driver_or_init() {
+        crate::direct::forget(&d, handle.raw().id);
         d.send(crate::driver::Out::KillActor(handle.raw().id));
     }
 }

@@ -151,6 +151,17 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
     }
 }
 
+/// The arguments' values, when each is a value holding no refs (what a
+/// direct actor call can carry); `None` otherwise.
+pub(crate) fn inline_values(args: &[Arg]) -> Option<Vec<Bytes>> {
+    args.iter()
+        .map(|a| match &a.0 {
+            ArgInner::Value(b) if a.1.is_empty() => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Submits a call (used by the macro).
 pub fn submit<R>(meta: &'static FunctionMeta, args: Vec<Arg>) -> ObjectRef<R> {
     submit_with(meta, CallOptions::default(), args)

@@ -66,6 +66,7 @@ mod actor;
 mod actor_exec;
 mod buffer;
 mod calls;
+mod direct;
 mod driver;
 mod error;
 mod executor;

@@ -35,9 +35,33 @@ pub(crate) struct RefInner {
     /// keeps nothing for it until this process sends it on (`true` once
     /// it did; held while the adoption is queued).
     pub(crate) owned: Option<Mutex<bool>>,
+    /// A direct actor call's result (see [`crate::direct`]): the
+    /// connection it arrives on, read by a waiting `get` itself.
+    pub(crate) direct: Option<Arc<crate::direct::Conn>>,
 }
 
 impl RefInner {
+    /// A direct actor call's result: owned here (the head keeps nothing
+    /// for it until it is sent on, or is stored).
+    pub(crate) fn direct(id: u64, slot: Arc<Slot>, driver: Arc<Cluster>, conn: Arc<crate::direct::Conn>) -> Arc<RefInner> {
+        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: false, owned: Some(Mutex::new(false)), direct: Some(conn) })
+    }
+
+    /// Marks an owned ref as handed to the head; false if it was already.
+    pub(crate) fn claim_adoption(&self) -> bool {
+        let Some(adopted) = &self.owned else { return false };
+        let mut adopted = adopted.lock().unwrap_or_else(|p| p.into_inner());
+        !std::mem::replace(&mut *adopted, true)
+    }
+
+    /// Waits for a direct call's result by reading its connection here,
+    /// spinning briefly, before sleeping on the slot.
+    fn spin(&self, deadline: Option<Instant>) {
+        if let Some(c) = &self.direct {
+            c.wait_here(&self.slot, deadline);
+        }
+    }
+
     /// The error of a ref that failed locally (never reached the cluster).
     pub(crate) fn local_error(&self) -> Option<TaskError> {
         match &*self.slot.state.lock().expect("slot lock") {
@@ -113,17 +137,21 @@ fn decode_bytes<T: DeserializeOwned>(b: &Bytes) -> Result<T, TaskError> {
 
 impl<T> ObjectRef<T> {
     pub(crate) fn new(id: u64, slot: Arc<Slot>, driver: Option<Arc<Cluster>>) -> Self {
-        ObjectRef { inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None), borrowed: false, owned: None }), lend: None, _t: PhantomData }
+        ObjectRef {
+            inner: Arc::new(RefInner { id, slot, driver, fetch: Mutex::new(None), borrowed: false, owned: None, direct: None }),
+            lend: None,
+            _t: PhantomData,
+        }
     }
 
     /// A ref that reached this process inside a value.
     pub(crate) fn borrowed_inner(id: u64, slot: Arc<Slot>, driver: Arc<Cluster>) -> Arc<RefInner> {
-        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: true, owned: None })
+        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: true, owned: None, direct: None })
     }
 
     /// An owned generator item: its value is here, and only here.
     pub(crate) fn owned_inner(id: u64, slot: Arc<Slot>, driver: Arc<Cluster>) -> Arc<RefInner> {
-        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: true, owned: Some(Mutex::new(false)) })
+        Arc::new(RefInner { id, slot, driver: Some(driver), fetch: Mutex::new(None), borrowed: true, owned: Some(Mutex::new(false)), direct: None })
     }
 
     pub(crate) fn from_inner(inner: Arc<RefInner>) -> Self {
@@ -155,12 +183,14 @@ impl<T> ObjectRef<T> {
 impl<T: DeserializeOwned> ObjectRef<T> {
     /// Blocks until the value is ready and returns it.
     pub fn get(&self) -> Result<T, TaskError> {
+        self.inner.spin(None);
         decode(&self.inner, self.inner.slot.wait_value(None).expect("no deadline"))
     }
 
     /// Blocks at most `timeout`; `TaskError::Timeout` if the value is not
     /// ready by then (the task keeps running).
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, TaskError> {
+        self.inner.spin(Some(Instant::now() + timeout));
         match self.inner.slot.wait_value(Some(Instant::now() + timeout)) {
             Some(v) => decode(&self.inner, v),
             None => Err(TaskError::Timeout { after: timeout }),

@@ -29,6 +29,8 @@ pub(crate) struct Cluster {
     store_target: std::sync::Mutex<Option<(String, String)>>,
     /// Borrowed refs alive in this process, by id (see [`crate::refs`]).
     pub(crate) borrows: dashmap::DashMap<u64, std::sync::Weak<crate::object_ref::RefInner>>,
+    /// Direct connections to actors on this machine.
+    pub(crate) routes: crate::direct::Routes,
 }
 
 impl Cluster {
@@ -39,7 +41,7 @@ impl Cluster {
             Some(l) => std::sync::OnceLock::from(Some(Arc::new(l))),
             None => std::sync::OnceLock::new(),
         };
-        Arc::new(Cluster { driver, local_store, store_target: std::sync::Mutex::new(None), borrows: dashmap::DashMap::new() })
+        Arc::new(Cluster { driver, local_store, store_target: std::sync::Mutex::new(None), borrows: dashmap::DashMap::new(), routes: Default::default() })
     }
 }
 

@@ -75,6 +75,9 @@ pub(crate) fn ids_on(cluster: &Arc<Cluster>, refs: &[Arc<RefInner>], what: &str)
 /// session, from here on as any item. Queued before the message that
 /// names it, on the same session, so the head has it first.
 pub(crate) fn adopt(cluster: &Arc<Cluster>, r: &Arc<RefInner>) {
+    if r.direct.is_some() {
+        return crate::direct::escape(cluster, r);
+    }
     let Some(adopted) = &r.owned else { return };
     let mut adopted = adopted.lock().unwrap_or_else(|p| p.into_inner());
     if *adopted {

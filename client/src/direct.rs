@@ -1,0 +1,709 @@
+//! Direct actor calls: a caller on the actor's machine sends its method
+//! calls straight to the actor's executor over a Unix socket of the
+//! actor's own, and reads the results from it, instead of through the head
+//! and the worker (Ray's direct actor calls). A round trip is then one
+//! socket hop each way, with a short spin on both ends instead of a sleep.
+//!
+//! - **Where.** An actor whose methods are all sync listens on the abstract
+//!   socket [`socket_addr`]`(its node, its id)` once its constructor
+//!   succeeded; only processes of the same user connect (the peer's uid is
+//!   checked), the trust a same-machine driver mapping the store already
+//!   has. A caller looks its actor up in the cluster status once (in the
+//!   background; calls meanwhile go through the head) and connects; an
+//!   actor on another machine, in another network namespace, or with
+//!   async methods is not reachable so, and its calls keep going through
+//!   the head.
+//! - **Order.** Calls from one caller run in the order made, on either
+//!   path: a call goes direct only when none of the caller's calls to that
+//!   actor through the head is unfinished, and a call that must go through
+//!   the head (its arguments hold refs) first waits for the direct ones in
+//!   flight.
+//! - **Results** belong to the caller: small values travel back inline and
+//!   the head hears of them only if the ref is sent on (an argument, inside
+//!   a value: it is `put` under the call's id then); large ones are written
+//!   into the actor's node's store and the caller tells the head at once
+//!   that it owns them there. A value holding refs is put at once too; the
+//!   actor keeps those refs alive until the caller's put is acknowledged.
+//! - **Death.** When the actor's process ends under calls in flight, the
+//!   caller waits for the head to see it: calls fail with
+//!   [`TaskError::ActorDied`] (the head's cause), or, when the actor
+//!   restarted and allows `max_task_retries`, are sent again through the
+//!   head to the new instance, before later calls.
+//! - **Not seen by the head**: direct calls do not appear in task counts
+//!   and listings, and cannot be cancelled once sent.
+
+use crate::driver::Out;
+use crate::error::TaskError;
+use crate::functions::FunctionMeta;
+use crate::object_ref::RefInner;
+use crate::objects::Cluster;
+use crate::slot::Slot;
+use crate::values::Val;
+use bytes::Bytes;
+use prost::Message;
+use shoal_domain::actor::ActorState;
+use shoal_proto::pb;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// How long a caller waiting for a direct result, and an actor waiting for
+/// its next call, spin before they sleep: a round trip's worth, so that a
+/// call-get loop never sleeps.
+/// The first part of a spin, without yielding the core (on a core of
+/// their own, caller and actor answer each other within it).
+pub(crate) fn hot_spin() -> Duration {
+    static HOT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *HOT.get_or_init(|| Duration::from_micros(std::env::var("SHOAL_DIRECT_HOT_US").ok().and_then(|v| v.parse().ok()).unwrap_or(15)))
+}
+
+/// How long a caller waits on the socket itself after spinning, before
+/// it leaves the reading to the connection's thread.
+pub(crate) const SOCKET_WAIT: Duration = Duration::from_millis(2);
+
+pub(crate) fn spin() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| Duration::from_micros(std::env::var("SHOAL_DIRECT_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(100)))
+}
+
+/// Environment variable that turns direct calls off (`0`) in a process.
+pub(crate) const ENV_DIRECT_CALLS: &str = "SHOAL_DIRECT_ACTOR_CALLS";
+
+/// The abstract socket actor `actor` on node `node` (a full node id)
+/// listens on: unique per node (random ids) and actor; none once its
+/// process ends, so a restart on the same node binds it again.
+pub(crate) fn socket_addr(node: &str, actor: u64) -> Option<SocketAddr> {
+    let node = shoal_domain::NodeId::parse(node)?;
+    SocketAddr::from_abstract_name(format!("shoal-actor-{}-{actor:x}", node.0.simple())).ok()
+}
+
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(ENV_DIRECT_CALLS).map_or(true, |v| v != "0"))
+}
+
+// ---------------------------------------------------------------- wire
+
+/// Reads what the socket has without waiting; `Ok(false)` at its end.
+pub(crate) fn recv_available(fd: RawFd, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    loop {
+        buf.reserve(64 << 10);
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is writable memory of this length; recv writes
+        // at most that many bytes and we only count what it wrote.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            // SAFETY: recv initialised `n` bytes of the spare capacity.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            continue;
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock => Ok(true),
+            std::io::ErrorKind::Interrupted => continue,
+            _ => Err(e),
+        };
+    }
+}
+
+/// The whole frames at the front of `buf`, taken out of it.
+pub(crate) fn take_frames<M: Message + Default>(buf: &mut Vec<u8>) -> std::io::Result<Vec<M>> {
+    let mut at = 0;
+    let mut out = Vec::new();
+    while let Some(header) = buf.get(at..at + 4) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len > shoal_proto::frame::MAX_FRAME {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a {len}-byte frame")));
+        }
+        let Some(body) = buf.get(at + 4..at + 4 + len) else { break };
+        out.push(M::decode(body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?);
+        at += 4 + len;
+    }
+    buf.drain(..at);
+    Ok(out)
+}
+
+/// Waits until `fd` is readable, at most `timeout` (`None`: no limit).
+pub(crate) fn wait_readable(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> usize {
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: `fds` is a valid array of pollfd of this length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    n.max(0) as usize
+}
+
+/// The CPU this thread runs on, plus one (0: unknown).
+pub(crate) fn cpu() -> u32 {
+    // SAFETY: sched_getcpu has no preconditions.
+    let c = unsafe { libc::sched_getcpu() };
+    if c < 0 { 0 } else { c as u32 + 1 }
+}
+
+/// Whether the peer of `s` runs as this process's user.
+pub(crate) fn peer_is_same_user(s: &UnixStream) -> bool {
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes one ucred into `cred`, of size `len`.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len) };
+    // SAFETY: geteuid has no preconditions.
+    r == 0 && cred.uid == unsafe { libc::geteuid() }
+}
+
+// ---------------------------------------------------------------- caller side
+
+/// This process's ways to its actors, by actor id.
+#[derive(Default)]
+pub(crate) struct Routes {
+    map: Mutex<HashMap<u64, Route>>,
+}
+
+#[derive(Default)]
+struct Route {
+    conn: Option<Arc<Conn>>,
+    lookup: Lookup,
+    /// Calls sent through the head not known finished: no call goes
+    /// direct until they are (order).
+    head_calls: Vec<Arc<Slot>>,
+}
+
+#[derive(Default)]
+enum Lookup {
+    /// Look it up on the next call after this instant.
+    #[default]
+    Now,
+    After(Instant, Duration),
+    Running,
+    /// Dead for good: never.
+    Never,
+}
+
+/// A call in flight on a connection.
+struct Pending {
+    slot: Arc<Slot>,
+    inner: Weak<RefInner>,
+    meta: &'static FunctionMeta,
+    args: Vec<Bytes>,
+}
+
+/// Calls in flight on a connection, by id (in the order made).
+#[derive(Default)]
+struct InFlight {
+    calls: BTreeMap<u64, Pending>,
+    /// The connection ended under calls whose fate is not settled yet.
+    resolving: bool,
+}
+
+impl InFlight {
+    fn idle(&self) -> bool {
+        self.calls.is_empty() && !self.resolving
+    }
+}
+
+/// A connection to one actor's executor.
+pub(crate) struct Conn {
+    actor: u64,
+    class: String,
+    /// Full id of the actor's node, and its object store's address.
+    node: String,
+    holder: String,
+    /// The actor's restarts and retry budget when we connected.
+    restarts: u32,
+    max_task_retries: u32,
+    stream: UnixStream,
+    cluster: Weak<Cluster>,
+    write: Mutex<Vec<u8>>,
+    read: Mutex<Vec<u8>>,
+    pending: Mutex<InFlight>,
+    drained: Condvar,
+    closed: AtomicBool,
+    /// Threads reading for themselves in [`Conn::wait_here`]: while there are, the
+    /// reader thread stays off the socket (its wake-ups would take a core
+    /// from the spinning caller or the actor).
+    spinning: AtomicUsize,
+    /// The CPU the actor last answered from (plus one; 0: unknown).
+    actor_cpu: std::sync::atomic::AtomicU32,
+    reader: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// Calls actor `actor`'s method `meta` directly, if it can go so now
+/// (`args` all inline values, a connection, no head call unfinished).
+pub(crate) fn try_call(cluster: &Arc<Cluster>, actor: u64, meta: &'static FunctionMeta, args: Option<Vec<Bytes>>) -> Option<Arc<RefInner>> {
+    if !enabled() {
+        return None;
+    }
+    let conn = {
+        let mut map = cluster.routes.map.lock().unwrap_or_else(|p| p.into_inner());
+        let route = map.entry(actor).or_default();
+        route.head_calls.retain(|s| !s.is_done());
+        match &route.conn {
+            Some(c) if !c.closed.load(Ordering::Acquire) => {
+                if !route.head_calls.is_empty() {
+                    return None;
+                }
+                c.clone()
+            }
+            _ => {
+                route.conn = None;
+                let due = match route.lookup {
+                    Lookup::Now => true,
+                    Lookup::After(t, _) => Instant::now() >= t,
+                    Lookup::Running | Lookup::Never => false,
+                };
+                if due {
+                    let backoff = match route.lookup {
+                        Lookup::After(_, b) => b,
+                        _ => Duration::ZERO,
+                    };
+                    route.lookup = Lookup::Running;
+                    start_lookup(cluster, actor, backoff);
+                }
+                return None;
+            }
+        }
+    };
+    let args = args?;
+    Some(conn.call(cluster, meta, args))
+}
+
+/// Before a call to `actor` goes through the head: direct calls in flight
+/// finish first (order).
+pub(crate) fn before_head_call(cluster: &Arc<Cluster>, actor: u64) {
+    let conn = cluster.routes.map.lock().unwrap_or_else(|p| p.into_inner()).get(&actor).and_then(|r| r.conn.clone());
+    if let Some(c) = conn {
+        let mut p = c.pending.lock().unwrap_or_else(|p| p.into_inner());
+        while !p.idle() {
+            p = c.drained.wait(p).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// A call to `actor` went through the head; its result lands in `slot`.
+pub(crate) fn after_head_call(cluster: &Arc<Cluster>, actor: u64, slot: Arc<Slot>) {
+    if !enabled() {
+        return;
+    }
+    let mut map = cluster.routes.map.lock().unwrap_or_else(|p| p.into_inner());
+    let route = map.entry(actor).or_default();
+    route.head_calls.retain(|s| !s.is_done());
+    route.head_calls.push(slot);
+}
+
+/// The actor is being killed from here: later calls go through the head
+/// (after the kill, so they fail as it says); calls in flight fail as
+/// the head says once it ended the actor.
+pub(crate) fn forget(cluster: &Arc<Cluster>, actor: u64) {
+    let conn = {
+        let mut map = cluster.routes.map.lock().unwrap_or_else(|p| p.into_inner());
+        let r = map.entry(actor).or_default();
+        r.lookup = Lookup::Never;
+        r.conn.take()
+    };
+    if let Some(c) = conn {
+        c.close("the actor is being killed".into());
+    }
+}
+
+fn set_lookup(cluster: &Arc<Cluster>, actor: u64, lookup: Lookup, conn: Option<Arc<Conn>>) {
+    let mut map = cluster.routes.map.lock().unwrap_or_else(|p| p.into_inner());
+    let route = map.entry(actor).or_default();
+    route.lookup = lookup;
+    if conn.is_some() {
+        route.conn = conn;
+    }
+}
+
+/// Finds where `actor` runs and connects to it, in the background.
+fn start_lookup(cluster: &Arc<Cluster>, actor: u64, backoff: Duration) {
+    let cluster = cluster.clone();
+    crate::runtime::runtime().spawn(async move {
+        let retry = |b: Duration, least: Duration| {
+            let b = (b * 2).clamp(least, Duration::from_secs(60));
+            Lookup::After(Instant::now() + b, b)
+        };
+        let st = match crate::status::fetch(&cluster.address, cluster.token.as_deref()).await {
+            Ok(st) => st,
+            Err(_) => return set_lookup(&cluster, actor, retry(backoff, Duration::from_secs(1)), None),
+        };
+        let Some(a) = st.actors.iter().find(|a| a.id.0 == actor) else {
+            return set_lookup(&cluster, actor, retry(backoff, Duration::from_millis(200)), None);
+        };
+        let node = match (&a.state, a.node) {
+            (ActorState::Dead, _) => return set_lookup(&cluster, actor, Lookup::Never, None),
+            (ActorState::Alive, Some(n)) => n,
+            // Starting (or restarting): soon again.
+            _ => return set_lookup(&cluster, actor, Lookup::After(Instant::now() + Duration::from_millis(20), Duration::from_millis(20)), None),
+        };
+        let node_full = format!("{node:#}");
+        let status = st.nodes.iter().find(|n| n.id == node);
+        let holder = status.map(|n| n.object_address.clone()).unwrap_or_default();
+        // The head counts an actor alive from when its constructor was
+        // sent; on this machine it listens soon after.
+        let here = status.is_some_and(|n| n.hostname == shoal_worker::config::hostname());
+        let stream = socket_addr(&node_full, actor).and_then(|addr| UnixStream::connect_addr(&addr).ok());
+        let Some(stream) = stream else {
+            // Not listening yet, another machine, or an actor with async
+            // methods: through the head, and ask again now and then (it
+            // may restart here).
+            let least = if here { Duration::from_millis(5) } else { Duration::from_secs(1) };
+            return set_lookup(&cluster, actor, retry(backoff, least), None);
+        };
+        tracing::debug!(actor = %crate::ObjectId(actor), node = %node, "calling the actor directly");
+        let conn = Arc::new(Conn {
+            actor,
+            class: a.class.clone(),
+            node: node_full,
+            holder,
+            restarts: a.restarts,
+            max_task_retries: a.max_task_retries,
+            stream,
+            cluster: Arc::downgrade(&cluster),
+            write: Mutex::new(Vec::new()),
+            read: Mutex::new(Vec::new()),
+            pending: Mutex::new(InFlight::default()),
+            drained: Condvar::new(),
+            closed: AtomicBool::new(false),
+            spinning: AtomicUsize::new(0),
+            actor_cpu: std::sync::atomic::AtomicU32::new(0),
+            reader: std::sync::OnceLock::new(),
+        });
+        let reader = conn.clone();
+        match std::thread::Builder::new().name("shoal-direct".into()).spawn(move || reader.read_loop()) {
+            Ok(h) => {
+                let _ = conn.reader.set(h.thread().clone());
+            }
+            Err(_) => return set_lookup(&cluster, actor, retry(backoff, Duration::from_secs(1)), None),
+        }
+        set_lookup(&cluster, actor, Lookup::Now, Some(conn));
+    });
+}
+
+impl Conn {
+    fn call(self: &Arc<Self>, cluster: &Arc<Cluster>, meta: &'static FunctionMeta, args: Vec<Bytes>) -> Arc<RefInner> {
+        let id = cluster.next_id();
+        let slot = Slot::pending();
+        let inner = RefInner::direct(id, slot.clone(), cluster.clone(), self.clone());
+        let call = pb::ExecTask {
+            task: id,
+            method: meta.name.to_string(),
+            args: args.iter().map(|a| pb::ExecArg { value: a.clone(), ..Default::default() }).collect(),
+            ..Default::default()
+        };
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).calls.insert(id, Pending { slot, inner: Arc::downgrade(&inner), meta, args });
+        if let Err(e) = self.send(&pb::DirectToActor { calls: vec![call], acks: Vec::new(), cpu: cpu() }) {
+            self.close(format!("sending a call: {e}"));
+        }
+        inner
+    }
+
+    fn send(&self, msg: &pb::DirectToActor) -> std::io::Result<()> {
+        let mut buf = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        buf.clear();
+        shoal_proto::frame::encode(msg, &mut buf);
+        (&self.stream).write_all(&buf)
+    }
+
+    /// Reads and delivers what has arrived. `wait`: take the read lock
+    /// even if another thread holds it; else give up at once.
+    fn pump(self: &Arc<Self>, wait: bool) {
+        let results = {
+            let mut buf = match self.read.try_lock() {
+                Ok(b) => b,
+                Err(std::sync::TryLockError::WouldBlock) if !wait => return,
+                Err(_) => self.read.lock().unwrap_or_else(|p| p.into_inner()),
+            };
+            let open = recv_available(self.stream.as_raw_fd(), &mut buf);
+            let frames = take_frames::<pb::ActorToDirect>(&mut buf);
+            match (open, frames) {
+                (Ok(true), Ok(f)) => f,
+                (Ok(false), Ok(f)) => {
+                    drop(buf);
+                    self.deliver_all(f);
+                    return self.close("the actor's process closed the connection".into());
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    drop(buf);
+                    return self.close(format!("reading results: {e}"));
+                }
+            }
+        };
+        self.deliver_all(results);
+    }
+
+    fn deliver_all(&self, frames: Vec<pb::ActorToDirect>) {
+        for f in frames {
+            if f.cpu != 0 {
+                self.actor_cpu.store(f.cpu, Ordering::Relaxed);
+            }
+            for r in f.results {
+                self.deliver(r);
+            }
+        }
+    }
+
+    /// Waits for `slot` reading the connection itself (no thread hop):
+    /// spinning for [`spin`] (without yielding the core for
+    /// [`hot_spin`]), then sleeping on the socket for up to
+    /// [`SOCKET_WAIT`], never past `deadline`. A slower call is then left
+    /// to the reader thread (the caller sleeps on the slot, lending its
+    /// CPU if it is a task). On the actor's CPU it does not spin at all:
+    /// that would only keep the actor from running.
+    pub(crate) fn wait_here(self: &Arc<Self>, slot: &Slot, deadline: Option<Instant>) {
+        let start = Instant::now();
+        let here = cpu();
+        let shared = here != 0 && self.actor_cpu.load(Ordering::Relaxed) == here;
+        let hot = start + hot_spin();
+        let spin_until = if shared { start } else { start + spin() };
+        let sleep_until = deadline.map_or(start + SOCKET_WAIT, |d| d.min(start + SOCKET_WAIT));
+        self.spinning.fetch_add(1, Ordering::AcqRel);
+        while !slot.is_done() && !self.closed.load(Ordering::Acquire) {
+            self.pump(false);
+            let now = Instant::now();
+            if now >= sleep_until || slot.is_done() {
+                break;
+            }
+            if now >= spin_until {
+                let mut fds = [libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+                wait_readable(&mut fds, Some((sleep_until - now).max(Duration::from_millis(1))));
+            } else if now >= hot {
+                // The actor may share this core: let it run.
+                std::thread::yield_now();
+            }
+        }
+        self.spinning.fetch_sub(1, Ordering::AcqRel);
+        if !slot.is_done()
+            && let Some(t) = self.reader.get()
+        {
+            // A slow call: the reader thread takes over.
+            t.unpark();
+        }
+    }
+
+    fn read_loop(self: Arc<Self>) {
+        let fd = self.stream.as_raw_fd();
+        while !self.closed.load(Ordering::Acquire) {
+            if self.spinning.load(Ordering::Acquire) > 0 {
+                // A caller reads for itself; look again soon (or when it
+                // gives up spinning).
+                std::thread::park_timeout(Duration::from_millis(1));
+                continue;
+            }
+            let mut fds = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+            if wait_readable(&mut fds, None) == 0 {
+                continue;
+            }
+            self.pump(true);
+        }
+    }
+
+    fn deliver(&self, r: pb::DirectResult) {
+        let Some(result) = r.result else { return };
+        let id = result.task;
+        let p = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let p = pending.calls.remove(&id);
+            if pending.idle() {
+                self.drained.notify_all();
+            }
+            p
+        };
+        let Some(p) = p else { return };
+        let val = match result.outcome {
+            Some(pb::task_result::Outcome::Value(v)) => Ok(Val::Inline(v)),
+            Some(pb::task_result::Outcome::Stored(s)) => Ok(Val::Stored { id, size: s.size, holders: vec![self.holder.clone()] }),
+            Some(pb::task_result::Outcome::Failure(f)) => Err(crate::driver::failure_to_error(f)),
+            None => Err(TaskError::Internal { message: "a direct result without an outcome".into() }),
+        };
+        let stored = matches!(val, Ok(Val::Stored { .. }));
+        if let (Ok(v), Some(cluster)) = (&val, self.cluster.upgrade())
+            && (stored || !r.contains.is_empty())
+        {
+            // The caller owns it: the head keeps it from now on.
+            let msg = match v {
+                Val::Inline(b) => pb::PutObject { id, value: b.clone(), contains: r.contains.clone(), ..Default::default() },
+                Val::Stored { size, .. } => pb::PutObject {
+                    id,
+                    stored: Some(pb::StoredObject { id, size: *size, holders: Vec::new() }),
+                    node: self.node.clone(),
+                    contains: r.contains.clone(),
+                    ..Default::default()
+                },
+            };
+            own(&cluster, &p.slot, p.inner.upgrade().as_ref(), msg);
+            if !r.contains.is_empty() {
+                // The actor lets go of the refs once the head has ours.
+                crate::runtime::block_on(cluster.sync());
+                let _ = self.send(&pb::DirectToActor { calls: Vec::new(), acks: vec![id], cpu: 0 });
+            }
+        }
+        p.slot.complete(val);
+    }
+
+    /// The connection is over: calls in flight fail or go again through
+    /// the head once it knows what became of the actor (found on a thread
+    /// of its own; head calls of this caller wait for it, for order).
+    fn close(self: &Arc<Self>, why: String) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let pending = {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.resolving = !p.calls.is_empty();
+            std::mem::take(&mut p.calls)
+        };
+        let cluster = self.cluster.upgrade();
+        if let Some(cluster) = &cluster {
+            let mut map = cluster.routes.map.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = map.get_mut(&self.actor) {
+                r.conn = None;
+                if !matches!(r.lookup, Lookup::Never) {
+                    r.lookup = Lookup::After(Instant::now() + Duration::from_millis(20), Duration::from_millis(20));
+                }
+            }
+        }
+        let (Some(cluster), false) = (cluster, pending.is_empty()) else {
+            self.drained.notify_all();
+            return;
+        };
+        tracing::debug!(actor = %crate::ObjectId(self.actor), calls = pending.len(), %why, "direct connection to the actor lost with calls in flight");
+        let conn = self.clone();
+        let settle = move || {
+            let fate = conn.fate(&cluster);
+            conn.settle(&cluster, pending, fate);
+        };
+        if let Err(e) = std::thread::Builder::new().name("shoal-direct-fate".into()).spawn(settle) {
+            tracing::warn!(error = %e, "no thread to settle direct calls on");
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.resolving = false;
+            self.drained.notify_all();
+        }
+    }
+
+    fn settle(&self, cluster: &Arc<Cluster>, pending: BTreeMap<u64, Pending>, fate: Fate) {
+        for (id, p) in pending {
+            match &fate {
+                Fate::Retry => {
+                    // Through the head, to the new instance, in order.
+                    cluster.register(id, p.slot.clone());
+                    let func = cluster.function_index(p.meta);
+                    cluster.send(Out::Submit(pb::TaskSubmit {
+                        id,
+                        func,
+                        args: p.args.into_iter().map(|v| pb::Arg { kind: Some(pb::arg::Kind::Value(v)) }).collect(),
+                        actor: self.actor,
+                        ..Default::default()
+                    }));
+                    match p.inner.upgrade() {
+                        Some(inner) => {
+                            inner.claim_adoption();
+                        }
+                        None => cluster.release(id),
+                    }
+                    after_head_call(cluster, self.actor, p.slot);
+                }
+                Fate::Fail(message) => {
+                    p.slot.complete(Err(TaskError::ActorDied { class: self.class.clone(), message: message.clone(), node: self.node.clone() }))
+                }
+            }
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.resolving = false;
+        self.drained.notify_all();
+    }
+
+    /// What the head says became of the actor after our connection ended
+    /// (waits until it knows, up to a minute).
+    fn fate(&self, cluster: &Arc<Cluster>) -> Fate {
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let st = crate::runtime::block_on(crate::status::fetch(&cluster.address, cluster.token.as_deref()));
+            if let Ok(st) = &st {
+                match st.actors.iter().find(|a| a.id.0 == self.actor) {
+                    None => return Fate::Fail(format!("actor {} is gone", crate::ObjectId(self.actor))),
+                    Some(a) if a.state == ActorState::Dead => return Fate::Fail(a.death.clone()),
+                    Some(a) if self.replaced(a) => {
+                        return if self.max_task_retries > 0 {
+                            Fate::Retry
+                        } else {
+                            Fate::Fail(format!("actor {} died while the call ran (it restarted; max_task_retries = 0)", crate::ObjectId(self.actor)))
+                        };
+                    }
+                    Some(_) => {}
+                }
+            }
+            if Instant::now() >= until {
+                return Fate::Fail(format!("the connection to actor {}'s process was lost while the call ran", crate::ObjectId(self.actor)));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Conn {
+    /// Whether the instance we talked to is gone in the head's eyes: it
+    /// is starting again, restarted, or runs elsewhere (or a new process
+    /// listens in its place already).
+    fn replaced(&self, a: &shoal_domain::actor::ActorStatus) -> bool {
+        let here = a.node.is_some_and(|n| format!("{n:#}") == self.node);
+        a.restarts > self.restarts
+            || a.state == ActorState::Pending
+            || (a.state == ActorState::Alive && !here)
+            || (a.state == ActorState::Alive && socket_addr(&self.node, self.actor).is_some_and(|addr| UnixStream::connect_addr(&addr).is_ok()))
+    }
+}
+
+impl Drop for Routes {
+    /// The session is over: its connections close (their reader threads
+    /// end; calls still in flight are abandoned with the session).
+    fn drop(&mut self) {
+        let map = self.map.get_mut().unwrap_or_else(|p| p.into_inner());
+        for r in map.values() {
+            if let Some(c) = &r.conn {
+                c.closed.store(true, Ordering::Release);
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+enum Fate {
+    Retry,
+    Fail(String),
+}
+
+/// The head keeps direct result `msg` (this process owns it) from now on;
+/// `inner` (if still alive here) then tells it when it drops.
+fn own(cluster: &Arc<Cluster>, slot: &Arc<Slot>, inner: Option<&Arc<RefInner>>, msg: pb::PutObject) {
+    let id = msg.id;
+    if let Some(inner) = inner
+        && !inner.claim_adoption()
+    {
+        return; // the head has it already
+    }
+    cluster.register(id, slot.clone());
+    if !msg.contains.is_empty() {
+        cluster.mark_unsynced();
+    }
+    cluster.send(Out::Put(msg));
+    if inner.is_none() {
+        cluster.release(id);
+    }
+}
+
+/// Direct call result `r` leaves this process (an argument, inside a
+/// value): the head is given it first, under its id (after it arrived).
+pub(crate) fn escape(cluster: &Arc<Cluster>, r: &Arc<RefInner>) {
+    let _ = r.slot.wait_value(None);
+    if let Some((Ok(Val::Inline(value)), _)) = r.slot.answer() {
+        own(cluster, &r.slot, Some(r), pb::PutObject { id: r.id, value, ..Default::default() });
+    }
+}
