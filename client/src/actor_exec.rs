@@ -425,9 +425,9 @@ impl Server {
                 }
                 for (i, id) in ids.iter().enumerate() {
                     if fds.get(i + 2).is_some_and(|f| f.revents != 0) && !d.read(*id, queue) {
-                        // It left: its calls not run yet go with it.
+                        // It left. The calls it sent still run (as a call
+                        // through the head would), their results dropped.
                         d.callers.remove(id);
-                        queue.retain(|(s, _)| *s != Src::Direct(*id));
                     }
                 }
             }

@@ -707,3 +707,49 @@ pub(crate) fn escape(cluster: &Arc<Cluster>, r: &Arc<RefInner>) {
         own(cluster, &r.slot, Some(r), pb::PutObject { id: r.id, value, ..Default::default() });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(calls: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..calls {
+            let msg = pb::DirectToActor { calls: vec![pb::ExecTask { task: i, method: "C::m".into(), ..Default::default() }], acks: vec![i], cpu: 1 };
+            shoal_proto::frame::encode(&msg, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_split_anywhere_come_out_whole_and_in_order() {
+        let bytes = framed(5);
+        for cut in 0..bytes.len() {
+            let mut buf = bytes[..cut].to_vec();
+            let mut got: Vec<pb::DirectToActor> = take_frames(&mut buf).unwrap();
+            buf.extend_from_slice(&bytes[cut..]);
+            got.extend(take_frames::<pb::DirectToActor>(&mut buf).unwrap());
+            assert!(buf.is_empty(), "cut at {cut}: leftover {} bytes", buf.len());
+            let ids: Vec<u64> = got.iter().map(|f| f.calls[0].task).collect();
+            assert_eq!(ids, vec![0, 1, 2, 3, 4], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_or_garbled_frame_is_an_error_not_an_allocation() {
+        let mut huge = (u32::MAX).to_le_bytes().to_vec();
+        huge.extend_from_slice(b"xx");
+        assert!(take_frames::<pb::DirectToActor>(&mut huge).is_err());
+        let mut garbled = 3u32.to_le_bytes().to_vec();
+        garbled.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(take_frames::<pb::DirectToActor>(&mut garbled).is_err());
+    }
+
+    #[test]
+    fn the_socket_name_is_per_node_and_actor_and_needs_a_full_node_id() {
+        let a = socket_addr("51374f0c-d36c-4c44-8dd7-4e58914b0a79", 0x10000000004).unwrap();
+        let b = socket_addr("51374f0c-d36c-4c44-8dd7-4e58914b0a79", 0x10000000005).unwrap();
+        assert_ne!(a.as_abstract_name(), b.as_abstract_name());
+        assert!(socket_addr("51374f0c", 1).is_none(), "a short node id names no socket");
+    }
+}
