@@ -112,8 +112,25 @@ pub struct Store {
     inner: Mutex<Inner>,
     /// Signalled when a spill ends (space may have been freed).
     spilled: Condvar,
-    /// `[0, faulted)` has been pre-faulted by the background thread.
+    /// `[0, faulted)` is backed with memory (the background thread and
+    /// writers past it extend it).
     faulted: AtomicU64,
+    /// How far the background thread is asked to fault in.
+    ahead: Arc<Ahead>,
+}
+
+/// What the background fault thread is asked to do: fault `[0, want)` in.
+struct Ahead {
+    want: Mutex<u64>,
+    more: Condvar,
+}
+
+/// How far ahead of the newest write the background thread faults the
+/// arena in: the size of that write (at least 64 MiB, at most 1 GiB), so
+/// the next one of the same size, landing past the prefix because the
+/// space of the last one is not free yet, finds it backed.
+fn fault_ahead(size: u64) -> u64 {
+    size.clamp(64 << 20, 1 << 30)
 }
 
 /// Threads that fault a new object's range in at once: the CPUs, up to 4.
@@ -130,30 +147,53 @@ impl Store {
         let capacity = capacity / crate::alloc::ALIGN * crate::alloc::ALIGN;
         let arena = Arena::create(capacity)?;
         let inner = Inner { alloc: Allocator::new(capacity), objects: HashMap::new(), clock: 0, spilled_bytes: 0, spilled_objects: 0 };
-        let store = Arc::new(Store { arena: Arc::new(arena), spill_dir, inner: Mutex::new(inner), spilled: Condvar::new(), faulted: AtomicU64::new(0) });
+        let store = Arc::new(Store {
+            arena: Arc::new(arena),
+            spill_dir,
+            inner: Mutex::new(inner),
+            spilled: Condvar::new(),
+            faulted: AtomicU64::new(0),
+            ahead: Arc::new(Ahead { want: Mutex::new(0), more: Condvar::new() }),
+        });
         let target = prefault.min(capacity);
-        if target > 0 {
-            let weak = Arc::downgrade(&store);
-            std::thread::Builder::new().name("shoal-prefault".into()).spawn(move || {
-                // Faulting shared memory in costs ~2 s of CPU per GiB on
-                // the machines Shoal is measured on: do it at the lowest
-                // priority, so tasks and the event loops never wait for it.
-                // SAFETY: plain syscalls on this thread's own id.
-                unsafe {
-                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                    libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+        *store.ahead.want.lock().unwrap_or_else(|p| p.into_inner()) = target;
+        let (weak, ahead) = (Arc::downgrade(&store), store.ahead.clone());
+        std::thread::Builder::new().name("shoal-prefault".into()).spawn(move || {
+            // Faulting shared memory in costs ~2 s of CPU per GiB on the
+            // machines Shoal is measured on: do it at the lowest priority,
+            // so tasks and the event loops never wait for it.
+            // SAFETY: plain syscalls on this thread's own id.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            }
+            const STEP: u64 = 64 << 20;
+            loop {
+                let want = {
+                    let mut want = ahead.want.lock().unwrap_or_else(|p| p.into_inner());
+                    loop {
+                        let Some(s) = weak.upgrade() else { return };
+                        if s.faulted.load(Ordering::Acquire) < *want {
+                            break *want;
+                        }
+                        drop(s);
+                        // Woken for more, or now and then to see whether
+                        // the store is gone.
+                        want = ahead.more.wait_timeout(want, std::time::Duration::from_secs(1)).unwrap_or_else(|p| p.into_inner()).0;
+                    }
+                };
+                let Some(s) = weak.upgrade() else { return };
+                let start = s.faulted.load(Ordering::Acquire);
+                let end = want.min(start + STEP).min(s.arena.len());
+                if end > start {
+                    s.arena.prefault(start, end - start);
+                    s.faulted.fetch_max(end, Ordering::AcqRel);
+                } else {
+                    // Asked past the arena: nothing more to do.
+                    *ahead.want.lock().unwrap_or_else(|p| p.into_inner()) = start;
                 }
-                const STEP: u64 = 64 << 20;
-                let mut done = 0;
-                while done < target {
-                    let Some(s) = weak.upgrade() else { return };
-                    let n = STEP.min(target - done);
-                    s.arena.prefault(done, n);
-                    done += n;
-                    s.faulted.fetch_max(done, Ordering::AcqRel);
-                }
-            })?;
-        }
+            }
+        })?;
         Ok(store)
     }
 
@@ -211,13 +251,23 @@ impl Store {
         // Past the pre-faulted prefix: fault the rest of the range in now,
         // in one call, rather than page by page during the write. The
         // allocator is first-fit, so the prefix grows and is reused.
-        let end = offset - payload_skew(size) + rounded(footprint(size));
+        let begin = offset - payload_skew(size);
+        let end = begin + rounded(footprint(size));
         let faulted = self.faulted.load(Ordering::Acquire);
         if end > faulted {
-            let start = offset.max(faulted);
+            let start = begin.max(faulted);
             self.arena.prefault_on(start, end - start, fault_threads());
             if start == faulted {
                 self.faulted.fetch_max(end, Ordering::AcqRel);
+            }
+            // The next write of this size may land past this one (its
+            // space not freed yet): fault that in meanwhile, in the
+            // background.
+            let want = end.saturating_add(fault_ahead(size)).min(self.arena.len());
+            let mut w = self.ahead.want.lock().unwrap_or_else(|p| p.into_inner());
+            if want > *w {
+                *w = want;
+                self.ahead.more.notify_one();
             }
         }
         Ok(offset)
@@ -633,6 +683,28 @@ mod tests {
     fn store(cap: u64) -> (Arc<Store>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         (Store::open(cap, cap, dir.path().join("spill")).unwrap(), dir)
+    }
+
+    #[test]
+    fn a_write_past_the_faulted_prefix_has_the_space_after_it_faulted_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing pre-faulted at open.
+        let s = Store::open(512 << 20, 0, dir.path().join("spill")).unwrap();
+        assert_eq!(s.faulted.load(Ordering::Acquire), 0);
+        let size = 96u64 << 20;
+        let offset = s.create(1, size, 0).unwrap();
+        let end = offset - payload_skew(size) + rounded(footprint(size));
+        assert!(s.faulted.load(Ordering::Acquire) >= end, "the write's own range is faulted in before it is handed out");
+        // The next write of the same size finds its space backed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while s.faulted.load(Ordering::Acquire) < end + size {
+            assert!(std::time::Instant::now() < deadline, "faulted only to {} of {}", s.faulted.load(Ordering::Acquire), end + size);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Never past the arena.
+        s.create(2, 300 << 20, 0).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(s.faulted.load(Ordering::Acquire) <= s.capacity());
     }
 
     fn put(s: &Store, id: u64, byte: u8, size: usize) -> Result<(), StoreError> {
