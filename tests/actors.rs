@@ -193,6 +193,22 @@ fn calls_from_the_actors_machine_go_straight_to_it_in_order_with_calls_through_t
 }
 
 #[test]
+fn direct_calls_nobody_waits_for_still_reach_the_actor() {
+    let c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
+    let counter = Counter::remote(0);
+    until_direct(&c, &counter);
+    // Fire and forget: the results are dropped at once.
+    for _ in 0..500 {
+        drop(counter.incr(1));
+    }
+    // Another process (a task, calling the actor itself) sees them all.
+    wait_for(Duration::from_secs(10), "the 500 calls to reach the actor", || {
+        let v = add_through::remote(counter.clone(), 0).get().unwrap();
+        (v == 500).then_some(())
+    });
+}
+
+#[test]
 fn ten_thousand_calls_from_one_caller_come_back_in_order() {
     let _c = two_workers(&["--num-cpus", "1"], &["--num-cpus", "1"]);
     let counter = Counter::remote(0);

@@ -168,9 +168,9 @@ pub(crate) struct Routes {
 struct Route {
     conn: Option<Arc<Conn>>,
     lookup: Lookup,
-    /// Calls sent through the head not known finished: no call goes
-    /// direct until they are (order).
-    head_calls: Vec<Arc<Slot>>,
+    /// Calls sent through the head not known finished, oldest first: no
+    /// call goes direct until they are (order).
+    head_calls: std::collections::VecDeque<Arc<Slot>>,
 }
 
 #[derive(Default)]
@@ -241,9 +241,14 @@ pub(crate) fn try_call(cluster: &Arc<Cluster>, actor: u64, meta: &'static Functi
     let conn = {
         let mut map = cluster.routes.map.lock().unwrap_or_else(|p| p.into_inner());
         let route = map.entry(actor).or_default();
-        route.head_calls.retain(|s| !s.is_done());
         match &route.conn {
             Some(c) if !c.closed.load(Ordering::Acquire) => {
+                // The newest head call unfinished: the caller is still on
+                // the head path (checked in O(1) per call).
+                if route.head_calls.back().is_some_and(|s| !s.is_done()) {
+                    return None;
+                }
+                route.head_calls.retain(|s| !s.is_done());
                 if !route.head_calls.is_empty() {
                     return None;
                 }
@@ -291,8 +296,10 @@ pub(crate) fn after_head_call(cluster: &Arc<Cluster>, actor: u64, slot: Arc<Slot
     }
     let mut map = cluster.routes.map.lock().unwrap_or_else(|p| p.into_inner());
     let route = map.entry(actor).or_default();
-    route.head_calls.retain(|s| !s.is_done());
-    route.head_calls.push(slot);
+    while route.head_calls.front().is_some_and(|s| s.is_done()) {
+        route.head_calls.pop_front();
+    }
+    route.head_calls.push_back(slot);
 }
 
 /// The actor is being killed from here: later calls go through the head
@@ -396,17 +403,45 @@ impl Conn {
             ..Default::default()
         };
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).calls.insert(id, Pending { slot, inner: Arc::downgrade(&inner), meta, args });
-        if let Err(e) = self.send(&pb::DirectToActor { calls: vec![call], acks: Vec::new(), cpu: cpu() }) {
+        if let Err(e) = self.send(&pb::DirectToActor { calls: vec![call], acks: Vec::new(), cpu: cpu() }, false) {
             self.close(format!("sending a call: {e}"));
         }
         inner
     }
 
-    fn send(&self, msg: &pb::DirectToActor) -> std::io::Result<()> {
+    /// Queues `msg` for the actor and writes what is queued, unless
+    /// (`now` false) other calls are in flight and little is queued: then
+    /// it goes with the next write, when the next result arrives or a
+    /// caller waits (Nagle's rule: a stream of calls leaves in batches, one
+    /// write each, while a lone call leaves at once).
+    fn send(&self, msg: &pb::DirectToActor, now: bool) -> std::io::Result<()> {
+        const BATCH: usize = 64 << 10;
         let mut buf = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        buf.clear();
         shoal_proto::frame::encode(msg, &mut buf);
-        (&self.stream).write_all(&buf)
+        // Checked under the write lock: a result delivered after this
+        // check finds the queued bytes when it flushes.
+        let lone = self.pending.lock().unwrap_or_else(|p| p.into_inner()).calls.len() <= 1;
+        if now || lone || buf.len() >= BATCH {
+            (&self.stream).write_all(&buf)?;
+            buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the calls queued by [`send`](Self::send).
+    fn flush_writes(self: &Arc<Self>) {
+        let r = {
+            let mut buf = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            if buf.is_empty() {
+                return;
+            }
+            let r = (&self.stream).write_all(&buf);
+            buf.clear();
+            r
+        };
+        if let Err(e) = r {
+            self.close(format!("sending calls: {e}"));
+        }
     }
 
     /// Reads and delivers what has arrived. `wait`: take the read lock
@@ -433,7 +468,11 @@ impl Conn {
                 }
             }
         };
-        self.deliver_all(results);
+        if !results.is_empty() {
+            self.deliver_all(results);
+            // Calls queued while these were in flight go now.
+            self.flush_writes();
+        }
     }
 
     fn deliver_all(&self, frames: Vec<pb::ActorToDirect>) {
@@ -461,6 +500,7 @@ impl Conn {
         let hot = start + hot_spin();
         let spin_until = if shared { start } else { start + spin() };
         let sleep_until = deadline.map_or(start + SOCKET_WAIT, |d| d.min(start + SOCKET_WAIT));
+        self.flush_writes();
         self.spinning.fetch_add(1, Ordering::AcqRel);
         while !slot.is_done() && !self.closed.load(Ordering::Acquire) {
             self.pump(false);
@@ -539,7 +579,7 @@ impl Conn {
             if !r.contains.is_empty() {
                 // The actor lets go of the refs once the head has ours.
                 crate::runtime::block_on(cluster.sync());
-                let _ = self.send(&pb::DirectToActor { calls: Vec::new(), acks: vec![id], cpu: 0 });
+                let _ = self.send(&pb::DirectToActor { calls: Vec::new(), acks: vec![id], cpu: 0 }, true);
             }
         }
         p.slot.complete(val);
