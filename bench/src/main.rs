@@ -711,18 +711,29 @@ mod model {
             let n = items::remote(10_000).filter(|r| r.as_ref().ok().and_then(|r| r.get().ok()).is_some()).count();
             assert_eq!(n, 10_000);
         };
-        // SHOAL_BENCH_PROFILE=fanout:N or streaming:N: only N runs of that
+        // An object moving between the two workers' stores, as Ray's
+        // script has it: 256 MiB made on `a`, read by a task on `b`, timed
+        // from the read's submission (the first move untimed, as Ray's).
+        let move_once = || {
+            let made = ones::options().resources(&[("a", 1.0)]).remote(256);
+            let _ = shoal::wait_blocking(std::slice::from_ref(&made), 1, None);
+            let t = Instant::now();
+            assert_eq!(nbytes::options().resources(&[("b", 1.0)]).remote(&made).get().unwrap(), 256 << 20);
+            t.elapsed().as_secs_f64()
+        };
+        // SHOAL_BENCH_PROFILE=fanout:N, streaming:N or transfer:N: only N runs of that
         // workload, each run's time printed (to profile it: perf record
         // the head, the workers' executors and this probe meanwhile).
         if let Ok(v) = std::env::var("SHOAL_BENCH_PROFILE") {
             let (what, n) = v
                 .split_once(':')
                 .and_then(|(w, n)| Some((w, n.parse::<usize>().ok()?)))
-                .unwrap_or_else(|| panic!("SHOAL_BENCH_PROFILE={v}: want fanout:N or streaming:N"));
+                .unwrap_or_else(|| panic!("SHOAL_BENCH_PROFILE={v}: want fanout:N, streaming:N or transfer:N"));
             let times = match what {
                 "fanout" => seconds(n, fanout_once),
                 "streaming" => seconds(n, stream_once),
-                _ => panic!("SHOAL_BENCH_PROFILE: no workload {what:?} (fanout or streaming)"),
+                "transfer" => (0..n).map(|_| move_once()).collect(),
+                _ => panic!("SHOAL_BENCH_PROFILE: no workload {what:?} (fanout, streaming or transfer)"),
             };
             out.insert(format!("profile_{what}_ms"), times.iter().map(|s| round(s * 1e3)).collect());
             println!("{}", Value::Object(out));
@@ -753,17 +764,8 @@ mod model {
         });
         out.insert("model_noop_200k_tasks_per_s".into(), round(200_000.0 / m));
         out.insert("model_noop_200k_tasks_spread".into(), round(spread));
-        // An object moving between the two workers' stores, as Ray's
-        // script has it: 256 MiB made on `a`, read by a task on `b`, timed
-        // from the read's submission (the first move untimed, as Ray's).
-        // Ray reports its best of 3; here the median of `runs` with min/max.
-        let move_once = || {
-            let made = ones::options().resources(&[("a", 1.0)]).remote(256);
-            let _ = shoal::wait_blocking(std::slice::from_ref(&made), 1, None);
-            let t = Instant::now();
-            assert_eq!(nbytes::options().resources(&[("b", 1.0)]).remote(&made).get().unwrap(), 256 << 20);
-            t.elapsed().as_secs_f64()
-        };
+        // The transfer (`move_once` above). Ray reports its best of 3; here
+        // the median of `runs` with min/max.
         move_once();
         put_stats(&mut out, "transfer_256MiB_between_nodes_s", reps(args.model_runs.max(3), move_once));
         println!("{}", Value::Object(out));

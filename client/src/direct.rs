@@ -358,8 +358,14 @@ fn start_lookup(cluster: &Arc<Cluster>, actor: u64, backoff: Duration) {
             // Not listening yet, another machine, or an actor with async
             // methods: through the head, and ask again now and then (it
             // may restart here).
-            let least = if here { Duration::from_millis(5) } else { Duration::from_secs(1) };
-            return set_lookup(&cluster, actor, retry(backoff, least), None);
+            // Here, it listens within milliseconds of starting: look again
+            // every few (at most 20 ms apart) rather than backing off.
+            let next = if here {
+                (backoff * 2).clamp(Duration::from_millis(2), Duration::from_millis(20))
+            } else {
+                (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+            };
+            return set_lookup(&cluster, actor, Lookup::After(Instant::now() + next, next), None);
         };
         tracing::debug!(actor = %crate::ObjectId(actor), node = %node, "calling the actor directly");
         let conn = Arc::new(Conn {
