@@ -588,11 +588,14 @@ impl Server {
         if !refs.is_empty() && !matches!(outcome, pb::task_result::Outcome::Failure(_)) {
             // The caller puts the value holding them; until the head has
             // that, they live here.
+            // Everything this process sent before (the puts that made
+            // them) reaches the head first, so the caller's put holding
+            // them finds them there.
             if let Some(session) = crate::init::current() {
                 for r in &refs {
                     crate::refs::adopt(&session, r);
                 }
-                crate::runtime::block_on(session.sync_refs());
+                crate::runtime::block_on(session.sync());
             }
             contains = crate::refs::ids(&refs);
             c.held.insert(task, refs);
