@@ -133,6 +133,9 @@ fn fault_ahead(size: u64) -> u64 {
     size.clamp(64 << 20, 1 << 30)
 }
 
+/// Writes this large or larger have the space after them faulted ahead.
+const FAULT_AHEAD_FROM: u64 = 1 << 20;
+
 /// Threads that fault a new object's range in at once: the CPUs, up to 4.
 fn fault_threads() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -265,10 +268,12 @@ impl Store {
             if start == faulted {
                 self.faulted.fetch_max(end, Ordering::AcqRel);
             }
-            // The next write of this size may land past this one (its
-            // space not freed yet): fault that in meanwhile, in the
-            // background.
-            let want = end.saturating_add(fault_ahead(size)).min(self.arena.len());
+        }
+        // The next large write of this size may land right after this one
+        // (its space not freed yet): if that is past the faulted prefix,
+        // fault it in meanwhile, in the background.
+        let want = end.saturating_add(fault_ahead(size)).min(self.arena.len());
+        if size >= FAULT_AHEAD_FROM && want > self.faulted.load(Ordering::Acquire) {
             let mut w = self.ahead.want.lock().unwrap_or_else(|p| p.into_inner());
             if want > *w {
                 *w = want;
