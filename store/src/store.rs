@@ -136,6 +136,15 @@ fn fault_ahead(size: u64) -> u64 {
 /// Writes this large or larger have the space after them faulted ahead.
 const FAULT_AHEAD_FROM: u64 = 1 << 20;
 
+/// Environment variable that turns the fault-ahead off (`0`), for A/B
+/// measurements.
+pub const ENV_FAULT_AHEAD: &str = "SHOAL_STORE_FAULT_AHEAD";
+
+fn fault_ahead_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(ENV_FAULT_AHEAD).map_or(true, |v| v != "0"))
+}
+
 /// Threads that fault a new object's range in at once: the CPUs, up to 4.
 fn fault_threads() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -273,7 +282,7 @@ impl Store {
         // (its space not freed yet): if that is past the faulted prefix,
         // fault it in meanwhile, in the background.
         let want = end.saturating_add(fault_ahead(size)).min(self.arena.len());
-        if size >= FAULT_AHEAD_FROM && want > self.faulted.load(Ordering::Acquire) {
+        if size >= FAULT_AHEAD_FROM && fault_ahead_on() && want > self.faulted.load(Ordering::Acquire) {
             let mut w = self.ahead.want.lock().unwrap_or_else(|p| p.into_inner());
             if want > *w {
                 *w = want;
