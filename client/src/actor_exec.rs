@@ -256,6 +256,11 @@ enum Src {
     Direct(u64),
 }
 
+/// Queues the calls a frame from the worker carries.
+fn from_worker(queue: &mut VecDeque<(Src, pb::ExecTask)>, msg: WorkerToExecutor) {
+    queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t)));
+}
+
 /// The actor's own socket and the callers connected to it.
 struct Listening {
     listener: std::os::unix::net::UnixListener,
@@ -393,7 +398,7 @@ impl Server {
         loop {
             if !reader.buffer().is_empty() {
                 let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Ok(false) };
-                queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t)));
+                from_worker(queue, msg);
                 return Ok(true);
             }
             fds.clear();
@@ -417,7 +422,7 @@ impl Server {
             }
             if fds[0].revents != 0 {
                 let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Ok(false) };
-                queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t)));
+                from_worker(queue, msg);
             }
             if let Some(d) = &mut self.direct {
                 if fds.get(1).is_some_and(|f| f.revents != 0) {
@@ -587,10 +592,9 @@ impl Server {
         let mut contains = Vec::new();
         if !refs.is_empty() && !matches!(outcome, pb::task_result::Outcome::Failure(_)) {
             // The caller puts the value holding them; until the head has
-            // that, they live here.
-            // Everything this process sent before (the puts that made
-            // them) reaches the head first, so the caller's put holding
-            // them finds them there.
+            // that, they live here. Everything this process sent before
+            // (the puts that made them) reaches the head first, so the
+            // caller's put holding them finds them there.
             if let Some(session) = crate::init::current() {
                 for r in &refs {
                     crate::refs::adopt(&session, r);
@@ -638,7 +642,7 @@ struct ServerAlloc<'a> {
 
 impl Alloc for ServerAlloc<'_> {
     fn alloc(&mut self, task: u64, size: u64) -> std::io::Result<pb::AllocReply> {
-        request_alloc(self.out, task, size)?;
+        request_alloc(self.out, pb::AllocRequest { task, size, seal_direct: false })?;
         match self.replies {
             Replies::Thread(rx) => loop {
                 match rx.recv() {
@@ -647,7 +651,7 @@ impl Alloc for ServerAlloc<'_> {
                     Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the worker is gone")),
                 }
             },
-            Replies::Socket(reader, queue) => read_until_allocated(reader, task, |msg| queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t)))),
+            Replies::Socket(reader, queue) => read_until_allocated(reader, task, |msg| from_worker(queue, msg)),
         }
     }
 }
@@ -658,10 +662,7 @@ impl ServerAlloc<'_> {
         let Replies::Socket(reader, queue) = self.replies else {
             return Err(std::io::Error::other("direct calls are served on the sync loop only"));
         };
-        self.out.alloc = Some(pb::AllocRequest { task, size: 0, seal_direct: true });
-        self.out.released = take_released();
-        send(self.out)?;
-        *self.out = ExecutorToWorker::default();
-        read_until_allocated(reader, task, |msg| queue.extend(msg.tasks.into_iter().map(|t| (Src::Worker, t))))
+        request_alloc(self.out, pb::AllocRequest { task, size: 0, seal_direct: true })?;
+        read_until_allocated(reader, task, |msg| from_worker(queue, msg))
     }
 }

@@ -54,22 +54,28 @@ use std::time::{Duration, Instant};
 
 /// How long a caller waiting for a direct result, and an actor waiting for
 /// its next call, spin before they sleep: a round trip's worth, so that a
-/// call-get loop never sleeps.
+/// call-get loop never sleeps (`SHOAL_DIRECT_SPIN_US`, default 100).
+pub(crate) fn spin() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| micros_from_env("SHOAL_DIRECT_SPIN_US", 100))
+}
+
 /// The first part of a spin, without yielding the core (on a core of
-/// their own, caller and actor answer each other within it).
+/// their own, caller and actor answer each other within it;
+/// `SHOAL_DIRECT_HOT_US`, default 15).
 pub(crate) fn hot_spin() -> Duration {
     static HOT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *HOT.get_or_init(|| Duration::from_micros(std::env::var("SHOAL_DIRECT_HOT_US").ok().and_then(|v| v.parse().ok()).unwrap_or(15)))
+    *HOT.get_or_init(|| micros_from_env("SHOAL_DIRECT_HOT_US", 15))
+}
+
+/// Microseconds from environment variable `var`, else `default`.
+fn micros_from_env(var: &str, default: u64) -> Duration {
+    Duration::from_micros(std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
 }
 
 /// How long a caller waits on the socket itself after spinning, before
 /// it leaves the reading to the connection's thread.
 pub(crate) const SOCKET_WAIT: Duration = Duration::from_millis(2);
-
-pub(crate) fn spin() -> Duration {
-    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| Duration::from_micros(std::env::var("SHOAL_DIRECT_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(100)))
-}
 
 /// Environment variable that turns direct calls off (`0`) in a process.
 pub(crate) const ENV_DIRECT_CALLS: &str = "SHOAL_DIRECT_ACTOR_CALLS";

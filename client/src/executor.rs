@@ -175,10 +175,11 @@ fn await_allocation(
     })
 }
 
-/// Sends what `out` holds (and the released arguments) with a request for
-/// `size` bytes of arena space for `task`'s result; `out` starts afresh.
-pub(crate) fn request_alloc(out: &mut ExecutorToWorker, task: u64, size: u64) -> std::io::Result<()> {
-    out.alloc = Some(pb::AllocRequest { task, size, seal_direct: false });
+/// Sends what `out` holds (and the released arguments) with request `req`
+/// (arena space for a result, or a direct result's seal); `out` starts
+/// afresh.
+pub(crate) fn request_alloc(out: &mut ExecutorToWorker, req: pb::AllocRequest) -> std::io::Result<()> {
+    out.alloc = Some(req);
     out.released = take_released();
     send(out)?;
     *out = ExecutorToWorker::default();
@@ -333,7 +334,7 @@ struct LoopAlloc<'a> {
 
 impl Alloc for LoopAlloc<'_> {
     fn alloc(&mut self, task: u64, size: u64) -> std::io::Result<pb::AllocReply> {
-        request_alloc(self.out, task, size)?;
+        request_alloc(self.out, pb::AllocRequest { task, size, seal_direct: false })?;
         *self.out_bytes = 0;
         await_allocation(self.reader, task, self.pending, self.names, self.functions, self.registry)
     }

@@ -125,6 +125,17 @@ struct Ahead {
     more: Condvar,
 }
 
+impl Ahead {
+    /// Asks for `[0, want)` (a no-op if as much was asked already).
+    fn ask(&self, want: u64) {
+        let mut w = self.want.lock().unwrap_or_else(|p| p.into_inner());
+        if want > *w {
+            *w = want;
+            self.more.notify_one();
+        }
+    }
+}
+
 /// How far ahead of the newest write the background thread faults the
 /// arena in: the size of that write (at least 64 MiB, at most 1 GiB), so
 /// the next one of the same size, landing past the prefix because the
@@ -168,7 +179,7 @@ impl Store {
             ahead: Arc::new(Ahead { want: Mutex::new(0), more: Condvar::new() }),
         });
         let target = prefault.min(capacity);
-        *store.ahead.want.lock().unwrap_or_else(|p| p.into_inner()) = target;
+        store.ahead.ask(target);
         let (weak, ahead) = (Arc::downgrade(&store), store.ahead.clone());
         std::thread::Builder::new().name("shoal-prefault".into()).spawn(move || {
             // Faulting shared memory in costs ~2 s of CPU per GiB on the
@@ -283,11 +294,7 @@ impl Store {
         // fault it in meanwhile, in the background.
         let want = end.saturating_add(fault_ahead(size)).min(self.arena.len());
         if size >= FAULT_AHEAD_FROM && fault_ahead_on() && want > self.faulted.load(Ordering::Acquire) {
-            let mut w = self.ahead.want.lock().unwrap_or_else(|p| p.into_inner());
-            if want > *w {
-                *w = want;
-                self.ahead.more.notify_one();
-            }
+            self.ahead.ask(want);
         }
         Ok(offset)
     }
