@@ -274,6 +274,23 @@ impl Talker {
     }
 }
 
+/// An actor with only sync methods: called from its machine, its calls
+/// go straight to it (not through the head), and so do not carry their
+/// lines back; those reach the driver as the actor's.
+pub struct Echo;
+
+#[shoal::actor]
+impl Echo {
+    fn new() -> Self {
+        Echo
+    }
+
+    fn shout(&mut self, i: u64) -> u64 {
+        println!("echo shouts {i}");
+        i
+    }
+}
+
 /// A driver of its own (its output is what the test reads).
 #[test]
 #[ignore]
@@ -289,6 +306,11 @@ fn helper_chatty_driver() {
         assert_eq!(talker.say(format!("hi {i}")).get().unwrap(), i + 1);
     }
     assert_eq!(talker.murmur("softly".to_string()).get().unwrap(), 3);
+    let echo = Echo::remote();
+    for i in 0..200 {
+        assert_eq!(echo.shout(i).get().unwrap(), i);
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
@@ -313,6 +335,16 @@ fn what_a_task_prints_reaches_its_driver_with_a_prefix_and_stays_in_the_jobs_log
         assert!(stdout.lines().any(|l| l.starts_with("(Talker.say task=") && l.ends_with(&line)), "{line}:\n{stdout}");
     }
     assert!(stderr.lines().any(|l| l.starts_with("(Talker task=") && l.ends_with(") talker murmurs softly")), "{stderr}");
+    // Every call's line once: under the call through the head (the first
+    // calls), under the actor once they go direct.
+    let mut direct = 0;
+    for i in 0..200 {
+        let line = format!(") echo shouts {i}");
+        let found: Vec<&str> = stdout.lines().filter(|l| l.ends_with(&line)).collect();
+        assert!(found.len() == 1 && (found[0].starts_with("(Echo.shout task=") || found[0].starts_with("(Echo task=")), "{line}:\n{stdout}");
+        direct += usize::from(found[0].starts_with("(Echo task="));
+    }
+    assert!(direct > 100, "only {direct} of 200 calls went direct");
     // The panic reached the caller as its error; nobody printed it raw.
     let worker_log = std::fs::read_to_string(c.workers[0].home.path().join("worker.log")).unwrap_or_default();
     assert!(!worker_log.contains("task three refuses") && !stdout.contains("task three refuses"), "{worker_log}");

@@ -122,7 +122,9 @@ fn median_roundtrip_us<T>(n: usize, mut call: impl FnMut() -> T) -> f64 {
 fn actor_calls(out: &mut Map<String, Value>, prefix: &str, runs: usize) {
     let c = Counter::remote(0);
     c.incr(0).get().unwrap();
-    out.insert(format!("{prefix}actor_call_roundtrip_median_us"), round(median_roundtrip_us(500, || c.incr(1).get().unwrap())));
+    // SHOAL_BENCH_ACTOR_CALLS=N: N round trips instead of 500 (to profile).
+    let n = std::env::var("SHOAL_BENCH_ACTOR_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    out.insert(format!("{prefix}actor_call_roundtrip_median_us"), round(median_roundtrip_us(n, || c.incr(1).get().unwrap())));
     let (m, spread) = model::timed(runs, || {
         let refs: Vec<_> = (0..10_000).map(|_| c.incr(1)).collect();
         shoal::get_all_blocking(&refs).unwrap();

@@ -270,7 +270,12 @@ struct Listening {
 
 /// A caller connected directly.
 struct Caller {
+    /// Carries the rings' offer and our answer, then only wake-ups.
     stream: UnixStream,
+    /// Its process id (the socket's peer), to open its rings by.
+    pid: u32,
+    /// Calls in, results out, once it offered them and we mapped them.
+    rings: Option<crate::ring::Rings>,
     /// Bytes read, not yet whole frames.
     buf: Vec<u8>,
     /// Results not yet sent.
@@ -279,6 +284,28 @@ struct Caller {
     cpu: u32,
     /// Refs results sent to it hold, kept until it acknowledges them.
     held: HashMap<u64, Vec<Arc<crate::object_ref::RefInner>>>,
+}
+
+impl Caller {
+    /// Reads the calls in this caller's ring (it is caller `id`) into
+    /// `queue`; false if the ring is garbled.
+    fn read_ring(&mut self, id: u64, queue: &mut VecDeque<(Src, pb::ExecTask)>) -> bool {
+        let Some(rings) = &self.rings else { return true };
+        if rings.read(&mut self.buf).is_err() {
+            return false;
+        }
+        let Ok(frames) = crate::direct::take_frames::<pb::DirectToActor>(&mut self.buf) else { return false };
+        for f in frames {
+            if f.cpu != 0 {
+                self.cpu = f.cpu;
+            }
+            for a in f.acks {
+                self.held.remove(&a);
+            }
+            queue.extend(f.calls.into_iter().map(|t| (Src::Direct(id), t)));
+        }
+        true
+    }
 }
 
 /// Listens on the actor's direct socket; `None` (calls then all come
@@ -301,39 +328,68 @@ impl Listening {
     /// Takes the callers waiting to connect (of this user only).
     fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
-            if !crate::direct::peer_is_same_user(&stream) || stream.set_nonblocking(false).is_err() {
+            let Some(pid) = crate::direct::peer_of_same_user(&stream) else { continue };
+            if stream.set_nonblocking(false).is_err() {
                 continue;
             }
             let id = self.next;
             self.next += 1;
-            self.callers.insert(id, Caller { stream, buf: Vec::new(), out: pb::ActorToDirect::default(), cpu: 0, held: HashMap::new() });
+            let out = pb::ActorToDirect::default();
+            self.callers.insert(id, Caller { stream, pid, rings: None, buf: Vec::new(), out, cpu: 0, held: HashMap::new() });
         }
     }
 
-    /// Reads caller `id`'s calls into `queue`; false if it left.
-    fn read(&mut self, id: u64, queue: &mut VecDeque<(Src, pb::ExecTask)>) -> bool {
+    /// Caller `id`'s socket is readable: its offer of rings (mapped and
+    /// answered), or wake-ups, or its end. False if it left or offered
+    /// nothing usable.
+    fn read_socket(&mut self, id: u64) -> bool {
         let Some(c) = self.callers.get_mut(&id) else { return false };
-        let open = crate::direct::recv_available(std::os::fd::AsRawFd::as_raw_fd(&c.stream), &mut c.buf).unwrap_or(false);
-        match crate::direct::take_frames::<pb::DirectToActor>(&mut c.buf) {
-            Ok(frames) => {
-                for f in frames {
-                    if f.cpu != 0 {
-                        c.cpu = f.cpu;
-                    }
-                    for a in f.acks {
-                        c.held.remove(&a);
-                    }
-                    queue.extend(f.calls.into_iter().map(|t| (Src::Direct(id), t)));
-                }
-                open
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&c.stream);
+        if c.rings.is_some() {
+            // Wake-ups: their bytes mean nothing.
+            return crate::direct::recv_available(fd, &mut Vec::new()).unwrap_or(false);
+        }
+        let open = crate::direct::recv_available(fd, &mut c.buf).unwrap_or(false);
+        let Ok(mut frames) = crate::direct::take_frames::<pb::DirectToActor>(&mut c.buf) else { return false };
+        let Some(first) = frames.pop() else { return open };
+        let Some(offer) = first.rings.filter(|_| frames.is_empty() && c.buf.is_empty()) else { return false };
+        match crate::ring::Rings::open(c.pid, offer.fd, offer.inode, offer.capacity) {
+            Ok(r) => c.rings = Some(r),
+            Err(e) => {
+                eprintln!("shoal actor: a direct caller's rings could not be mapped ({e}); its calls go through the head");
+                return false;
             }
-            Err(_) => false,
+        }
+        c.cpu = first.cpu;
+        let mut answer = Vec::new();
+        shoal_proto::frame::encode(&pb::ActorToDirect { rings_ready: true, cpu: crate::direct::cpu(), ..Default::default() }, &mut answer);
+        open && std::io::Write::write_all(&mut &c.stream, &answer).is_ok()
+    }
+
+    /// Reads caller `id`'s calls from its ring into `queue`; false if its
+    /// ring is garbled.
+    fn read_ring(&mut self, id: u64, queue: &mut VecDeque<(Src, pb::ExecTask)>) -> bool {
+        self.callers.get_mut(&id).is_some_and(|c| c.read_ring(id, queue))
+    }
+
+    /// Reads every caller whose ring holds calls into `queue` (dropping
+    /// callers whose ring is garbled); no system call.
+    fn read_rings(&mut self, queue: &mut VecDeque<(Src, pb::ExecTask)>) {
+        let mut garbled = None;
+        for (id, c) in &mut self.callers {
+            if c.rings.as_ref().is_some_and(|r| r.readable()) && !c.read_ring(*id, queue) {
+                garbled = Some(*id);
+            }
+        }
+        if let Some(id) = garbled {
+            self.callers.remove(&id);
         }
     }
 
     /// Sends caller `id` its results; false if it is gone.
     fn flush(&mut self, id: u64) -> bool {
         let Some(c) = self.callers.get_mut(&id) else { return false };
+        let Some(rings) = &c.rings else { return false };
         if c.out.results.is_empty() {
             return true;
         }
@@ -341,7 +397,8 @@ impl Listening {
         c.out.cpu = crate::direct::cpu();
         shoal_proto::frame::encode(&c.out, &mut buf);
         c.out.results.clear();
-        std::io::Write::write_all(&mut &c.stream, &buf).is_ok()
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&c.stream);
+        crate::ring::write_all(rings, fd, &buf, || crate::direct::peer_gone(fd)).is_ok()
     }
 }
 
@@ -372,8 +429,9 @@ impl Server {
                 r?;
                 continue;
             }
-            // Nothing left to run: what is done leaves before we wait.
-            self.flush()?;
+            // Nothing left to run: what is done leaves before we wait
+            // (each call's lines were taken as it ended).
+            self.flush_lines(false)?;
             if !self.wait_for_calls()? {
                 return Ok(()); // the worker is gone
             }
@@ -395,11 +453,54 @@ impl Server {
         let hot_until = start + crate::direct::hot_spin();
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut ids: Vec<u64> = Vec::new();
+        // While spinning, the sockets (the worker's, new callers, ends)
+        // are looked at this often; the rings all the time.
+        const LOOK: std::time::Duration = std::time::Duration::from_micros(50);
+        let mut looked = start - LOOK;
+        let mut settled = false;
         loop {
             if !reader.buffer().is_empty() {
                 let Some(msg) = frame::read_blocking::<WorkerToExecutor, _>(reader)? else { return Ok(false) };
                 from_worker(queue, msg);
                 return Ok(true);
+            }
+            if let Some(d) = &mut self.direct {
+                d.read_rings(queue);
+                if !queue.is_empty() {
+                    return Ok(true);
+                }
+            }
+            let now = std::time::Instant::now();
+            let spinning = spin_until.is_some_and(|t| now < t);
+            if spinning && now < looked + LOOK {
+                if now >= hot_until {
+                    // The caller may share this core: let it run.
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            looked = now;
+            if !spinning && !settled {
+                // About to sleep: lines printed since (direct calls',
+                // other threads') leave first.
+                settled = true;
+                crate::output::settle();
+                let output = crate::output::take();
+                if !output.is_empty() {
+                    send(&ExecutorToWorker { output, ..Default::default() })?;
+                }
+            }
+            if !spinning && let Some(d) = &self.direct {
+                // About to sleep: callers writing from now on ring us.
+                let mut arrived = false;
+                for c in d.callers.values() {
+                    if let Some(r) = &c.rings {
+                        arrived |= !r.sleep_unless_readable();
+                    }
+                }
+                if arrived {
+                    continue;
+                }
             }
             fds.clear();
             ids.clear();
@@ -412,12 +513,7 @@ impl Server {
                     ids.push(*id);
                 }
             }
-            let spinning = spin_until.is_some_and(|t| std::time::Instant::now() < t);
             if crate::direct::wait_readable(&mut fds, spinning.then_some(std::time::Duration::ZERO)) == 0 {
-                if std::time::Instant::now() >= hot_until {
-                    // The caller may share this core: let it run.
-                    std::thread::yield_now();
-                }
                 continue;
             }
             if fds[0].revents != 0 {
@@ -429,12 +525,14 @@ impl Server {
                     d.accept();
                 }
                 for (i, id) in ids.iter().enumerate() {
-                    if fds.get(i + 2).is_some_and(|f| f.revents != 0) && !d.read(*id, queue) {
+                    if fds.get(i + 2).is_some_and(|f| f.revents != 0) && !d.read_socket(*id) {
                         // It left. The calls it sent still run (as a call
                         // through the head would), their results dropped.
+                        d.read_ring(*id, queue);
                         d.callers.remove(id);
                     }
                 }
+                d.read_rings(queue);
             }
             if !queue.is_empty() {
                 return Ok(true);
@@ -476,8 +574,14 @@ impl Server {
         let Some(guard) = guard else {
             return self.push(task, fail(FailureKind::Internal, m.name, "the actor's value is in use by another call".into(), String::new()), Vec::new());
         };
-        // A direct call's lines are the actor's (the head knows no such task).
-        crate::output::task_started(if self.current == Src::Worker { task } else { self.actor });
+        // A direct call's lines are the actor's (the head knows no such
+        // task): they stay so, and are sent before the actor sleeps
+        // (`wait_for_calls`); a call through the worker's are its own,
+        // sent with (before) its result.
+        let own_lines = self.current == Src::Worker;
+        if own_lines {
+            crate::output::task_started(task);
+        }
         let r = guarded(m.name, || {
             let fut = (m.call)(guard, args);
             // A sync method's future completes at its first poll; an
@@ -487,7 +591,9 @@ impl Server {
                 None => Err(InvokeError::ResultEncode("an async method reached an actor served without an async loop".into())),
             }
         });
-        crate::output::task_ended_then(self.actor);
+        if own_lines {
+            crate::output::task_ended_then(self.actor);
+        }
         match r {
             Ok(r) => self.finish_ok(task, m.name, r),
             Err(failed) => self.push(task, failed, Vec::new()),
@@ -612,6 +718,13 @@ impl Server {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        self.flush_lines(true)
+    }
+
+    /// Sends the results so far, to direct callers and the worker, with
+    /// the lines printed so far (`settle`: once the pipes are read to
+    /// their end, a system call).
+    fn flush_lines(&mut self, settle: bool) -> std::io::Result<()> {
         if let Some(d) = &mut self.direct {
             let ids: Vec<u64> = d.callers.iter().filter(|(_, c)| !c.out.results.is_empty()).map(|(id, _)| *id).collect();
             for id in ids {
@@ -622,7 +735,9 @@ impl Server {
         }
         self.out.released = take_released();
         // Lines async calls printed go with (or before) their results.
-        crate::output::settle();
+        if settle {
+            crate::output::settle();
+        }
         self.out.output = crate::output::take();
         if !self.out.results.is_empty() || !self.out.released.is_empty() || !self.out.output.is_empty() {
             send(&self.out)?;

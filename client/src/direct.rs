@@ -1,8 +1,10 @@
 //! Direct actor calls: a caller on the actor's machine sends its method
 //! calls straight to the actor's executor over a Unix socket of the
 //! actor's own, and reads the results from it, instead of through the head
-//! and the worker (Ray's direct actor calls). A round trip is then one
-//! socket hop each way, with a short spin on both ends instead of a sleep.
+//! and the worker (Ray's direct actor calls). Once connected, the two ends
+//! exchange frames through two rings in memory they share ([`crate::ring`]),
+//! the socket only waking a peer that sleeps: a round trip between two
+//! ends spinning a moment on their own cores makes no system call.
 //!
 //! - **Where.** An actor whose methods are all sync listens on the abstract
 //!   socket [`socket_addr`]`(its node, its id)` once its constructor
@@ -37,6 +39,7 @@ use crate::error::TaskError;
 use crate::functions::FunctionMeta;
 use crate::object_ref::RefInner;
 use crate::objects::Cluster;
+use crate::ring::Rings;
 use crate::slot::Slot;
 use crate::values::Val;
 use bytes::Bytes;
@@ -152,14 +155,53 @@ pub(crate) fn cpu() -> u32 {
     if c < 0 { 0 } else { c as u32 + 1 }
 }
 
-/// Whether the peer of `s` runs as this process's user.
-pub(crate) fn peer_is_same_user(s: &UnixStream) -> bool {
+/// The process id of the peer of `s` if it runs as this process's user.
+pub(crate) fn peer_of_same_user(s: &UnixStream) -> Option<u32> {
     let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: SO_PEERCRED writes one ucred into `cred`, of size `len`.
     let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len) };
     // SAFETY: geteuid has no preconditions.
-    r == 0 && cred.uid == unsafe { libc::geteuid() }
+    (r == 0 && cred.uid == unsafe { libc::geteuid() } && cred.pid > 0).then_some(cred.pid as u32)
+}
+
+/// Whether the other end of socket `fd` closed it (checked without
+/// waiting or reading).
+pub(crate) fn peer_gone(fd: RawFd) -> bool {
+    let mut fds = [libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 }];
+    wait_readable(&mut fds, Some(Duration::ZERO)) > 0 && fds[0].revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+}
+
+/// How long a caller waits for a new actor connection's answer to its
+/// rings (an actor busy in a long method answers late; the calls go
+/// through the head meanwhile, and the caller tries again later).
+const HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// Offers the actor behind `stream` the rings calls and results will
+/// travel through, and waits for its yes.
+fn handshake(stream: &UnixStream) -> std::io::Result<Rings> {
+    let rings = Rings::create(crate::ring::CAPACITY)?;
+    let (fd, inode) = rings.file_id();
+    let mut buf = Vec::new();
+    let offer = pb::DirectRings { fd: fd as u32, inode, capacity: rings.capacity() };
+    shoal_proto::frame::encode(&pb::DirectToActor { rings: Some(offer), cpu: cpu(), ..Default::default() }, &mut buf);
+    stream.set_write_timeout(Some(HANDSHAKE))?;
+    (&*stream).write_all(&buf)?;
+    let until = Instant::now() + HANDSHAKE;
+    let mut got = Vec::new();
+    loop {
+        if let Some(answer) = take_frames::<pb::ActorToDirect>(&mut got)?.into_iter().next() {
+            return if answer.rings_ready { Ok(rings) } else { Err(std::io::Error::other("the actor refused the rings")) };
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        let mut fds = [libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        if left.is_zero() || wait_readable(&mut fds, Some(left)) == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the actor did not answer"));
+        }
+        if !recv_available(stream.as_raw_fd(), &mut got)? {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the actor closed the connection"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------- caller side
@@ -222,9 +264,19 @@ pub(crate) struct Conn {
     /// The actor's restarts and retry budget when we connected.
     restarts: u32,
     max_task_retries: u32,
+    /// Wakes the actor when it sleeps (and is woken by it); its end
+    /// tells us the actor's process is gone.
     stream: UnixStream,
+    /// Calls out, results in.
+    rings: Rings,
     cluster: Weak<Cluster>,
+    /// Calls not yet written into the ring (see [`Conn::send`]); held
+    /// while writing.
     write: Mutex<Vec<u8>>,
+    /// Results arrived since calls were last written: queued calls go now.
+    flush_wanted: AtomicBool,
+    /// Held while reading the results' ring, with the bytes of a frame not
+    /// whole yet.
     read: Mutex<Vec<u8>>,
     pending: Mutex<InFlight>,
     drained: Condvar,
@@ -373,33 +425,49 @@ fn start_lookup(cluster: &Arc<Cluster>, actor: u64, backoff: Duration) {
             };
             return set_lookup(&cluster, actor, Lookup::After(Instant::now() + next, next), None);
         };
-        tracing::debug!(actor = %crate::ObjectId(actor), node = %node, "calling the actor directly");
-        let conn = Arc::new(Conn {
-            actor,
-            class: a.class.clone(),
-            node: node_full,
-            holder,
-            restarts: a.restarts,
-            max_task_retries: a.max_task_retries,
-            stream,
-            cluster: Arc::downgrade(&cluster),
-            write: Mutex::new(Vec::new()),
-            read: Mutex::new(Vec::new()),
-            pending: Mutex::new(InFlight::default()),
-            drained: Condvar::new(),
-            closed: AtomicBool::new(false),
-            spinning: AtomicUsize::new(0),
-            actor_cpu: std::sync::atomic::AtomicU32::new(0),
-            reader: std::sync::OnceLock::new(),
-        });
-        let reader = conn.clone();
-        match std::thread::Builder::new().name("shoal-direct".into()).spawn(move || reader.read_loop()) {
-            Ok(h) => {
-                let _ = conn.reader.set(h.thread().clone());
-            }
-            Err(_) => return set_lookup(&cluster, actor, retry(backoff, Duration::from_secs(1)), None),
+        // The connection's own thread agrees on the rings with the actor
+        // (it answers between calls), then reads results when no caller
+        // waits for one.
+        let (class, restarts, max_task_retries) = (a.class.clone(), a.restarts, a.max_task_retries);
+        let weak = Arc::downgrade(&cluster);
+        let serve = move || {
+            let Some(cluster) = weak.upgrade() else { return };
+            let rings = match handshake(&stream) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(actor = %crate::ObjectId(actor), error = %e, "no direct connection to the actor");
+                    return set_lookup(&cluster, actor, retry(backoff, Duration::from_millis(100)), None);
+                }
+            };
+            tracing::debug!(actor = %crate::ObjectId(actor), node = %node, "calling the actor directly");
+            let conn = Arc::new(Conn {
+                actor,
+                class,
+                node: node_full,
+                holder,
+                restarts,
+                max_task_retries,
+                stream,
+                rings,
+                cluster: Arc::downgrade(&cluster),
+                write: Mutex::new(Vec::new()),
+                flush_wanted: AtomicBool::new(false),
+                read: Mutex::new(Vec::new()),
+                pending: Mutex::new(InFlight::default()),
+                drained: Condvar::new(),
+                closed: AtomicBool::new(false),
+                spinning: AtomicUsize::new(0),
+                actor_cpu: std::sync::atomic::AtomicU32::new(0),
+                reader: std::sync::OnceLock::new(),
+            });
+            let _ = conn.reader.set(std::thread::current());
+            set_lookup(&cluster, actor, Lookup::Now, Some(conn.clone()));
+            drop(cluster);
+            conn.read_loop();
+        };
+        if std::thread::Builder::new().name("shoal-direct".into()).spawn(serve).is_err() {
+            set_lookup(&cluster, actor, retry(backoff, Duration::from_secs(1)), None);
         }
-        set_lookup(&cluster, actor, Lookup::Now, Some(conn));
     });
 }
 
@@ -415,49 +483,73 @@ impl Conn {
             ..Default::default()
         };
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).calls.insert(id, Pending { slot, inner: Arc::downgrade(&inner), meta, args });
-        if let Err(e) = self.send(&pb::DirectToActor { calls: vec![call], acks: Vec::new(), cpu: cpu() }, false) {
+        if let Err(e) = self.send(&pb::DirectToActor { calls: vec![call], cpu: cpu(), ..Default::default() }, false) {
             self.close(format!("sending a call: {e}"));
         }
         inner
     }
 
-    /// Queues `msg` for the actor and writes what is queued, unless
-    /// (`now` false) other calls are in flight and little is queued: then
-    /// it goes with the next write, when the next result arrives or a
-    /// caller waits (Nagle's rule: a stream of calls leaves in batches, one
-    /// write each, while a lone call leaves at once).
+    /// Queues `msg` for the actor and writes what is queued into the
+    /// calls' ring (waiting while it is full, ringing the actor awake if
+    /// it sleeps), unless (`now` false) other calls are in flight, no
+    /// result came since the last write and little is queued: then it goes
+    /// with the next write, when the next result arrives or a caller waits
+    /// (Nagle's rule: a stream of calls leaves in batches as large as a
+    /// round trip allows, which the actor answers with one frame of
+    /// results each, while a lone call leaves at once).
     fn send(&self, msg: &pb::DirectToActor, now: bool) -> std::io::Result<()> {
         const BATCH: usize = 64 << 10;
-        let mut buf = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        shoal_proto::frame::encode(msg, &mut buf);
-        // Checked under the write lock: a result delivered after this
-        // check finds the queued bytes when it flushes.
-        let lone = self.pending.lock().unwrap_or_else(|p| p.into_inner()).calls.len() <= 1;
-        if now || lone || buf.len() >= BATCH {
-            (&self.stream).write_all(&buf)?;
-            buf.clear();
-        }
-        Ok(())
+        let r = {
+            let mut buf = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            shoal_proto::frame::encode(msg, &mut buf);
+            // Checked under the write lock: a result delivered after this
+            // check finds the queued bytes when it flushes.
+            let lone = self.pending.lock().unwrap_or_else(|p| p.into_inner()).calls.len() <= 1;
+            if now || lone || buf.len() >= BATCH || self.flush_wanted.swap(false, Ordering::SeqCst) { self.write_out(&mut buf) } else { Ok(()) }
+        };
+        self.flush_if_wanted();
+        r
     }
 
-    /// Writes the calls queued by [`send`](Self::send).
+    /// Writes the queued calls `buf` into the ring.
+    fn write_out(&self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        let fd = self.stream.as_raw_fd();
+        let r = crate::ring::write_all(&self.rings, fd, buf, || self.closed.load(Ordering::Acquire) || peer_gone(fd));
+        buf.clear();
+        r
+    }
+
+    /// Writes the queued calls, waiting for the write lock.
     fn flush_writes(self: &Arc<Self>) {
         let r = {
             let mut buf = self.write.lock().unwrap_or_else(|p| p.into_inner());
-            if buf.is_empty() {
-                return;
-            }
-            let r = (&self.stream).write_all(&buf);
-            buf.clear();
-            r
+            self.flush_wanted.store(false, Ordering::SeqCst);
+            if buf.is_empty() { Ok(()) } else { self.write_out(&mut buf) }
         };
         if let Err(e) = r {
             self.close(format!("sending calls: {e}"));
         }
     }
 
-    /// Reads and delivers what has arrived. `wait`: take the read lock
-    /// even if another thread holds it; else give up at once.
+    /// Writes the queued calls if results arrived since the last write,
+    /// without waiting: a thread holding the write lock looks again when
+    /// it lets go (every holder does), so none is left behind and a
+    /// reader never waits on a writer (which may wait on the actor).
+    fn flush_if_wanted(&self) {
+        while self.flush_wanted.load(Ordering::SeqCst) {
+            let Ok(mut buf) = self.write.try_lock() else { return };
+            if self.flush_wanted.swap(false, Ordering::SeqCst)
+                && !buf.is_empty()
+                && let Err(e) = self.write_out(&mut buf)
+            {
+                tracing::debug!(error = %e, "writing queued direct calls");
+                return;
+            }
+        }
+    }
+
+    /// Reads and delivers the results that have arrived. `wait`: take the
+    /// read lock even if another thread holds it; else give up at once.
     fn pump(self: &Arc<Self>, wait: bool) {
         let results = {
             let mut buf = match self.read.try_lock() {
@@ -465,16 +557,13 @@ impl Conn {
                 Err(std::sync::TryLockError::WouldBlock) if !wait => return,
                 Err(_) => self.read.lock().unwrap_or_else(|p| p.into_inner()),
             };
-            let open = recv_available(self.stream.as_raw_fd(), &mut buf);
-            let frames = take_frames::<pb::ActorToDirect>(&mut buf);
-            match (open, frames) {
-                (Ok(true), Ok(f)) => f,
-                (Ok(false), Ok(f)) => {
-                    drop(buf);
-                    self.deliver_all(f);
-                    return self.close("the actor's process closed the connection".into());
-                }
-                (Err(e), _) | (_, Err(e)) => {
+            if !self.rings.readable() {
+                return;
+            }
+            let read = self.rings.read(&mut buf).map_err(std::io::Error::from);
+            match read.and_then(|_| take_frames::<pb::ActorToDirect>(&mut buf)) {
+                Ok(f) => f,
+                Err(e) => {
                     drop(buf);
                     return self.close(format!("reading results: {e}"));
                 }
@@ -483,7 +572,28 @@ impl Conn {
         if !results.is_empty() {
             self.deliver_all(results);
             // Calls queued while these were in flight go now.
-            self.flush_writes();
+            self.flush_wanted.store(true, Ordering::SeqCst);
+            self.flush_if_wanted();
+        }
+    }
+
+    /// Sleeps on the socket until the actor rings (or `timeout` passes),
+    /// unless results are there already; closes the connection when the
+    /// actor's end of it is gone.
+    fn sleep(self: &Arc<Self>, timeout: Option<Duration>) {
+        if self.rings.sleep_unless_readable() {
+            let mut fds = [libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            wait_readable(&mut fds, timeout);
+        }
+        // Bells mean nothing beyond the wake-up; the end means the end.
+        let mut bells = Vec::new();
+        match recv_available(self.stream.as_raw_fd(), &mut bells) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.pump(true);
+                self.close("the actor's process closed the connection".into());
+            }
+            Err(e) => self.close(format!("waiting for results: {e}")),
         }
     }
 
@@ -521,8 +631,7 @@ impl Conn {
                 break;
             }
             if now >= spin_until {
-                let mut fds = [libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-                wait_readable(&mut fds, Some((sleep_until - now).max(Duration::from_millis(1))));
+                self.sleep(Some((sleep_until - now).max(Duration::from_millis(1))));
             } else if now >= hot {
                 // The actor may share this core: let it run.
                 std::thread::yield_now();
@@ -538,7 +647,6 @@ impl Conn {
     }
 
     fn read_loop(self: Arc<Self>) {
-        let fd = self.stream.as_raw_fd();
         while !self.closed.load(Ordering::Acquire) {
             if self.spinning.load(Ordering::Acquire) > 0 {
                 // A caller reads for itself; look again soon (or when it
@@ -546,10 +654,10 @@ impl Conn {
                 std::thread::park_timeout(Duration::from_millis(1));
                 continue;
             }
-            let mut fds = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
-            if wait_readable(&mut fds, None) == 0 {
-                continue;
-            }
+            self.pump(true);
+            // Not forever: a caller that starts and stops waiting while
+            // this sleeps may have taken the bell.
+            self.sleep(Some(Duration::from_millis(100)));
             self.pump(true);
         }
     }
@@ -591,7 +699,7 @@ impl Conn {
             if !r.contains.is_empty() {
                 // The actor lets go of the refs once the head has ours.
                 crate::runtime::block_on(cluster.sync());
-                let _ = self.send(&pb::DirectToActor { calls: Vec::new(), acks: vec![id], cpu: 0 }, true);
+                let _ = self.send(&pb::DirectToActor { acks: vec![id], ..Default::default() }, true);
             }
         }
         p.slot.complete(val);
@@ -767,7 +875,8 @@ mod tests {
     fn framed(calls: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for i in 0..calls {
-            let msg = pb::DirectToActor { calls: vec![pb::ExecTask { task: i, method: "C::m".into(), ..Default::default() }], acks: vec![i], cpu: 1 };
+            let msg =
+                pb::DirectToActor { calls: vec![pb::ExecTask { task: i, method: "C::m".into(), ..Default::default() }], acks: vec![i], cpu: 1, rings: None };
             shoal_proto::frame::encode(&msg, &mut out);
         }
         out

@@ -79,6 +79,7 @@ mod output;
 mod pool;
 mod process;
 mod refs;
+mod ring;
 mod runtime;
 mod slot;
 mod stream;
