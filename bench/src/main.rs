@@ -126,8 +126,13 @@ fn actor_calls(out: &mut Map<String, Value>, prefix: &str, runs: usize) {
     let n = std::env::var("SHOAL_BENCH_ACTOR_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
     out.insert(format!("{prefix}actor_call_roundtrip_median_us"), round(median_roundtrip_us(n, || c.incr(1).get().unwrap())));
     let (m, spread) = model::timed(runs, || {
+        let t = Instant::now();
         let refs: Vec<_> = (0..10_000).map(|_| c.incr(1)).collect();
+        let sent = t.elapsed();
         shoal::get_all_blocking(&refs).unwrap();
+        if std::env::var_os("SHOAL_BENCH_LAT").is_some() {
+            eprintln!("10,000 calls: sent in {sent:?}, all back after {:?}", t.elapsed());
+        }
     });
     out.insert(format!("{prefix}actor_calls_async_per_s"), round(10_000.0 / m));
     out.insert(format!("{prefix}actor_calls_async_spread"), round(spread));

@@ -266,6 +266,10 @@ struct Listening {
     listener: std::os::unix::net::UnixListener,
     callers: HashMap<u64, Caller>,
     next: u64,
+    /// Calls in a row that found a direct caller on this CPU, and when
+    /// this process last moved off its CPU for that.
+    shared_streak: u32,
+    moved: Option<std::time::Instant>,
 }
 
 /// A caller connected directly.
@@ -321,10 +325,31 @@ fn listen(actor: u64) -> Option<Listening> {
         }
     };
     listener.set_nonblocking(true).ok()?;
-    Some(Listening { listener, callers: HashMap::new(), next: 1 })
+    Some(Listening { listener, callers: HashMap::new(), next: 1, shared_streak: 0, moved: None })
 }
 
 impl Listening {
+    /// Whether a direct caller has shared this CPU (`here`) long enough
+    /// that the actor should move off it: neither then spins, and as each
+    /// wakes the other the kernel keeps them together, so a call-get loop
+    /// pays two wake-ups a call while another core may idle. Not more
+    /// than five times a second (the kernel may have its reasons).
+    fn crowded(&mut self, here: u32) -> bool {
+        const STREAK: u32 = 16;
+        const EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+        if here == 0 || !self.callers.values().any(|c| c.cpu == here) {
+            self.shared_streak = 0;
+            return false;
+        }
+        self.shared_streak += 1;
+        if self.shared_streak < STREAK || self.moved.is_some_and(|t| t.elapsed() < EVERY) {
+            return false;
+        }
+        self.shared_streak = 0;
+        self.moved = Some(std::time::Instant::now());
+        true
+    }
+
     /// Takes the callers waiting to connect (of this user only).
     fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
@@ -447,7 +472,13 @@ impl Server {
         let start = std::time::Instant::now();
         // No spinning while a caller runs on this CPU (it would only keep
         // that caller from sending).
-        let here = crate::direct::cpu();
+        let mut here = crate::direct::cpu();
+        if let Some(d) = &mut self.direct
+            && d.crowded(here)
+            && crate::direct::leave_cpu(here)
+        {
+            here = crate::direct::cpu();
+        }
         let spin_until =
             self.direct.as_ref().filter(|d| !d.callers.is_empty() && d.callers.values().all(|c| c.cpu != here)).map(|_| start + crate::direct::spin());
         let hot_until = start + crate::direct::hot_spin();

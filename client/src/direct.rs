@@ -155,6 +155,40 @@ pub(crate) fn cpu() -> u32 {
     if c < 0 { 0 } else { c as u32 + 1 }
 }
 
+/// Moves this thread off CPU `cpu` (plus one, as [`cpu`] gives it) to
+/// another it may run on, leaving it free to run anywhere again after
+/// (where the kernel then keeps it unless load says otherwise). False if
+/// there is no other CPU to go to.
+pub(crate) fn leave_cpu(cpu: u32) -> bool {
+    let Some(cpu) = (cpu as usize).checked_sub(1) else { return false };
+    // SAFETY: cpu_set_t is plain bits; zeroed is the empty set.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: the set is valid for `size` bytes; 0 is this thread.
+    if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 || cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    let mut elsewhere = allowed;
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
+    if unsafe {
+        libc::CPU_CLR(cpu, &mut elsewhere);
+        libc::CPU_COUNT(&elsewhere)
+    } == 0
+    {
+        return false;
+    }
+    // SAFETY: as above; excluding the current CPU migrates the thread
+    // before the call returns; the second call only widens the set again.
+    unsafe {
+        if libc::sched_setaffinity(0, size, &elsewhere) != 0 {
+            return false;
+        }
+        libc::sched_setaffinity(0, size, &allowed);
+    }
+    tracing::debug!(from = cpu, "an actor moved off its direct caller's CPU");
+    true
+}
+
 /// The process id of the peer of `s` if it runs as this process's user.
 pub(crate) fn peer_of_same_user(s: &UnixStream) -> Option<u32> {
     let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
