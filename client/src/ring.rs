@@ -22,10 +22,9 @@
 //! written by the reader) and `sleeping` (raised by the reader), each on
 //! its own cache line; then the two rings' data, `cap` bytes each.
 
-use memmap2::{MmapOptions, MmapRaw};
-use std::fs::File;
+use shoal_store::arena::Arena;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 /// Bytes each ring holds (calls or results beyond it stream through as the
@@ -54,66 +53,47 @@ pub(crate) enum Side {
     Actor,
 }
 
-/// This process's end of the two rings.
+/// This process's end of the two rings: a memory file like a node's
+/// object store ([`Arena`]: created by the caller, opened by the actor as
+/// a same-machine reader opens a store).
 pub(crate) struct Rings {
-    _file: File,
-    map: MmapRaw,
+    file: Arena,
     cap: u64,
     out: usize,
     inp: usize,
 }
 
-// SAFETY: the mapping is plain shared memory; which bytes each side may
-// touch is governed by the ring indexes (atomics), not by the type.
-unsafe impl Send for Rings {}
-// SAFETY: as above; a `Rings` has one writer and one reader at a time
-// (callers hold their connection's write and read locks).
-unsafe impl Sync for Rings {}
-
 impl Rings {
     /// Creates the file and maps it (the caller's end): its descriptor and
     /// inode go to the actor in the handshake.
     pub(crate) fn create(cap: u64) -> io::Result<Rings> {
-        // SAFETY: the name is a valid C string; flags are constants.
-        let fd = unsafe { libc::memfd_create(c"shoal-direct-rings".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: memfd_create returned a fresh descriptor we own.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(HEADER + 2 * cap)?;
-        Self::map(file, cap, Side::Caller)
+        Ok(Self::with(Arena::create(HEADER + 2 * cap)?, cap, Side::Caller))
     }
 
     /// Maps the file the caller with process id `pid` created (descriptor
     /// `fd`, inode `inode`, `cap` bytes a ring): the actor's end. Refused
     /// unless the file is that one and of that size.
     pub(crate) fn open(pid: u32, fd: u32, inode: u64, cap: u64) -> io::Result<Rings> {
-        use std::os::unix::fs::MetadataExt;
         if cap == 0 || cap > 64 << 20 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a ring of {cap} bytes")));
         }
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/fd/{fd}"))?;
-        let meta = file.metadata()?;
-        if inode == 0 || meta.ino() != inode || meta.len() != HEADER + 2 * cap {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not the caller's ring file"));
+        match Arena::open_peer(pid, fd, inode) {
+            Some(file) if file.len() == HEADER + 2 * cap => Ok(Self::with(file, cap, Side::Actor)),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "not the caller's ring file")),
         }
-        Self::map(file, cap, Side::Actor)
     }
 
-    fn map(file: File, cap: u64, side: Side) -> io::Result<Rings> {
-        let map = MmapOptions::new().len((HEADER + 2 * cap) as usize).map_raw(&file)?;
+    fn with(file: Arena, cap: u64, side: Side) -> Rings {
         let (out, inp) = match side {
             Side::Caller => (0, 1),
             Side::Actor => (1, 0),
         };
-        Ok(Rings { _file: file, map, cap, out, inp })
+        Rings { file, cap, out, inp }
     }
 
     /// The descriptor and inode the actor opens the file by.
     pub(crate) fn file_id(&self) -> (RawFd, u64) {
-        use std::os::unix::fs::MetadataExt;
-        (self._file.as_raw_fd(), self._file.metadata().map(|m| m.ino()).unwrap_or(0))
+        (self.file.fd(), self.file.inode())
     }
 
     /// Bytes a ring holds.
@@ -122,10 +102,11 @@ impl Rings {
     }
 
     fn word<T>(&self, ring: usize, field: usize) -> &T {
+        let at = (ring * 4 * LINE + field * LINE) as u64;
         // SAFETY: ring < 2 and field < 3 address a 64-byte-aligned line
-        // inside the header, which lives as long as `self`; the atomics
-        // have no invalid bit patterns.
-        unsafe { &*self.map.as_ptr().add(ring * 4 * LINE + field * LINE).cast::<T>() }
+        // inside the header (`ptr` checks the bounds), which lives as long
+        // as `self`; the atomics have no invalid bit patterns.
+        unsafe { &*self.file.ptr(at, std::mem::size_of::<T>() as u64).cast::<T>() }
     }
 
     fn head(&self, ring: usize) -> &AtomicU64 {
@@ -141,8 +122,7 @@ impl Rings {
     }
 
     fn data(&self, ring: usize) -> *mut u8 {
-        // SAFETY: ring < 2: its data starts inside the mapping.
-        unsafe { self.map.as_mut_ptr().add((HEADER + ring as u64 * self.cap) as usize) }
+        self.file.ptr(HEADER + ring as u64 * self.cap, self.cap)
     }
 
     /// Writes as much of `bytes` as there is room for, in one piece the
@@ -282,6 +262,7 @@ pub(crate) fn write_all(rings: &Rings, fd: RawFd, mut bytes: &[u8], mut gone: im
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+    use std::os::fd::AsRawFd;
 
     /// The actor's end of `caller`'s rings, opened as another process
     /// would (through /proc).
